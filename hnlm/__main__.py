@@ -1,0 +1,3 @@
+from hnlm.cli import main
+
+raise SystemExit(main())

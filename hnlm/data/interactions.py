@@ -1,0 +1,117 @@
+"""The prepared dataset: integer ids, CSR splits, item/user side information, training reviews."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+@dataclass
+class Interactions:
+    """One prepared dataset.
+
+    `train`, `valid`, `test` are binary CSR matrices (users x items). `items` and `users` are frames
+    indexed by the integer ids (column `original_id` holds the source id). `reviews` has one row per
+    kept (user, item) pair with its review text and split (0 train, 1 valid, 2 test); use
+    `train_reviews()` for anything that builds prompts. `stats` records every filtering and split count.
+    """
+
+    name: str
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    items: pd.DataFrame
+    users: pd.DataFrame
+    reviews: pd.DataFrame
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+    # --- training-only views: the only things prompt builders and candidate pools may use ---
+
+    def train_items(self, user: int) -> np.ndarray:
+        row = self.train
+        return row.indices[row.indptr[user]:row.indptr[user + 1]]
+
+    def train_reviews(self, user: int | None = None) -> pd.DataFrame:
+        reviews = self.reviews[self.reviews["split"] == 0]
+        if user is not None:
+            reviews = reviews[reviews["user"] == user]
+        return reviews[["user", "item", "review"]]
+
+    def train_popularity(self) -> np.ndarray:
+        return np.asarray(self.train.sum(axis=0)).ravel().astype(np.int64)
+
+    # --- held-out access, for evaluation and analyses only ---
+
+    def heldout_items(self, user: int) -> np.ndarray:
+        """Valid + test items of a user (false-negative analyses); never for prompts or candidates."""
+        valid, test = self.valid, self.test
+        return np.concatenate([valid.indices[valid.indptr[user]:valid.indptr[user + 1]],
+                               test.indices[test.indptr[user]:test.indptr[user + 1]]])
+
+    def item_text(self, item: int) -> str:
+        """One-line description of an item from its side information (title first)."""
+        row = self.items.iloc[item]
+        parts = [row.get("title", "") or row["original_id"]]
+        if row.get("year"):
+            parts[0] += f" ({row['year']})"
+        for col in ("categories", "brand", "description"):
+            if row.get(col):
+                parts.append(f"{col}: {row[col]}")
+        return "; ".join(parts)
+
+    def summary(self) -> dict:
+        n = self.train.nnz + self.valid.nnz + self.test.nnz
+        return {"dataset": self.name, "users": self.n_users, "items": self.n_items, "interactions": n,
+                "density": n / (self.n_users * self.n_items), "train": self.train.nnz,
+                "valid": self.valid.nnz, "test": self.test.nnz,
+                "users_train_only": self.stats.get("users_train_only", 0)}
+
+    # --- on-disk cache ---
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for part in ("train", "valid", "test"):
+            sp.save_npz(folder / f"{part}.npz", getattr(self, part))
+        self.items.to_parquet(folder / "items.parquet")
+        self.users.to_parquet(folder / "users.parquet")
+        self.reviews.to_parquet(folder / "reviews.parquet")
+        # meta.json last: its presence marks a complete cache entry.
+        (folder / "meta.json").write_text(json.dumps({"name": self.name, "stats": self.stats}, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Interactions":
+        meta = json.loads((folder / "meta.json").read_text())
+        parts = {p: sp.load_npz(folder / f"{p}.npz").tocsr() for p in ("train", "valid", "test")}
+        return cls(name=meta["name"], **parts, items=pd.read_parquet(folder / "items.parquet"),
+                   users=pd.read_parquet(folder / "users.parquet"),
+                   reviews=pd.read_parquet(folder / "reviews.parquet"), stats=meta["stats"])
+
+
+def build_interactions(name: str, inter: pd.DataFrame, part: np.ndarray, items: pd.DataFrame,
+                       users: pd.DataFrame, stats: dict) -> Interactions:
+    """Assemble CSR splits from integer-indexed interactions and their split assignment."""
+    shape = (len(users), len(items))
+
+    def csr(mask):
+        rows, cols = inter["user"].to_numpy()[mask], inter["item"].to_numpy()[mask]
+        matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
+        matrix.sort_indices()
+        return matrix
+
+    reviews = inter.loc[inter["review"] != "", ["user", "item", "review"]].copy()
+    reviews["split"] = part[reviews.index.to_numpy()]
+    return Interactions(name, csr(part == 0), csr(part == 1), csr(part == 2), items, users,
+                        reviews.reset_index(drop=True), stats)

