@@ -207,9 +207,9 @@ def read_yelp(reviews: str | Path, business: str | Path | None = None, strict: b
     path = require_file(reviews, YELP_HINT)
     inter = _read_records(path, {"user_id": "user", "business_id": "item", "stars": "rating", "date": "date"},
                           {"text": "review"}, strict, counts)
-    stamps = pd.to_datetime(inter.pop("date"), errors="coerce", format="mixed")
-    inter["timestamp"] = stamps.astype("int64") // 10**9
-    inter.loc[stamps.isna(), "timestamp"] = None
+    stamps = pd.to_datetime(inter.pop("date"), errors="coerce", format="mixed", utc=True)
+    # Seconds since the epoch, independent of the datetime resolution pandas picked.
+    inter["timestamp"] = (stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     items = pd.DataFrame({"item": inter["item"].unique()})
     if business is not None:
         b = _read_records(require_file(business, YELP_HINT), {"business_id": "item"},
