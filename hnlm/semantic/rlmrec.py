@@ -1,0 +1,114 @@
+"""RLMRec-Con, the LLM-enhanced baseline (Ren et al., WWW 2024), as a CF trainer extension.
+
+Text embeddings of user and item profiles are projected by an MLP into the CF space and aligned with the
+CF model's final embeddings by InfoNCE (in-batch: the batch's distinct users / positive items are the
+anchors, their projected profiles the candidates, the matching profile the positive). The CF model,
+sampler, loss and protocol are untouched, so it runs on the same backbone as every sampler.
+
+Text sources: "profiles" (module 1 LLM profiles, embedded with the text encoder) or "metadata" (item
+metadata text; users as demographics + training titles), recorded in the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hnlm.cf.extension import Extension
+from hnlm.semantic.alignment import cf_dim
+
+
+@dataclass
+class RLMRecConfig:
+    weight: float = 1e-2          # kd_weight of the released RLMRec-Con configs
+    tau: float = 0.2              # kd_temperature
+    hidden: tuple[int, ...] = (256,)
+    seed: int = 0
+
+
+def info_nce(anchor: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
+    """Row i of anchor should match row i of target against the other rows (cosine / tau)."""
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(target, dim=-1).T / tau
+    return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
+
+
+class RLMRecExtension(Extension):
+    def __init__(self, user_text: np.ndarray, item_text: np.ndarray, config: RLMRecConfig | None = None,
+                 source: str = "profiles"):
+        super().__init__()
+        if user_text.shape[1] != item_text.shape[1]:
+            raise ValueError("user and item text embeddings must have the same dimension")
+        self.config = config or RLMRecConfig()
+        self.source = source
+        self.register_buffer("user_text", torch.as_tensor(np.asarray(user_text, np.float32)), persistent=False)
+        self.register_buffer("item_text", torch.as_tensor(np.asarray(item_text, np.float32)), persistent=False)
+        self.proj: nn.Module | None = None
+        self._loss_sum, self._batches = 0.0, 0
+
+    def setup(self, model, data) -> None:
+        if self.user_text.shape[0] != data.n_users or self.item_text.shape[0] != data.n_items:
+            raise ValueError(f"text embeddings for {self.user_text.shape[0]} users / {self.item_text.shape[0]} "
+                             f"items, dataset has {data.n_users} / {data.n_items}")
+        torch.manual_seed(self.config.seed)
+        sizes = [self.user_text.shape[1], *self.config.hidden, cf_dim(model)]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.LeakyReLU())
+        self.proj = nn.Sequential(*layers)
+
+    def on_batch(self, batch, emb):
+        users, u_first = unique_first(batch.users)
+        items, i_first = unique_first(batch.pos)
+        loss = (info_nce(emb.user[u_first], self.proj(self.user_text[users]), self.config.tau)
+                + info_nce(emb.pos[i_first], self.proj(self.item_text[items]), self.config.tau))
+        self._loss_sum += float(loss.detach())
+        self._batches += 1
+        return emb, self.config.weight * loss
+
+    def counts(self) -> dict:
+        cfg = self.config
+        return {"rlmrec": {"text_source": self.source, "weight": cfg.weight, "tau": cfg.tau,
+                           "hidden": list(cfg.hidden), "text_dim": int(self.user_text.shape[1]),
+                           "mean_infonce": self._loss_sum / max(self._batches, 1)}}
+
+
+def unique_first(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct ids and the batch position of each one's first occurrence."""
+    uniq, inverse = torch.unique(ids, return_inverse=True)
+    first = torch.full((len(uniq),), len(ids), dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(ids), device=ids.device), reduce="amin")
+    return uniq, first
+
+
+def metadata_texts(data) -> tuple[list[str], list[str]]:
+    """User / item texts built from metadata and training interactions only."""
+    from hnlm.semantic.sns import history_context
+    items = [data.item_text(i) for i in range(data.n_items)]
+    users = [history_context(data, u, np.random.default_rng([0, u])) for u in range(data.n_users)]
+    return users, items
+
+
+def text_embeddings(data, source: str, encoder, profiles_llm: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(user [n_users, D], item [n_items, D]) text embeddings for RLMRec-Con."""
+    if source == "metadata":
+        users, items = metadata_texts(data)
+    elif source == "profiles":
+        from hnlm.errors import MissingInputError
+        from hnlm.semantic.sns import load_module1_profiles
+        item_prof, user_prof = load_module1_profiles(data.name, profiles_llm)
+        lacking = [u for u in range(data.n_users) if u not in user_prof][:5]
+        lacking_i = [i for i in range(data.n_items) if i not in item_prof][:5]
+        if lacking or lacking_i:
+            raise MissingInputError(f"profiles of {profiles_llm} lack users {lacking} / items {lacking_i} "
+                                    f"(first few): run `hnlm profiles` for all, or use --rlmrec-text metadata")
+        users = [user_prof[u] for u in range(data.n_users)]
+        items = [item_prof[i] for i in range(data.n_items)]
+    else:
+        raise ValueError(f"unknown RLMRec text source {source!r}: use 'profiles' or 'metadata'")
+    return encoder.encode(users), encoder.encode(items)
