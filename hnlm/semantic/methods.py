@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension, BankIndex, NegativeBank
+from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension
+from hnlm.semantic.bank import BankIndex, NegativeBank
 from hnlm.semantic.sns import Budget
 
 

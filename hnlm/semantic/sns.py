@@ -30,7 +30,7 @@ import pandas as pd
 
 from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
-from hnlm.semantic.alignment import NegativeBank
+from hnlm.semantic.bank import NegativeBank
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 MAX_WORDS = 20

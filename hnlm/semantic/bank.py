@@ -1,0 +1,114 @@
+"""Negative-embedding banks: any table of negative vectors keyed by the (user, positive item) pair it
+was generated for, with a vectorised lookup. Shared by module 2 (text embeddings), module 3 (alignment)
+and module 4 (fine-tuned LLM embeddings); independent of the CF engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LOOKUP_RULES = ("pair", "user")
+
+
+@dataclass
+class NegativeBank:
+    """Negative embeddings keyed by the training pair they were generated for.
+
+    `emb[r]` belongs to the pair (`users[r]`, `items[r]`). `source` names where the vectors come from
+    (recorded in results); `meta` carries budget / model details.
+    """
+
+    emb: np.ndarray
+    users: np.ndarray
+    items: np.ndarray
+    source: str
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.emb = np.ascontiguousarray(self.emb, dtype=np.float32)
+        self.users = np.asarray(self.users, dtype=np.int64)
+        self.items = np.asarray(self.items, dtype=np.int64)
+        if not (len(self.emb) == len(self.users) == len(self.items)):
+            raise ValueError(f"bank rows disagree: emb {len(self.emb)}, users {len(self.users)}, "
+                             f"items {len(self.items)}")
+
+    @property
+    def dim(self) -> int:
+        return self.emb.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.emb)
+
+    def randomized(self, seed: int = 0) -> "NegativeBank":
+        """Ablation: each vector replaced by a random direction with the same norm."""
+        rng = np.random.default_rng(seed)
+        noise = rng.standard_normal(self.emb.shape).astype(np.float32)
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        noise *= np.linalg.norm(self.emb, axis=1, keepdims=True)
+        return NegativeBank(noise, self.users, self.items, f"{self.source}|random-same-norm",
+                            {**self.meta, "ablation": "random", "ablation_seed": seed})
+
+    def shuffled(self, seed: int = 0) -> "NegativeBank":
+        """Ablation: the vectors permuted across users (keys stay, so coverage is unchanged).
+
+        Rows are permuted until no row keeps a vector of its own user (a derangement at user level)."""
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(len(self))
+        for _ in range(100):
+            same = np.flatnonzero(self.users[perm] == self.users)
+            if len(same) == 0:
+                break
+            # Swap each offending row with a random other row; repeat until none is left.
+            other = rng.integers(0, len(self), size=len(same))
+            perm[same], perm[other] = perm[other], perm[same].copy()
+        kept = int((self.users[perm] == self.users).sum())
+        return NegativeBank(self.emb[perm], self.users, self.items, f"{self.source}|shuffled-users",
+                            {**self.meta, "ablation": "shuffled", "ablation_seed": seed,
+                             "rows_left_with_own_user": kept})
+
+
+class BankIndex:
+    """Vectorised (user, item) -> row lookup, and per-user row lists for the "user" rule."""
+
+    def __init__(self, bank: NegativeBank, n_items: int):
+        self.n_items = n_items
+        keys = bank.users * n_items + bank.items
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.key_rows = keys[order], order
+        by_user = np.argsort(bank.users, kind="stable")
+        self.user_rows = by_user
+        n_users = int(bank.users.max()) + 1 if len(bank) else 0
+        counts = np.bincount(bank.users, minlength=n_users)
+        self.user_start = np.concatenate([[0], np.cumsum(counts)])
+
+    def pair_rows(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Row of each exact pair, -1 where the pair has no negative."""
+        keys = users * self.n_items + items
+        if len(self.keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(self.keys[pos] == keys, self.key_rows[pos], -1)
+
+    def user_rows_random(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A random row of each user's negatives, -1 for users without any."""
+        n_known = len(self.user_start) - 1
+        known = users < n_known
+        start = np.zeros(len(users), dtype=np.int64)
+        count = np.zeros(len(users), dtype=np.int64)
+        start[known] = self.user_start[users[known]]
+        count[known] = self.user_start[users[known] + 1] - start[known]
+        pick = start + (rng.random(len(users)) * np.maximum(count, 1)).astype(np.int64)
+        return np.where(count > 0, self.user_rows[np.minimum(pick, len(self.user_rows) - 1)], -1)
+
+    def lookup(self, users: np.ndarray, items: np.ndarray, rule: str,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for a batch of pairs and whether each came from the exact pair (else the user's pool)."""
+        rows = self.pair_rows(users, items)
+        exact = rows >= 0
+        if rule == "user":
+            reuse = self.user_rows_random(users, rng)
+            rows = np.where(exact, rows, reuse)
+        elif rule != "pair":
+            raise ValueError(f"unknown lookup rule {rule!r}; choose from {LOOKUP_RULES}")
+        return rows, exact

@@ -1,0 +1,48 @@
+"""Negative banks: (user, item) lookup rules and the two ablations (random same-norm, shuffled users)."""
+
+import numpy as np
+
+from hnlm.semantic.bank import BankIndex, NegativeBank
+
+
+def make_bank(n_users=6, per_user=3, dim=5, seed=0):
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), per_user)
+    items = np.tile(np.arange(per_user), n_users) * 10 + users  # distinct items per user
+    emb = rng.standard_normal((len(users), dim)).astype(np.float32) * rng.uniform(0.5, 3, (len(users), 1))
+    return NegativeBank(emb, users, items, source="test")
+
+
+def test_pair_and_user_lookup():
+    bank = make_bank()
+    index = BankIndex(bank, n_items=100)
+    rng = np.random.default_rng(0)
+    users = np.array([0, 1, 2, 7])
+    items = np.array([0, 11, 99, 0])  # exact, exact, unknown pair of a known user, unknown user
+    rows, exact = index.lookup(users, items, "pair", rng)
+    assert rows[0] == 0 and rows[1] == 4 and rows[2] == -1 and rows[3] == -1
+    assert exact.tolist() == [True, True, False, False]
+    rows, exact = index.lookup(users, items, "user", rng)
+    assert rows[:2].tolist() == [0, 4]
+    assert bank.users[rows[2]] == 2 and not exact[2]  # reused one of user 2's negatives
+    assert rows[3] == -1  # a user without negatives stays missing: never a made-up vector
+
+
+def test_random_ablation_keeps_norms_and_changes_directions():
+    bank = make_bank()
+    rand = bank.randomized(seed=1)
+    np.testing.assert_allclose(np.linalg.norm(rand.emb, axis=1), np.linalg.norm(bank.emb, axis=1), rtol=1e-5)
+    cos = np.sum(rand.emb * bank.emb, 1) / np.linalg.norm(rand.emb, axis=1) / np.linalg.norm(bank.emb, axis=1)
+    assert np.abs(cos).max() < 0.99
+    assert (rand.users == bank.users).all() and (rand.items == bank.items).all()
+
+
+def test_shuffled_ablation_moves_every_vector_to_another_user():
+    bank = make_bank()
+    shuf = bank.shuffled(seed=2)
+    # Same multiset of vectors, same keys, but no row keeps a vector generated for its own user.
+    owner = {tuple(np.round(v, 5)): u for v, u in zip(bank.emb, bank.users)}
+    new_owner = np.array([owner[tuple(np.round(v, 5))] for v in shuf.emb])
+    assert (new_owner != shuf.users).all()
+    assert shuf.meta["rows_left_with_own_user"] == 0
+    np.testing.assert_allclose(np.sort(shuf.emb, axis=0), np.sort(bank.emb, axis=0))
