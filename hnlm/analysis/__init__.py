@@ -1,0 +1,1 @@
+"""Analyses of the study: significance tests, popularity bias, sparsity, convergence, false negatives."""

@@ -1,0 +1,29 @@
+"""`hnlm study`: run the numbered notebooks through papermill (what `make study` calls)."""
+
+from __future__ import annotations
+
+from hnlm.study.profiles import PROFILE_NAMES
+
+
+def register(sub) -> None:
+    p = sub.add_parser("study", help="run the study notebooks in order (papermill) and print wall times")
+    p.add_argument("--profile", default="full", choices=PROFILE_NAMES)
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--llm", default="qwen2.5-0.5b")
+    p.add_argument("--notebooks", nargs="+", help="only these notebooks, e.g. 01_data 06_main_results")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the profile's seeds")
+    p.add_argument("--out-dir", help="result folder (default runs/<profile>/<dataset>)")
+    p.add_argument("--stop-on-error", action="store_true", help="stop at the first failing notebook")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from hnlm.study.runner import run_study
+
+    report = run_study(args.profile, args.dataset, args.llm, notebooks=args.notebooks, seeds=args.seeds,
+                       out_dir=args.out_dir, stop_on_error=args.stop_on_error)
+    failed = [name for name, r in report.items() if not r["ok"]]
+    if failed:
+        print("failed: " + ", ".join(failed))
+        return 1
+    return 0

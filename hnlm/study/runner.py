@@ -1,0 +1,93 @@
+"""Run the numbered study notebooks in order through papermill and report wall time per notebook.
+
+Executed notebooks go to `<runs>/<profile>/<dataset>/executed/` (git-ignored). Papermill runs them on the
+project's own kernel `hnlm` (registered for the current interpreter when missing), so a fresh machine can
+never fail with NoSuchKernel or pick up another Python.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from hnlm.errors import UserFacingError
+from hnlm.paths import PROJECT_ROOT
+from hnlm.study.context import default_out_dir
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+KERNEL_NAME = "hnlm"
+
+# The study, in order. A notebook joins this list only once the package code it presents has landed.
+STUDY_NOTEBOOKS = [
+    "01_data",
+]
+
+
+def ensure_kernel() -> str:
+    """Register kernel `hnlm` for this interpreter (as `make venv` does) unless it already points here."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL_NAME
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+    install(kernel_name=KERNEL_NAME, display_name="hnlm (.venv)", prefix=sys.prefix)
+    print(f"registered Jupyter kernel {KERNEL_NAME!r} for {sys.executable}")
+    return KERNEL_NAME
+
+
+def notebook_path(name: str) -> Path:
+    path = NOTEBOOK_DIR / f"{name}.ipynb"
+    if not path.exists():
+        raise UserFacingError(f"no notebook {path}; known: {', '.join(STUDY_NOTEBOOKS)}")
+    return path
+
+
+def run_notebook(name: str, parameters: dict, executed_dir: Path, kernel: str) -> float:
+    """Execute one notebook; returns its wall time. Papermill's error names the failing cell."""
+    import papermill
+
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    papermill.execute_notebook(str(notebook_path(name)), str(executed_dir / f"{name}.ipynb"),
+                               parameters=parameters, kernel_name=kernel, cwd=str(NOTEBOOK_DIR),
+                               progress_bar=False, log_output=False)
+    return time.perf_counter() - t0
+
+
+def run_study(profile: str, dataset: str, llm: str, notebooks=None, seeds=None, out_dir=None,
+              stop_on_error: bool = False) -> dict:
+    """Run `notebooks` (default: the whole study) and return {name: {"wall_s", "ok", "error"}}."""
+    names = list(notebooks or STUDY_NOTEBOOKS)
+    for name in names:
+        notebook_path(name)
+    out = Path(out_dir) if out_dir else default_out_dir(profile, dataset)
+    params = {"dataset": dataset, "llm": llm, "profile": profile, "seeds": list(seeds) if seeds else None,
+              "out_dir": str(out)}
+    kernel = ensure_kernel()
+    report = {}
+    print(f"study: profile {profile}, dataset {dataset}, llm {llm} -> {out}")
+    for name in names:
+        print(f"  {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            wall = run_notebook(name, params, out / "executed", kernel)
+            report[name] = {"ok": True, "wall_s": round(wall, 1)}
+            print(f"  {name:<22} {wall:8.1f} s", flush=True)
+        except Exception as err:  # papermill's error carries the failing cell; keep going to the next
+            wall = time.perf_counter() - t0
+            report[name] = {"ok": False, "wall_s": round(wall, 1), "error": f"{type(err).__name__}: {err}"[:2000]}
+            print(f"  {name:<22} {wall:8.1f} s  FAILED: {type(err).__name__} "
+                  f"(see {out / 'executed' / (name + '.ipynb')})", flush=True)
+            if stop_on_error:
+                break
+    total = sum(r["wall_s"] for r in report.values())
+    print(f"  {'total':<22} {total:8.1f} s")
+    (out / "study_timings.json").write_text(json.dumps({"params": params, "notebooks": report,
+                                                        "total_s": round(total, 1)}, indent=2))
+    return report

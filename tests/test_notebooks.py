@@ -1,0 +1,80 @@
+"""Every study notebook runs headless through papermill on the smoke profile; its result file is checked.
+
+The notebooks run once, in study order (08 and 09 read 06's runs), into a temporary run folder and figure
+folder; artefacts stay shared so cached LLM outputs and prepared datasets are reused.
+"""
+
+import json
+
+import nbformat
+import numpy as np
+import pytest
+
+from hnlm.study.runner import NOTEBOOK_DIR, STUDY_NOTEBOOKS, run_study
+
+PARAMETERS = {"dataset", "llm", "profile", "seeds", "out_dir"}
+
+
+def _metrics_ok(values: dict) -> None:
+    for key, value in values.items():
+        if any(key.startswith(m) for m in ("recall@", "ndcg@", "hit@", "precision@")):
+            assert value is not None and 0.0 <= value <= 1.0, (key, value)
+
+
+def check_01_data(result, out_dir, fig_dir):
+    rows = {r["dataset"]: r for r in result["datasets"]}
+    assert {"ml-100k", "ml-1m"} <= set(rows)
+    for row in rows.values():
+        assert row["train"] + row["valid"] + row["test"] == row["interactions"]
+        assert 0 < row["density"] < 1 and 0 <= row["popularity_gini"] < 1
+        assert row["history_min"] <= row["history_median"] <= row["history_max"]
+    assert (rows["ml-100k"]["users"], rows["ml-100k"]["items"]) == (943, 1682)
+    assert len(result["top_items"]["ml-100k"]) == result["meta"]["settings"]["top_items"]
+    assert (out_dir / "01_data_stats.csv").exists()
+    assert (fig_dir / "smoke" / "01_distributions_ml-100k.png").exists()
+    assert (fig_dir / "smoke" / "01_distributions_ml-100k.pdf").exists()
+
+
+CHECKS = {"01_data": check_01_data}
+
+
+def test_every_study_notebook_has_a_check_and_a_clean_parameters_cell():
+    on_disk = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    assert set(STUDY_NOTEBOOKS) <= set(on_disk)
+    assert set(STUDY_NOTEBOOKS) == set(CHECKS)
+    for name in on_disk:
+        nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, name
+        assigned = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
+        assert PARAMETERS <= assigned, (name, assigned)
+        for cell in nb.cells:  # committed without outputs
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, name
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("runs")
+    fig_dir = tmp_path_factory.mktemp("figures")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HNLM_FIGURES", str(fig_dir))
+        report = run_study("smoke", "ml-100k", "smollm2-135m", out_dir=out_dir)
+    return report, out_dir, fig_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STUDY_NOTEBOOKS)
+def test_notebook_runs_on_smoke_profile(smoke_study, name):
+    report, out_dir, fig_dir = smoke_study
+    assert report[name]["ok"], report[name].get("error")
+    assert (out_dir / "executed" / f"{name}.ipynb").exists()
+    result = json.loads((out_dir / f"{name}.json").read_text())
+    assert result["meta"]["notebook"] == name and result["meta"]["profile"] == "smoke"
+    CHECKS[name](result, out_dir, fig_dir)
+
+
+def test_metric_check_rejects_out_of_range():
+    with pytest.raises(AssertionError):
+        _metrics_ok({"recall@20": 1.5})
+    _metrics_ok({"recall@20": 0.2, "ndcg@10": float(np.float32(0.1)), "loss": 3.0})
