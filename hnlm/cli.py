@@ -9,6 +9,7 @@ from hnlm.errors import UserFacingError
 # Each module exposes register(subparsers); its parsers set `func` to a handler taking the args.
 COMMAND_MODULES = [
     "hnlm.data.commands",
+    "hnlm.cf.commands",
     "hnlm.study.commands",
 ]
 

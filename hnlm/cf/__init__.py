@@ -1,0 +1,1 @@
+"""CF engine: MF and LightGCN, negative samplers, losses, trainer and full-ranking evaluation."""

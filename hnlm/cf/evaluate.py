@@ -1,0 +1,108 @@
+"""Full-ranking evaluation (DESIGN.md section 4).
+
+Every item is ranked for every user with at least one target item; the user's training items are masked
+(and validation items when testing). Recall@K = hits / |targets|; NDCG@K with IDCG over min(|targets|, K);
+Hit@K = any hit; Precision@K = hits / K; all averaged over users with at least one target item. Also item
+coverage, mean training popularity and long-tail share of the top-K lists (long tail = items outside the
+most popular `head_share` of items by training count).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+HEAD_SHARE = 0.2
+
+
+def _rows(m: sp.csr_matrix, users: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row position in the batch, column) of the nonzeros of m[users]."""
+    sub = m[users]
+    counts = np.diff(sub.indptr)
+    rows = np.repeat(np.arange(len(users)), counts)
+    return torch.from_numpy(rows).to(device), torch.from_numpy(sub.indices.astype(np.int64)).to(device)
+
+
+def rank_metrics(top: torch.Tensor, target: torch.Tensor, n_target: torch.Tensor, ks) -> dict:
+    """Per-user metrics from top-K item ids [B, Kmax], a dense bool target matrix [B, n_items] and the
+    target counts [B] (all > 0)."""
+    hits = target.gather(1, top).float()                       # [B, Kmax]
+    disc = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, device=top.device, dtype=torch.float32))
+    out = {}
+    for k in ks:
+        h = hits[:, :k]
+        n_hit = h.sum(1)
+        idcg = torch.cumsum(disc[:k], 0)[n_target.clamp(max=k).long() - 1]
+        out[f"recall@{k}"] = n_hit / n_target
+        out[f"ndcg@{k}"] = (h * disc[:k]).sum(1) / idcg
+        out[f"hit@{k}"] = (n_hit > 0).float()
+        out[f"precision@{k}"] = n_hit / k
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, data, split: str = "valid", ks=(10, 20, 50), batch_size: int = 1024,
+             embeddings: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """Metrics of `model` on `split` ("valid" or "test"). `embeddings` skips the propagation."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
+    ks = sorted(int(k) for k in ks)
+    was_training = model.training
+    model.eval()
+    user_emb, item_emb = embeddings if embeddings is not None else model.propagate()
+    model.train(was_training)
+    device = user_emb.device
+    target_m = getattr(data, split)
+    masks = [data.train] + ([data.valid] if split == "test" else [])
+    n_target_all = np.diff(target_m.indptr)
+    users = np.flatnonzero(n_target_all > 0)
+    pop = torch.from_numpy(data.train_popularity()).to(device)
+    n_items, kmax = item_emb.shape[0], min(max(ks), item_emb.shape[0])
+    head = _head_items(pop, HEAD_SHARE)
+    per_user = {}
+    tops = []
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        scores = user_emb[torch.from_numpy(batch).to(device)] @ item_emb.T
+        for m in masks:
+            r, c = _rows(m, batch, device)
+            scores[r, c] = -torch.inf
+        top = scores.topk(kmax, dim=1).indices
+        target = torch.zeros(len(batch), n_items, dtype=torch.bool, device=device)
+        r, c = _rows(target_m, batch, device)
+        target[r, c] = True
+        n_t = torch.from_numpy(n_target_all[batch]).to(device).float()
+        for name, v in rank_metrics(top, target, n_t, ks).items():
+            per_user.setdefault(name, []).append(v.cpu())
+        tops.append(top.cpu())
+    top_all = torch.cat(tops) if tops else torch.zeros(0, kmax, dtype=torch.long)
+    per_user = {k: torch.cat(v).numpy().astype(np.float64) for k, v in per_user.items()}
+    result = {"split": split, "n_users": int(len(users)), "users": users.tolist(),
+              **{k: float(v.mean()) if len(v) else 0.0 for k, v in per_user.items()},
+              **_list_stats(top_all, pop.cpu(), head.cpu(), n_items, ks)}
+    result["per_user"] = per_user
+    return result
+
+
+def _head_items(pop: torch.Tensor, share: float) -> torch.Tensor:
+    """Bool mask of the most popular `share` of items (by training count)."""
+    n_head = int(round(share * len(pop)))
+    mask = torch.zeros(len(pop), dtype=torch.bool, device=pop.device)
+    mask[pop.argsort(descending=True, stable=True)[:n_head]] = True
+    return mask
+
+
+def _list_stats(top: torch.Tensor, pop: torch.Tensor, head: torch.Tensor, n_items: int, ks) -> dict:
+    out = {}
+    for k in ks:
+        t = top[:, :k]
+        out[f"coverage@{k}"] = float(torch.unique(t).numel() / n_items) if t.numel() else 0.0
+        out[f"mean_popularity@{k}"] = float(pop[t].float().mean()) if t.numel() else 0.0
+        out[f"longtail_share@{k}"] = float((~head[t]).float().mean()) if t.numel() else 0.0
+    return out
+
+
+def metric_summary(result: dict) -> dict:
+    """The scalar metrics of an evaluate() result (no per-user vectors, no user list)."""
+    return {k: v for k, v in result.items() if k not in ("per_user", "users")}

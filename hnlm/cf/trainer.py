@@ -1,0 +1,212 @@
+"""Training loop: sampler -> (extension) -> pairwise loss + L2, early stopping on validation, test once at
+the best epoch. Returns a JSON-able result dict (see `train`)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hnlm.cf.evaluate import evaluate, metric_summary
+from hnlm.cf.extension import Batch, BatchEmb
+from hnlm.cf.losses import pairwise_loss
+from hnlm.cf.models import build_model
+from hnlm.cf.samplers import PositiveIndex, SamplerContext, get_sampler
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
+_DEFAULTS = tomllib.loads(DEFAULTS_FILE.read_text())
+
+
+def _default(name):
+    value = _DEFAULTS[name]
+    if isinstance(value, list):
+        return field(default_factory=lambda: list(value))
+    return value
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one run; defaults come from hnlm/cf/defaults.toml."""
+
+    model: str = _default("model")
+    dim: int = _default("dim")
+    layers: int = _default("layers")
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")
+    lr: float = _default("lr")
+    l2: float = _default("l2")
+    loss: str = _default("loss")
+    margin: float = _default("margin")
+    sampler: str = _default("sampler")
+    sampler_opts: dict = field(default_factory=dict)
+    patience: int = _default("patience")
+    eval_every: int = _default("eval_every")
+    metric: str = _default("metric")
+    ks: list = _default("ks")
+    eval_batch_size: int = _default("eval_batch_size")
+    seed: int = _default("seed")
+    device: str = _default("device")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+        values = tomllib.loads(Path(path).read_text())
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
+        return cls(**{**values, **overrides})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _state(modules) -> list[dict]:
+    return [copy.deepcopy(m.state_dict()) for m in modules]
+
+
+def train(data, config: TrainConfig | None = None, extension=None, sampler=None, progress: bool = True) -> dict:
+    """Train `config.model` on `data.train`; select the epoch on `data.valid`; test once there.
+
+    `sampler` (an object with `.sample`) overrides `config.sampler`; `extension` is an
+    `hnlm.cf.extension.Extension`. The result holds the config, seed, per-epoch history (loss, valid
+    metrics, seconds), best epoch, valid and test metrics at the best epoch, per-user test vectors and
+    the counts reported by the sampler, the extension and the positive index.
+    """
+    cfg = config or TrainConfig()
+    if cfg.metric.split("@")[0] not in ("recall", "ndcg", "hit", "precision"):
+        raise ValueError(f"unknown validation metric {cfg.metric!r}")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = build_model(cfg.model, data, cfg.dim, cfg.layers).to(device)
+    sampler = sampler if sampler is not None else get_sampler(cfg.sampler, **cfg.sampler_opts)
+    sampler.setup(model, data)
+    modules = [model] + [m for m in (sampler, extension) if isinstance(m, torch.nn.Module)]
+    if extension is not None:
+        extension.setup(model, data)
+    for m in modules:
+        m.to(device)
+    params = [p for m in modules for p in m.parameters()]
+    optimiser = torch.optim.Adam(params, lr=cfg.lr)
+
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    positives = PositiveIndex(data.train, device)
+    ctx = SamplerContext(positives, torch.from_numpy(data.train_popularity()).float().to(device), gen)
+    coo = data.train.tocoo()
+    all_users = torch.from_numpy(coo.row.astype(np.int64)).to(device)
+    all_items = torch.from_numpy(coo.col.astype(np.int64)).to(device)
+    ks = sorted(set(int(k) for k in cfg.ks) | {int(cfg.metric.split("@")[1])})
+
+    history, best, best_state, waited = [], None, None, 0
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"{cfg.model}/{getattr(sampler, 'name', 'custom')}",
+               disable=not progress, leave=False)
+    for epoch in bar:
+        ctx.epoch = epoch - 1
+        row = _run_epoch(model, sampler, extension, optimiser, ctx, all_users, all_items, cfg, gen)
+        row["epoch"] = epoch
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            t0 = time.perf_counter()
+            valid = evaluate(model, data, "valid", ks, cfg.eval_batch_size)
+            row["eval_s"] = time.perf_counter() - t0
+            row["valid"] = {k: v for k, v in metric_summary(valid).items() if "@" in k}
+            score = valid[cfg.metric]
+            if best is None or score > best[1]:
+                best, best_state, waited = (epoch, score), _state(modules), 0
+            else:
+                waited += 1
+            bar.set_postfix(loss=f"{row['loss']:.4f}", **{cfg.metric: f"{score:.4f}"})
+        history.append(row)
+        if waited >= cfg.patience:
+            break
+
+    for m, s in zip(modules, best_state):
+        m.load_state_dict(s)
+    valid = evaluate(model, data, "valid", ks, cfg.eval_batch_size)
+    t0 = time.perf_counter()
+    test = evaluate(model, data, "test", ks, cfg.eval_batch_size)
+    test_s = time.perf_counter() - t0
+    counts = {"positive_index": dict(positives.counts), **sampler.counts()}
+    if extension is not None:
+        counts.update(extension.counts())
+    epoch_s = [r["train_s"] for r in history]
+    return {
+        "dataset": data.name, "config": dataclasses.asdict(cfg), "seed": cfg.seed,
+        "sampler": sampler.describe() if hasattr(sampler, "describe") else {"name": type(sampler).__name__},
+        "extension": type(extension).__name__ if extension is not None else None,
+        "device": str(device), "n_params": sum(p.numel() for p in params),
+        "history": history, "epochs_run": len(history), "best_epoch": best[0],
+        "valid": metric_summary(valid), "test": metric_summary(test),
+        "per_user_test": {"users": test["users"], **{k: v.tolist() for k, v in test["per_user"].items()}},
+        "timings": {"train_s_per_epoch": float(np.mean(epoch_s)), "train_s_total": float(np.sum(epoch_s)),
+                    "sample_s_per_epoch": float(np.mean([r["sample_s"] for r in history])),
+                    "eval_s_mean": float(np.mean([r["eval_s"] for r in history if "eval_s" in r])),
+                    "test_eval_s": test_s},
+        "counts": counts,
+        "model": model,
+    }
+
+
+def _run_epoch(model, sampler, extension, optimiser, ctx, all_users, all_items, cfg, gen) -> dict:
+    """One pass over every training interaction in a random order."""
+    model.train()
+    t0 = time.perf_counter()
+    sample_s, total, n = 0.0, 0.0, 0
+    order = torch.randperm(len(all_users), generator=gen, device=all_users.device)
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        users, pos = all_users[idx], all_items[idx]
+        layers = model.layer_embeddings()
+        ctx.layers = layers
+        ctx.user_emb, ctx.item_emb = model.combine(layers)
+        ts = time.perf_counter()
+        negs = sampler.sample(users, pos, model, ctx)
+        sample_s += time.perf_counter() - ts
+        neg_emb = negs.emb if negs.emb is not None else ctx.item_emb[negs.items]
+        emb = BatchEmb(ctx.user_emb[users], ctx.item_emb[pos], neg_emb)
+        extra = []
+        if extension is not None:
+            emb, ext_loss = extension.on_batch(Batch(users, pos, negs.items), emb)
+            if ext_loss is not None:
+                extra.append(ext_loss)
+        if getattr(negs, "loss", None) is not None:
+            extra.append(negs.loss)
+        pos_s = (emb.user * emb.pos).sum(-1)
+        neg_s = (emb.user * emb.neg).sum(-1)
+        loss = pairwise_loss(cfg.loss, pos_s, neg_s, cfg.margin) + cfg.l2 * model.l2(users, pos, negs.items)
+        loss = loss + sum(extra) if extra else loss
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        total += float(loss.detach()) * len(users)
+        n += len(users)
+    ctx.layers, ctx.user_emb, ctx.item_emb = [], None, None
+    return {"loss": total / n, "train_s": time.perf_counter() - t0, "sample_s": sample_s}
+
+
+def save_result(result: dict, path: str | Path) -> Path:
+    """Write the JSON-able part of a train() result (the model object is left out)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: v for k, v in result.items() if k != "model"}
+    path.write_text(json.dumps(clean, indent=1, default=_json_default))
+    return path
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
