@@ -1,0 +1,197 @@
+"""Module 1: item and user profiles written by an LLM, as JSON `{"summarization", "reasoning"}`.
+
+Item prompts: the item's text (title, year, categories, brand, description) plus at most
+ITEM_REVIEWS of its TRAINING-split reviews (the first by user id), each cut to REVIEW_WORDS words.
+User prompts: the user's side information (age, gender, occupation where present) and TRAINING history
+only. Long histories are bounded: at most HISTORY_ITEMS training items, a random sample seeded by
+(split seed, user), listed in item-id order, each as "title [categories]" plus the first
+PROFILE_SNIPPET_WORDS words of its item profile when one exists; plus at most USER_REVIEWS of the user's
+own training reviews of the listed items. Valid/test interactions never reach a prompt (tests assert it).
+
+Summaries are capped at SUMMARY_WORDS words (checked after parsing); token budgets per field keep the
+full ml-100k run feasible on a 2-core CPU (see bench/README.md). Files, under
+artifacts/<dataset>/profiles/<llm>/: items_split-<seed>.jsonl and users_split-<seed>.jsonl (one row per
+item/user: id, ok, summarization, reasoning, reason) and counts_split-<seed>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hnlm.errors import DataFormatError, MissingInputError
+from hnlm.paths import artifacts_dir
+
+PROMPT_DIR = Path(__file__).parent / "prompts"
+SUMMARY_WORDS = 100
+REASONING_WORDS = 60
+SUMMARY_TOKENS = 56     # decoding budget of "summarization" (~40 words): the main cost of a full run
+REASONING_TOKENS = 20   # decoding budget of "reasoning"
+HISTORY_ITEMS = 15
+PROFILE_SNIPPET_WORDS = 12
+ITEM_REVIEWS = 3
+USER_REVIEWS = 3
+REVIEW_WORDS = 40
+
+
+def profile_schema(summary_tokens: int = SUMMARY_TOKENS, reasoning_tokens: int = REASONING_TOKENS) -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "summarization": {"type": "string", "minLength": 1, "x-max-words": SUMMARY_WORDS,
+                              "x-max-tokens": summary_tokens},
+            "reasoning": {"type": "string", "x-max-words": REASONING_WORDS, "x-max-tokens": reasoning_tokens},
+        },
+        "required": ["summarization", "reasoning"],
+        "additionalProperties": False,
+    }
+
+
+def domain_of(dataset: str) -> str:
+    return "movie" if dataset.startswith("ml-") else "item"
+
+
+def load_template(kind: str, domain: str) -> tuple[str, str]:
+    """(system, user) parts of prompts/profile_<kind>_<domain>.txt (a line '---' separates them)."""
+    path = PROMPT_DIR / f"profile_{kind}_{domain}.txt"
+    if not path.exists():
+        path = PROMPT_DIR / f"profile_{kind}_item.txt"
+    system, _, user = path.read_text().partition("\n---\n")
+    if not user:
+        raise DataFormatError(f"{path}: expected a system part, a line '---', then the user part")
+    return system.strip(), user.strip()
+
+
+def _cut(text, n: int) -> str:
+    words = str(text).split()
+    return " ".join(words[:n]) + (" ..." if len(words) > n else "")
+
+
+def _title(data, item: int) -> str:
+    row = data.items.iloc[item]
+    title = str(row.get("title") or row["original_id"])
+    return f"{title} ({row['year']})" if row.get("year") else title
+
+
+class ProfilePrompts:
+    """Builds profile prompts from TRAINING data only (the only data accessors used are
+    train_items / train_reviews and side information)."""
+
+    def __init__(self, data, split_seed: int = 0, item_profiles: dict[int, str] | None = None):
+        self.data, self.split_seed = data, split_seed
+        self.item_profiles = item_profiles or {}
+        domain = domain_of(data.name)
+        self.templates = {k: load_template(k, domain) for k in ("item", "user")}
+        reviews = data.train_reviews()
+        self._item_reviews = reviews.sort_values(["item", "user"]).groupby("item")["review"].apply(list) \
+            if len(reviews) else pd.Series(dtype=object)
+        self._user_reviews = reviews.set_index(["user", "item"])["review"] if len(reviews) else None
+
+    def item_messages(self, item: int) -> list[dict]:
+        system, template = self.templates["item"]
+        revs = self._item_reviews.get(item, [])[:ITEM_REVIEWS]
+        reviews = "Reviews:\n" + "\n".join(f"- {_cut(r, REVIEW_WORDS)}" for r in revs) if revs else ""
+        text = template.format(item_text=self.data.item_text(item), reviews=reviews)
+        return [{"role": "system", "content": system}, {"role": "user", "content": _tidy(text)}]
+
+    def history(self, user: int) -> tuple[np.ndarray, int]:
+        """The training items shown for `user` (bounded, seeded sample) and the history length."""
+        train = np.sort(self.data.train_items(user))
+        if len(train) <= HISTORY_ITEMS:
+            return train, len(train)
+        rng = np.random.default_rng([self.split_seed, user])
+        return np.sort(rng.choice(train, HISTORY_ITEMS, replace=False)), len(train)
+
+    def user_messages(self, user: int) -> list[dict]:
+        system, template = self.templates["user"]
+        shown, total = self.history(user)
+        lines = []
+        for item in shown:
+            cats = self.data.items.iloc[item].get("categories")
+            line = f"- {_title(self.data, int(item))}" + (f" [{cats}]" if cats else "")
+            if int(item) in self.item_profiles:
+                line += ": " + _cut(self.item_profiles[int(item)], PROFILE_SNIPPET_WORDS)
+            lines.append(line)
+        reviews = ""
+        if self._user_reviews is not None:
+            own = [self._user_reviews.get((user, int(i))) for i in shown]
+            own = [r for r in own if isinstance(r, str) and r.strip()][:USER_REVIEWS]
+            if own:
+                reviews = "Their reviews:\n" + "\n".join(f"- {_cut(r, REVIEW_WORDS)}" for r in own)
+        row = self.data.users.iloc[user] if len(self.data.users) > user else {}
+        who = ", ".join(f"{c} {row[c]}" for c in ("age", "gender", "occupation")
+                        if c in getattr(row, "index", []) and str(row[c]) not in ("", "nan"))
+        text = template.format(user_text=who or "(no side information)", shown=len(shown), total=total,
+                               history="\n".join(lines), reviews=reviews)
+        return [{"role": "system", "content": system}, {"role": "user", "content": _tidy(text)}]
+
+
+def _tidy(text: str) -> str:
+    return re.sub(r"\n{2,}", "\n", text).strip()
+
+
+def generate_profiles(data, backend, kind: str = "item", limit: int | None = None, split_seed: int = 0,
+                      item_profiles: dict[int, str] | None = None, max_new_tokens: int | None = None,
+                      schema: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """Profiles of the first `limit` items/users (all by default) -> (frame, counts).
+
+    The frame has one row per id: id, ok, summarization, reasoning, reason, cached. Failures keep their
+    reason and are counted, never replaced. User prompts include snippets of `item_profiles` if given."""
+    if kind not in ("item", "user"):
+        raise ValueError(f"kind must be 'item' or 'user', not {kind!r}")
+    prompts = ProfilePrompts(data, split_seed, item_profiles)
+    n = data.n_items if kind == "item" else data.n_users
+    ids = list(range(n if limit is None else min(limit, n)))
+    build = prompts.item_messages if kind == "item" else prompts.user_messages
+    results = backend.generate_json([build(i) for i in ids], schema or profile_schema(),
+                                    max_new_tokens=max_new_tokens, desc=f"{kind} profiles")
+    rows = [{"id": i, "ok": r.ok, "summarization": (r.value or {}).get("summarization"),
+             "reasoning": (r.value or {}).get("reasoning"), "reason": r.reason, "cached": r.cached,
+             "raw": None if r.ok else r.raw, "prompt_truncated": r.prompt_truncated}
+            for i, r in zip(ids, results)]
+    frame = pd.DataFrame(rows)
+    stats = getattr(backend, "last_stats", {})
+    counts = {"kind": kind, "requested": len(ids), "generated": int((~frame["cached"]).sum()) if len(frame) else 0,
+              "cached": int(frame["cached"].sum()) if len(frame) else 0,
+              "failed": int((~frame["ok"]).sum()) if len(frame) else 0,
+              "truncated_prompts": int(frame["prompt_truncated"].sum()) if len(frame) else 0,
+              "seconds": stats.get("seconds"), "prompts_per_s": stats.get("prompts_per_s"),
+              "tokens_per_s": stats.get("tokens_per_s")}
+    return frame, counts
+
+
+def profiles_dir(dataset: str, llm: str) -> Path:
+    return artifacts_dir(dataset, "profiles", re.sub(r"[^A-Za-z0-9._-]+", "_", llm))
+
+
+def save_profiles(frame: pd.DataFrame, dataset: str, llm: str, kind: str, split_seed: int = 0) -> Path:
+    path = profiles_dir(dataset, llm) / f"{kind}s_split-{split_seed}.jsonl"
+    tmp = path.with_suffix(".tmp")
+    frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    tmp.replace(path)  # readers never see a half-written file
+    return path
+
+
+def read_profiles(path: Path) -> dict[int, str]:
+    frame = pd.read_json(path, lines=True)
+    if frame.empty:
+        return {}
+    ok = frame[frame["ok"].astype(bool)]
+    return {int(i): str(s) for i, s in zip(ok["id"], ok["summarization"])}
+
+
+def load_profiles(dataset: str, llm: str, split_seed: int = 0) -> tuple[dict[int, str], dict[int, str]]:
+    """(item_profiles, user_profiles): summaries of the valid profiles by integer id (failures absent)."""
+    folder = profiles_dir(dataset, llm)
+    out = []
+    for kind in ("item", "user"):
+        path = folder / f"{kind}s_split-{split_seed}.jsonl"
+        if not path.exists():
+            raise MissingInputError(f"no {kind} profiles at {path}; run: hnlm profiles --dataset {dataset} "
+                                    f"--llm {llm} --split-seed {split_seed}")
+        out.append(read_profiles(path))
+    return out[0], out[1]
