@@ -89,23 +89,28 @@ def plot_convergence(curves: pd.DataFrame, metric: str = "recall@20", hue: str =
     fig, axes = figure(COLUMN_WIDTH * min(len(cols), 2), 2.3, ncols=len(cols), squeeze=False)
     for ax, value in zip(axes[0], cols):
         part = curves if value is None else curves[curves[col] == value]
-        sns.lineplot(data=part, x="epoch", y=metric, hue=hue, errorbar="sd", ax=ax)
+        sns.lineplot(data=part, x="epoch", y=metric, hue=hue, errorbar="sd", marker="o", ax=ax)
         ax.set(title=value or "", xlabel="epoch", ylabel=f"valid {metric}")
         ax.legend(frameon=False, title=None)
     return fig
 
 
 def plot_grouped(frame: pd.DataFrame, x: str, y: str, hue: str = "method", kind: str = "bar",
-                 xlabel: str | None = None, ylabel: str | None = None, width: float = COLUMN_WIDTH):
-    """Bars (or lines) of y by x per hue: head/tail metrics (08), user groups (09), alpha sweeps (04)."""
-    fig, ax = figure(width, 2.3)
-    if kind == "bar":
-        sns.barplot(data=frame, x=x, y=y, hue=hue, errorbar="sd", ax=ax, err_kws={"linewidth": 0.8})
-    else:
-        sns.lineplot(data=frame, x=x, y=y, hue=hue, errorbar="sd", marker="o", ax=ax)
-    ax.set(xlabel=xlabel or x, ylabel=ylabel or y)
-    if ax.get_legend() is not None:
-        ax.legend(frameon=False, title=None)
+                 col: str | None = None, xlabel: str | None = None, ylabel: str | None = None):
+    """Bars (or lines) of y by x per hue, one panel per `col` value: head/tail metrics (08), user groups
+    (09), alpha sweeps (04). Error bars: std over the rows of each cell (seeds)."""
+    cols = list(dict.fromkeys(frame[col])) if col else [None]
+    fig, axes = figure(COLUMN_WIDTH * min(len(cols), 2), 2.3, ncols=len(cols), squeeze=False)
+    for ax, value in zip(axes[0], cols):
+        part = frame if value is None else frame[frame[col] == value]
+        if kind == "bar":
+            sns.barplot(data=part, x=x, y=y, hue=hue, errorbar="sd", ax=ax, err_kws={"linewidth": 0.8})
+        else:
+            sns.lineplot(data=part, x=x, y=y, hue=hue, errorbar="sd", marker="o", ax=ax, sort=False)
+        ax.set(title=value or "", xlabel=xlabel or x, ylabel=ylabel or y)
+        ax.tick_params(axis="x", rotation=30)
+        if ax.get_legend() is not None:
+            ax.legend(frameon=False, title=None)
     return fig
 
 

@@ -35,7 +35,52 @@ def check_01_data(result, out_dir, fig_dir):
     assert (fig_dir / "smoke" / "01_distributions_ml-100k.pdf").exists()
 
 
-CHECKS = {"01_data": check_01_data}
+def check_06_main_results(result, out_dir, fig_dir):
+    settings = result["meta"]["settings"]
+    runs = result["runs"]
+    expected = {(b, m, s) for b in settings["backbones"] for m in settings["methods"] for s in result["meta"]["seeds"]}
+    assert {(r["backbone"], r["method"], r["seed"]) for r in runs} == expected
+    for r in runs:
+        _metrics_ok(r)
+        assert r["recall@10"] <= r["recall@20"] <= r["recall@50"]
+        assert 1 <= r["best_epoch"] <= r["epochs_run"] <= settings["epochs"]
+    assert len(result["table"]) == len(settings["backbones"]) * len(settings["methods"])
+    assert all(row["seeds"] == len(result["meta"]["seeds"]) for row in result["table"])
+    comps = [c for c in result["comparisons"] if c["metric"] == result["reference_metric"]]
+    assert len(comps) == len(settings["backbones"]) * (len(settings["methods"]) - 1)
+    for c in comps:
+        assert c["over_seeds"]["n"] == len(result["meta"]["seeds"]) and c["over_users"]["n"] > 900
+        assert 0 <= c["over_users"]["wilcoxon_p"] <= 1 and c["baseline_mean"] >= 0
+        assert c["mean"] > c["baseline_mean"] or c["relative_gain"] <= 0
+    assert {c["method"] for c in result["convergence"]} == set(settings["methods"])
+    for name in ("06_main_results", "06_convergence"):
+        assert (fig_dir / "smoke" / f"{name}_ml-100k.pdf").exists()
+
+
+def check_08_popularity(result, out_dir, fig_dir):
+    k = result["k"]
+    assert result["head_items"] == 337  # ceil(0.2 * 1682)
+    for r in result["per_run"]:
+        _metrics_ok(r)
+        for key in (f"coverage@{k}", f"gini@{k}", f"tail_share@{k}"):
+            assert 0 <= r[key] <= 1, key
+        assert r[f"mean_popularity@{k}"] > 0 and r["head_users"] + r["tail_users"] >= 943
+    assert (fig_dir / "smoke" / "08_head_tail_ml-100k.png").exists()
+
+
+def check_09_sparsity(result, out_dir, fig_dir):
+    assert sum(result["group_sizes"]) == 943 and len(result["groups"]) == result["meta"]["settings"]["n_groups"]
+    for r in result["per_run"]:
+        _metrics_ok(r)
+    sizes = {}
+    for r in result["per_run"]:
+        sizes.setdefault(r["group"], set()).add(r["users"])
+    assert all(len(v) == 1 for v in sizes.values()) and sum(v.pop() for v in sizes.values()) == 943
+    assert (fig_dir / "smoke" / "09_sparsity_ml-100k.png").exists()
+
+
+CHECKS = {"01_data": check_01_data, "06_main_results": check_06_main_results,
+          "08_popularity": check_08_popularity, "09_sparsity": check_09_sparsity}
 
 
 def test_every_study_notebook_has_a_check_and_a_clean_parameters_cell():

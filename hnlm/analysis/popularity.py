@@ -102,3 +102,10 @@ def recommend(score_fn, data, k: int = 50, split: str = "test", batch_size: int 
         scores[rows, cols] = -np.inf
         lists.append(top_k(scores, k))
     return users, np.concatenate(lists) if lists else np.zeros((0, k), dtype=np.int64)
+
+
+def run_popularity(users: np.ndarray, lists: np.ndarray, data, head: np.ndarray, k: int = 20) -> dict:
+    """Popularity profile of one run's top-k test lists: list statistics and head/tail accuracy."""
+    top = np.asarray(lists)[:, :k]
+    return {**{f"{name}@{k}": v for name, v in list_stats(top, data.train_popularity(), head).items()},
+            **head_tail_metrics(top, data.test[np.asarray(users)], head, ks=(k,))}

@@ -23,10 +23,12 @@ COMMON = {
 
 # CF training budgets shared by the notebooks that train LightGCN/MF (06, 08, 09, convergence).
 _CF = {
-    "smoke": {"epochs": 3, "patience": 3, "dim": 32, "batch_size": 4096, "lr": 5e-3, "eval_every": 1},
+    "smoke": {"epochs": 1, "patience": 1, "dim": 16, "batch_size": 16384, "lr": 5e-3, "eval_every": 1},
     "quick": {"epochs": 30, "patience": 10, "dim": 64, "batch_size": 2048, "lr": 5e-3, "eval_every": 1},
     "full": {"epochs": 200, "patience": 20, "dim": 64, "batch_size": 2048, "lr": 5e-3, "eval_every": 1},
 }
+for _conf in _CF.values():
+    _conf.update({"metric": "recall@20", "reference_metric": "recall@20"})
 
 NOTEBOOK_SETTINGS = {
     "01_data": {
@@ -35,7 +37,7 @@ NOTEBOOK_SETTINGS = {
         "full": {"datasets": ["ml-100k", "ml-1m"], "top_items": 10},
     },
     "06_main_results": {
-        "smoke": {**_CF["smoke"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "dns"]},
+        "smoke": {**_CF["smoke"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "pns"]},
         "quick": {**_CF["quick"], "backbones": ["mf", "lightgcn"],
                   "methods": ["rns", "pns", "dns", "mixgcf", "ahns"]},
         "full": {**_CF["full"], "backbones": ["mf", "lightgcn"],
@@ -47,9 +49,9 @@ NOTEBOOK_SETTINGS = {
         "full": {"head_share": 0.2, "k": 20},
     },
     "09_sparsity": {
-        "smoke": {"n_groups": 4, "metric": "recall@20"},
-        "quick": {"n_groups": 4, "metric": "recall@20"},
-        "full": {"n_groups": 4, "metric": "recall@20"},
+        "smoke": {"n_groups": 4, "metric": "recall@20", "reference_method": "rns"},
+        "quick": {"n_groups": 4, "metric": "recall@20", "reference_method": "rns"},
+        "full": {"n_groups": 4, "metric": "recall@20", "reference_method": "rns"},
     },
 }
 

@@ -22,6 +22,9 @@ KERNEL_NAME = "hnlm"
 # The study, in order. A notebook joins this list only once the package code it presents has landed.
 STUDY_NOTEBOOKS = [
     "01_data",
+    "06_main_results",
+    "08_popularity",
+    "09_sparsity",
 ]
 
 
