@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -80,6 +82,7 @@ def normalized_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def to_torch_csr(m: sp.csr_matrix, device) -> torch.Tensor:
+    warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
     return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
                                    torch.from_numpy(m.indices.astype(np.int64)),
                                    torch.from_numpy(m.data.astype(np.float32)), size=m.shape).to(device)

@@ -29,13 +29,20 @@ class Negatives(NamedTuple):
 class PositiveIndex:
     """Exact membership test for training (user, item) pairs, and exclusion-aware uniform draws."""
 
-    MAX_ROUNDS = 64  # redraw rounds before the exact per-row fallback (only for nearly full rows)
+    MAX_ROUNDS = 64     # redraw rounds before the exact per-row fallback (only for nearly full rows)
+    DENSE_LIMIT = 2e8   # up to this many user x item cells, a dense bitmap (fast gathers); else sorted keys
 
     def __init__(self, train: sp.csr_matrix, device):
         coo = train.tocoo()
         self.n_items = train.shape[1]
-        keys = coo.row.astype(np.int64) * self.n_items + coo.col.astype(np.int64)
-        self.keys = torch.from_numpy(np.sort(keys)).to(device)
+        keys = torch.from_numpy(coo.row.astype(np.int64) * self.n_items + coo.col.astype(np.int64))
+        self.dense = train.shape[0] * train.shape[1] <= self.DENSE_LIMIT
+        if self.dense:
+            self.table = torch.zeros(train.shape[0] * self.n_items, dtype=torch.bool)
+            self.table[keys] = True
+            self.table = self.table.to(device)
+        else:
+            self.table = torch.sort(keys).values.to(device)
         self.train = train.tocsr()
         self.counts = {"draws": 0, "redrawn": 0, "exact_fallback": 0}
 
@@ -43,24 +50,32 @@ class PositiveIndex:
         """Bool tensor shaped like `items`: is (users[b], items[b, ...]) a training pair."""
         u = users.reshape(users.shape + (1,) * (items.dim() - users.dim()))
         key = u * self.n_items + items
-        if len(self.keys) == 0:
+        if self.dense:
+            return self.table[key]
+        if len(self.table) == 0:
             return torch.zeros_like(key, dtype=torch.bool)
-        idx = torch.searchsorted(self.keys, key).clamp_(max=len(self.keys) - 1)
-        return self.keys[idx] == key
+        idx = torch.searchsorted(self.table, key).clamp_(max=len(self.table) - 1)
+        return self.table[idx] == key
 
     def exclude(self, users: torch.Tensor, items: torch.Tensor,
                 redraw: Callable[[int], torch.Tensor]) -> torch.Tensor:
         """Replace every training positive in `items` [B, M] by fresh draws from `redraw(n)`."""
         self.counts["draws"] += items.numel()
-        bad = self.contains(users, items)
+        users = users.reshape(users.shape + (1,) * (items.dim() - users.dim())).expand_as(items)
+        items = items.clone()
+        bad = self.contains(users, items).nonzero(as_tuple=True)
         for _ in range(self.MAX_ROUNDS):
-            n = int(bad.sum())
+            n = len(bad[0])
             if n == 0:
                 return items
             self.counts["redrawn"] += n
-            items = items.masked_scatter(bad, redraw(n))
-            bad = self.contains(users, items)
-        return self._exact(users, items, bad)
+            fresh = redraw(n)
+            items[bad] = fresh
+            still = self.contains(users[bad], fresh)   # only the redrawn entries need a new check
+            bad = tuple(b[still] for b in bad)
+        mask = torch.zeros_like(items, dtype=torch.bool)
+        mask[bad] = True
+        return self._exact(users[..., 0] if users.dim() > 1 else users, items, mask)
 
     def _exact(self, users, items, bad):
         """Uniform over the row's non-positives for the (rare) entries still bad after MAX_ROUNDS."""
@@ -148,7 +163,7 @@ class PNS(Sampler):
 def candidate_scores(users, cands, ctx) -> torch.Tensor:
     """Current (detached) scores of candidates [B, M] for their users."""
     u = ctx.user_emb.detach()[users]
-    return torch.einsum("bd,bmd->bm", u, ctx.item_emb.detach()[cands])
+    return torch.bmm(ctx.item_emb.detach()[cands], u.unsqueeze(2)).squeeze(2)
 
 
 class DNS(Sampler):
@@ -186,9 +201,13 @@ class DNSMN(Sampler):
 
 
 class MixGCF(Sampler):
-    """MixGCF (Huang et al. 2021): per layer, positive mixing (alpha ~ U(0,1) per dimension) of the positive
-    into each of M uniform candidates, then hop mixing: the candidate scoring highest with the user's
-    same-layer embedding; the synthetic negative is the layer mean of the chosen mixed embeddings."""
+    """MixGCF (Huang et al. 2021): per layer l, positive mixing n' = a_l * p_l + (1 - a_l) * n_l of the
+    positive into each of M uniform candidates (a_l ~ U(0, 1) per pair and layer, as in the released
+    code), then hop mixing: per layer the candidate whose mix scores highest with the user's layer-l
+    embedding; the synthetic negative is the layer mean of the chosen mixes.
+
+    Since <u, a p + (1 - a) n> = a <u, p> + (1 - a) <u, n> with 1 - a > 0, the best mix is the candidate
+    with the highest <u_l, n_l>: the [B, M, d] mixes are never built."""
 
     name = "mixgcf"
 
@@ -196,22 +215,17 @@ class MixGCF(Sampler):
         self.candidates = int(candidates)
 
     def sample(self, users, pos, model, ctx):
-        layers = ctx.layers
-        B, M, gen = len(users), self.candidates, ctx.generator
-        cands = ctx.positives.uniform(users, M, gen)
+        B, gen = len(users), ctx.generator
+        cands = ctx.positives.uniform(users, self.candidates, gen)
+        alpha = torch.rand((B, len(ctx.layers), 1), generator=gen, device=users.device)
         mixed, chosen0 = [], None
-        for l, (u_l, i_l) in enumerate(layers):
-            p_l = i_l[pos]                                        # [B, d]
-            alpha = torch.rand(p_l.shape, generator=gen, device=p_l.device)
-            with torch.no_grad():  # selection only; the gradient flows through the chosen mix below
-                cand_l = i_l.detach()[cands]                      # [B, M, d]
-                mix = alpha[:, None] * p_l.detach()[:, None] + (1 - alpha[:, None]) * cand_l
-                best = torch.einsum("bd,bmd->bm", u_l.detach()[users], mix).argmax(1)
-            chosen = cands[torch.arange(B, device=cands.device), best]
+        for l, (u_l, i_l) in enumerate(ctx.layers):
+            with torch.no_grad():  # selection only; the gradient flows through the chosen mix
+                s = torch.bmm(i_l.detach()[cands], u_l.detach()[users].unsqueeze(2)).squeeze(2)
+                chosen = cands.gather(1, s.argmax(1, keepdim=True))[:, 0]
             chosen0 = chosen if chosen0 is None else chosen0
-            mixed.append(alpha * p_l + (1 - alpha) * i_l[chosen])
-        emb = torch.stack(mixed).mean(0) if len(mixed) > 1 else mixed[0]
-        return Negatives(chosen0, emb)
+            mixed.append(alpha[:, l] * i_l[pos] + (1 - alpha[:, l]) * i_l[chosen])
+        return Negatives(chosen0, torch.stack(mixed).mean(0))
 
 
 class DENS(Sampler, nn.Module):
@@ -231,20 +245,27 @@ class DENS(Sampler, nn.Module):
         d = model.embedding_dim
         self.gates = nn.ModuleDict({k: nn.Linear(d, d) for k in ("item", "user", "pos", "neg")})
 
+    def _gated_pos(self, u, p):
+        g = self.gates
+        return p * torch.sigmoid(g["item"](p) + g["user"](u))
+
     def sample(self, users, pos, model, ctx):
         g = self.gates
         u, p = ctx.user_emb[users], ctx.item_emb[pos]
         cands = ctx.positives.uniform(users, self.candidates, ctx.generator)
         with torch.no_grad():
-            n = ctx.item_emb.detach()[cands]
-            gp = p.detach() * torch.sigmoid(g["item"](p.detach()) + g["user"](u.detach()))
-            gn = n * torch.sigmoid(g["neg"](n) + g["pos"](gp)[:, None])
+            items = ctx.item_emb.detach()
+            neg_gate = g["neg"](items)                 # once per item, then gathered per candidate
+            shift = g["pos"](self._gated_pos(u.detach(), p.detach()))
+            n = items[cands]                           # [B, M, d]
             keep = 1.0 - min(1.0, ctx.epoch / max(self.warmup, 1))
-            best = torch.einsum("bd,bmd->bm", u.detach(), keep * n - gn).argmax(1)
+            # <u, keep * n - n * sigmoid(.)> = <u * n, keep - sigmoid(.)>
+            gate = torch.sigmoid(neg_gate[cands] + shift[:, None])
+            best = ((u.detach()[:, None] * n) * (keep - gate)).sum(-1).argmax(1)
         chosen = cands[torch.arange(len(users), device=cands.device), best]
         # Factor-level term: trains the gates (and embeddings) on the chosen pair.
         e_n = ctx.item_emb[chosen]
-        gated_p = p * torch.sigmoid(g["item"](p) + g["user"](u))
+        gated_p = self._gated_pos(u, p)
         gated_n = e_n * torch.sigmoid(g["neg"](e_n) + g["pos"](gated_p))
         s_rel = (u * gated_p).sum(-1) - (u * gated_n).sum(-1)
         loss = -torch.nn.functional.logsigmoid(s_rel).mean() * self.weight

@@ -1,0 +1,94 @@
+"""Full-ranking metrics against hand-computed cases (DESIGN.md section 4)."""
+
+import math
+
+import pytest
+import torch
+
+from hnlm.cf.evaluate import evaluate
+from hnlm.cf.models import MF
+from tests.cf_helpers import tiny_data
+
+L2 = math.log2
+
+
+def fixed_scores_model(scores):
+    """A real MF whose item embeddings are the identity, so user u's scores are scores[u]."""
+    n_users, n_items = len(scores), len(scores[0])
+    model = MF(n_users, n_items, n_items)
+    with torch.no_grad():
+        model.user_emb.weight.copy_(torch.tensor(scores, dtype=torch.float32))
+        model.item_emb.weight.copy_(torch.eye(n_items))
+    return model
+
+
+@pytest.fixture
+def case():
+    # user 0: train {0}, valid {2}, test {1, 3}; user 1: test {5} only; user 2: no test items.
+    data = tiny_data(train={0: [0], 1: [0], 2: [1]}, valid={0: [2], 2: [0]}, test={0: [1, 3], 1: [5]},
+                     n_users=3, n_items=6)
+    model = fixed_scores_model([[10, 5, 4, 3, 2, 1],
+                                [9, 1, 2, 0, 3, 2.5],   # ranking after masking item 0: 4, 5, 2, 1, 3
+                                [1, 1, 1, 1, 1, 1]])
+    return data, model
+
+
+def test_valid_ranking_masks_train_only(case):
+    data, model = case
+    # valid: user 0 ranks 1, 2, 3 (2 is its valid item, at rank 2); user 2 ranks everything but item 1,
+    # valid item 0 ties with the others (ties resolved by topk; only its count matters here).
+    res = evaluate(model, data, "valid", ks=(2, 3))
+    assert res["n_users"] == 2
+    assert res["users"] == [0, 2]
+    assert res["per_user"]["recall@2"][0] == pytest.approx(1.0)
+    assert res["per_user"]["ndcg@2"][0] == pytest.approx(1 / L2(3))
+
+
+def test_test_metrics_hand_computed(case):
+    data, model = case
+    res = evaluate(model, data, "test", ks=(2, 3))
+    # user 2 has no test item: excluded from the averages.
+    assert res["users"] == [0, 1]
+    # user 0: train 0 and valid 2 masked -> ranking 1, 3, 4, 5; both test items in the top 2.
+    # user 1: train 0 masked -> ranking 4, 5, 2, ...; its single test item 5 at rank 2.
+    per = res["per_user"]
+    assert per["recall@2"].tolist() == pytest.approx([1.0, 1.0])
+    assert per["ndcg@2"].tolist() == pytest.approx([1.0, (1 / L2(3)) / 1.0])
+    assert per["precision@2"].tolist() == pytest.approx([1.0, 0.5])
+    assert per["hit@2"].tolist() == pytest.approx([1.0, 1.0])
+    # K = 3 with fewer test items than K: IDCG over min(|test|, K) items.
+    assert per["ndcg@3"].tolist() == pytest.approx([1.0, 1 / L2(3)])
+    assert per["precision@3"].tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert res["recall@2"] == pytest.approx(1.0)
+    assert res["ndcg@2"] == pytest.approx((1 + 1 / L2(3)) / 2)
+
+
+def test_partial_hits_and_ndcg_discount():
+    # one user, test {1, 3}, ranking 1, 2, 3, 4, 5 (item 0 is train)
+    data = tiny_data(train={0: [0]}, valid={}, test={0: [1, 3]}, n_users=1, n_items=6)
+    model = fixed_scores_model([[10, 5, 4, 3, 2, 1]])
+    res = evaluate(model, data, "test", ks=(1, 2, 3))
+    idcg2 = 1 + 1 / L2(3)
+    assert res["recall@1"] == pytest.approx(0.5)
+    assert res["recall@2"] == pytest.approx(0.5)
+    assert res["ndcg@2"] == pytest.approx(1 / idcg2)
+    assert res["recall@3"] == pytest.approx(1.0)
+    assert res["ndcg@3"] == pytest.approx((1 + 1 / L2(4)) / idcg2)
+    assert res["hit@1"] == 1.0 and res["precision@3"] == pytest.approx(2 / 3)
+
+
+def test_list_statistics():
+    # popularity (train counts): item 0: 2, item 1: 1, others 0. Head = top 20% of 6 items = 1 item (item 0).
+    data = tiny_data(train={0: [0], 1: [0, 1]}, valid={}, test={0: [2], 1: [3]}, n_users=2, n_items=6)
+    model = fixed_scores_model([[0, 9, 8, 7, 1, 0], [0, 0, 1, 9, 8, 0]])
+    res = evaluate(model, data, "test", ks=(2,))
+    # top-2: user 0 -> 1, 2; user 1 -> 3, 4 (train items masked)
+    assert res["coverage@2"] == pytest.approx(4 / 6)
+    assert res["mean_popularity@2"] == pytest.approx((1 + 0 + 0 + 0) / 4)
+    assert res["longtail_share@2"] == pytest.approx(1.0)
+
+
+def test_split_name_checked(case):
+    data, model = case
+    with pytest.raises(ValueError):
+        evaluate(model, data, "train")

@@ -1,0 +1,156 @@
+"""Sampler invariants: never a training positive, DNS = max of its candidates, PNS follows popularity,
+the table hook counts its fallbacks."""
+
+import numpy as np
+import pytest
+import torch
+
+from hnlm.cf.models import LightGCN
+from hnlm.cf.samplers import SAMPLERS, PositiveIndex, SamplerContext, get_sampler
+from hnlm.data import load_dataset
+from tests.cf_helpers import tiny_data
+
+
+@pytest.fixture(scope="module")
+def ml100k():
+    return load_dataset("ml-100k", seed=0)
+
+
+def make_ctx(data, seed=0, model=None, epoch=0):
+    gen = torch.Generator().manual_seed(seed)
+    ctx = SamplerContext(PositiveIndex(data.train, "cpu"),
+                         torch.from_numpy(data.train_popularity()).float(), gen, epoch=epoch)
+    if model is not None:
+        ctx.layers = model.layer_embeddings()
+        ctx.user_emb, ctx.item_emb = model.combine(ctx.layers)
+    return ctx
+
+
+def train_pairs(data, n, seed=0):
+    coo = data.train.tocoo()
+    pick = np.random.default_rng(seed).choice(len(coo.row), size=n, replace=False)
+    return torch.from_numpy(coo.row[pick].astype(np.int64)), torch.from_numpy(coo.col[pick].astype(np.int64))
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_never_a_training_positive(ml100k, name):
+    torch.manual_seed(0)
+    model = LightGCN(ml100k.n_users, ml100k.n_items, 16, ml100k.train, layers=2)
+    sampler = get_sampler(name)
+    sampler.setup(model, ml100k)
+    users, pos = train_pairs(ml100k, 4096)
+    ctx = make_ctx(ml100k, model=model)
+    negs = sampler.sample(users, pos, model, ctx)
+    assert negs.items.shape == (4096,)
+    dense = ml100k.train.toarray().astype(bool)
+    assert not dense[users.numpy(), negs.items.numpy()].any()
+    if negs.emb is not None:
+        assert negs.emb.shape == (4096, 16)
+
+
+def test_sorted_key_index_agrees_with_bitmap(ml100k, monkeypatch):
+    users = torch.randint(0, ml100k.n_users, (2000,), generator=torch.Generator().manual_seed(1))
+    items = torch.randint(0, ml100k.n_items, (2000, 7), generator=torch.Generator().manual_seed(2))
+    dense = PositiveIndex(ml100k.train, "cpu")
+    monkeypatch.setattr(PositiveIndex, "DENSE_LIMIT", 0)
+    keyed = PositiveIndex(ml100k.train, "cpu")
+    assert dense.dense and not keyed.dense
+    truth = ml100k.train.toarray().astype(bool)[users.numpy()[:, None], items.numpy()]
+    assert torch.equal(dense.contains(users, items), torch.from_numpy(truth))
+    assert torch.equal(keyed.contains(users, items), torch.from_numpy(truth))
+
+
+def test_nearly_full_row_gets_its_only_negative():
+    # user 0 has every item but item 7: rejection keeps failing, the exact fallback must find 7.
+    data = tiny_data(train={0: [i for i in range(50) if i != 7], 1: [1]}, valid={}, test={}, n_users=2,
+                     n_items=50)
+    ctx = make_ctx(data)
+    users = torch.zeros(300, dtype=torch.long)
+    items = ctx.positives.uniform(users, 3, ctx.generator)
+    assert (items == 7).all()
+    assert ctx.positives.counts["redrawn"] > 0
+
+
+def test_dns_picks_the_best_candidate(ml100k):
+    torch.manual_seed(0)
+    model = LightGCN(ml100k.n_users, ml100k.n_items, 16, ml100k.train, layers=2)
+    users, pos = train_pairs(ml100k, 1000)
+    ctx_a, ctx_b = make_ctx(ml100k, seed=5, model=model), make_ctx(ml100k, seed=5, model=model)
+    cands = ctx_a.positives.uniform(users, 16, ctx_a.generator)   # the same draws DNS will make
+    chosen = get_sampler("dns", candidates=16).sample(users, pos, model, ctx_b).items
+    with torch.no_grad():
+        scores = (ctx_a.user_emb[users, None] * ctx_a.item_emb[cands]).sum(-1)
+    expected = cands[torch.arange(len(users)), scores.argmax(1)]
+    assert torch.equal(chosen, expected)
+    # and it is harder than a uniform negative on average
+    uniform = cands[:, 0]
+    with torch.no_grad():
+        s = lambda items: (ctx_a.user_emb[users] * ctx_a.item_emb[items]).sum(-1).mean()
+        assert s(chosen) > s(uniform)
+
+
+def test_dns_mn_stays_in_top_n(ml100k):
+    torch.manual_seed(0)
+    model = LightGCN(ml100k.n_users, ml100k.n_items, 16, ml100k.train, layers=1)
+    users, pos = train_pairs(ml100k, 1000)
+    ctx_a, ctx_b = make_ctx(ml100k, seed=3, model=model), make_ctx(ml100k, seed=3, model=model)
+    cands = ctx_a.positives.uniform(users, 10, ctx_a.generator)
+    chosen = get_sampler("dns-mn", candidates=10, top=3).sample(users, pos, model, ctx_b).items
+    with torch.no_grad():
+        scores = (ctx_a.user_emb[users, None] * ctx_a.item_emb[cands]).sum(-1)
+    top3 = cands.gather(1, scores.topk(3, dim=1).indices)
+    assert (top3 == chosen[:, None]).any(1).all()
+    assert not (cands.gather(1, scores.argmax(1, keepdim=True))[:, 0] == chosen).all()
+
+
+def test_pns_follows_popularity():
+    # popularity from users 1..; user 0 has no training items, so its negatives follow (pop + 1) ** beta.
+    rng = np.random.default_rng(0)
+    n_items = 20
+    pops = np.arange(n_items) * 3
+    rows = {u: [] for u in range(1, 61)}
+    for i, p in enumerate(pops):
+        for u in rng.choice(60, size=p, replace=False) + 1:
+            rows[int(u)].append(i)
+    data = tiny_data(train={0: [], **rows}, valid={}, test={}, n_users=61, n_items=n_items)
+    ctx = make_ctx(data)
+    n = 200_000
+    negs = get_sampler("pns", beta=0.75).sample(torch.zeros(n, dtype=torch.long), None, None, ctx).items
+    freq = np.bincount(negs.numpy(), minlength=n_items) / n
+    expected = (pops + 1.0) ** 0.75
+    expected /= expected.sum()
+    assert np.abs(freq - expected).max() < 0.005
+    assert np.corrcoef(freq, expected)[0, 1] > 0.999
+
+
+def test_mixgcf_negative_is_a_mix_with_gradient(ml100k):
+    torch.manual_seed(0)
+    model = LightGCN(ml100k.n_users, ml100k.n_items, 8, ml100k.train, layers=2)
+    users, pos = train_pairs(ml100k, 256)
+    negs = get_sampler("mixgcf", candidates=8).sample(users, pos, model, make_ctx(ml100k, model=model))
+    assert negs.emb.requires_grad
+    negs.emb.sum().backward()
+    assert model.item_emb.weight.grad.abs().sum() > 0
+
+
+def test_table_sampler_counts_fallbacks(ml100k):
+    users = torch.tensor([0, 0, 1, 2])
+    pos = torch.from_numpy(np.array([ml100k.train_items(0)[0], ml100k.train_items(0)[1],
+                                     ml100k.train_items(1)[0], ml100k.train_items(2)[0]]))
+    not_seen = int(np.setdiff1d(np.arange(ml100k.n_items), ml100k.train_items(0))[0])
+    seen = int(ml100k.train_items(1)[3])
+    # rows: (0, pos0) -> a valid negative; (1, pos) -> one of user 1's positives (must be replaced);
+    # (0, pos1) and (2, pos) are missing.
+    sampler = get_sampler("table", users=[0, 1], pos=[int(pos[0]), int(pos[2])], neg=[not_seen, seen],
+                          n_items=ml100k.n_items, source="test")
+    negs = sampler.sample(users, pos, None, make_ctx(ml100k))
+    assert int(negs.items[0]) == not_seen
+    dense = ml100k.train.toarray().astype(bool)
+    assert not dense[users.numpy(), negs.items.numpy()].any()
+    c = sampler.counts()["table_sampler"]
+    assert (c["pairs"], c["from_table"], c["missing"], c["table_was_positive"]) == (4, 1, 2, 1)
+
+
+def test_unknown_sampler():
+    with pytest.raises(ValueError, match="unknown sampler"):
+        get_sampler("nope")
