@@ -154,3 +154,19 @@ def test_table_sampler_counts_fallbacks(ml100k):
 def test_unknown_sampler():
     with pytest.raises(ValueError, match="unknown sampler"):
         get_sampler("nope")
+
+
+def test_ahns_picks_the_candidate_closest_to_its_target(ml100k):
+    torch.manual_seed(0)
+    model = LightGCN(ml100k.n_users, ml100k.n_items, 16, ml100k.train, layers=1)
+    users, pos = train_pairs(ml100k, 500)
+    ctx_a, ctx_b = make_ctx(ml100k, seed=9, model=model), make_ctx(ml100k, seed=9, model=model)
+    cands = ctx_a.positives.uniform(users, 8, ctx_a.generator)
+    chosen = get_sampler("ahns", candidates=8, alpha=1.0, beta=0.5, p=-2.0).sample(users, pos, model, ctx_b).items
+    with torch.no_grad():
+        u = ctx_a.user_emb[users]
+        s_pos = (u * ctx_a.item_emb[pos]).sum(-1, keepdim=True)
+        s_neg = (u[:, None] * ctx_a.item_emb[cands]).sum(-1)
+        target = 0.5 / (s_pos + 1.0)          # beta * (s_pos + alpha) ** (p + 1) with p = -2
+    expected = cands.gather(1, (s_neg - target).abs().argmin(1, keepdim=True))[:, 0]
+    assert torch.equal(chosen, expected)

@@ -97,7 +97,7 @@ def _list_stats(top: torch.Tensor, pop: torch.Tensor, head: torch.Tensor, n_item
     out = {}
     for k in ks:
         t = top[:, :k]
-        out[f"coverage@{k}"] = float(torch.unique(t).numel() / n_items) if t.numel() else 0.0
+        out[f"coverage@{k}"] = float((torch.bincount(t.reshape(-1), minlength=n_items) > 0).sum() / n_items)
         out[f"mean_popularity@{k}"] = float(pop[t].float().mean()) if t.numel() else 0.0
         out[f"longtail_share@{k}"] = float((~head[t]).float().mean()) if t.numel() else 0.0
     return out

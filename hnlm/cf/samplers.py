@@ -276,12 +276,14 @@ class DENS(Sampler, nn.Module):
 
 
 class AHNS(Sampler):
-    """AHNS (Lai et al. 2024), adaptive hardness: among M uniform candidates, the one whose score is closest
-    to beta * (s_pos + alpha) ** (p + 1), so the hardness follows the positive's current score."""
+    """AHNS (Lai et al. 2024), adaptive hardness, instantiation AHNS_{p<0}: among M uniform candidates, the
+    one whose score is closest to beta * (s_pos + alpha) ** (p + 1). With p < 0 the target falls as the
+    positive's score rises: well-fitted positives get easier negatives, poorly fitted ones harder negatives.
+    alpha, beta are not tuned here (options)."""
 
     name = "ahns"
 
-    def __init__(self, candidates: int = 32, alpha: float = 0.0, beta: float = 1.0, p: float = 0.0):
+    def __init__(self, candidates: int = 32, alpha: float = 1.0, beta: float = 1.0, p: float = -2.0):
         self.candidates, self.alpha, self.beta, self.p = int(candidates), float(alpha), float(beta), float(p)
 
     def sample(self, users, pos, model, ctx):
@@ -289,8 +291,9 @@ class AHNS(Sampler):
             cands = ctx.positives.uniform(users, self.candidates, ctx.generator)
             s_neg = candidate_scores(users, cands, ctx)
             s_pos = (ctx.user_emb.detach()[users] * ctx.item_emb.detach()[pos]).sum(-1, keepdim=True)
-            base = (s_pos + self.alpha)
-            target = self.beta * torch.sign(base) * base.abs().pow(self.p + 1)
+            base = s_pos + self.alpha
+            # sign-preserving power, so a negative base with a fractional exponent stays defined
+            target = self.beta * torch.sign(base) * base.abs().clamp_min(1e-6).pow(self.p + 1)
             best = (s_neg - target).abs().argmin(1, keepdim=True)
         return Negatives(cands.gather(1, best)[:, 0])
 

@@ -90,7 +90,8 @@ def train(data, config: TrainConfig | None = None, extension=None, sampler=None,
     np.random.seed(cfg.seed)
     model = build_model(cfg.model, data, cfg.dim, cfg.layers).to(device)
     sampler = sampler if sampler is not None else get_sampler(cfg.sampler, **cfg.sampler_opts)
-    sampler.setup(model, data)
+    if hasattr(sampler, "setup"):      # optional for samplers written outside hnlm.cf
+        sampler.setup(model, data)
     modules = [model] + [m for m in (sampler, extension) if isinstance(m, torch.nn.Module)]
     if extension is not None:
         extension.setup(model, data)
@@ -135,7 +136,8 @@ def train(data, config: TrainConfig | None = None, extension=None, sampler=None,
     t0 = time.perf_counter()
     test = evaluate(model, data, "test", ks, cfg.eval_batch_size)
     test_s = time.perf_counter() - t0
-    counts = {"positive_index": dict(positives.counts), **sampler.counts()}
+    counts = {"positive_index": dict(positives.counts),
+              **(sampler.counts() if hasattr(sampler, "counts") else {})}
     if extension is not None:
         counts.update(extension.counts())
     epoch_s = [r["train_s"] for r in history]
