@@ -10,6 +10,7 @@ from hnlm.errors import UserFacingError
 COMMAND_MODULES = [
     "hnlm.data.commands",
     "hnlm.cf.commands",
+    "hnlm.semantic.commands",
     "hnlm.llm.commands",
     "hnlm.study.commands",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hnlm.cf.samplers import Negatives, Sampler
 from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension
 from hnlm.semantic.bank import BankIndex, NegativeBank
 from hnlm.semantic.sns import Budget
@@ -106,7 +107,7 @@ BUILDERS = {"sns": build_sns, "sns-random": build_sns_random, "sns-shuffled": bu
             "sns-grounded": build_sns_grounded, "rlmrec-con": build_rlmrec}
 
 
-class GroundedSampler:
+class GroundedSampler(Sampler):
     """ID negatives from the grounded SNS pools: for a share of the pairs, a random item among the
     catalogue items nearest the pair's (or, with lookup "user", the user's) generated negatives (training
     items were excluded when grounding); the other pairs, and pairs without a pool, use the base sampler
@@ -141,7 +142,7 @@ class GroundedSampler:
             items = negs.items.clone()
             items[torch.from_numpy(take).to(items.device)] = torch.from_numpy(
                 self.pools[rows[take], cols]).to(items.device)
-            negs = type(negs)(items=items, emb=None)
+            negs = Negatives(items)
         return negs
 
     def counts(self) -> dict:

@@ -44,8 +44,8 @@ SNS_SCHEMA = {
     "additionalProperties": False,
 }
 # Token budgets per string field (the LLM layer forces the closing quote when one is spent).
-FIELD_TOKENS = {"hard_negative_item": 36, "reasoning": 40}
-HISTORY_TITLES = 12     # titles in a "history" user context
+FIELD_TOKENS = {"hard_negative_item": 28, "reasoning": 14}
+HISTORY_TITLES = 5      # titles in a "history" user context (prompt length drives CPU cost)
 ITEM_PROFILE_WORDS = 60  # item profiles are cut to this many words in the prompt
 
 
@@ -125,8 +125,8 @@ def history_context(data, user: int, rng: np.random.Generator) -> str:
     pick = rng.permutation(len(train))[:HISTORY_TITLES]
     titles = "; ".join(title_of(data, int(i)) for i in sorted(train[pick]))
     row = data.users.iloc[user]
-    who = ", ".join(f"{c} {row[c]}" for c in ("age", "gender", "occupation") if c in row and row[c] != "")
-    return (f"{who}. " if who else "") + f"Liked: {titles}."
+    who = ", ".join(str(row[c]) for c in ("age", "gender", "occupation") if c in row and row[c] != "")
+    return (f"{who}; " if who else "") + f"liked {titles}."
 
 
 def cut_words(text: str, n: int) -> str:
@@ -220,12 +220,15 @@ def parse_answer(result) -> dict:
 
 
 def generate_negatives(data, backend, pairs: pd.DataFrame, builder: PromptBuilder, out: Path,
-                       chunk: int = 32, max_new_tokens: int | None = None) -> dict:
+                       chunk: int = 32, max_new_tokens: int | None = None, order_seed: int = 0) -> dict:
     """Generate the pairs missing from out/negatives.jsonl, appending each chunk as it finishes."""
     path = out / "negatives.jsonl"
     done = read_negatives(path)
     have = set(zip(done["user"].astype(int), done["item"].astype(int)))
     todo = [(int(u), int(i)) for u, i in zip(pairs["user"], pairs["item"]) if (int(u), int(i)) not in have]
+    # Users in a seeded random order: an interrupted run leaves an unbiased subset of users covered.
+    rank = np.random.default_rng(order_seed).permutation(data.n_users)
+    todo.sort(key=lambda pair: rank[pair[0]])
     budget = max_new_tokens or sum(FIELD_TOKENS.values()) + 16
     cached = 0
     for start in range(0, len(todo), chunk):
@@ -324,22 +327,27 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, item_emb: np.ndarray, 
 
 
 def build_artifacts(data, llm: str, budget: Budget, encoder, split_seed: int = 0, pair_seed: int = 0,
-                    pool: int = 20, extra_meta: dict | None = None) -> dict:
+                    pool: int = 20, extra_meta: dict | None = None, allow_missing: bool = False) -> dict:
     """Embed, ground and measure the negatives of a budget; write bank / grounded / quality / meta."""
     out = sns_dir(data.name, llm, split_seed)
     pairs = select_pairs(data, budget, pair_seed)
     allrec = read_negatives(out / "negatives.jsonl")
     rec = pairs.merge(allrec, on=["user", "item"], how="left")
     missing = int(rec["ok"].isna().sum())
-    if missing:
+    if missing and not allow_missing:
         raise MissingInputError(f"{missing} of {len(rec)} pairs of budget {budget.spec} have no generated "
-                                f"negative in {out}: run `hnlm sns --budget {budget.spec}` first")
+                                f"negative in {out}: run `hnlm sns --budget {budget.spec}` first "
+                                f"(or build from what exists with --allow-missing)")
+    # Pairs never generated (an interrupted run) are counted apart from invalid answers.
+    rec = rec[rec["ok"].notna()].reset_index(drop=True)
     ok = rec[rec["ok"].astype(bool)].reset_index(drop=True)
     neg_emb = encoder.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, encoder.dim), np.float32)
     item_emb = item_embeddings(data, encoder)
     nearest, sim, top, nearest_any = ground(neg_emb, ok["user"].to_numpy(int), item_emb, data, pool)
     q = quality(data, ok, neg_emb, item_emb, nearest, nearest_any, top, seed=pair_seed)
-    q.update({"requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
+    q.update({"budget_pairs": int(len(pairs)), "not_generated": missing,
+              "coverage_users": int(ok["user"].nunique()) / data.n_users,
+              "requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
               "invalid": int(len(rec) - len(ok)), "truncated_to_20_words": int(ok["truncated"].sum()),
               "invalid_reasons": rec.loc[~rec["ok"].astype(bool), "reason"].value_counts().to_dict()})
     tag = budget.tag

@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--chunk", type=int, default=32, help="prompts per generate call (appended as they finish)")
     p.add_argument("--limit-users", type=int, default=None, help="only the first N users (quick runs)")
     p.add_argument("--no-generate", action="store_true", help="only rebuild embeddings/grounding/quality")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="build from the pairs generated so far (the rest is counted as not generated)")
     p.set_defaults(func=run_sns)
     register_cf()
 
@@ -46,12 +48,10 @@ def run_sns(args) -> int:
         out = sns.sns_dir(data.name, args.llm, args.split_seed)
         gen = sns.generate_negatives(data, backend, pairs, builder, out, chunk=args.chunk)
         gen["backend"] = backend.identity
-    if args.limit_users is not None:
-        print(json.dumps({"generation": gen, "note": "partial run (--limit-users): artefacts not built"}))
-        return 0
     built = sns.build_artifacts(data, args.llm, budget, get_text_encoder(args.encoder),
                                split_seed=args.split_seed, pair_seed=args.pair_seed, pool=args.pool,
-                               extra_meta={**builder.describe(), "generation": gen})
+                               extra_meta={**builder.describe(), "generation": gen},
+                               allow_missing=args.allow_missing or args.limit_users is not None)
     print(json.dumps({"folder": built["folder"], "generation": gen, "quality": built["quality"]}, indent=2))
     return 0
 
