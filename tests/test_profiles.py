@@ -1,0 +1,85 @@
+"""Module 1 profiles: prompts use training data only; generation, saving and loading with a real model."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from hnlm.data import load_dataset
+from hnlm.semantic import profiles as pf
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("ml-100k", seed=0)
+
+
+def listed_titles(prompt: str) -> list[str]:
+    return [line[2:].split(" [")[0] for line in prompt.splitlines() if line.startswith("- ")]
+
+
+def test_no_heldout_item_reaches_a_user_prompt(data):
+    builder = pf.ProfilePrompts(data, 0, item_profiles={i: f"profile <p{i}>" for i in range(data.n_items)})
+    titles = [pf._title(data, i) for i in range(data.n_items)]
+    for user in range(data.n_users):
+        shown, total = builder.history(user)
+        train, held = set(data.train_items(user).tolist()), set(data.heldout_items(user).tolist())
+        assert set(shown.tolist()) <= train and not set(shown.tolist()) & held
+        assert len(shown) == min(total, pf.HISTORY_ITEMS) and total == len(train)
+        prompt = builder.user_messages(user)[1]["content"]
+        held_only = {titles[i] for i in held} - {titles[i] for i in train}
+        assert not held_only & set(listed_titles(prompt)), user
+        assert not any(f"<p{i}>" in prompt for i in held)
+
+
+def test_user_prompt_does_not_change_when_heldout_data_changes(data):
+    """Counterfactual: emptying valid/test (or swapping them) leaves every user prompt unchanged."""
+    base = pf.ProfilePrompts(data, 0)
+    empty = sp.csr_matrix(data.valid.shape, dtype=data.valid.dtype)
+    altered = type(data)(data.name, data.train, empty, data.test.copy(), data.items, data.users,
+                         data.reviews, data.stats)
+    altered.valid, altered.test = data.test, empty
+    other = pf.ProfilePrompts(altered, 0)
+    for user in range(0, data.n_users, 7):
+        assert base.user_messages(user) == other.user_messages(user)
+
+
+def test_item_prompt_uses_training_reviews_only(data):
+    import pandas as pd
+    reviews = pd.DataFrame({"user": [0, 1, 2], "item": [5, 5, 5],
+                            "review": ["train words alpha", "valid words beta", "test words gamma"],
+                            "split": [0, 1, 2]})
+    d = type(data)(data.name, data.train, data.valid, data.test, data.items, data.users, reviews, data.stats)
+    text = pf.ProfilePrompts(d).item_messages(5)[1]["content"]
+    assert "alpha" in text and "beta" not in text and "gamma" not in text
+
+
+def test_history_selection_is_bounded_and_seeded(data):
+    long_user = int(np.argmax(np.diff(data.train.indptr)))
+    a, total = pf.ProfilePrompts(data, 0).history(long_user)
+    b, _ = pf.ProfilePrompts(data, 0).history(long_user)
+    c, _ = pf.ProfilePrompts(data, 1).history(long_user)
+    assert total > pf.HISTORY_ITEMS and len(a) == pf.HISTORY_ITEMS
+    assert (a == b).all() and not (a == c).all() and (np.diff(a) > 0).all()
+
+
+@pytest.mark.slow
+def test_generate_save_and_load_profiles(data, tmp_path, monkeypatch):
+    from hnlm.llm.backends import make_backend
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
+    backend = make_backend("smollm2-135m", batch_size=3, progress=False, cache_path=tmp_path / "c.jsonl")
+    schema = pf.profile_schema(summary_tokens=16, reasoning_tokens=6)
+    items, counts = pf.generate_profiles(data, backend, "item", limit=3, schema=schema)
+    assert counts["requested"] == 3 and counts["generated"] == 3 and counts["failed"] == 0
+    assert items["ok"].all() and items["summarization"].str.len().gt(0).all()
+    item_profiles = dict(zip(items["id"], items["summarization"]))
+    users, ucounts = pf.generate_profiles(data, backend, "user", limit=2, schema=schema,
+                                          item_profiles=item_profiles)
+    assert ucounts["failed"] == 0 and users["ok"].all()
+    pf.save_profiles(items, "ml-100k", "smollm2-135m", "item")
+    pf.save_profiles(users, "ml-100k", "smollm2-135m", "user")
+    ip, up = pf.load_profiles("ml-100k", "smollm2-135m")
+    assert set(ip) == {0, 1, 2} and set(up) == {0, 1} and ip[0] == items["summarization"][0]
+    _, again = pf.generate_profiles(data, backend, "item", limit=3, schema=schema)
+    assert again["cached"] == 3 and again["generated"] == 0
+    with pytest.raises(Exception, match="hnlm profiles --dataset ml-100k"):
+        pf.load_profiles("ml-100k", "no-such-llm")
