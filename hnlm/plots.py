@@ -123,3 +123,13 @@ def plot_lines(series: dict[str, list[float]], xlabel: str, ylabel: str, logy: b
     if len(series) > 1:
         ax.legend(frameon=False)
     return fig
+
+
+def plot_hist(samples: dict[str, np.ndarray], xlabel: str, bins: int = 30):
+    """Overlaid density histograms (e.g. similarity of generated vs random negatives to the positive)."""
+    fig, ax = figure(COLUMN_WIDTH, 2.3)
+    for name, values in samples.items():
+        ax.hist(np.asarray(values, dtype=float), bins=bins, histtype="step", density=True, label=name)
+    ax.set(xlabel=xlabel, ylabel="density")
+    ax.legend(frameon=False)
+    return fig

@@ -38,21 +38,22 @@ def check_01_data(result, out_dir, fig_dir):
 def check_06_main_results(result, out_dir, fig_dir):
     settings = result["meta"]["settings"]
     runs = result["runs"]
-    expected = {(b, m, s) for b in settings["backbones"] for m in settings["methods"] for s in result["meta"]["seeds"]}
+    methods = settings["methods"] + settings["semantic_methods"]
+    expected = {(b, m, s) for b in settings["backbones"] for m in methods for s in result["meta"]["seeds"]}
     assert {(r["backbone"], r["method"], r["seed"]) for r in runs} == expected
     for r in runs:
         _metrics_ok(r)
         assert r["recall@10"] <= r["recall@20"] <= r["recall@50"]
         assert 1 <= r["best_epoch"] <= r["epochs_run"] <= settings["epochs"]
-    assert len(result["table"]) == len(settings["backbones"]) * len(settings["methods"])
+    assert len(result["table"]) == len(settings["backbones"]) * len(methods)
     assert all(row["seeds"] == len(result["meta"]["seeds"]) for row in result["table"])
     comps = [c for c in result["comparisons"] if c["metric"] == result["reference_metric"]]
-    assert len(comps) == len(settings["backbones"]) * (len(settings["methods"]) - 1)
+    assert len(comps) == len(settings["backbones"]) * (len(methods) - 1)
     for c in comps:
         assert c["over_seeds"]["n"] == len(result["meta"]["seeds"]) and c["over_users"]["n"] > 900
         assert 0 <= c["over_users"]["wilcoxon_p"] <= 1 and c["baseline_mean"] >= 0
         assert c["mean"] > c["baseline_mean"] or c["relative_gain"] <= 0
-    assert {c["method"] for c in result["convergence"]} == set(settings["methods"])
+    assert {c["method"] for c in result["convergence"]} == set(methods)
     for name in ("06_main_results", "06_convergence"):
         assert (fig_dir / "smoke" / f"{name}_ml-100k.pdf").exists()
 
@@ -79,7 +80,52 @@ def check_09_sparsity(result, out_dir, fig_dir):
     assert (fig_dir / "smoke" / "09_sparsity_ml-100k.png").exists()
 
 
-CHECKS = {"01_data": check_01_data, "06_main_results": check_06_main_results,
+def check_02_profiles(result, out_dir, fig_dir):
+    limit = result["meta"]["settings"]["limit"]
+    for c in result["counts"]:
+        assert c["requested"] == limit and c["generated"] + c["cached"] == c["requested"]
+        assert 0 <= c["failed"] <= c["requested"] and 0 <= c["valid_rate"] <= 1
+    for kind, stats in result["summary_words"].items():
+        assert stats["n"] <= limit and (stats["max_words"] or 0) <= 100  # the schema's word cap
+    assert result["backend"] and (fig_dir / "smoke" / "02_summary_words_ml-100k.png").exists()
+
+
+def check_03_sns(result, out_dir, fig_dir):
+    q = result["quality"]
+    limit = result["meta"]["settings"]["limit_users"]
+    assert q["requested"] == limit and q["n_valid"] + q["invalid"] == q["requested"]
+    assert result["bank_rows"] == q["n_valid"] and len(result["examples"]) == q["n_valid"]
+    for key in ("valid_json_rate", "names_train_item_share", "false_hard_negative_share",
+                "false_hard_negative_chance", "pool_heldout_share"):
+        assert 0 <= q[key] <= 1, key
+    assert all(-1 <= v <= 1 for v in result["similarity"].values() if v is not None)
+    assert (out_dir / "sns_bank.npz").exists() and (out_dir / "sns_grounded.parquet").exists()
+
+
+def check_04_alignment(result, out_dir, fig_dir):
+    settings = result["meta"]["settings"]
+    methods = set(settings["methods"]) | {f"sns:alpha={a}" for a in settings["alpha_sweep"]}
+    assert {r["method"] for r in result["runs"]} == methods
+    for r in result["runs"]:
+        _metrics_ok(r)
+    for c in result["alignment_counts"]:  # every pair is either aligned or counted as missing
+        assert c["with_negative"] + c["missing"] == c["pairs"] > 0
+        assert c["exact_pair"] + c["user_reuse"] == c["with_negative"]
+    assert {c["method"] for c in result["alignment_counts"]} >= {"sns", "sns-random"}
+    assert (fig_dir / "smoke" / "04_alpha_sweep_ml-100k.pdf").exists()
+
+
+def check_07_false_negatives(result, out_dir, fig_dir):
+    assert 0 < result["chance_share"] < 0.1
+    for row in result["overall"]:
+        assert 0 <= row["false_negatives"] <= row["negatives"] and 0 <= row["share"] <= 1
+    for row in result["by_epoch"]:
+        assert row["negatives"] == 80024  # every training interaction gets one negative per epoch
+    assert result["sources"]["06_main_results"] > 0 and result["sns_quality"] is not None
+
+
+CHECKS = {"01_data": check_01_data, "02_profiles": check_02_profiles, "03_sns": check_03_sns,
+          "04_alignment": check_04_alignment, "07_false_negatives": check_07_false_negatives, "06_main_results": check_06_main_results,
           "08_popularity": check_08_popularity, "09_sparsity": check_09_sparsity}
 
 

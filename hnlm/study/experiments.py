@@ -72,12 +72,41 @@ def train_config(backbone: str, method: str, seed: int, settings: dict):
                        sampler_opts=dict(settings.get("sampler_opts", {}).get(method, {})), **opts)
 
 
-def build_method(method: str, data, settings: dict):
-    """(sampler, extension) of a method: a classic sampler of `hnlm.cf.samplers` by name."""
+def build_method(method: str, data, settings: dict, seed: int = 0, resources: dict | None = None):
+    """(sampler, extension) of a method. Classic samplers by name; the semantic methods of modules 2-3
+    and RLMRec-Con from `resources` ("bank": NegativeBank, "grounded": frame, "rlmrec_text": (users,
+    items) embeddings). `sns:alpha=0.1` is SNS with another mixing weight (the alpha sweep)."""
     from hnlm.cf.samplers import SAMPLERS, get_sampler
     if method in SAMPLERS:
         return get_sampler(method, **settings.get("sampler_opts", {}).get(method, {})), None
-    raise ValueError(f"unknown method {method!r}: choose one of {', '.join(SAMPLERS)}")
+    name, _, opt = method.partition(":")
+    res = resources or {}
+    align = dict(settings.get("alignment", {}))
+    if opt:
+        key, value = opt.split("=")
+        align[key] = float(value)
+    if name in ("sns", "sns-random", "sns-shuffled"):
+        from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension
+        bank = res["bank"]
+        if name == "sns-random":
+            bank = bank.randomized(seed)
+        elif name == "sns-shuffled":
+            bank = bank.shuffled(seed)
+        cfg = AlignmentConfig(**{k: tuple(v) if k == "hidden" else v for k, v in align.items()}, seed=seed)
+        return get_sampler("rns"), AlignmentExtension(bank, cfg)
+    if name == "sns-grounded":
+        from hnlm.semantic.methods import GroundedSampler
+        g = settings.get("grounded", {})
+        return GroundedSampler(res["grounded"], data, get_sampler("rns"), share=g.get("share", 0.5),
+                               pool=g.get("pool", 20), lookup=align.get("lookup", "user"), seed=seed,
+                               source=res["bank"].source), None
+    if name == "rlmrec-con":
+        from hnlm.semantic.rlmrec import RLMRecConfig, RLMRecExtension
+        users, items = res["rlmrec_text"]
+        return get_sampler("rns"), RLMRecExtension(users, items, RLMRecConfig(seed=seed),
+                                                   source=res.get("rlmrec_source", "metadata"))
+    raise ValueError(f"unknown method {method!r}: a sampler ({', '.join(SAMPLERS)}), sns, sns:alpha=A, "
+                     "sns-random, sns-shuffled, sns-grounded or rlmrec-con")
 
 
 def run_key(data, config, method_args: dict) -> str:
@@ -87,20 +116,23 @@ def run_key(data, config, method_args: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_one(data, backbone: str, method: str, seed: int, settings: dict, folder: Path) -> dict:
+def run_one(data, backbone: str, method: str, seed: int, settings: dict, folder: Path,
+            resources: dict | None = None) -> dict:
     """Train one (backbone, method, seed) run, or load it when the same key was stored before."""
     from hnlm.cf.trainer import train
     config = train_config(backbone, method, seed, settings)
-    key = run_key(data, config, settings.get("method_args", {}).get(method, {}))
-    tag = f"{backbone}__{method}__seed{seed}"
+    from hnlm.cf.samplers import SAMPLERS
+    semantic = {} if method in SAMPLERS else {"alignment": settings.get("alignment"), "grounded":
+                                              settings.get("grounded"), "resources": (resources or {}).get("id")}
+    key = run_key(data, config, semantic)
+    tag = f"{backbone}__{method.replace(':', '_').replace('=', '')}__seed{seed}"
     path, lists_path = folder / f"{tag}.json", folder / f"{tag}.npz"
     if path.exists() and lists_path.exists():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return stored
     torch.manual_seed(seed)
-    sampler, extension = build_method(method, data, settings)
-    sampler = sampler if sampler is not None else build_method("rns", data, settings)[0]
+    sampler, extension = build_method(method, data, settings, seed, resources)
     recorder = NegativeRecorder(sampler, data)
     result = train(data, config, extension=extension, sampler=recorder, progress=False)
     model = result.pop("model")
@@ -117,13 +149,14 @@ def run_one(data, backbone: str, method: str, seed: int, settings: dict, folder:
     return compact
 
 
-def run_grid(data, backbones, methods, seeds, settings: dict, out_dir: Path) -> list[dict]:
-    """Every (backbone, method, seed) run, in a stable order, with one progress bar."""
+def run_grid(data, backbones, methods, seeds, settings: dict, out_dir: Path, resources: dict | None = None) -> list[dict]:
+    """Every (backbone, method, seed) run, in a stable order, with one progress bar. `resources` (with an
+    "id" that changes when they do) carries what semantic methods train with; see build_method."""
     folder = Path(out_dir) / "cf_runs"
     specs = [(b, m, s) for b in backbones for m in methods for s in seeds]
     results = []
     for b, m, s in tqdm(specs, desc="CF runs", unit="run"):
-        results.append(run_one(data, b, m, s, settings, folder))
+        results.append(run_one(data, b, m, s, settings, folder, resources))
     return results
 
 

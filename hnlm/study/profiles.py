@@ -24,11 +24,16 @@ COMMON = {
 # CF training budgets shared by the notebooks that train LightGCN/MF (06, 08, 09, convergence).
 _CF = {
     "smoke": {"epochs": 1, "patience": 1, "dim": 16, "batch_size": 16384, "lr": 5e-3, "eval_every": 1},
-    "quick": {"epochs": 30, "patience": 10, "dim": 64, "batch_size": 2048, "lr": 5e-3, "eval_every": 1},
-    "full": {"epochs": 200, "patience": 20, "dim": 64, "batch_size": 2048, "lr": 5e-3, "eval_every": 1},
+    "quick": {"epochs": 20, "patience": 5, "dim": 64, "batch_size": 2048, "lr": 5e-3, "eval_every": 1},
+    "full": {"epochs": 100, "patience": 10, "dim": 64, "batch_size": 2048, "lr": 5e-3, "eval_every": 1},
 }
 for _conf in _CF.values():
     _conf.update({"metric": "recall@20", "reference_metric": "recall@20"})
+
+# Module 3 defaults (DESIGN.md: alpha 0.01, contrastive weight 1e-3, tau 0.2); lookup "user" lets a pair
+# without its own generated negative use one of its user's (budget per-user:1 has one pair per user).
+_ALIGN = {"alignment": {"alpha": 0.01, "weight": 1e-3, "tau": 0.2, "hidden": [256], "lookup": "user"},
+          "grounded": {"share": 0.5, "pool": 20}}
 
 NOTEBOOK_SETTINGS = {
     "01_data": {
@@ -36,12 +41,36 @@ NOTEBOOK_SETTINGS = {
         "quick": {"datasets": ["ml-100k", "ml-1m"], "top_items": 10},
         "full": {"datasets": ["ml-100k", "ml-1m"], "top_items": 10},
     },
+    "02_profiles": {
+        "smoke": {"limit": 4, "examples": 2},
+        "quick": {"limit": 48, "examples": 3},
+        "full": {"limit": None, "examples": 3},
+    },
+    "03_sns": {
+        "smoke": {"limit_users": 4, "context": "profile", "examples": 4},
+        "quick": {"limit_users": 48, "context": "profile", "examples": 8},
+        "full": {"limit_users": None, "context": "profile", "examples": 10},
+    },
+    "04_alignment": {
+        "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "methods": ["rns", "sns", "sns-random", "sns-grounded"],
+                  "baselines": ["rns"], "alpha_sweep": [0.1], **_ALIGN, "rlmrec_text": "metadata"},
+        "quick": {**_CF["quick"], "backbones": ["lightgcn"],
+                  "methods": ["rns", "dns", "sns", "sns-grounded", "sns-random", "rlmrec-con"],
+                  "baselines": ["rns", "dns"], "alpha_sweep": [0.1], **_ALIGN, "rlmrec_text": "metadata"},
+        "full": {**_CF["full"], "backbones": ["lightgcn"],
+                 "methods": ["rns", "dns", "mixgcf", "sns", "sns-grounded", "sns-random", "sns-shuffled",
+                             "rlmrec-con"],
+                 "baselines": ["rns", "dns", "mixgcf"], "alpha_sweep": [0.1, 0.5], **_ALIGN,
+                 "rlmrec_text": "profiles"},
+    },
     "06_main_results": {
-        "smoke": {**_CF["smoke"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "pns"]},
-        "quick": {**_CF["quick"], "backbones": ["mf", "lightgcn"],
-                  "methods": ["rns", "pns", "dns", "mixgcf", "ahns"]},
+        "smoke": {**_CF["smoke"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "pns"],
+                  "semantic_methods": [], **_ALIGN, "rlmrec_text": "metadata"},
+        "quick": {**_CF["quick"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "dns", "mixgcf"],
+                  "semantic_methods": ["sns", "rlmrec-con"], **_ALIGN, "rlmrec_text": "metadata"},
         "full": {**_CF["full"], "backbones": ["mf", "lightgcn"],
-                 "methods": ["rns", "pns", "dns", "dns-mn", "mixgcf", "dens", "ahns"]},
+                 "methods": ["rns", "pns", "dns", "dns-mn", "mixgcf", "dens", "ahns"],
+                 "semantic_methods": ["sns", "sns-grounded", "rlmrec-con"], **_ALIGN, "rlmrec_text": "profiles"},
     },
     "08_popularity": {
         "smoke": {"head_share": 0.2, "k": 20},

@@ -22,7 +22,11 @@ KERNEL_NAME = "hnlm"
 # The study, in order. A notebook joins this list only once the package code it presents has landed.
 STUDY_NOTEBOOKS = [
     "01_data",
+    "02_profiles",
+    "03_sns",
+    "04_alignment",
     "06_main_results",
+    "07_false_negatives",
     "08_popularity",
     "09_sparsity",
 ]

@@ -1,0 +1,123 @@
+"""Study steps that chain package modules for the LLM notebooks (02-04), sized by the study profile.
+
+Limited runs (smoke/quick) cover the first N items/users. They never shrink the shared artefacts: profile
+files are merged by id (new rows win), and SNS records are appended per pair by module 2 itself. Module 2
+builds its official bank only for a complete budget; for a partial one the bank, grounding and quality of
+the covered pairs are built here with module 2's own functions and kept in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hnlm.semantic import profiles as pf
+
+
+def merge_save_profiles(frame: pd.DataFrame, dataset: str, llm: str, kind: str, split_seed: int = 0) -> Path:
+    """Save profiles, keeping rows of ids this run did not cover (so a limited run never loses any)."""
+    path = pf.profiles_dir(dataset, llm) / f"{kind}s_split-{split_seed}.jsonl"
+    if path.exists():
+        old = pd.read_json(path, lines=True)
+        if len(old):
+            frame = pd.concat([old[~old["id"].isin(frame["id"])], frame]).sort_values("id")
+    return pf.save_profiles(frame.reset_index(drop=True), dataset, llm, kind, split_seed)
+
+
+def generate_study_profiles(data, backend, llm: str, limit: int | None, split_seed: int = 0) -> dict:
+    """Item profiles, then user profiles that quote them (module 1), for the first `limit` ids."""
+    items, item_counts = pf.generate_profiles(data, backend, "item", limit, split_seed)
+    merge_save_profiles(items, data.name, llm, "item", split_seed)
+    item_profiles = {int(i): s for i, s, ok in zip(items["id"], items["summarization"], items["ok"]) if ok}
+    users, user_counts = pf.generate_profiles(data, backend, "user", limit, split_seed,
+                                              item_profiles=item_profiles)
+    merge_save_profiles(users, data.name, llm, "user", split_seed)
+    return {"items": items, "users": users, "counts": [item_counts, user_counts]}
+
+
+def words(texts) -> np.ndarray:
+    return np.array([len(str(t).split()) for t in texts if isinstance(t, str)])
+
+
+# ------------------------------------------------------------------------------- module 2 (SNS)
+
+def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair_seed: int = 0,
+              encoder: str = "minilm", pool: int = 20, chunk: int = 32, context: str = "profile") -> dict:
+    """One hard negative per user (budget per-user:1) for the first `limit_users` users (all: None):
+    generate (cached, resumable), embed, ground to the catalogue, measure. Returns the generation counts,
+    quality measures, the valid records, a NegativeBank and the grounded frame."""
+    from hnlm.llm.backends import make_backend
+    from hnlm.llm.encoders import get_text_encoder
+    from hnlm.semantic import sns
+    from hnlm.semantic.bank import NegativeBank
+
+    budget = sns.Budget.parse("per-user:1")
+    pairs = sns.select_pairs(data, budget, pair_seed)
+    if limit_users is not None:
+        pairs = pairs[pairs["user"] < limit_users]
+    builder = sns.PromptBuilder(data, context, llm, seed=pair_seed)
+    backend = make_backend(llm)
+    folder = sns.sns_dir(data.name, llm, split_seed)
+    gen = sns.generate_negatives(data, backend, pairs, builder, folder, chunk=chunk)
+    gen["backend"] = backend.identity
+    gen.update({k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")})
+    enc = get_text_encoder(encoder)
+    if limit_users is None:  # the complete budget: module 2's official artefacts
+        built = sns.build_artifacts(data, llm, budget, enc, split_seed, pair_seed, pool,
+                                    extra_meta={**builder.describe(), "generation": gen})
+        bank, grounded = sns.load_bank(data, llm, budget, split_seed), sns.load_grounded(data, llm, budget, split_seed)
+        quality = built["quality"]
+        records = pairs.merge(sns.read_negatives(folder / "negatives.jsonl"), on=["user", "item"])
+        return {"generation": gen, "quality": quality, "records": records, "bank": bank, "grounded": grounded}
+    rec = pairs.merge(sns.read_negatives(folder / "negatives.jsonl"), on=["user", "item"], how="left")
+    ok = rec[rec["ok"].fillna(False).astype(bool)].reset_index(drop=True)
+    neg_emb = enc.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, enc.dim), np.float32)
+    item_emb = sns.item_embeddings(data, enc)
+    users = ok["user"].to_numpy(int)
+    nearest, sim, top, nearest_any = sns.ground(neg_emb, users, item_emb, data, pool)
+    quality = sns.quality(data, ok, neg_emb, item_emb, nearest, nearest_any, top, seed=pair_seed)
+    quality.update({"requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
+                    "invalid": int(len(rec) - len(ok))})
+    bank = NegativeBank(neg_emb, users, ok["item"].to_numpy(int), source=f"sns:{llm}:first-{limit_users}-users",
+                        meta={"budget": f"per-user:1, users < {limit_users}", "llm": llm, "encoder": enc.identity})
+    grounded = pd.DataFrame({"user": users, "item": ok["item"].astype(int), "text": ok["text"],
+                             "nearest": nearest.astype(int), "similarity": sim.astype(float),
+                             "pool": [list(map(int, p)) for p in top]})
+    return {"generation": gen, "quality": quality, "records": rec, "bank": bank, "grounded": grounded}
+
+
+def save_sns(out: dict, folder: Path) -> None:
+    """Keep the bank and grounding of a study run in its run folder (notebook 04 trains with them)."""
+    bank = out["bank"]
+    np.savez(folder / "sns_bank.npz", emb=bank.emb, users=bank.users, items=bank.items)
+    (folder / "sns_bank.json").write_text(json.dumps({"source": bank.source, "meta": bank.meta}))
+    out["grounded"].to_parquet(folder / "sns_grounded.parquet")
+
+
+def load_sns(folder: Path):
+    """(NegativeBank, grounded frame) saved by `save_sns`."""
+    from hnlm.errors import MissingInputError
+    from hnlm.semantic.bank import NegativeBank
+    if not (folder / "sns_bank.npz").exists():
+        raise MissingInputError(f"{folder / 'sns_bank.npz'} is missing: run notebook 03_sns first")
+    z = np.load(folder / "sns_bank.npz")
+    info = json.loads((folder / "sns_bank.json").read_text())
+    bank = NegativeBank(z["emb"], z["users"], z["items"], info["source"], info["meta"])
+    return bank, pd.read_parquet(folder / "sns_grounded.parquet")
+
+
+def semantic_resources(folder: Path, data, llm: str, rlmrec_text: str = "metadata") -> dict:
+    """What the semantic methods of the CF grid train with: notebook 03's bank and grounding, and the
+    RLMRec-Con text embeddings; "id" changes whenever the bank does (it is part of the run cache key)."""
+    import hashlib
+
+    from hnlm.llm.encoders import get_text_encoder
+    from hnlm.semantic.rlmrec import text_embeddings
+    bank, grounded = load_sns(folder)
+    users, items = text_embeddings(data, rlmrec_text, get_text_encoder("minilm"), llm)
+    digest = hashlib.sha256(bank.emb.tobytes() + bank.users.tobytes() + rlmrec_text.encode()).hexdigest()[:16]
+    return {"bank": bank, "grounded": grounded, "rlmrec_text": (users, items), "rlmrec_source": rlmrec_text,
+            "id": digest}
