@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "hnlm.data.commands",
     "hnlm.cf.commands",
     "hnlm.semantic.commands",
+    "hnlm.semantic.hnlmrec.commands",
     "hnlm.llm.commands",
     "hnlm.study.commands",
 ]

@@ -1,0 +1,109 @@
+"""CLI: `hnlm finetune` (HNLMRec end to end) and the `hnlm train --sampler hnlmrec` method."""
+
+from __future__ import annotations
+
+import json
+
+from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig
+from hnlm.semantic.hnlmrec.queries import MiningConfig
+
+
+def register(subparsers) -> None:
+    d, t, m = FinetuneConfig(), TeacherConfig(), MiningConfig()
+    p = subparsers.add_parser("finetune", help="HNLMRec: LoRA fine-tune an LLM to emit hard-negative embeddings")
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--llm", default=d.llm, help="qwen2.5-0.5b, smollm2-135m, hf:<id>, or a local folder")
+    p.add_argument("--cf-signal", default=d.cf_signal, choices=["text", "soft", "none"])
+    p.add_argument("--budget", default=d.budget, help="fine-tuning pairs: 'all' or 'per-user:K'")
+    p.add_argument("--infer-budget", default="per-user:1", help="pairs that get an emitted embedding")
+    p.add_argument("--context", default="history", choices=["history", "profile"])
+    p.add_argument("--profiles-llm", default=None)
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--tau", type=float, default=d.tau)
+    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--lora-targets", default=",".join(d.lora_targets))
+    p.add_argument("--soft-tokens", type=int, default=d.soft_tokens)
+    p.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="QLoRA (CUDA + bitsandbytes)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--save-steps", type=int, default=d.save_steps)
+    p.add_argument("--teacher", default=t.model, choices=["lightgcn", "mf"])
+    p.add_argument("--teacher-epochs", type=int, default=t.epochs)
+    p.add_argument("--candidates", type=int, default=m.candidates, help="M candidates per pair")
+    p.add_argument("--guard-top", type=float, default=m.guard_top,
+                   help="skip candidates in the user's top share of non-interacted items (false-negative guard)")
+    p.add_argument("--infer-batch", type=int, default=16)
+    p.add_argument("--pair-seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.set_defaults(func=run)
+    register_cf()
+
+
+def config_from_args(args) -> RunConfig:
+    ft = FinetuneConfig(
+        llm=args.llm, cf_signal=args.cf_signal, budget=args.budget, epochs=args.epochs,
+        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        max_length=args.max_length, tau=args.tau, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout, lora_targets=tuple(args.lora_targets.split(",")),
+        soft_tokens=args.soft_tokens, load_in_4bit=args.load_in_4bit,
+        gradient_checkpointing=args.gradient_checkpointing, save_steps=args.save_steps, seed=args.seed)
+    return RunConfig(finetune=ft, teacher=TeacherConfig(model=args.teacher, epochs=args.teacher_epochs,
+                                                        seed=args.seed),
+                     mining=MiningConfig(candidates=args.candidates, guard_top=args.guard_top),
+                     context=args.context, profiles_llm=args.profiles_llm, infer_budget=args.infer_budget,
+                     infer_batch=args.infer_batch, pair_seed=args.pair_seed)
+
+
+def run(args) -> int:
+    from hnlm.data import load_dataset
+    from hnlm.semantic.hnlmrec.pipeline import run_finetune
+    data = load_dataset(args.dataset, seed=args.split_seed)
+    summary = run_finetune(data, config_from_args(args), args.split_seed, resume=not args.no_resume)
+    print(json.dumps({k: summary[k] for k in ("folder", "bank", "examples", "steps", "loss_first5_mean",
+                                             "loss_last5_mean", "counts", "timings")}, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------ `hnlm train --sampler hnlmrec`
+
+def add_options(parser) -> None:
+    g = parser.add_argument_group("HNLMRec (module 4); alignment options are the --align-* ones")
+    g.add_argument("--hnlmrec-llm", default="qwen2.5-0.5b")
+    g.add_argument("--hnlmrec-signal", default="text", choices=["text", "soft", "none"])
+    g.add_argument("--hnlmrec-budget", default="per-user:1", help="fine-tuning budget of the run")
+    g.add_argument("--hnlmrec-infer-budget", default="per-user:1", help="embedding-pass budget of the run")
+
+
+def build_hnlmrec(data, args):
+    """Uniform ID negatives + module 3's alignment over the fine-tuned LLM's emitted embeddings."""
+    from hnlm.semantic.alignment import AlignmentExtension
+    from hnlm.semantic.hnlmrec.pipeline import load_bank
+    from hnlm.semantic.methods import align_config, uniform_sampler
+    split_seed = int(getattr(args, "split_seed", 0) or 0)
+    bank = load_bank(data, args.hnlmrec_llm, args.hnlmrec_signal, args.hnlmrec_budget,
+                     args.hnlmrec_infer_budget, split_seed)
+    return uniform_sampler(), AlignmentExtension(bank, align_config(args))
+
+
+_REGISTERED = False
+
+
+def register_cf() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from hnlm.cf.commands import register_method, register_options
+    from hnlm.semantic import methods
+    register_options(methods.add_options)   # --align-* (idempotent: registered once)
+    register_options(add_options)
+    register_method("hnlmrec", build_hnlmrec)
+    _REGISTERED = True

@@ -1,0 +1,127 @@
+"""HNLMRec fine-tuning with the Hugging Face Trainer (so `accelerate launch` and multi-GPU work as is).
+
+Checkpoints hold only what trains (the LoRA adapter in peft format, the head, the soft-prompt
+projections) plus the Trainer's optimiser/scheduler/RNG state, so a run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainingArguments
+
+from hnlm.errors import UserFacingError
+from hnlm.semantic.hnlmrec.model import EncoderConfig, QueryEncoder, contrastive_loss
+
+
+@dataclass
+class FinetuneConfig:
+    llm: str = "qwen2.5-0.5b"
+    cf_signal: str = "text"            # "text" (as the released code) or "soft"
+    budget: str = "per-user:1"         # training pairs used for fine-tuning (sns.Budget spec)
+    epochs: float = 1.0
+    max_steps: int = -1                # > 0 overrides epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4                   # LoRA + heads; the paper's 2e-5 is for 5 epochs of an 8B model
+    warmup_ratio: float = 0.05
+    max_length: int = 160
+    tau: float = 0.05
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    soft_tokens: int = 1
+    load_in_4bit: bool = False         # QLoRA (bitsandbytes, CUDA only)
+    gradient_checkpointing: bool = False
+    save_steps: int = 25
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def encoder_config(self, cf_dim: int, out_dim: int) -> EncoderConfig:
+        return EncoderConfig(out_dim=out_dim, cf_signal=self.cf_signal, cf_dim=cf_dim,
+                             soft_tokens=self.soft_tokens, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+                             lora_dropout=self.lora_dropout, lora_targets=tuple(self.lora_targets))
+
+
+class PairDataset(Dataset):
+    """Rows: query text, target p, interacted-item embedding n, teacher user/item vectors."""
+
+    def __init__(self, texts, p: np.ndarray, n: np.ndarray, cf_user: np.ndarray, cf_item: np.ndarray):
+        self.texts = list(texts)
+        self.p, self.n = np.asarray(p, np.float32), np.asarray(n, np.float32)
+        self.cf_user, self.cf_item = np.asarray(cf_user, np.float32), np.asarray(cf_item, np.float32)
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, i):
+        return {"text": self.texts[i], "p": self.p[i], "n": self.n[i],
+                "cf_user": self.cf_user[i], "cf_item": self.cf_item[i]}
+
+
+class Collator:
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, rows: list[dict]) -> dict:
+        enc = self.tokenizer([r["text"] for r in rows], return_tensors="pt", padding=True,
+                             truncation=True, max_length=self.max_length)
+        out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        for key in ("p", "n", "cf_user", "cf_item"):
+            out[key] = torch.from_numpy(np.stack([r[key] for r in rows]))
+        return out
+
+
+class HNLMRecTrainer(Trainer):
+    """Trainer with the HNLMRec contrastive loss and adapter-only checkpoints."""
+
+    tau: float = 0.05
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        q = model(inputs["input_ids"], inputs["attention_mask"], inputs["cf_user"], inputs["cf_item"])
+        loss = contrastive_loss(q, inputs["p"], inputs["n"], self.tau)
+        return (loss, {"q": q}) if return_outputs else loss
+
+    def _save(self, output_dir=None, state_dict=None):
+        self.accelerator.unwrap_model(self.model).save(output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        (model or self.model).load_trainable(resume_from_checkpoint)
+
+
+def load_base(config: FinetuneConfig, device: str | None = None):
+    """(lm, tokenizer) through the LLM layer; 4-bit QLoRA only on CUDA."""
+    from hnlm.llm.models import load_causal_lm, resolve_device
+    device = resolve_device(device)
+    if config.load_in_4bit and not device.startswith("cuda"):
+        raise UserFacingError("4-bit QLoRA needs a CUDA GPU (bitsandbytes); run without --4bit on CPU")
+    lm, tok = load_causal_lm(config.llm, device=device, load_in_4bit=config.load_in_4bit)
+    if config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=config.gradient_checkpointing)
+    elif config.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return lm, tok
+
+
+def training_args(config: FinetuneConfig, output_dir: str) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, num_train_epochs=config.epochs,
+        max_steps=config.max_steps, learning_rate=config.lr, warmup_steps=config.warmup_ratio,
+        weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="steps",
+        save_steps=config.save_steps, save_total_limit=2, report_to="none", remove_unused_columns=False,
+        seed=config.seed, data_seed=config.seed, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available())
+
+
+def make_trainer(encoder: QueryEncoder, tokenizer, dataset: PairDataset, config: FinetuneConfig,
+                 output_dir: str) -> HNLMRecTrainer:
+    trainer = HNLMRecTrainer(model=encoder, args=training_args(config, output_dir), train_dataset=dataset,
+                             data_collator=Collator(tokenizer, config.max_length))
+    trainer.tau = config.tau
+    return trainer

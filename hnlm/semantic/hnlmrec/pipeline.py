@@ -1,0 +1,207 @@
+"""`hnlm finetune` end to end: teacher CF -> fine-tuning set -> LoRA fine-tuning -> embedding pass -> bank.
+
+Artefacts, under artifacts/<dataset>/hnlmrec/<llm>-<cf_signal>-<budget>/split-<seed>/:
+  teacher.npz         teacher CF embeddings (training split, fixed epochs, no validation selection)
+  examples.parquet    fine-tuning examples (user, item, neg, text)
+  checkpoints/        Trainer checkpoints (adapter + heads + optimiser state): resumable
+  final/              the fine-tuned adapter + heads (QueryEncoder.from_saved)
+  bank_<tag>.npz      emitted embeddings per query pair (users, items, emb) for `hnlm train --sampler hnlmrec`
+  summary.json        counts, losses, timings, identities
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hnlm.errors import MissingInputError, UserFacingError
+from hnlm.paths import artifacts_dir
+from hnlm.semantic.bank import NegativeBank
+from hnlm.semantic.hnlmrec.finetune import (FinetuneConfig, PairDataset, load_base, make_trainer)
+from hnlm.semantic.hnlmrec.queries import (MiningConfig, QueryBuilder, Teacher, build_examples,
+                                           inference_queries)
+from hnlm.semantic.sns import Budget, item_embeddings, safe_name, train_fingerprint
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "lightgcn"
+    epochs: int = 20           # fixed: evaluated once at the end, never selected on validation
+    lr: float = 5e-3
+    dim: int = 64
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    context: str = "history"           # user context: "history" (training titles) or "profile" (module 1)
+    profiles_llm: str | None = None
+    infer_budget: str = "per-user:1"   # query pairs that get an emitted embedding
+    infer_batch: int = 16
+    pair_seed: int = 0
+
+
+def run_dir(dataset: str, llm: str, cf_signal: str, budget: str, split_seed: int) -> Path:
+    tag = f"{safe_name(llm)}-{cf_signal}-{Budget.parse(budget).tag}"
+    return artifacts_dir(dataset, "hnlmrec", tag, f"split-{split_seed}")
+
+
+def train_teacher(data, cfg: TeacherConfig) -> Teacher:
+    """CF teacher on the training split; evaluation only at the last epoch, so no epoch is chosen on
+    validation data (its valid score is recorded, never used)."""
+    from hnlm.cf.trainer import TrainConfig, train
+    import torch
+    tc = TrainConfig(model=cfg.model, epochs=cfg.epochs, lr=cfg.lr, dim=cfg.dim, seed=cfg.seed,
+                     eval_every=cfg.epochs, patience=cfg.epochs + 1, sampler="rns")
+    result = train(data, tc)
+    with torch.no_grad():
+        user, item = result["model"].propagate()
+    meta = {**asdict(cfg), "train_fingerprint": train_fingerprint(data),
+            "valid_recall@20_recorded_only": result["valid"].get("recall@20")}
+    return Teacher(user.detach().cpu().numpy().astype(np.float32),
+                   item.detach().cpu().numpy().astype(np.float32), meta)
+
+
+def get_teacher(data, cfg: TeacherConfig, folder: Path) -> Teacher:
+    path = folder / "teacher.npz"
+    if path.exists():
+        teacher = Teacher.load(path)
+        if teacher.meta.get("train_fingerprint") == train_fingerprint(data) and \
+                all(teacher.meta.get(k) == v for k, v in asdict(cfg).items()):
+            return teacher
+    teacher = train_teacher(data, cfg)
+    teacher.save(path)
+    return teacher
+
+
+def query_builder(data, teacher: Teacher, cfg: RunConfig) -> QueryBuilder:
+    users, items = {}, {}
+    if cfg.context == "profile":
+        from hnlm.semantic.sns import load_module1_profiles
+        items, users = load_module1_profiles(data.name, cfg.profiles_llm or cfg.finetune.llm)
+        missing = sorted(set(range(data.n_users)) - set(users))
+        if missing:
+            raise MissingInputError(f"{len(missing)} users have no module-1 profile: run `hnlm profiles` "
+                                    f"or use --context history")
+    elif cfg.context != "history":
+        raise UserFacingError(f"unknown context {cfg.context!r}: history or profile")
+    return QueryBuilder(data, teacher, cfg.finetune.cf_signal, users, items, seed=cfg.pair_seed)
+
+
+def training_set(data, teacher: Teacher, cfg: RunConfig, encoder) -> tuple:
+    """(examples frame, PairDataset, counts) from training interactions only."""
+    builder = query_builder(data, teacher, cfg)
+    mining = MiningConfig(**{**asdict(cfg.mining), "seed": cfg.pair_seed})
+    ex, counts = build_examples(data, teacher, builder, Budget.parse(cfg.finetune.budget), mining,
+                                cfg.pair_seed)
+    emb = item_embeddings(data, encoder)
+    users, items, neg = (ex[c].to_numpy(np.int64) for c in ("user", "item", "neg"))
+    ds = PairDataset(ex["text"], emb[neg], emb[items], teacher.user_emb[users], teacher.item_emb[items])
+    return ex, ds, counts
+
+
+def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True) -> dict:
+    from hnlm.llm.encoders import get_text_encoder
+    from hnlm.semantic.hnlmrec.infer import adapter_fingerprint, emit, queries_fingerprint
+    from hnlm.semantic.hnlmrec.model import QueryEncoder
+
+    ft = cfg.finetune
+    folder = run_dir(data.name, ft.llm, ft.cf_signal, ft.budget, split_seed)
+    t0 = time.perf_counter()
+    teacher = get_teacher(data, cfg.teacher, folder)
+    t_teacher = time.perf_counter() - t0
+    encoder = get_text_encoder("minilm")
+    ex, ds, counts = training_set(data, teacher, cfg, encoder)
+    ex.to_parquet(folder / "examples.parquet")
+
+    lm, tok = load_base(ft)
+    qe = QueryEncoder(lm, ft.encoder_config(teacher.dim, encoder.dim))
+    trainer = make_trainer(qe, tok, ds, ft, str(folder / "checkpoints"))
+    ckpts = sorted((folder / "checkpoints").glob("checkpoint-*"))
+    t1 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=bool(resume and ckpts))
+    t_train = time.perf_counter() - t1
+    qe.save(folder / "final")
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+
+    t2 = time.perf_counter()
+    qset = inference_queries(data, query_builder(data, teacher, cfg), Budget.parse(cfg.infer_budget),
+                             cfg.pair_seed)
+    bank_path = save_bank_for(data, qe, tok, qset, teacher, folder, cfg, split_seed)
+    t_infer = time.perf_counter() - t2
+    steps = max(trainer.state.global_step, 1)
+    summary = {
+        "dataset": data.name, "split_seed": split_seed, "folder": str(folder), "bank": str(bank_path),
+        "config": _jsonable(asdict(cfg)), "counts": counts, "examples": len(ex),
+        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+        "loss_first5_mean": float(np.mean(losses[:5])) if losses else None,
+        "loss_last5_mean": float(np.mean(losses[-5:])) if losses else None,
+        "steps": trainer.state.global_step, "train_runtime_s": out.metrics.get("train_runtime"),
+        "timings": {"teacher_s": t_teacher, "finetune_s": t_train, "s_per_step": t_train / steps,
+                    "examples_per_s": trainer.state.global_step * ft.batch_size * ft.grad_accum / t_train,
+                    "embedding_pass_s": t_infer, "queries": len(qset),
+                    "total_s": time.perf_counter() - t0},
+        "device": str(next(qe.head.parameters()).device),
+        "adapter": adapter_fingerprint(folder / "final"),
+        "teacher": teacher.meta,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunConfig,
+                  split_seed: int) -> Path:
+    from hnlm.semantic.hnlmrec.infer import adapter_fingerprint, emit, queries_fingerprint
+    tag = Budget.parse(cfg.infer_budget).tag
+    users, items = qset["user"].to_numpy(np.int64), qset["item"].to_numpy(np.int64)
+    key = {"adapter": adapter_fingerprint(folder / "final"),
+           "queries": queries_fingerprint(qset["text"].tolist(), users, items)}
+    path = folder / f"bank_{tag}.npz"
+    meta_path = folder / f"bank_{tag}.json"
+    if path.exists() and meta_path.exists() and \
+            {k: json.loads(meta_path.read_text()).get(k) for k in key} == key:
+        return path
+    partial = folder / f"bank_{tag}.partial-{key['adapter']}-{key['queries']}.npz"
+    emb = emit(qe, tok, qset["text"].tolist(), teacher.user_emb[users], teacher.item_emb[items],
+               batch_size=cfg.infer_batch, max_length=cfg.finetune.max_length, partial=partial)
+    np.savez(path, users=users, items=items, emb=emb)
+    meta = {**key, "dataset": data.name, "split_seed": split_seed, "llm": cfg.finetune.llm,
+            "cf_signal": cfg.finetune.cf_signal, "budget": cfg.infer_budget,
+            "train_fingerprint": train_fingerprint(data), "pooling": "pool_hidden (mean, non-pad)"}
+    meta_path.write_text(json.dumps(meta, indent=2))
+    partial.unlink(missing_ok=True)
+    return path
+
+
+def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str,
+              split_seed: int = 0) -> NegativeBank:
+    """The emitted embeddings of a finished run, for module 3's AlignmentExtension."""
+    folder = run_dir(data.name, llm, cf_signal, budget, split_seed)
+    tag = Budget.parse(infer_budget).tag
+    path, meta_path = folder / f"bank_{tag}.npz", folder / f"bank_{tag}.json"
+    if not path.exists() or not meta_path.exists():
+        raise MissingInputError(f"{path} is missing: run `hnlm finetune --dataset {data.name} --llm {llm} "
+                                f"--cf-signal {cf_signal} --budget {budget} --infer-budget {infer_budget} "
+                                f"--split-seed {split_seed}` first")
+    meta = json.loads(meta_path.read_text())
+    if meta["train_fingerprint"] != train_fingerprint(data):
+        raise UserFacingError(f"{path} was built for another training split; rerun `hnlm finetune`")
+    z = np.load(path)
+    return NegativeBank(z["emb"], z["users"], z["items"], source=f"hnlmrec:{llm}:{cf_signal}",
+                        meta={"llm": llm, "cf_signal": cf_signal, "budget": budget,
+                              "infer_budget": infer_budget, "adapter": meta["adapter"]})
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

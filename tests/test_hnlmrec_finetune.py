@@ -1,0 +1,75 @@
+"""HNLMRec fine-tuning on the real smollm2-135m: loss falls, only LoRA/heads train, save/reload/resume."""
+
+import numpy as np
+import pytest
+import torch
+
+from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, PairDataset, load_base, make_trainer
+from hnlm.semantic.hnlmrec.model import QueryEncoder, contrastive_loss
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["User likes: Toy Story; Babe. Watched: Aladdin. Collaborative signal: top 3%.",
+         "User likes: Heat; Fargo. Watched: Casino. Collaborative signal: top 10%.",
+         "User likes: Alien; Aliens. Watched: Contact. Collaborative signal: top 1%.",
+         "User likes: Emma; Persuasion. Watched: Sense and Sensibility. Collaborative signal: top 7%."]
+
+
+def config(tmp_path, steps):
+    return FinetuneConfig(llm="smollm2-135m", cf_signal="soft", max_steps=steps, batch_size=4, lr=2e-3,
+                          warmup_ratio=0.0, max_length=40, lora_r=8, lora_alpha=16, lora_dropout=0.0,
+                          save_steps=4, seed=0)
+
+
+def dataset():
+    rng = np.random.default_rng(0)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    return PairDataset(TEXTS, unit(rng.standard_normal((4, 384))), unit(rng.standard_normal((4, 384))),
+                       rng.standard_normal((4, 8)), rng.standard_normal((4, 8)))
+
+
+def batch_of(trainer, ds):
+    return trainer.data_collator([ds[i] for i in range(len(ds))])
+
+
+@torch.no_grad()
+def embed(enc, batch):
+    enc.eval()
+    return enc(batch["input_ids"], batch["attention_mask"], batch["cf_user"], batch["cf_item"])
+
+
+def test_finetune_reduces_loss_trains_only_adapter_and_reloads(tmp_path):
+    cfg = config(tmp_path, steps=4)
+    lm, tok = load_base(cfg)
+    enc = QueryEncoder(lm, cfg.encoder_config(cf_dim=8, out_dim=384))
+    ds = dataset()
+    trainer = make_trainer(enc, tok, ds, cfg, str(tmp_path / "ckpt"))
+    batch = batch_of(trainer, ds)
+    before = {k: v.detach().clone() for k, v in enc.named_parameters()}
+    loss0 = float(contrastive_loss(embed(enc, batch), batch["p"], batch["n"], cfg.tau))
+    trainer.train()
+    loss1 = float(contrastive_loss(embed(enc, batch), batch["p"], batch["n"], cfg.tau))
+    assert loss1 < loss0 - 0.1, (loss0, loss1)
+
+    after = dict(enc.named_parameters())
+    lora = [k for k in before if "lora_" in k]
+    base = [k for k in before if k.startswith("lm.") and "lora_" not in k]
+    assert lora and base
+    assert all(not after[k].requires_grad for k in base)
+    assert all(torch.equal(before[k], after[k]) for k in base)
+    assert sum(not torch.equal(before[k], after[k]) for k in lora) > len(lora) // 2
+    assert not torch.equal(before["soft_user.weight"], after["soft_user.weight"])
+
+    q = embed(enc, batch)
+    enc.save(tmp_path / "final")
+    lm2, _ = load_base(cfg)
+    reloaded = QueryEncoder.from_saved(lm2, tmp_path / "final")
+    torch.testing.assert_close(embed(reloaded, batch), q, atol=1e-4, rtol=0)
+
+    # resume: a longer run continues from the last checkpoint (step 4) instead of starting over
+    assert (tmp_path / "ckpt" / "checkpoint-4" / "hnlmrec_trainable.pt").exists()
+    cfg5 = config(tmp_path, steps=5)
+    resumed = make_trainer(reloaded, tok, ds, cfg5, str(tmp_path / "ckpt"))
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 5
+    assert len([r for r in resumed.state.log_history if "loss" in r]) == 5  # 4 restored + 1 new
