@@ -91,3 +91,29 @@ def test_teacher_ignores_validation(data):
     # equal up to float summation order (two runs on the same data differ by ~1e-7 too)
     np.testing.assert_allclose(a.user_emb, b.user_emb, atol=1e-5)
     np.testing.assert_allclose(a.item_emb, b.item_emb, atol=1e-5)
+
+
+def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
+    """`hnlm train --sampler hnlmrec` finds the run's bank (fingerprinted) and wraps it in module 3."""
+    import json
+    from hnlm.cli import build_parser
+    from hnlm.errors import MissingInputError
+    from hnlm.semantic.alignment import AlignmentExtension
+    from hnlm.semantic.hnlmrec.commands import build_hnlmrec
+    from hnlm.semantic.hnlmrec.pipeline import run_dir
+    from hnlm.semantic.sns import train_fingerprint
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
+    args = build_parser().parse_args(["train", "--sampler", "hnlmrec", "--hnlmrec-llm", "smollm2-135m"])
+    with pytest.raises(MissingInputError, match="hnlm finetune"):
+        build_hnlmrec(data, args)
+    folder = run_dir(data.name, "smollm2-135m", "text", "per-user:1", 0)
+    users = np.arange(data.n_users)
+    items = np.array([data.train_items(u)[0] for u in users])
+    emb = np.random.default_rng(0).standard_normal((len(users), 384)).astype(np.float32)
+    np.savez(folder / "bank_per-user-1.npz", users=users, items=items, emb=emb)
+    (folder / "bank_per-user-1.json").write_text(json.dumps(
+        {"adapter": "x", "train_fingerprint": train_fingerprint(data)}))
+    sampler, ext = build_hnlmrec(data, args)
+    assert isinstance(ext, AlignmentExtension) and sampler is not None
+    np.testing.assert_array_equal(ext.bank.emb, emb)
+    assert ext.bank.source == "hnlmrec:smollm2-135m:text"
