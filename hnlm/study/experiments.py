@@ -94,6 +94,10 @@ def build_method(method: str, data, settings: dict, seed: int = 0, resources: di
             bank = bank.shuffled(seed)
         cfg = AlignmentConfig(**{k: tuple(v) if k == "hidden" else v for k, v in align.items()}, seed=seed)
         return get_sampler("rns"), AlignmentExtension(bank, cfg)
+    if name.startswith("hnlmrec-"):  # module 4: the fine-tuned LLM's embeddings through module 3
+        from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension
+        cfg = AlignmentConfig(**{k: tuple(v) if k == "hidden" else v for k, v in align.items()}, seed=seed)
+        return get_sampler("rns"), AlignmentExtension(res["hnlmrec_banks"][name[len("hnlmrec-"):]], cfg)
     if name == "sns-grounded":
         from hnlm.semantic.methods import GroundedSampler
         g = settings.get("grounded", {})

@@ -121,3 +121,28 @@ def semantic_resources(folder: Path, data, llm: str, rlmrec_text: str = "metadat
     digest = hashlib.sha256(bank.emb.tobytes() + bank.users.tobytes() + rlmrec_text.encode()).hexdigest()[:16]
     return {"bank": bank, "grounded": grounded, "rlmrec_text": (users, items), "rlmrec_source": rlmrec_text,
             "id": digest}
+
+
+# ------------------------------------------------------------------------------ module 4 (HNLMRec)
+
+def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
+    """Fine-tune (resumable; a finished run with the same settings is reused by module 4's own cache of
+    checkpoints and banks) and return (summary, NegativeBank of emitted embeddings)."""
+    from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
+    from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, load_bank, run_finetune
+    ft = FinetuneConfig(llm=llm, cf_signal=signal, budget=conf["budget"], max_steps=conf["max_steps"],
+                        batch_size=conf["batch_size"], save_steps=conf["save_steps"])
+    cfg = RunConfig(finetune=ft, teacher=TeacherConfig(epochs=conf["teacher_epochs"]), context=conf["context"],
+                    infer_budget=conf["infer_budget"], infer_batch=conf["infer_batch"])
+    summary = run_finetune(data, cfg, split_seed)
+    bank = load_bank(data, llm, signal, conf["budget"], conf["infer_budget"], split_seed)
+    return summary, bank
+
+
+def loss_history(folder: Path) -> list[float]:
+    """Training losses logged by the Hugging Face trainer in the latest checkpoint of a fine-tuning run."""
+    states = sorted(Path(folder).glob("checkpoints/checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(p.parent.name.split("-")[1]))
+    if not states:
+        return []
+    return [r["loss"] for r in json.loads(states[-1].read_text())["log_history"] if "loss" in r]
