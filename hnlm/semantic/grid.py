@@ -34,13 +34,21 @@ def run(dataset: str, model: str, methods: list[str], seeds: list[int], extra: l
     for seed in seeds:
         for method in methods:
             path = result_path(out, model, method, seed, tag)
+            marker = path.with_suffix(".running")
             if path.exists():
+                continue
+            try:  # several grid processes may share the list: each run is claimed by one
+                marker.open("x").close()
+            except FileExistsError:
                 continue
             argv = ["train", "--dataset", dataset, "--config", str(CONFIG), "--model", model,
                     "--sampler", method, "--seed", str(seed), "--json", str(path), "--no-progress", *extra]
             print("run:", " ".join(argv), flush=True)
             args = parser.parse_args(argv)
-            args.func(args)
+            try:
+                args.func(args)
+            finally:
+                marker.unlink(missing_ok=True)
 
 
 def summarise(dataset: str, baseline: str = "lightgcn_rns") -> dict:

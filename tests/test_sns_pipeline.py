@@ -1,0 +1,56 @@
+"""Module 2 end to end with a real (small) LLM and the real MiniLM encoder: generate, resume, embed,
+ground, measure, load the bank and the grounded pools for training."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hnlm.data import load_dataset
+from hnlm.llm.backends import make_backend
+from hnlm.llm.encoders import get_text_encoder
+from hnlm.semantic import sns
+from hnlm.semantic.sns import Budget
+
+pytestmark = pytest.mark.slow
+
+
+def test_generate_resume_build_and_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("HNLM_LLM_CACHE", str(tmp_path / "llm_cache"))
+    data = load_dataset("ml-100k", seed=0)
+    budget = Budget(1)
+    pairs = sns.select_pairs(data, budget, seed=0)
+    pairs = pairs[pairs["user"] < 2]
+    builder = sns.PromptBuilder(data, context="history")
+    backend = make_backend("smollm2-135m", batch_size=2, progress=False)
+    out = sns.sns_dir(data.name, "smollm2-135m", 0)
+    first = sns.generate_negatives(data, backend, pairs, builder, out, chunk=2)
+    assert first["generated"] == 2
+    again = sns.generate_negatives(data, backend, pairs, builder, out, chunk=2)
+    assert again["generated"] == 0 and again["already_done"] == 2  # resumable: nothing regenerated
+    records = sns.read_negatives(out / "negatives.jsonl")
+    assert len(records) == 2 and records["ok"].sum() >= 1  # schema-constrained decoding
+    assert all(len(str(t).split()) <= sns.MAX_WORDS for t in records.loc[records["ok"].astype(bool), "text"])
+
+    with pytest.raises(Exception, match="no generated negative"):
+        sns.build_artifacts(data, "smollm2-135m", budget, get_text_encoder("minilm"))
+    built = sns.build_artifacts(data, "smollm2-135m", budget, get_text_encoder("minilm"), pool=5,
+                                allow_missing=True)
+    q = built["quality"]
+    assert q["not_generated"] == data.n_users - 2 and q["requested"] == 2
+    for key in ("valid_json_rate", "names_train_item_share", "false_hard_negative_share",
+                "sim_to_positive_mean", "coverage_users"):
+        assert key in q
+    assert json.loads((out / "quality_per-user-1.json").read_text()) == q
+
+    bank = sns.load_bank(data, "smollm2-135m", budget)
+    assert bank.dim == 384 and len(bank) == int(records["ok"].sum())
+    np.testing.assert_allclose(np.linalg.norm(bank.emb, axis=1), 1.0, atol=1e-4)
+    grounded = sns.load_grounded(data, "smollm2-135m", budget)
+    for u, pool in zip(grounded["user"], grounded["pool"]):
+        assert len(pool) == 5 and not set(pool) & set(data.train_items(int(u)).tolist())
+
+    other_split = load_dataset("ml-100k", seed=1)
+    with pytest.raises(Exception, match="another training split"):
+        sns.load_bank(other_split, "smollm2-135m", budget)
