@@ -1,0 +1,63 @@
+"""`hnlm train --sampler sns|sns-grounded|sns-random|sns-shuffled` through the CLI, on artefacts built by
+module 2 from a negatives file (written here, so no LLM runs: generation is tested in test_sns_pipeline)."""
+
+import json
+
+import pytest
+
+from hnlm.cli import main
+from hnlm.data import load_dataset
+from hnlm.llm.encoders import get_text_encoder
+from hnlm.semantic import sns
+from hnlm.semantic.sns import Budget
+
+TEXTS = ["Batman Forever: a loud superhero sequel", "Sleepless in Seattle, a romantic comedy",
+         "Jurassic Park 2 with dinosaurs on an island", "A slow French art-house drama"]
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("artifacts")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HNLM_ARTIFACTS", str(root))
+    data = load_dataset("ml-100k", seed=0)
+    pairs = sns.select_pairs(data, Budget(1), seed=0)
+    out = sns.sns_dir(data.name, "test-llm", 0)
+    with (out / "negatives.jsonl").open("w") as fh:
+        for n, (u, i) in enumerate(zip(pairs["user"], pairs["item"])):
+            ok = n % 10 != 9  # every tenth answer invalid, as an LLM might produce
+            fh.write(json.dumps({"user": int(u), "item": int(i), "ok": ok, "text": TEXTS[n % 4] if ok else None,
+                                 "reasoning": "r" if ok else None, "reason": None if ok else "invalid json",
+                                 "words": 6, "truncated": False}) + "\n")
+    built = sns.build_artifacts(data, "test-llm", Budget(1), get_text_encoder("minilm"), pool=10)
+    yield root, built
+    mp.undo()
+
+
+def test_quality_counts_invalid_answers(artefacts):
+    _, built = artefacts
+    q = built["quality"]
+    assert q["valid_json_rate"] == pytest.approx(0.9, abs=0.01)
+    assert q["invalid_reasons"] == {"invalid json": q["invalid"]}
+    assert 0 <= q["false_hard_negative_share"] <= 1 and q["distinct_texts_share"] < 0.01
+
+
+@pytest.mark.parametrize("method", ["sns", "sns-grounded", "sns-random", "sns-shuffled"])
+def test_train_cli_runs_each_semantic_method(artefacts, tmp_path, monkeypatch, method):
+    root, _ = artefacts
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(root))
+    out = tmp_path / "r.json"
+    rc = main(["train", "--dataset", "ml-100k", "--model", "mf", "--sampler", method, "--epochs", "1",
+               "--dim", "8", "--batch-size", "8192", "--sns-llm", "test-llm", "--grounded-pool", "5",
+               "--json", str(out), "--no-progress"])
+    assert rc == 0
+    counts = json.loads(out.read_text())["counts"]
+    if method == "sns-grounded":
+        c = counts["grounded_sampler"]
+        assert c["grounded"] > 0 and c["grounded"] + c["base_by_share"] + c["base_no_pool"] == c["pairs"]
+    else:
+        c = counts["alignment"]
+        assert c["with_negative"] > 0 and c["missing"] > 0  # users whose only answer was invalid
+        assert c["bank_budget"] == "per-user:1"
+        if method != "sns":
+            assert c["bank_ablation"] == method.split("-")[1]
