@@ -84,7 +84,7 @@ def main():
     out = {"model": a.model, "n_users": dataset.user_num - 1, "n_items": dataset.item_num - 1,
            "train_inter": len(train_data.dataset), "epochs_run": len(train_s), "best_epoch": best,
            "train_s_per_epoch": sum(train_s) / len(train_s), "train_s": train_s,
-           "eval_s_mean": sum(valid_s) / len(valid_s), "test_eval_s": test_s,
+           "eval_s_mean": sum(valid_s) / len(valid_s), "valid_s": valid_s, "test_eval_s": test_s,
            "test": {k: float(v) for k, v in test.items()}, "valid_scores": valid_scores,
            "threads": torch.get_num_threads(), "torch": torch.__version__}
     with open(a.out, "w") as f:

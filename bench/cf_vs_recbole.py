@@ -75,17 +75,22 @@ def section_peer(args, data, out_dir: Path) -> list[dict]:
             continue
         print(f"[peer] {ours_name}: ours ...", flush=True)
         ours = run_ours(ours_name, data, args)
-        print(f"[peer] {ours_name}: RecBole {peer_name} ...", flush=True)
+        print(f"[peer] {ours_name}: ours {ours['timings']['train_s_per_epoch']:.3f} s/epoch, best epoch "
+              f"{ours['best_epoch']}, R@20 {ours['test']['recall@20']:.4f}; RecBole {peer_name} ...", flush=True)
         peer = run_recbole(peer_name, args, out_dir / "recbole_data", name, out_dir / f"recbole_{peer_name}.json")
+        # medians: robust to one-off costs (lazy imports in the first optimiser step) and load spikes
         rows.append({"model": ours_name, "ours": {
-            "train_s_per_epoch": ours["timings"]["train_s_per_epoch"], "eval_s": ours["timings"]["eval_s_mean"],
+            "train_s_per_epoch": float(np.median([h["train_s"] for h in ours["history"]])),
+            "eval_s": float(np.median([h["eval_s"] for h in ours["history"] if "eval_s" in h])),
             "best_epoch": ours["best_epoch"], "epochs_run": ours["epochs_run"],
             "recall@20": ours["test"]["recall@20"], "ndcg@20": ours["test"]["ndcg@20"]},
-            "recbole": {"train_s_per_epoch": peer["train_s_per_epoch"], "eval_s": peer["eval_s_mean"],
+            "recbole": {"train_s_per_epoch": float(np.median(peer["train_s"])),
+                        "eval_s": float(np.median(peer["valid_s"])),
                         "best_epoch": peer["best_epoch"], "epochs_run": peer["epochs_run"],
                         "recall@20": peer["test"]["recall@20"], "ndcg@20": peer["test"]["ndcg@20"]}})
     print("\n== ours vs RecBole 1.2.1 (%s, split seed %d, seed %d, %d threads) ==" % (
         args.dataset, args.split_seed, args.seed, torch.get_num_threads()))
+    print("(s/epoch and eval s are medians over the run's epochs / validation evaluations)")
     print(f"{'model':9} {'side':8} {'s/epoch':>8} {'eval s':>7} {'best ep':>7} {'run':>4} {'R@20':>7} {'N@20':>7}")
     for r in rows:
         for side in ("ours", "recbole"):
@@ -103,9 +108,9 @@ def section_samplers(args, data) -> dict:
     out = {}
     for s in args.samplers:
         r = run_ours("lightgcn", data, args, sampler=s, epochs=args.sampler_epochs, patience=10 ** 6)
-        out[s] = r["timings"]["train_s_per_epoch"]
+        out[s] = float(np.median([h["train_s"] for h in r["history"]]))
         print(f"[samplers] {s}: {out[s]:.3f} s/epoch", flush=True)
-    print(f"\n== sampler overhead, LightGCN, {args.sampler_epochs} epochs each (s/epoch, ratio to rns) ==")
+    print(f"\n== sampler overhead, LightGCN, {args.sampler_epochs} epochs each (median s/epoch, ratio to rns) ==")
     for s, v in out.items():
         print(f"{s:8} {v:8.3f}  {v / out['rns']:.2f}x")
     return out
