@@ -106,7 +106,8 @@ def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
     args = build_parser().parse_args(["train", "--sampler", "hnlmrec", "--hnlmrec-llm", "smollm2-135m"])
     with pytest.raises(MissingInputError, match="hnlm finetune"):
         build_hnlmrec(data, args)
-    folder = run_dir(data.name, "smollm2-135m", "text", "per-user:1", 0)
+    folder = run_dir(data.name, "smollm2-135m", "text", "per-user:1", 0) / "run-abc"
+    folder.mkdir()
     users = np.arange(data.n_users)
     items = np.array([data.train_items(u)[0] for u in users])
     emb = np.random.default_rng(0).standard_normal((len(users), 384)).astype(np.float32)
@@ -116,4 +117,4 @@ def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
     sampler, ext = build_hnlmrec(data, args)
     assert isinstance(ext, AlignmentExtension) and sampler is not None
     np.testing.assert_array_equal(ext.bank.emb, emb)
-    assert ext.bank.source == "hnlmrec:smollm2-135m:text"
+    assert ext.bank.source == "hnlmrec:smollm2-135m:text" and ext.bank.meta["run"] == "run-abc"

@@ -81,6 +81,8 @@ def add_options(parser) -> None:
     g.add_argument("--hnlmrec-signal", default="text", choices=["text", "soft", "none"])
     g.add_argument("--hnlmrec-budget", default="per-user:1", help="fine-tuning budget of the run")
     g.add_argument("--hnlmrec-infer-budget", default="per-user:1", help="embedding-pass budget of the run")
+    g.add_argument("--hnlmrec-run", default=None,
+                   help="settings hash of the fine-tuning run (run-<hash>; default: the latest finished one)")
 
 
 def build_hnlmrec(data, args):
@@ -90,7 +92,7 @@ def build_hnlmrec(data, args):
     from hnlm.semantic.methods import align_config, uniform_sampler
     split_seed = int(getattr(args, "split_seed", 0) or 0)
     bank = load_bank(data, args.hnlmrec_llm, args.hnlmrec_signal, args.hnlmrec_budget,
-                     args.hnlmrec_infer_budget, split_seed)
+                     args.hnlmrec_infer_budget, split_seed, run=args.hnlmrec_run)
     return uniform_sampler(), AlignmentExtension(bank, align_config(args))
 
 

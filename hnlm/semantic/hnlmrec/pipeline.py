@@ -1,6 +1,7 @@
 """`hnlm finetune` end to end: teacher CF -> fine-tuning set -> LoRA fine-tuning -> embedding pass -> bank.
 
-Artefacts, under artifacts/<dataset>/hnlmrec/<llm>-<cf_signal>-<budget>/split-<seed>/:
+Artefacts, under artifacts/<dataset>/hnlmrec/<llm>-<cf_signal>-<budget>/split-<seed>/run-<settings hash>/
+(one folder per settings, so a smoke run and a full run never share checkpoints):
   teacher.npz         teacher CF embeddings (training split, fixed epochs, no validation selection)
   examples.parquet    fine-tuning examples (user, item, neg, text)
   checkpoints/        Trainer checkpoints (adapter + heads + optimiser state): resumable
@@ -49,8 +50,26 @@ class RunConfig:
 
 
 def run_dir(dataset: str, llm: str, cf_signal: str, budget: str, split_seed: int) -> Path:
+    """Parent of every run of these (llm, signal, budget, split); runs differ by their settings hash."""
     tag = f"{safe_name(llm)}-{cf_signal}-{Budget.parse(budget).tag}"
     return artifacts_dir(dataset, "hnlmrec", tag, f"split-{split_seed}")
+
+
+def settings_key(cfg: "RunConfig") -> str:
+    """Hash of everything that changes the fine-tuned model (not the embedding pass's batch)."""
+    import hashlib
+    d = _jsonable(asdict(cfg))
+    d.pop("infer_batch", None)
+    d.pop("infer_budget", None)
+    d["finetune"].pop("save_steps", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_folder(dataset: str, cfg: "RunConfig", split_seed: int) -> Path:
+    ft = cfg.finetune
+    folder = run_dir(dataset, ft.llm, ft.cf_signal, ft.budget, split_seed) / f"run-{settings_key(cfg)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def train_teacher(data, cfg: TeacherConfig) -> Teacher:
@@ -113,7 +132,8 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
     from hnlm.semantic.hnlmrec.model import QueryEncoder
 
     ft = cfg.finetune
-    folder = run_dir(data.name, ft.llm, ft.cf_signal, ft.budget, split_seed)
+    folder = run_folder(data.name, cfg, split_seed)
+    (folder / "settings.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=2))
     t0 = time.perf_counter()
     teacher = get_teacher(data, cfg.teacher, folder)
     t_teacher = time.perf_counter() - t0
@@ -181,10 +201,17 @@ def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunC
 
 
 def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str,
-              split_seed: int = 0) -> NegativeBank:
-    """The emitted embeddings of a finished run, for module 3's AlignmentExtension."""
-    folder = run_dir(data.name, llm, cf_signal, budget, split_seed)
+              split_seed: int = 0, run: str | None = None) -> NegativeBank:
+    """The emitted embeddings of a finished run, for module 3's AlignmentExtension.
+
+    `run` names the settings hash (run-<hash>); without it the most recently finished run of these
+    (llm, signal, budget, split) is used, and its folder name is recorded in the bank's meta."""
+    parent = run_dir(data.name, llm, cf_signal, budget, split_seed)
     tag = Budget.parse(infer_budget).tag
+    done = sorted(parent.glob(f"run-*/bank_{tag}.json"), key=lambda p: p.stat().st_mtime)
+    if run is not None:
+        done = [p for p in done if p.parent.name in (run, f"run-{run}")]
+    folder = done[-1].parent if done else parent / (f"run-{run}" if run else "run-<hash>")
     path, meta_path = folder / f"bank_{tag}.npz", folder / f"bank_{tag}.json"
     if not path.exists() or not meta_path.exists():
         raise MissingInputError(f"{path} is missing: run `hnlm finetune --dataset {data.name} --llm {llm} "
@@ -196,7 +223,7 @@ def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str,
     z = np.load(path)
     return NegativeBank(z["emb"], z["users"], z["items"], source=f"hnlmrec:{llm}:{cf_signal}",
                         meta={"llm": llm, "cf_signal": cf_signal, "budget": budget,
-                              "infer_budget": infer_budget, "adapter": meta["adapter"]})
+                              "infer_budget": infer_budget, "adapter": meta["adapter"], "run": folder.name})
 
 
 def _jsonable(obj):
