@@ -71,7 +71,9 @@ class Collator:
         self.tokenizer, self.max_length = tokenizer, max_length
 
     def __call__(self, rows: list[dict]) -> dict:
-        enc = self.tokenizer([r["text"] for r in rows], return_tensors="pt", padding=True,
+        # right padding: causal attention keeps real tokens blind to pads and positions start at 0, so a
+        # query's vector does not depend on the batch it is in (left padding would shift positions)
+        enc = self.tokenizer([r["text"] for r in rows], return_tensors="pt", padding=True, padding_side="right",
                              truncation=True, max_length=self.max_length)
         out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         for key in ("p", "n", "cf_user", "cf_item"):

@@ -45,7 +45,7 @@ def emit(encoder, tokenizer, texts: list[str], cf_user: np.ndarray, cf_item: np.
     starts = range(done, len(texts), batch_size)
     for n, start in enumerate(tqdm(starts, desc="HNLMRec embeddings", unit="batch")):
         stop = min(start + batch_size, len(texts))
-        enc = tokenizer(texts[start:stop], return_tensors="pt", padding=True, truncation=True,
+        enc = tokenizer(texts[start:stop], return_tensors="pt", padding=True, padding_side="right", truncation=True,
                         max_length=max_length).to(device)
         cu = torch.from_numpy(cf_user[start:stop]).to(device)
         ci = torch.from_numpy(cf_item[start:stop]).to(device)
