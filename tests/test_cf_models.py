@@ -52,3 +52,18 @@ def test_mf_score_and_l2():
     users, pos, neg = torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([3, 3])
     expected = (u[users].pow(2).sum() + i[pos].pow(2).sum() + i[neg].pow(2).sum()) / 2
     assert torch.allclose(model.l2(users, pos, neg), expected)
+
+
+def test_losses_by_hand():
+    from hnlm.cf.losses import bpr, hinge, info_nce
+    pos, neg = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 0.5])
+    assert torch.isclose(bpr(pos, neg), -(torch.log(torch.sigmoid(torch.tensor(1.0)))
+                                          + torch.log(torch.sigmoid(torch.tensor(-0.5)))) / 2)
+    # margin 0.3: max(0, 0.3 - 1) = 0 and max(0, 0.3 + 0.5) = 0.8
+    assert torch.isclose(hinge(pos, neg, 0.3), torch.tensor(0.4))
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # in-batch: logits = cos / tau = identity / 0.5 -> cross-entropy of [2, 0] against class 0
+    expected = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0]
+    assert torch.isclose(info_nce(a, a, tau=0.5), expected)
+    negs = torch.tensor([[[0.0, 1.0]], [[1.0, 0.0]]])
+    assert torch.isclose(info_nce(a, a, negs, tau=0.5), expected)

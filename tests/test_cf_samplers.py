@@ -170,3 +170,13 @@ def test_ahns_picks_the_candidate_closest_to_its_target(ml100k):
         target = 0.5 / (s_pos + 1.0)          # beta * (s_pos + alpha) ** (p + 1) with p = -2
     expected = cands.gather(1, (s_neg - target).abs().argmin(1, keepdim=True))[:, 0]
     assert torch.equal(chosen, expected)
+
+
+def test_only_training_positives_shape_the_draws():
+    # user 0's non-training items are exactly its valid and test items: uniform draws must return them
+    # (held-out items are neither excluded nor preferred: the index knows only the training matrix).
+    data = tiny_data(train={0: [0, 1, 2, 3], 1: [4]}, valid={0: [4]}, test={0: [5]}, n_users=2, n_items=6)
+    ctx = make_ctx(data)
+    draws = ctx.positives.uniform(torch.zeros(4000, dtype=torch.long), 1, ctx.generator)[:, 0]
+    counts = np.bincount(draws.numpy(), minlength=6)
+    assert counts[:4].sum() == 0 and abs(counts[4] - counts[5]) < 300

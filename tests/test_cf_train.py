@@ -96,11 +96,15 @@ def test_cli_train_and_registered_method(tmp_path, capsys):
 
     commands.register_options(lambda p: p.add_argument("--test-candidates", type=int, default=4))
     commands.register_method("test-dns4", builder)
-    out = tmp_path / "out.json"
-    assert main(["train", "--dataset", "ml-100k", "--model", "mf", "--sampler", "test-dns4", "--epochs", "1",
-                 "--dim", "16", "--batch-size", "8192", "--test-candidates", "3", "--json", str(out),
-                 "--no-progress"]) == 0
+    out, conf = tmp_path / "out.json", tmp_path / "fast.toml"
+    conf.write_text('model = "mf"\ndim = 16\nbatch_size = 8192\nepochs = 5\n')
+    assert main(["train", "--dataset", "ml-100k", "--config", str(conf), "--sampler", "test-dns4", "--epochs", "1",
+                 "--test-candidates", "3", "--json", str(out), "--no-progress"]) == 0
     saved = json.loads(out.read_text())
     assert saved["method"] == "test-dns4" and saved["sampler"]["candidates"] == 3
+    assert (saved["config"]["dim"], saved["config"]["epochs"], saved["config"]["model"]) == (16, 1, "mf")
+    conf.write_text("epochz = 3\n")
+    with pytest.raises(ValueError, match="epochz"):
+        TrainConfig.from_file(conf)
     assert main(["train", "--sampler", "nope", "--epochs", "1"]) == 2
     assert "unknown sampler" in capsys.readouterr().err
