@@ -23,8 +23,8 @@ def run(args):
     from hnlm.data import load_dataset
     from hnlm.llm.backends import LocalBackend, make_backend
     from hnlm.semantic import profiles as pf
+    backend = make_backend(args.llm)  # a bad spec fails before the dataset loads
     data = load_dataset(args.dataset, seed=args.split_seed)
-    backend = make_backend(args.llm)
     if args.batch_size and isinstance(backend, LocalBackend):
         backend.batch_size = args.batch_size
     schema = pf.profile_schema(args.summary_tokens or pf.SUMMARY_TOKENS,
