@@ -76,7 +76,7 @@ NOTEBOOK_SETTINGS = {
                               "infer_batch": 16}},
         "full": {**_CF["full"], "backbones": ["lightgcn"], "methods": ["rns", "dns", "mixgcf", "sns"],
                  "signals": ["text", "soft"], **_ALIGN, "rlmrec_text": "profiles",
-                 "hnlmrec": {"budget": "per-user:1", "max_steps": -1, "batch_size": 8, "save_steps": 25,
+                 "hnlmrec": {"budget": "per-user:1", "max_steps": 80, "batch_size": 8, "save_steps": 25,
                              "teacher_epochs": 20, "context": "history", "infer_budget": "per-user:1",
                              "infer_batch": 16}},
     },
