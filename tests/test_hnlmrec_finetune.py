@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, PairDataset, load_base, make_trainer
+from hnlm.semantic.hnlmrec.infer import emit
 from hnlm.semantic.hnlmrec.model import QueryEncoder, contrastive_loss
 
 pytestmark = pytest.mark.slow
@@ -65,6 +66,15 @@ def test_finetune_reduces_loss_trains_only_adapter_and_reloads(tmp_path):
     lm2, _ = load_base(cfg)
     reloaded = QueryEncoder.from_saved(lm2, tmp_path / "final")
     torch.testing.assert_close(embed(reloaded, batch), q, atol=1e-4, rtol=0)
+
+    # the embedding pass (batched, resumable) emits the same vectors as the training-time forward
+    partial = tmp_path / "partial.npz"
+    first = emit(reloaded, tok, TEXTS[:2], ds.cf_user[:2], ds.cf_item[:2], batch_size=2, max_length=40,
+                 partial=partial, save_every=1)
+    assert int(np.load(partial)["done"]) == 2
+    out = emit(reloaded, tok, TEXTS, ds.cf_user, ds.cf_item, batch_size=2, max_length=40, partial=partial)
+    np.testing.assert_allclose(out[:2], first, atol=1e-6)
+    np.testing.assert_allclose(out, q.numpy(), atol=1e-4)
 
     # resume: a longer run continues from the last checkpoint (step 4) instead of starting over
     assert (tmp_path / "ckpt" / "checkpoint-4" / "hnlmrec_trainable.pt").exists()
