@@ -86,6 +86,9 @@ def train(data, config: TrainConfig | None = None, extension=None, sampler=None,
     if cfg.metric.split("@")[0] not in ("recall", "ndcg", "hit", "precision"):
         raise ValueError(f"unknown validation metric {cfg.metric!r}")
     device = resolve_device(cfg.device)
+    # Same thread count, but set explicitly: torch then turns MKL's dynamic threading off, which otherwise
+    # may change the BLAS reduction order under machine load (last-bit drift that flips DNS argmaxes).
+    torch.set_num_threads(torch.get_num_threads())
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = build_model(cfg.model, data, cfg.dim, cfg.layers).to(device)
