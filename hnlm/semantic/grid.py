@@ -79,12 +79,12 @@ def summarise(dataset: str, baseline: str = "lightgcn_rns") -> dict:
         table[name] = row
     summary = {"dataset": dataset, "config": str(CONFIG.relative_to(PROJECT_ROOT)), "baseline": baseline,
                "methods": table}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / f"summary_vs_{baseline}.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| method | seeds | recall@20 | ndcg@20 | recall@50 | vs RNS recall@20 (p) |", "|---|---|---|---|---|---|"]
+    lines = [f"| method | seeds | recall@20 | ndcg@20 | recall@50 | vs {summary['baseline']} recall@20 (paired t p) |", "|---|---|---|---|---|---|"]
     for name, row in sorted(summary["methods"].items(), key=lambda kv: -kv[1]["recall@20"]["mean"]):
         def f(m):
             s = row[m]["std"]
@@ -107,12 +107,13 @@ def main(argv=None) -> int:
     r.add_argument("--tag", default="", help="suffix of the result names (e.g. an alpha sweep)")
     s = sub.add_parser("summary")
     s.add_argument("--dataset", default="ml-100k")
+    s.add_argument("--baseline", default="lightgcn_rns", help="result name the paired tests compare with")
     args, extra = p.parse_known_args(argv)
     extra = [x for x in extra if x != "--"]
     if args.cmd == "run":
         run(args.dataset, args.model, args.methods, args.seeds, extra, args.tag)
     else:
-        print(markdown(summarise(args.dataset)))
+        print(markdown(summarise(args.dataset, args.baseline)))
     return 0
 
 
