@@ -45,7 +45,8 @@ class NegativeRecorder(nn.Module):
         return getattr(self.inner, "name", type(self.inner).__name__)
 
     def setup(self, model, data):
-        self.inner.setup(model, data)
+        if hasattr(self.inner, "setup"):  # setup/counts are optional on samplers (see hnlm.cf.trainer)
+            self.inner.setup(model, data)
 
     def sample(self, users, pos, model, ctx):
         negs = self.inner.sample(users, pos, model, ctx)
@@ -57,7 +58,8 @@ class NegativeRecorder(nn.Module):
 
     def counts(self):
         epochs = sorted(self.by_epoch)
-        return {**self.inner.counts(), "negatives_by_epoch": [self.by_epoch[e][0] for e in epochs],
+        inner = self.inner.counts() if hasattr(self.inner, "counts") else {}
+        return {**inner, "negatives_by_epoch": [self.by_epoch[e][0] for e in epochs],
                 "false_negatives_by_epoch": [self.by_epoch[e][1] for e in epochs]}
 
     def describe(self):
