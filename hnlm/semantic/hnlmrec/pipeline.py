@@ -169,6 +169,7 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
                     "embedding_pass_s": t_infer, "queries": len(qset),
                     "total_s": time.perf_counter() - t0},
         "device": str(next(qe.head.parameters()).device),
+        "peak_gpu_mem_gb": _peak_gpu_gb(),
         "adapter": adapter_fingerprint(folder / "final"),
         "teacher": teacher.meta,
     }
@@ -224,6 +225,11 @@ def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str,
     return NegativeBank(z["emb"], z["users"], z["items"], source=f"hnlmrec:{llm}:{cf_signal}",
                         meta={"llm": llm, "cf_signal": cf_signal, "budget": budget,
                               "infer_budget": infer_budget, "adapter": meta["adapter"], "run": folder.name})
+
+
+def _peak_gpu_gb() -> float | None:
+    import torch
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
 
 
 def _jsonable(obj):
