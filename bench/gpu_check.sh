@@ -21,9 +21,11 @@ LOG=$OUT/gpu_check.log
 LLM=${GPU_CHECK_LLM:-qwen2.5-0.5b}
 STAGES=${GPU_CHECK_STAGES:-1 2 3 4 5}
 SMOKE=${GPU_CHECK_SMOKE:-0}
+DEADLINE=${GPU_CHECK_DEADLINE:-540}  # seconds: a stage still running then is stopped, and packed
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 PY=${PY:-python3}
+export PYTHONPATH=/tmp/site:$PWD
 if ! $PY -c "import xgrammar, bitsandbytes, gguf, jsonschema" 2>/dev/null && ls .whl_a/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl_a/*.whl .whl_b/*.whl >>"$LOG" 2>&1 || { echo "wheel install failed" | tee -a "$LOG"; exit 1; }
@@ -42,8 +44,9 @@ pack() {  # everything small the stages wrote, relative to the artefacts root (n
 stage() {  # stage <name> <command...>: time it, log it, pack after it
   local name=$1; shift
   echo "=== $name  $(date +%T)  $*" | tee -a "$LOG"
-  local t0=$SECONDS
-  "$@" >>"$LOG" 2>&1
+  local t0=$SECONDS left=$((DEADLINE - SECONDS))
+  if [ $left -lt 60 ]; then echo "=== $name skipped: ${left}s left" | tee -a "$LOG"; return; fi
+  timeout $left "$@" >>"$LOG" 2>&1
   echo "=== $name rc=$? in $((SECONDS - t0)) s" | tee -a "$LOG"
   pack
 }
