@@ -31,31 +31,52 @@ def bank_for(data, users, dim, seed=0):
     return NegativeBank(rng.standard_normal((len(users), dim)).astype(np.float32), users, items, "test")
 
 
-def test_adapter_trains_jointly_and_missing_pairs_are_counted(small):
+def catalogue(data, dim, seed=1):
+    """Stand-in catalogue text space of the bank's dimension (these tests check mechanics, not semantics;
+    the real MiniLM catalogue is used by the `hnlm train --sampler sns` runs)."""
+    return np.random.default_rng(seed).standard_normal((data.n_items, dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["anchor", "joint"])
+def test_adapter_trains_and_missing_pairs_are_counted(small, mode):
     bank = bank_for(small, list(range(0, N_USERS, 2)), dim=24)  # half of the users have a negative
-    ext = AlignmentExtension(bank, AlignmentConfig(lookup="user", hidden=(16,)))
+    items = catalogue(small, 24) if mode == "anchor" else None
+    config = AlignmentConfig(lookup="user", hidden=(16,), train=mode)
+    ext = AlignmentExtension(bank, config, items)
     cfg = TrainConfig(model="mf", dim=16, epochs=2, batch_size=1024, patience=5, device="cpu")
     torch.manual_seed(0)
     model = build_model("mf", small, 16, 1)
     ext.setup(model, small)
     before = [p.detach().clone() for p in ext.adapter.parameters()]
-    ext2 = AlignmentExtension(bank, AlignmentConfig(lookup="user", hidden=(16,)))
+    ext2 = AlignmentExtension(bank, config, items)
     result = train(small, cfg, extension=ext2, progress=False)
     after = list(ext2.adapter.parameters())
     assert len(before) == len(after)
     assert any(not torch.allclose(a, b) for a, b in zip(before, after)), "adapter weights never changed"
     c = result["counts"]["alignment"]
+    assert c["train"] == mode
     assert c["pairs"] == 2 * small.train.nnz
     assert c["missing"] > 0 and c["with_negative"] > 0
     assert c["missing"] + c["with_negative"] == c["pairs"]
     assert c["exact_pair"] + c["user_reuse"] == c["with_negative"]
 
 
-def test_mixing_formula_and_skip_rule(small):
+def test_anchor_mode_needs_the_catalogue_in_the_bank_space(small):
+    bank = bank_for(small, [0, 1], dim=24)
+    with pytest.raises(ValueError, match="catalogue"):
+        AlignmentExtension(bank, AlignmentConfig())
+    with pytest.raises(ValueError, match="catalogue"):
+        AlignmentExtension(bank, AlignmentConfig(), catalogue(small, 12))
+
+
+@pytest.mark.parametrize("mode", ["anchor", "joint"])
+def test_mixing_formula_and_skip_rule(small, mode):
     dim_text = 896  # e.g. a fine-tuned LLM's hidden size: the adapter is not tied to MiniLM
     bank = bank_for(small, [0, 1], dim=dim_text)
-    cfg = AlignmentConfig(alpha=0.25, weight=1.0, tau=0.2, lookup="pair", hidden=())
-    ext = AlignmentExtension(bank, cfg)
+    cfg = AlignmentConfig(alpha=0.25, weight=1.0, tau=0.2, lookup="pair", hidden=(), train=mode,
+                          anchor_weight=0.5)
+    items = catalogue(small, dim_text) if mode == "anchor" else None
+    ext = AlignmentExtension(bank, cfg, items)
     model = build_model("mf", small, 8, 1)
     ext.setup(model, small)
     users = torch.tensor([0, 1, 2])
@@ -63,13 +84,30 @@ def test_mixing_formula_and_skip_rule(small):
     emb = BatchEmb(torch.randn(3, 8), torch.randn(3, 8), torch.randn(3, 8))
     new, loss = ext.on_batch(Batch(users, pos, torch.tensor([5, 6, 7])), emb)
     h = ext.adapter(torch.from_numpy(bank.emb[:2]))
+    anchor = 0.0
+    if mode == "anchor":  # detached, rescaled to the ID negative's norm; the adapter learns from anchors
+        h = torch.nn.functional.normalize(h.detach(), dim=-1) * emb.neg[:2].norm(dim=-1, keepdim=True)
+        t = ext.adapter(torch.from_numpy(items[pos.numpy()]))
+        anchor = 0.5 * (1 - torch.nn.functional.cosine_similarity(t, emb.pos, dim=-1)).mean()
     torch.testing.assert_close(new.neg[:2], 0.25 * h + 0.75 * emb.neg[:2])
     torch.testing.assert_close(new.neg[2], emb.neg[2])  # user 2 has no negative: untouched
     cos_uh = torch.nn.functional.cosine_similarity(emb.user[:2], h, dim=-1)
     cos_up = torch.nn.functional.cosine_similarity(emb.user[:2], emb.pos[:2], dim=-1)
-    torch.testing.assert_close(loss, torch.nn.functional.softplus((cos_uh - cos_up) / 0.2).mean())
+    torch.testing.assert_close(loss, torch.nn.functional.softplus((cos_uh - cos_up) / 0.2).mean() + anchor)
     assert ext.counts()["alignment"]["missing"] == 1
     # A batch without any negative adds no loss term.
     _, none = ext.on_batch(Batch(users[2:], pos[2:], torch.tensor([7])),
                            BatchEmb(emb.user[2:], emb.pos[2:], emb.neg[2:]))
     assert none is None
+
+
+def test_anchor_mode_keeps_bpr_gradients_out_of_the_adapter(small):
+    """The failure this mode fixes: trained through BPR, the adapter makes negatives trivially easy."""
+    bank = bank_for(small, [0, 1], dim=24)
+    ext = AlignmentExtension(bank, AlignmentConfig(lookup="pair", hidden=(16,)), catalogue(small, 24))
+    ext.setup(build_model("mf", small, 8, 1), small)
+    users, pos = torch.tensor([0, 1]), torch.tensor([int(bank.items[0]), int(bank.items[1])])
+    emb = BatchEmb(torch.randn(2, 8, requires_grad=True), torch.randn(2, 8), torch.randn(2, 8))
+    new, _ = ext.on_batch(Batch(users, pos, torch.tensor([5, 6])), emb)
+    (emb.user * new.neg).sum().backward()  # a BPR-like score on the mixed negative
+    assert all(p.grad is None for p in ext.adapter.parameters())

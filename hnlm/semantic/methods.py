@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from hnlm.cf.samplers import Negatives, Sampler
+from hnlm.errors import UserFacingError
 from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension
 from hnlm.semantic.bank import BankIndex, NegativeBank
 from hnlm.semantic.sns import Budget
@@ -29,6 +30,10 @@ def add_options(parser) -> None:
     g.add_argument("--align-weight", type=float, default=1e-3, help="contrastive term weight")
     g.add_argument("--align-tau", type=float, default=0.2, help="contrastive temperature")
     g.add_argument("--align-hidden", default="256", help="adapter hidden sizes, comma separated ('' = linear)")
+    g.add_argument("--align-train", default="anchor", choices=["anchor", "joint"],
+                   help="how the adapter learns (hnlm.semantic.alignment): catalogue anchors, or jointly "
+                        "through BPR (collapses; an ablation)")
+    g.add_argument("--align-anchor-weight", type=float, default=1.0, help="weight of the anchor term")
     g.add_argument("--align-lookup", default="user", choices=["pair", "user"],
                    help="pair: only the exact (user, pos) negative; user: else one of the user's negatives")
     g.add_argument("--grounded-share", type=float, default=0.5,
@@ -62,7 +67,28 @@ def bank_for(data, args) -> NegativeBank:
 def align_config(args) -> AlignmentConfig:
     return AlignmentConfig(alpha=args.align_alpha, weight=args.align_weight, tau=args.align_tau,
                            hidden=hidden_sizes(args.align_hidden), lookup=args.align_lookup,
+                           train=args.align_train, anchor_weight=args.align_anchor_weight,
                            seed=_run_seed(args))
+
+
+def catalogue_text(data, bank: NegativeBank) -> np.ndarray:
+    """MiniLM text embeddings of every catalogue item: the space of module 2's negatives and of the
+    targets module 4 is fine-tuned on, so the anchor adapter applies to both."""
+    from hnlm.llm.encoders import get_text_encoder
+    from hnlm.semantic.sns import item_embeddings
+    encoder = get_text_encoder("minilm")
+    if bank.dim != encoder.dim:
+        raise UserFacingError(f"bank {bank.source} has dimension {bank.dim}, not the catalogue text space "
+                              f"({encoder.dim}); use --align-train joint for other spaces")
+    return item_embeddings(data, encoder)
+
+
+def make_alignment(data, bank: NegativeBank, config: AlignmentConfig) -> AlignmentExtension:
+    return AlignmentExtension(bank, config, catalogue_text(data, bank) if config.train == "anchor" else None)
+
+
+def alignment(data, bank: NegativeBank, args) -> AlignmentExtension:
+    return make_alignment(data, bank, align_config(args))
 
 
 def uniform_sampler():
@@ -71,17 +97,17 @@ def uniform_sampler():
 
 
 def build_sns(data, args):
-    return uniform_sampler(), AlignmentExtension(bank_for(data, args), align_config(args))
+    return uniform_sampler(), alignment(data, bank_for(data, args), args)
 
 
 def build_sns_random(data, args):
     bank = bank_for(data, args).randomized(seed=_run_seed(args))
-    return uniform_sampler(), AlignmentExtension(bank, align_config(args))
+    return uniform_sampler(), alignment(data, bank, args)
 
 
 def build_sns_shuffled(data, args):
     bank = bank_for(data, args).shuffled(seed=_run_seed(args))
-    return uniform_sampler(), AlignmentExtension(bank, align_config(args))
+    return uniform_sampler(), alignment(data, bank, args)
 
 
 def build_sns_grounded(data, args):

@@ -87,13 +87,12 @@ def add_options(parser) -> None:
 
 def build_hnlmrec(data, args):
     """Uniform ID negatives + module 3's alignment over the fine-tuned LLM's emitted embeddings."""
-    from hnlm.semantic.alignment import AlignmentExtension
     from hnlm.semantic.hnlmrec.pipeline import load_bank
-    from hnlm.semantic.methods import align_config, uniform_sampler
+    from hnlm.semantic.methods import alignment, uniform_sampler
     split_seed = int(getattr(args, "split_seed", 0) or 0)
     bank = load_bank(data, args.hnlmrec_llm, args.hnlmrec_signal, args.hnlmrec_budget,
                      args.hnlmrec_infer_budget, split_seed, run=args.hnlmrec_run)
-    return uniform_sampler(), AlignmentExtension(bank, align_config(args))
+    return uniform_sampler(), alignment(data, bank, args)
 
 
 _REGISTERED = False
