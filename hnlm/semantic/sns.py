@@ -129,6 +129,14 @@ def history_context(data, user: int, rng: np.random.Generator) -> str:
     return (f"{who}; " if who else "") + f"liked {titles}."
 
 
+def item_context(data, item_profiles: dict, item: int, words: int = ITEM_PROFILE_WORDS) -> str:
+    """An item as prompts describe it: the start of its module-1 profile, else its genres."""
+    if item in item_profiles:
+        return cut_words(item_profiles[item], words)
+    cats = data.items.iloc[item].get("categories")
+    return f"Genres: {cats}." if cats else ""
+
+
 def cut_words(text: str, n: int) -> str:
     words = str(text).split()
     return " ".join(words[:n]) + (" ..." if len(words) > n else "")
@@ -158,10 +166,7 @@ class PromptBuilder:
         return history_context(self.data, user, np.random.default_rng([self.seed, user]))
 
     def item_text(self, item: int) -> str:
-        if item in self.item_profiles:
-            return cut_words(self.item_profiles[item], ITEM_PROFILE_WORDS)
-        cats = self.data.items.iloc[item].get("categories")
-        return f"Genres: {cats}." if cats else ""
+        return item_context(self.data, self.item_profiles, item)
 
     def messages(self, user: int, item: int) -> list[dict]:
         text = self.user_template.format(user_profile=self.user_text(user),

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from hnlm.errors import DataFormatError, MissingInputError
-from hnlm.semantic.sns import (Budget, cut_words, domain_of, history_context, select_pairs, title_of)
+from hnlm.semantic.sns import (Budget, cut_words, domain_of, history_context, item_context, select_pairs,
+                               title_of)
 
 PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 NEIGHBOURS = 3            # teacher-nearest items named in the text CF signal
@@ -121,10 +122,7 @@ class QueryBuilder:
         return history_context(self.data, user, np.random.default_rng([self.seed, user]))
 
     def item_text(self, item: int) -> str:
-        if item in self.item_profiles:
-            return cut_words(self.item_profiles[item], ITEM_PROFILE_WORDS)
-        cats = self.data.items.iloc[item].get("categories")
-        return f"Genres: {cats}." if cats else ""
+        return item_context(self.data, self.item_profiles, item, ITEM_PROFILE_WORDS)
 
     def cf_text(self, user: int, item: int) -> str:
         if self.cf_signal == "soft":
