@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ def profile_prompts(n: int):
 
 def run(backend: LocalBackend, prompts, schema, max_new_tokens):
     backend.model  # load before the clock starts
+    load_before = os.getloadavg()[0]
     start = time.time()
     res = backend.generate_json(prompts, schema, max_new_tokens=max_new_tokens, desc=backend.label)
     seconds = time.time() - start
@@ -41,7 +43,8 @@ def run(backend: LocalBackend, prompts, schema, max_new_tokens):
     return {"label": backend.label, "prompts": len(prompts), "seconds": round(seconds, 2),
             "prompts_per_s": round(len(prompts) / seconds, 4), "tokens_per_s": round(tokens / seconds, 2),
             "valid_json": sum(r.ok for r in res) / len(res), "tokens_out": tokens,
-            "failure_reasons": sorted({(r.reason or "")[:60] for r in res if not r.ok})[:5]}
+            "failure_reasons": sorted({(r.reason or "")[:60] for r in res if not r.ok})[:5],
+            "dtype": str(backend.dtype), "load_avg_before_after": [load_before, os.getloadavg()[0]]}
 
 
 def main():
