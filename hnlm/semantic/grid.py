@@ -55,9 +55,8 @@ def summarise(dataset: str, baseline: str = "lightgcn_rns") -> dict:
     """Mean/std per method over seeds; paired t-test (per seed) of recall@20 / ndcg@20 against baseline."""
     out = artifacts_dir(dataset, "results")
     runs: dict[str, dict[int, dict]] = {}
-    for path in sorted(out.glob("*_seed*.json")):
-        name, seed = path.stem.rsplit("_seed", 1)
-        runs.setdefault(name, {})[int(seed)] = json.loads(path.read_text())
+    for name, seed, result in load_runs(dataset):
+        runs.setdefault(name, {})[seed] = result
     table = {}
     for name, by_seed in runs.items():
         row = {"seeds": sorted(by_seed), "n": len(by_seed)}
@@ -81,6 +80,35 @@ def summarise(dataset: str, baseline: str = "lightgcn_rns") -> dict:
                "methods": table}
     (out / f"summary_vs_{baseline}.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def load_runs(dataset: str) -> list[tuple[str, int, dict]]:
+    out = artifacts_dir(dataset, "results")
+    return [(*_name_seed(p), json.loads(p.read_text())) for p in sorted(out.glob("*_seed*.json"))]
+
+
+def _name_seed(path: Path) -> tuple[str, int]:
+    name, seed = path.stem.rsplit("_seed", 1)
+    return name, int(seed)
+
+
+def figures(dataset: str, methods: list[str] | None = None) -> list[Path]:
+    """Test recall@20 per method (mean +- std over seeds) and valid recall@20 by epoch, into figures/."""
+    import pandas as pd
+    from hnlm import plots
+    runs = [(n, s, r) for n, s, r in load_runs(dataset) if methods is None or n in methods]
+    plots.set_style()
+    bars = pd.DataFrame([{"method": n.split("_", 1)[1], "seed": s, "recall@20": r["test"]["recall@20"]}
+                         for n, s, r in runs])
+    order = bars.groupby("method")["recall@20"].mean().sort_values(ascending=False).index
+    bars["method"] = pd.Categorical(bars["method"], order)
+    saved = plots.save_figure(plots.plot_metric_bars(bars.sort_values("method"), "recall@20", hue="none"),
+                              f"{dataset}_grid_test_recall20")
+    curves = pd.DataFrame([{"method": n.split("_", 1)[1], "seed": s, "epoch": h["epoch"],
+                            "recall@20": h["valid"]["recall@20"]}
+                           for n, s, r in runs for h in r["history"] if "valid" in h])
+    saved += plots.save_figure(plots.plot_convergence(curves), f"{dataset}_grid_convergence")
+    return saved
 
 
 def markdown(summary: dict) -> str:
@@ -108,10 +136,16 @@ def main(argv=None) -> int:
     s = sub.add_parser("summary")
     s.add_argument("--dataset", default="ml-100k")
     s.add_argument("--baseline", default="lightgcn_rns", help="result name the paired tests compare with")
+    f = sub.add_parser("figures", help="bar chart and convergence curves of the results, into figures/")
+    f.add_argument("--dataset", default="ml-100k")
+    f.add_argument("--methods", nargs="+", default=None, help="result names (default: all)")
     args, extra = p.parse_known_args(argv)
     extra = [x for x in extra if x != "--"]
     if args.cmd == "run":
         run(args.dataset, args.model, args.methods, args.seeds, extra, args.tag)
+    elif args.cmd == "figures":
+        for path in figures(args.dataset, args.methods):
+            print(path)
     else:
         print(markdown(summarise(args.dataset, args.baseline)))
     return 0
