@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("--cf-signal", default=d.cf_signal, choices=["text", "soft", "none"])
     p.add_argument("--budget", default=d.budget, help="fine-tuning pairs: 'all' or 'per-user:K'")
     p.add_argument("--infer-budget", default="per-user:1", help="pairs that get an emitted embedding")
+    p.add_argument("--infer-users", type=int, default=None,
+                   help="embed only the pairs of the first N users (fast runs; default: all)")
     p.add_argument("--context", default="history", choices=["history", "profile"])
     p.add_argument("--profiles-llm", default=None)
     p.add_argument("--epochs", type=float, default=d.epochs)
@@ -37,6 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--save-steps", type=int, default=d.save_steps)
     p.add_argument("--teacher", default=t.model, choices=["lightgcn", "mf"])
     p.add_argument("--teacher-epochs", type=int, default=t.epochs)
+    p.add_argument("--teacher-batch-size", type=int, default=t.batch_size)
     p.add_argument("--candidates", type=int, default=m.candidates, help="M candidates per pair")
     p.add_argument("--guard-top", type=float, default=m.guard_top,
                    help="skip candidates in the user's top share of non-interacted items (false-negative guard)")
@@ -57,10 +60,10 @@ def config_from_args(args) -> RunConfig:
         soft_tokens=args.soft_tokens, load_in_4bit=args.load_in_4bit,
         gradient_checkpointing=args.gradient_checkpointing, save_steps=args.save_steps, seed=args.seed)
     return RunConfig(finetune=ft, teacher=TeacherConfig(model=args.teacher, epochs=args.teacher_epochs,
-                                                        seed=args.seed),
+                                                        seed=args.seed, batch_size=args.teacher_batch_size),
                      mining=MiningConfig(candidates=args.candidates, guard_top=args.guard_top),
                      context=args.context, profiles_llm=args.profiles_llm, infer_budget=args.infer_budget,
-                     infer_batch=args.infer_batch, pair_seed=args.pair_seed)
+                     infer_users=args.infer_users, infer_batch=args.infer_batch, pair_seed=args.pair_seed)
 
 
 def run(args) -> int:
@@ -81,6 +84,8 @@ def add_options(parser) -> None:
     g.add_argument("--hnlmrec-signal", default="text", choices=["text", "soft", "none"])
     g.add_argument("--hnlmrec-budget", default="per-user:1", help="fine-tuning budget of the run")
     g.add_argument("--hnlmrec-infer-budget", default="per-user:1", help="embedding-pass budget of the run")
+    g.add_argument("--hnlmrec-infer-users", type=int, default=None,
+                   help="user limit of the embedding pass (--infer-users of `hnlm finetune`)")
     g.add_argument("--hnlmrec-run", default=None,
                    help="settings hash of the fine-tuning run (run-<hash>; default: the latest finished one)")
 
@@ -91,7 +96,8 @@ def build_hnlmrec(data, args):
     from hnlm.semantic.methods import alignment, uniform_sampler
     split_seed = int(getattr(args, "split_seed", 0) or 0)
     bank = load_bank(data, args.hnlmrec_llm, args.hnlmrec_signal, args.hnlmrec_budget,
-                     args.hnlmrec_infer_budget, split_seed, run=args.hnlmrec_run)
+                     args.hnlmrec_infer_budget, split_seed, run=args.hnlmrec_run,
+                     infer_users=getattr(args, "hnlmrec_infer_users", None))
     return uniform_sampler(), alignment(data, bank, args)
 
 

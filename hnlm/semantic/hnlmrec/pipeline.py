@@ -7,6 +7,7 @@ Artefacts, under artifacts/<dataset>/hnlmrec/<llm>-<cf_signal>-<budget>/split-<s
   checkpoints/        Trainer checkpoints (adapter + heads + optimiser state): resumable
   final/              the fine-tuned adapter + heads (QueryEncoder.from_saved)
   bank_<tag>.npz      emitted embeddings per query pair (users, items, emb) for `hnlm train --sampler hnlmrec`
+                      (<tag>: the embedding-pass budget, plus -users-N when only the first N users are embedded)
   summary.json        counts, losses, timings, identities
 """
 
@@ -35,6 +36,11 @@ class TeacherConfig:
     lr: float = 5e-3
     dim: int = 64
     seed: int = 0
+    batch_size: int = 2048     # larger batches make a teacher on a big dataset (ml-1m) affordable in fast runs
+
+
+# Runs made before TeacherConfig.batch_size existed trained with 2048: that value keeps their key and teacher.
+_TEACHER_BEFORE_BATCH_SIZE = {"batch_size": 2048}
 
 
 @dataclass
@@ -45,6 +51,7 @@ class RunConfig:
     context: str = "history"           # user context: "history" (training titles) or "profile" (module 1)
     profiles_llm: str | None = None
     infer_budget: str = "per-user:1"   # query pairs that get an emitted embedding
+    infer_users: int | None = None     # embed only the pairs of the first N users (fast runs); None: all
     infer_batch: int = 16
     pair_seed: int = 0
 
@@ -59,10 +66,18 @@ def settings_key(cfg: "RunConfig") -> str:
     """Hash of everything that changes the fine-tuned model (not the embedding pass's batch)."""
     import hashlib
     d = _jsonable(asdict(cfg))
-    d.pop("infer_batch", None)
-    d.pop("infer_budget", None)
+    for key in ("infer_batch", "infer_budget", "infer_users"):
+        d.pop(key, None)
     d["finetune"].pop("save_steps", None)
+    if d["teacher"]["batch_size"] == _TEACHER_BEFORE_BATCH_SIZE["batch_size"]:
+        d["teacher"].pop("batch_size")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def bank_tag(infer_budget: str, infer_users: int | None = None) -> str:
+    """File tag of an embedding pass: its budget, and the user limit when there is one."""
+    tag = Budget.parse(infer_budget).tag
+    return tag if infer_users is None else f"{tag}-users-{infer_users}"
 
 
 def run_folder(dataset: str, cfg: "RunConfig", split_seed: int) -> Path:
@@ -78,7 +93,7 @@ def train_teacher(data, cfg: TeacherConfig) -> Teacher:
     from hnlm.cf.trainer import TrainConfig, train
     import torch
     tc = TrainConfig(model=cfg.model, epochs=cfg.epochs, lr=cfg.lr, dim=cfg.dim, seed=cfg.seed,
-                     eval_every=cfg.epochs, patience=cfg.epochs + 1, sampler="rns")
+                     batch_size=cfg.batch_size, eval_every=cfg.epochs, patience=cfg.epochs + 1, sampler="rns")
     result = train(data, tc)
     with torch.no_grad():
         user, item = result["model"].propagate()
@@ -92,8 +107,9 @@ def get_teacher(data, cfg: TeacherConfig, folder: Path) -> Teacher:
     path = folder / "teacher.npz"
     if path.exists():
         teacher = Teacher.load(path)
-        if teacher.meta.get("train_fingerprint") == train_fingerprint(data) and \
-                all(teacher.meta.get(k) == v for k, v in asdict(cfg).items()):
+        stored = {**_TEACHER_BEFORE_BATCH_SIZE, **teacher.meta}
+        if stored.get("train_fingerprint") == train_fingerprint(data) and \
+                all(stored.get(k) == v for k, v in asdict(cfg).items()):
             return teacher
     teacher = train_teacher(data, cfg)
     teacher.save(path)
@@ -130,6 +146,7 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
     from hnlm.llm.encoders import get_text_encoder
     from hnlm.semantic.hnlmrec.infer import adapter_fingerprint, emit, queries_fingerprint
     from hnlm.semantic.hnlmrec.model import QueryEncoder
+    from transformers import TrainerState
 
     ft = cfg.finetune
     folder = run_folder(data.name, cfg, split_seed)
@@ -145,15 +162,21 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
     qe = QueryEncoder(lm, ft.encoder_config(teacher.dim, encoder.dim))
     trainer = make_trainer(qe, tok, ds, ft, str(folder / "checkpoints"))
     ckpts = sorted((folder / "checkpoints").glob("checkpoint-*"))
+    done = finished_checkpoint(folder, ft) if resume else None
     t1 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=bool(resume and ckpts))
+    if done is None:
+        runtime = trainer.train(resume_from_checkpoint=bool(resume and ckpts)).metrics.get("train_runtime")
+    else:
+        qe.load_trainable(done)
+        trainer.state = TrainerState.load_from_json(str(done / "trainer_state.json"))
+        runtime = None
     t_train = time.perf_counter() - t1
     qe.save(folder / "final")
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
 
     t2 = time.perf_counter()
     qset = inference_queries(data, query_builder(data, teacher, cfg), Budget.parse(cfg.infer_budget),
-                             cfg.pair_seed)
+                             cfg.pair_seed, max_users=cfg.infer_users)
     bank_path = save_bank_for(data, qe, tok, qset, teacher, folder, cfg, split_seed)
     t_infer = time.perf_counter() - t2
     steps = max(trainer.state.global_step, 1)
@@ -163,7 +186,7 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "loss_first5_mean": float(np.mean(losses[:5])) if losses else None,
         "loss_last5_mean": float(np.mean(losses[-5:])) if losses else None,
-        "steps": trainer.state.global_step, "train_runtime_s": out.metrics.get("train_runtime"),
+        "steps": trainer.state.global_step, "train_runtime_s": runtime, "finetune_reused": done is not None,
         "timings": {"teacher_s": t_teacher, "finetune_s": t_train, "s_per_step": t_train / steps,
                     "examples_per_s": trainer.state.global_step * ft.batch_size * ft.grad_accum / t_train,
                     "embedding_pass_s": t_infer, "queries": len(qset),
@@ -173,16 +196,34 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
         "adapter": adapter_fingerprint(folder / "final"),
         "teacher": teacher.meta,
     }
+    if done is not None:  # report the fine-tuning speed measured when it ran, not the reload's
+        summary["timings"].update(_earlier_finetune_timings(folder))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+def finished_checkpoint(folder: Path, ft: FinetuneConfig) -> Path | None:
+    """The checkpoint a finished run saved at max_steps. transformers 5 resumes even a finished run with
+    one more optimiser step (seen: 3 steps for max_steps 2), so a finished run is loaded, not resumed."""
+    ckpt = folder / "checkpoints" / f"checkpoint-{ft.max_steps}"
+    return ckpt if ft.max_steps > 0 and (ckpt / "trainer_state.json").exists() else None
+
+
+def _earlier_finetune_timings(folder: Path) -> dict:
+    keys = ("finetune_s", "s_per_step", "examples_per_s")
+    path = folder / "summary.json"
+    earlier = json.loads(path.read_text()).get("timings", {}) if path.exists() else {}
+    return {k: earlier.get(k) for k in keys}
+
+
 def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunConfig,
-                  split_seed: int) -> Path:
+                  split_seed: int, adapter_dir: Path | None = None, extra_meta: dict | None = None) -> Path:
+    """Emit one embedding per query of `qset` into `folder`/bank_<tag>.npz, reused while the adapter
+    (default: `folder`/final) and the queries are unchanged; an interrupted pass resumes."""
     from hnlm.semantic.hnlmrec.infer import adapter_fingerprint, emit, queries_fingerprint
-    tag = Budget.parse(cfg.infer_budget).tag
+    tag = bank_tag(cfg.infer_budget, cfg.infer_users)
     users, items = qset["user"].to_numpy(np.int64), qset["item"].to_numpy(np.int64)
-    key = {"adapter": adapter_fingerprint(folder / "final"),
+    key = {"adapter": adapter_fingerprint(adapter_dir or folder / "final"),
            "queries": queries_fingerprint(qset["text"].tolist(), users, items)}
     path = folder / f"bank_{tag}.npz"
     meta_path = folder / f"bank_{tag}.json"
@@ -194,37 +235,46 @@ def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunC
                batch_size=cfg.infer_batch, max_length=cfg.finetune.max_length, partial=partial)
     np.savez(path, users=users, items=items, emb=emb)
     meta = {**key, "dataset": data.name, "split_seed": split_seed, "llm": cfg.finetune.llm,
-            "cf_signal": cfg.finetune.cf_signal, "budget": cfg.infer_budget,
-            "train_fingerprint": train_fingerprint(data), "pooling": "pool_hidden (mean, non-pad)"}
+            "cf_signal": cfg.finetune.cf_signal, "budget": cfg.infer_budget, "users_limit": cfg.infer_users,
+            "train_fingerprint": train_fingerprint(data), "pooling": "pool_hidden (mean, non-pad)",
+            **(extra_meta or {})}
     meta_path.write_text(json.dumps(meta, indent=2))
     partial.unlink(missing_ok=True)
     return path
 
 
+def read_bank(data, folder: Path, tag: str, source: str, meta: dict) -> NegativeBank:
+    """A bank written by `save_bank_for`, checked against `data`'s training split."""
+    path, meta_path = folder / f"bank_{tag}.npz", folder / f"bank_{tag}.json"
+    stored = json.loads(meta_path.read_text())
+    if stored["train_fingerprint"] != train_fingerprint(data):
+        raise UserFacingError(f"{path} was built for another training split; rerun the embedding pass")
+    z = np.load(path)
+    return NegativeBank(z["emb"], z["users"], z["items"], source=source,
+                        meta={**meta, "adapter": stored["adapter"], "queries": stored.get("queries"),
+                              "run": folder.name})
+
+
 def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str,
-              split_seed: int = 0, run: str | None = None) -> NegativeBank:
+              split_seed: int = 0, run: str | None = None, infer_users: int | None = None) -> NegativeBank:
     """The emitted embeddings of a finished run, for module 3's AlignmentExtension.
 
     `run` names the settings hash (run-<hash>); without it the most recently finished run of these
     (llm, signal, budget, split) is used, and its folder name is recorded in the bank's meta."""
     parent = run_dir(data.name, llm, cf_signal, budget, split_seed)
-    tag = Budget.parse(infer_budget).tag
+    tag = bank_tag(infer_budget, infer_users)
     done = sorted(parent.glob(f"run-*/bank_{tag}.json"), key=lambda p: p.stat().st_mtime)
     if run is not None:
         done = [p for p in done if p.parent.name in (run, f"run-{run}")]
     folder = done[-1].parent if done else parent / (f"run-{run}" if run else "run-<hash>")
-    path, meta_path = folder / f"bank_{tag}.npz", folder / f"bank_{tag}.json"
-    if not path.exists() or not meta_path.exists():
-        raise MissingInputError(f"{path} is missing: run `hnlm finetune --dataset {data.name} --llm {llm} "
-                                f"--cf-signal {cf_signal} --budget {budget} --infer-budget {infer_budget} "
-                                f"--split-seed {split_seed}` first")
-    meta = json.loads(meta_path.read_text())
-    if meta["train_fingerprint"] != train_fingerprint(data):
-        raise UserFacingError(f"{path} was built for another training split; rerun `hnlm finetune`")
-    z = np.load(path)
-    return NegativeBank(z["emb"], z["users"], z["items"], source=f"hnlmrec:{llm}:{cf_signal}",
-                        meta={"llm": llm, "cf_signal": cf_signal, "budget": budget,
-                              "infer_budget": infer_budget, "adapter": meta["adapter"], "run": folder.name})
+    if not (folder / f"bank_{tag}.npz").exists() or not (folder / f"bank_{tag}.json").exists():
+        users = f" --infer-users {infer_users}" if infer_users is not None else ""
+        raise MissingInputError(f"{folder / f'bank_{tag}.npz'} is missing: run `hnlm finetune --dataset "
+                                f"{data.name} --llm {llm} --cf-signal {cf_signal} --budget {budget} "
+                                f"--infer-budget {infer_budget}{users} --split-seed {split_seed}` first")
+    return read_bank(data, folder, tag, f"hnlmrec:{llm}:{cf_signal}",
+                     {"llm": llm, "cf_signal": cf_signal, "budget": budget, "infer_budget": infer_budget,
+                      "infer_users": infer_users})
 
 
 def _peak_gpu_gb() -> float | None:

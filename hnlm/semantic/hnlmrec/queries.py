@@ -157,9 +157,13 @@ def build_examples(data, teacher: Teacher, builder: QueryBuilder, budget: Budget
     return pd.DataFrame({"user": users, "item": items, "neg": neg, "text": texts}), counts
 
 
-def inference_queries(data, builder: QueryBuilder, budget: Budget, pair_seed: int = 0) -> pd.DataFrame:
-    """Queries for the embedding pass: the training pairs of `budget` (no negative needed)."""
+def inference_queries(data, builder: QueryBuilder, budget: Budget, pair_seed: int = 0,
+                      max_users: int | None = None) -> pd.DataFrame:
+    """Queries for the embedding pass: the training pairs of `budget` (no negative needed), of the
+    first `max_users` users only when given (texts are built for the kept pairs only)."""
     pairs = select_pairs(data, budget, pair_seed)
+    if max_users is not None:
+        pairs = pairs[pairs["user"] < max_users].reset_index(drop=True)
     if not len(pairs):
         raise MissingInputError("no training pairs to embed")
     pairs["text"] = [builder.text(int(u), int(i)) for u, i in zip(pairs["user"], pairs["item"])]

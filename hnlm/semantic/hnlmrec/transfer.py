@@ -1,0 +1,77 @@
+"""Generalisation: a query encoder fine-tuned on one dataset emits hard negatives for another, untuned.
+
+The LoRA adapter, head and settings come from a finished `hnlm finetune` run on the source dataset. What
+cannot transfer is the collaborative signal: CF ids (and so a teacher's vectors and rankings) mean nothing
+on another dataset, so the target's CF signal comes from a teacher trained on the TARGET's training split
+(fixed epochs, no validation selection, as for the source). Query texts are built the same way from the
+target's training data; valid/test interactions are never read.
+
+Artefacts, under artifacts/<target>/hnlmrec-transfer/<source>-<run tag>/split-<seed>/:
+  teacher.npz        the target's teacher
+  bank_<tag>.npz     emitted embeddings per target query pair (+ .json: adapter, queries, source run)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hnlm.errors import MissingInputError
+from hnlm.paths import artifacts_dir
+from hnlm.semantic.bank import NegativeBank
+from hnlm.semantic.hnlmrec.pipeline import (RunConfig, TeacherConfig, bank_tag, get_teacher, query_builder,
+                                            read_bank, run_folder, save_bank_for)
+from hnlm.semantic.hnlmrec.queries import inference_queries
+from hnlm.semantic.sns import Budget
+
+
+def source_run(source: str, cfg: RunConfig, split_seed: int = 0) -> Path:
+    """The finished fine-tuning run of `cfg` on `source` (its final/ adapter), or a clear error."""
+    folder = run_folder(source, cfg, split_seed)
+    if not (folder / "final" / "hnlmrec_config.json").exists():
+        ft = cfg.finetune
+        raise MissingInputError(f"{folder / 'final'} is missing: fine-tune on {source} first (notebook "
+                                f"05_hnlmrec, or `hnlm finetune --dataset {source} --llm {ft.llm} "
+                                f"--cf-signal {ft.cf_signal}` with the same settings)")
+    return folder
+
+
+def transfer_dir(target: str, source: str, source_folder: Path, split_seed: int) -> Path:
+    run_tag = f"{source_folder.parent.parent.name}-{source_folder.name}"  # <llm-signal-budget>-run-<hash>
+    folder = artifacts_dir(target, "hnlmrec-transfer", f"{source}-{run_tag}", f"split-{split_seed}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def transfer_bank(target, source: str, cfg: RunConfig, teacher: TeacherConfig | None = None,
+                  split_seed: int = 0) -> tuple[NegativeBank, dict]:
+    """Embeddings that the encoder fine-tuned on `source` (settings `cfg`) emits for `target`'s query pairs
+    (cfg.infer_budget, cfg.infer_users), with no further tuning; `teacher` configures the target's own
+    teacher (default: cfg.teacher). Returns (bank, summary with counts and timings)."""
+    from hnlm.semantic.hnlmrec.finetune import load_base
+    from hnlm.semantic.hnlmrec.model import QueryEncoder
+
+    src = source_run(source, cfg, split_seed)
+    folder = transfer_dir(target.name, source, src, split_seed)
+    t0 = time.perf_counter()
+    target_teacher = get_teacher(target, teacher or cfg.teacher, folder)
+    t_teacher = time.perf_counter() - t0
+    builder = query_builder(target, target_teacher, cfg)
+    qset = inference_queries(target, builder, Budget.parse(cfg.infer_budget), cfg.pair_seed,
+                             max_users=cfg.infer_users)
+    t1 = time.perf_counter()
+    lm, tok = load_base(cfg.finetune)
+    encoder = QueryEncoder.from_saved(lm, src / "final")
+    save_bank_for(target, encoder, tok, qset, target_teacher, folder, cfg, split_seed,
+                  adapter_dir=src / "final", extra_meta={"source_dataset": source, "source_run": str(src)})
+    t_infer = time.perf_counter() - t1
+    ft = cfg.finetune
+    bank = read_bank(target, folder, bank_tag(cfg.infer_budget, cfg.infer_users),
+                     f"hnlmrec-transfer:{source}->{target.name}:{ft.llm}:{ft.cf_signal}",
+                     {"llm": ft.llm, "cf_signal": ft.cf_signal, "source_dataset": source,
+                      "source_run": src.name, "infer_budget": cfg.infer_budget, "infer_users": cfg.infer_users})
+    summary = {"source": source, "target": target.name, "source_run": str(src), "folder": str(folder),
+               "queries": len(qset), "users_embedded": int(qset["user"].nunique()), "users": target.n_users,
+               "context_counts": dict(builder.counts), "teacher": target_teacher.meta,
+               "timings": {"teacher_s": t_teacher, "embedding_pass_s": t_infer}}
+    return bank, summary
