@@ -1,7 +1,8 @@
 """Every study notebook runs headless through papermill on the smoke profile; its result file is checked.
 
-The notebooks run once, in study order (08 and 09 read 06's runs), into a temporary run folder and figure
-folder; artefacts stay shared so cached LLM outputs and prepared datasets are reused.
+The notebooks run once, in study order (05 reads 03's bank, 08 and 09 read 06's runs, 10 transfers 05's
+fine-tuned model), into a temporary run folder and figure folder; artefacts stay shared so cached LLM
+outputs, fine-tuning runs and prepared datasets are reused.
 """
 
 import json
@@ -35,17 +36,76 @@ def check_01_data(result, out_dir, fig_dir):
     assert (fig_dir / "smoke" / "01_distributions_ml-100k.pdf").exists()
 
 
+def _alignment_counts_ok(rows, runs, train_pairs):
+    """Every training pair of every epoch either got a semantic negative or kept its ID negative."""
+    epochs = {(r["method"], r["seed"]): r["epochs_run"] for r in runs}
+    for c in rows:
+        assert c["pairs"] == train_pairs * epochs[(c["method"], c["seed"])]
+        assert c["with_negative"] + c["missing"] == c["pairs"] and c["with_negative"] > 0
+        assert c["exact_pair"] + c["user_reuse"] == c["with_negative"]
+
+
+def _comparisons_ok(rows, n_seeds, n_users):
+    for c in rows:
+        assert c["t_p"] is None or 0 <= c["t_p"] <= 1  # None: no variance over seeds
+        assert 0 <= c["wilcoxon_p"] <= 1 and c["baseline_mean"] >= 0
+        assert c["mean"] > c["baseline_mean"] or c["relative_gain"] <= 0
+        if "users" in c:
+            assert c["users"] == n_users and c["seeds"] == n_seeds
+
+
 def check_05_hnlmrec(result, out_dir, fig_dir):
     settings = result["meta"]["settings"]
+    conf, seeds = settings["hnlmrec"], result["meta"]["seeds"]
     for row in result["finetune"]:
-        assert row["steps"] == settings["hnlmrec"]["max_steps"] and row["bank_rows"] == row["queries"] > 0
-        assert row["loss_first5_mean"] > 0 and row["loss_last5_mean"] > 0
-    methods = set(settings["methods"]) | {f"hnlmrec-{s}" for s in settings["signals"]}
-    assert {r["method"] for r in result["runs"]} == methods
+        assert row["steps"] == conf["max_steps"] and row["bank_rows"] == row["queries"] > 0
+        assert row["queries"] == conf["infer_users"]  # per-user:1 over the first infer_users users
+        assert 0 < row["examples"] <= 943 and row["loss_first5_mean"] > 0 and row["loss_last5_mean"] > 0
+    assert {r["signal"] for r in result["finetune"]} == set(settings["signals"])
+    methods = settings["methods"] + [f"hnlmrec-{s}" for s in settings["signals"]]
+    assert {(r["method"], r["seed"]) for r in result["runs"]} == {(m, s) for m in methods for s in seeds}
     for r in result["runs"]:
         _metrics_ok(r)
+        assert r["recall@10"] <= r["recall@20"] <= r["recall@50"]
+    assert len(result["table"]) == len(methods) and all(t["seeds"] == len(seeds) for t in result["table"])
     assert len(result["comparisons"]) == len(settings["signals"]) * len(settings["methods"])
-    assert (fig_dir / "smoke" / "05_hnlmrec_cf_ml-100k.png").exists()
+    _comparisons_ok(result["comparisons"], len(seeds), 943)
+    semantic = {m for m in methods if m == "sns" or m.startswith("hnlmrec-")}
+    assert {(c["method"], c["seed"]) for c in result["alignment_counts"]} == {(m, s) for m in semantic for s in seeds}
+    _alignment_counts_ok(result["alignment_counts"], result["runs"], 80024)
+    assert (out_dir / "05_table.csv").exists()
+    for name in ("05_hnlmrec_cf", "05_finetune_loss"):
+        assert (fig_dir / "smoke" / f"{name}_ml-100k.png").exists()
+    assert (fig_dir / "smoke" / "05_hnlmrec_cf_ml-100k.pdf").exists()
+
+
+def check_10_generalisation(result, out_dir, fig_dir):
+    settings = result["meta"]["settings"]
+    seeds, target = result["meta"]["seeds"], result["target_data"]
+    assert result["source"] == "ml-100k" and result["target"] == "ml-1m"
+    assert (target["users"], target["items"]) == (settings["target_first_users"], 3706)
+    assert target["train"] + target["valid"] + target["test"] == target["interactions"]
+    for row in result["transfer"]:
+        assert row["queries"] == row["bank_rows"] == row["users_embedded"] == settings["target_users"]
+        assert row["target_users"] == target["users"] and "/ml-100k/hnlmrec/" in row["source_run"]
+        assert not row["finetuned_here"]  # notebook 05's fine-tuned model is the one transferred
+        assert 0 <= row["teacher_valid_recall@20"] <= 1 and row["teacher_epochs"] == settings["target_teacher"]["epochs"]
+    methods = settings["methods"] + [f"hnlmrec-{s}" for s in settings["signals"]]
+    assert {(r["method"], r["seed"]) for r in result["runs"]} == {(m, s) for m in methods for s in seeds}
+    for r in result["runs"]:
+        _metrics_ok(r)
+        assert r["recall@10"] <= r["recall@20"] <= r["recall@50"]
+        assert 1 <= r["best_epoch"] <= r["epochs_run"] <= settings["epochs"]
+    assert len(result["table"]) == len(methods) and all(t["seeds"] == len(seeds) for t in result["table"])
+    comps = result["comparisons"]
+    assert {c["method"] for c in comps} == {f"hnlmrec-{s}" for s in settings["signals"]}
+    assert {c["baseline"] for c in comps} <= set(settings["methods"]) and "rns" in {c["baseline"] for c in comps}
+    _comparisons_ok(comps, len(seeds), target["users"])
+    _alignment_counts_ok(result["alignment_counts"], result["runs"], target["train"])
+    for name in ("10_table", "10_runs", "10_comparisons"):
+        assert (out_dir / f"{name}.csv").exists()
+    for ext in ("png", "pdf"):
+        assert (fig_dir / "smoke" / f"10_transfer_to_ml-1m_ml-100k.{ext}").exists()
 
 
 def check_06_main_results(result, out_dir, fig_dir):
@@ -138,8 +198,10 @@ def check_07_false_negatives(result, out_dir, fig_dir):
 
 
 CHECKS = {"01_data": check_01_data, "02_profiles": check_02_profiles, "03_sns": check_03_sns,
-          "04_alignment": check_04_alignment, "07_false_negatives": check_07_false_negatives, "06_main_results": check_06_main_results,
-          "08_popularity": check_08_popularity, "09_sparsity": check_09_sparsity}
+          "04_alignment": check_04_alignment, "05_hnlmrec": check_05_hnlmrec,
+          "06_main_results": check_06_main_results, "07_false_negatives": check_07_false_negatives,
+          "08_popularity": check_08_popularity, "09_sparsity": check_09_sparsity,
+          "10_generalisation": check_10_generalisation}
 
 
 def test_every_study_notebook_has_a_check_and_a_clean_parameters_cell():

@@ -211,6 +211,16 @@ def false_negative_frame(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def alignment_frame(results: list[dict]) -> pd.DataFrame:
+    """Module 3's counts per semantic run: training pairs that got a semantic negative; the others kept
+    their ID negative (a fallback, reported next to the metrics it affects)."""
+    frame = pd.DataFrame([{"backbone": r["backbone"], "method": r["method"], "seed": r["seed"],
+                           **r["counts"]["alignment"]} for r in results if "alignment" in r["counts"]])
+    if len(frame):
+        frame["with_negative_share"] = frame["with_negative"] / frame["pairs"]
+    return frame
+
+
 def per_user(results: list[dict], metric: str, backbone: str) -> dict:
     """{(method, seed): per-user vector} of one backbone, aligned on the same user order."""
     out, users = {}, None

@@ -125,18 +125,59 @@ def semantic_resources(folder: Path, data, llm: str, rlmrec_text: str = "metadat
 
 # ------------------------------------------------------------------------------ module 4 (HNLMRec)
 
+def hnlmrec_config(llm: str, signal: str, conf: dict):
+    """Module 4's RunConfig from a profile's "hnlmrec" block (one place, so 05 and 10 share one run)."""
+    from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
+    from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig
+    ft = FinetuneConfig(llm=llm, cf_signal=signal, budget=conf["budget"], max_steps=conf["max_steps"],
+                        batch_size=conf["batch_size"], save_steps=conf["save_steps"])
+    return RunConfig(finetune=ft, teacher=TeacherConfig(epochs=conf["teacher_epochs"]), context=conf["context"],
+                     infer_budget=conf["infer_budget"], infer_users=conf.get("infer_users"),
+                     infer_batch=conf["infer_batch"])
+
+
 def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
     """Fine-tune (resumable; a finished run with the same settings is reused by module 4's own cache of
     checkpoints and banks) and return (summary, NegativeBank of emitted embeddings)."""
-    from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
-    from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, load_bank, run_finetune
-    ft = FinetuneConfig(llm=llm, cf_signal=signal, budget=conf["budget"], max_steps=conf["max_steps"],
-                        batch_size=conf["batch_size"], save_steps=conf["save_steps"])
-    cfg = RunConfig(finetune=ft, teacher=TeacherConfig(epochs=conf["teacher_epochs"]), context=conf["context"],
-                    infer_budget=conf["infer_budget"], infer_batch=conf["infer_batch"])
+    from hnlm.semantic.hnlmrec.pipeline import load_bank, run_finetune
+    cfg = hnlmrec_config(llm, signal, conf)
     summary = run_finetune(data, cfg, split_seed)
-    bank = load_bank(data, llm, signal, conf["budget"], conf["infer_budget"], split_seed)
+    bank = load_bank(data, llm, signal, conf["budget"], conf["infer_budget"], split_seed,
+                     run=Path(summary["folder"]).name, infer_users=cfg.infer_users)
     return summary, bank
+
+
+def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
+    """HNLMRec fine-tuned on `source` with conf["hnlmrec"] (reused when notebook 05 ran with the same
+    settings, else fine-tuned here) emits embeddings for `target`'s first conf["target_users"] users,
+    untuned; the target's CF signal comes from a teacher trained on the target's training split
+    (conf["target_teacher"]). `conf` is notebook 10's settings. Returns (summary, NegativeBank)."""
+    from dataclasses import replace
+
+    from hnlm.errors import MissingInputError
+    from hnlm.semantic.hnlmrec.pipeline import TeacherConfig, run_finetune
+    from hnlm.semantic.hnlmrec.transfer import source_run, transfer_bank
+    cfg = hnlmrec_config(llm, signal, conf["hnlmrec"])
+    try:
+        source_run(source.name, cfg, split_seed)
+        finetuned_here = False
+    except MissingInputError:
+        run_finetune(source, cfg, split_seed)
+        finetuned_here = True
+    target_cfg = replace(cfg, infer_users=conf["target_users"])
+    teacher = TeacherConfig(**conf["target_teacher"])
+    bank, summary = transfer_bank(target, source.name, target_cfg, teacher, split_seed)
+    return {**summary, "finetuned_here": finetuned_here, "bank_rows": len(bank)}, bank
+
+
+def bank_digest(*banks) -> str:
+    """Changes whenever any bank's vectors or pairs do (part of the CF run cache key)."""
+    import hashlib
+    h = hashlib.sha256()
+    for bank in banks:
+        for part in (bank.emb, bank.users, bank.items):
+            h.update(part.tobytes())
+    return h.hexdigest()[:16]
 
 
 def loss_history(folder: Path) -> list[float]:

@@ -35,6 +35,31 @@ for _conf in _CF.values():
 _ALIGN = {"alignment": {"alpha": 0.01, "weight": 1e-3, "tau": 0.2, "hidden": [256], "lookup": "user"},
           "grounded": {"share": 0.5, "pool": 20}}
 
+# Module 4 (05) and its transfer (10) share one fine-tuning run per profile. The embedding pass costs about
+# 0.2-0.7 s per query for smollm2-135m on 2 CPU cores, so smoke embeds the first 32 users only
+# (infer_users; the other users' pairs keep their ID negative and are counted by module 3).
+_HNLMREC = {
+    "smoke": {"budget": "per-user:1", "max_steps": 2, "batch_size": 4, "save_steps": 2, "teacher_epochs": 2,
+              "context": "history", "infer_budget": "per-user:1", "infer_users": 32, "infer_batch": 32},
+    "quick": {"budget": "per-user:1", "max_steps": 20, "batch_size": 8, "save_steps": 10, "teacher_epochs": 20,
+              "context": "history", "infer_budget": "per-user:1", "infer_users": None, "infer_batch": 16},
+    "full": {"budget": "per-user:1", "max_steps": 80, "batch_size": 8, "save_steps": 25, "teacher_epochs": 20,
+             "context": "history", "infer_budget": "per-user:1", "infer_users": None, "infer_batch": 16},
+}
+
+# Transfer to ml-1m (10): ml-1m has 10x ml-100k's interactions, so its CF runs and its own teacher use
+# larger batches (a LightGCN epoch at batch 2048 took ~80 s on 2 busy cores), and the fast profiles keep its
+# first `target_first_users` users (all splits; None: all 6,040); `target_users` limits the embedding pass
+# as infer_users does on the source.
+_TRANSFER = {
+    "smoke": {**_CF["smoke"], "methods": ["rns", "dns"], "target_first_users": 1000, "target_users": 16,
+              "target_teacher": {"epochs": 1, "batch_size": 16384}},
+    "quick": {**_CF["quick"], "epochs": 10, "batch_size": 8192, "methods": ["rns", "dns"],
+              "target_first_users": 2000, "target_users": 256, "target_teacher": {"epochs": 10, "batch_size": 8192}},
+    "full": {**_CF["full"], "epochs": 50, "batch_size": 8192, "methods": ["rns", "dns", "mixgcf"],
+             "target_first_users": None, "target_users": None, "target_teacher": {"epochs": 20, "batch_size": 8192}},
+}
+
 NOTEBOOK_SETTINGS = {
     "01_data": {
         "smoke": {"datasets": ["ml-100k", "ml-1m"], "top_items": 5},
@@ -65,20 +90,11 @@ NOTEBOOK_SETTINGS = {
     },
     "05_hnlmrec": {
         "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "methods": ["rns", "sns"], "signals": ["text"],
-                  **_ALIGN, "rlmrec_text": "metadata",
-                  "hnlmrec": {"budget": "per-user:1", "max_steps": 2, "batch_size": 4, "save_steps": 2,
-                              "teacher_epochs": 2, "context": "history", "infer_budget": "per-user:1",
-                              "infer_batch": 32}},
+                  **_ALIGN, "rlmrec_text": "metadata", "hnlmrec": _HNLMREC["smoke"]},
         "quick": {**_CF["quick"], "backbones": ["lightgcn"], "methods": ["rns", "dns", "sns"],
-                  "signals": ["text", "soft"], **_ALIGN, "rlmrec_text": "metadata",
-                  "hnlmrec": {"budget": "per-user:1", "max_steps": 20, "batch_size": 8, "save_steps": 10,
-                              "teacher_epochs": 20, "context": "history", "infer_budget": "per-user:1",
-                              "infer_batch": 16}},
+                  "signals": ["text", "soft"], **_ALIGN, "rlmrec_text": "metadata", "hnlmrec": _HNLMREC["quick"]},
         "full": {**_CF["full"], "backbones": ["lightgcn"], "methods": ["rns", "dns", "mixgcf", "sns"],
-                 "signals": ["text", "soft"], **_ALIGN, "rlmrec_text": "profiles",
-                 "hnlmrec": {"budget": "per-user:1", "max_steps": 80, "batch_size": 8, "save_steps": 25,
-                             "teacher_epochs": 20, "context": "history", "infer_budget": "per-user:1",
-                             "infer_batch": 16}},
+                 "signals": ["text", "soft"], **_ALIGN, "rlmrec_text": "profiles", "hnlmrec": _HNLMREC["full"]},
     },
     "06_main_results": {
         "smoke": {**_CF["smoke"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "pns"],
@@ -98,6 +114,11 @@ NOTEBOOK_SETTINGS = {
         "smoke": {"n_groups": 4, "metric": "recall@20", "reference_method": "rns"},
         "quick": {"n_groups": 4, "metric": "recall@20", "reference_method": "rns"},
         "full": {"n_groups": 4, "metric": "recall@20", "reference_method": "rns"},
+    },
+    "10_generalisation": {
+        name: {**_TRANSFER[name], "backbones": ["lightgcn"], "signals": ["text"], **_ALIGN,
+               "hnlmrec": _HNLMREC[name]}
+        for name in PROFILE_NAMES
     },
 }
 

@@ -25,10 +25,12 @@ STUDY_NOTEBOOKS = [
     "02_profiles",
     "03_sns",
     "04_alignment",
+    "05_hnlmrec",
     "06_main_results",
     "07_false_negatives",
     "08_popularity",
     "09_sparsity",
+    "10_generalisation",
 ]
 
 
