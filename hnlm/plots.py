@@ -76,7 +76,7 @@ def plot_metric_bars(table: pd.DataFrame, metric: str, hue: str = "backbone", x:
     sns.barplot(data=table, x=x, y=metric, hue=hue if hue in table else None, errorbar="sd", ax=ax,
                 capsize=0.1, err_kws={"linewidth": 0.8})
     ax.set(xlabel="", ylabel=metric)
-    ax.tick_params(axis="x", rotation=45)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     if ax.get_legend() is not None:
         ax.legend(frameon=False, title=None)
     return fig

@@ -92,21 +92,24 @@ def _name_seed(path: Path) -> tuple[str, int]:
     return name, int(seed)
 
 
-def figures(dataset: str, methods: list[str] | None = None) -> list[Path]:
-    """Test recall@20 per method (mean +- std over seeds) and valid recall@20 by epoch, into figures/."""
+def figures(dataset: str, methods: list[str] | None = None, curves: list[str] | None = None) -> list[Path]:
+    """Test recall@20 per method (mean +- std over seeds) and valid recall@20 by epoch (for `curves`,
+    default: the same methods), into figures/."""
     import pandas as pd
     from hnlm import plots
-    runs = [(n, s, r) for n, s, r in load_runs(dataset) if methods is None or n in methods]
+    runs = load_runs(dataset)
+    curves = curves or methods
     plots.set_style()
     bars = pd.DataFrame([{"method": n.split("_", 1)[1], "seed": s, "recall@20": r["test"]["recall@20"]}
-                         for n, s, r in runs])
+                         for n, s, r in runs if methods is None or n in methods])
     order = bars.groupby("method")["recall@20"].mean().sort_values(ascending=False).index
     bars["method"] = pd.Categorical(bars["method"], order)
     saved = plots.save_figure(plots.plot_metric_bars(bars.sort_values("method"), "recall@20", hue="none"),
                               f"{dataset}_grid_test_recall20")
     curves = pd.DataFrame([{"method": n.split("_", 1)[1], "seed": s, "epoch": h["epoch"],
                             "recall@20": h["valid"]["recall@20"]}
-                           for n, s, r in runs for h in r["history"] if "valid" in h])
+                           for n, s, r in runs for h in r["history"]
+                           if "valid" in h and (curves is None or n in curves)])
     saved += plots.save_figure(plots.plot_convergence(curves), f"{dataset}_grid_convergence")
     return saved
 
@@ -139,12 +142,13 @@ def main(argv=None) -> int:
     f = sub.add_parser("figures", help="bar chart and convergence curves of the results, into figures/")
     f.add_argument("--dataset", default="ml-100k")
     f.add_argument("--methods", nargs="+", default=None, help="result names (default: all)")
+    f.add_argument("--curves", nargs="+", default=None, help="result names of the convergence panel")
     args, extra = p.parse_known_args(argv)
     extra = [x for x in extra if x != "--"]
     if args.cmd == "run":
         run(args.dataset, args.model, args.methods, args.seeds, extra, args.tag)
     elif args.cmd == "figures":
-        for path in figures(args.dataset, args.methods):
+        for path in figures(args.dataset, args.methods, args.curves):
             print(path)
     else:
         print(markdown(summarise(args.dataset, args.baseline)))
