@@ -31,7 +31,7 @@ class FinetuneConfig:
     grad_accum: int = 1
     lr: float = 2e-4                   # LoRA + heads; the paper's 2e-5 is for 5 epochs of an 8B model
     warmup_ratio: float = 0.05
-    max_length: int = 160
+    max_length: int = 224              # ml-100k queries are ~186-191 tokens: 160 cut every one (session 2)
     tau: float = 0.05
     lora_r: int = 32
     lora_alpha: int = 64

@@ -31,7 +31,7 @@ def queries_fingerprint(texts, users, items) -> str:
 
 @torch.no_grad()
 def emit(encoder, tokenizer, texts: list[str], cf_user: np.ndarray, cf_item: np.ndarray,
-         batch_size: int = 16, max_length: int = 160, partial: Path | None = None,
+         batch_size: int = 16, max_length: int = 224, partial: Path | None = None,
          save_every: int = 8) -> np.ndarray:
     """q for every text (L2-normalised, [n, out_dim]); resumes from `partial` when it exists."""
     encoder.eval()
