@@ -77,3 +77,17 @@ def test_grounding_excludes_training_items(data):
     assert nearest_any[0] == train[0]
     assert nearest[0] not in set(train) and not set(top[0]) & set(train)
     assert nearest[1] == other and sim[1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_negatives_of_another_prompt_context_are_not_reused(tmp_path):
+    """A negative generated from training titles must not stand in for one generated from a profile."""
+    import json
+    from hnlm.semantic.sns import read_negatives
+    path = tmp_path / "negatives.jsonl"
+    rows = [{"user": 0, "item": 5, "ok": True, "text": "A", "context": "history"},
+            {"user": 1, "item": 6, "ok": True, "text": "B", "context": "profile:qwen2.5-0.5b"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"user": 2, "item"')  # torn tail
+    assert read_negatives(path)["text"].tolist() == ["A", "B"]
+    assert read_negatives(path, "history")["text"].tolist() == ["A"]
+    assert read_negatives(path, "profile:qwen2.5-0.5b")["text"].tolist() == ["B"]
+    assert read_negatives(path, "profile:smollm2-135m").empty

@@ -51,7 +51,8 @@ def run_sns(args) -> int:
     built = sns.build_artifacts(data, args.llm, budget, get_text_encoder(args.encoder),
                                split_seed=args.split_seed, pair_seed=args.pair_seed, pool=args.pool,
                                extra_meta={**builder.describe(), "generation": gen},
-                               allow_missing=args.allow_missing or args.limit_users is not None)
+                               allow_missing=args.allow_missing or args.limit_users is not None,
+                               context=builder.tag)
     print(json.dumps({"folder": built["folder"], "generation": gen, "quality": built["quality"]}, indent=2))
     return 0
 

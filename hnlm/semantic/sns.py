@@ -156,6 +156,8 @@ class PromptBuilder:
         elif context != "history":
             raise UserFacingError(f"unknown SNS context {context!r}: use 'profile' or 'history'")
         self.seed = seed
+        # Stored with every record: negatives made from another context are never reused for this one.
+        self.tag = "history" if context == "history" else f"profile:{profiles_llm}"
 
     def user_text(self, user: int) -> str:
         if self.context == "profile":
@@ -175,7 +177,7 @@ class PromptBuilder:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": text}]
 
     def describe(self) -> dict:
-        return {"context": self.context, "item_profiles": len(self.item_profiles),
+        return {"context": self.context, "context_tag": self.tag, "item_profiles": len(self.item_profiles),
                 "user_profiles": len(self.user_profiles), "template": f"sns_{domain_of(self.data.name)}"}
 
 
@@ -196,9 +198,10 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def read_negatives(path: Path) -> pd.DataFrame:
-    """All generated records; a torn last line (interrupted write) is ignored."""
-    cols = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated"]
+def read_negatives(path: Path, context: str | None = None) -> pd.DataFrame:
+    """Generated records (of one prompt context when `context` is a PromptBuilder.tag); a torn last line
+    (interrupted write) is ignored."""
+    cols = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated", "context"]
     if not path.exists():
         return pd.DataFrame(columns=cols)
     rows = []
@@ -208,6 +211,8 @@ def read_negatives(path: Path) -> pd.DataFrame:
         except json.JSONDecodeError:
             continue
     frame = pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
+    if context is not None:
+        frame = frame[frame["context"] == context]
     return frame.drop_duplicates(["user", "item"], keep="last")
 
 
@@ -228,7 +233,7 @@ def generate_negatives(data, backend, pairs: pd.DataFrame, builder: PromptBuilde
                        chunk: int = 32, max_new_tokens: int | None = None, order_seed: int = 0) -> dict:
     """Generate the pairs missing from out/negatives.jsonl, appending each chunk as it finishes."""
     path = out / "negatives.jsonl"
-    done = read_negatives(path)
+    done = read_negatives(path, builder.tag)
     have = set(zip(done["user"].astype(int), done["item"].astype(int)))
     todo = [(int(u), int(i)) for u, i in zip(pairs["user"], pairs["item"]) if (int(u), int(i)) not in have]
     # Users in a seeded random order: an interrupted run leaves an unbiased subset of users covered.
@@ -244,7 +249,7 @@ def generate_negatives(data, backend, pairs: pd.DataFrame, builder: PromptBuilde
         with path.open("a") as fh:
             for (u, i), res in zip(part, results):
                 cached += bool(getattr(res, "cached", False))
-                fh.write(json.dumps({"user": u, "item": i, **parse_answer(res)}) + "\n")
+                fh.write(json.dumps({"user": u, "item": i, **parse_answer(res), "context": builder.tag}) + "\n")
     return {"requested": len(pairs), "already_done": len(pairs) - len(todo), "generated": len(todo),
             "from_llm_cache": cached}
 
@@ -332,11 +337,12 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, item_emb: np.ndarray, 
 
 
 def build_artifacts(data, llm: str, budget: Budget, encoder, split_seed: int = 0, pair_seed: int = 0,
-                    pool: int = 20, extra_meta: dict | None = None, allow_missing: bool = False) -> dict:
+                    pool: int = 20, extra_meta: dict | None = None, allow_missing: bool = False,
+                    context: str | None = None) -> dict:
     """Embed, ground and measure the negatives of a budget; write bank / grounded / quality / meta."""
     out = sns_dir(data.name, llm, split_seed)
     pairs = select_pairs(data, budget, pair_seed)
-    allrec = read_negatives(out / "negatives.jsonl")
+    allrec = read_negatives(out / "negatives.jsonl", context)
     rec = pairs.merge(allrec, on=["user", "item"], how="left")
     missing = int(rec["ok"].isna().sum())
     if missing and not allow_missing:

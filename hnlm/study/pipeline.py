@@ -66,13 +66,15 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
     gen.update({k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")})
     enc = get_text_encoder(encoder)
     if limit_users is None:  # the complete budget: module 2's official artefacts
-        built = sns.build_artifacts(data, llm, budget, enc, split_seed, pair_seed, pool,
+        built = sns.build_artifacts(data, llm, budget, enc, split_seed, pair_seed, pool, context=builder.tag,
                                     extra_meta={**builder.describe(), "generation": gen})
         bank, grounded = sns.load_bank(data, llm, budget, split_seed), sns.load_grounded(data, llm, budget, split_seed)
         quality = built["quality"]
-        records = pairs.merge(sns.read_negatives(folder / "negatives.jsonl"), on=["user", "item"])
+        records = pairs.merge(sns.read_negatives(folder / "negatives.jsonl", builder.tag),
+                              on=["user", "item"])
         return {"generation": gen, "quality": quality, "records": records, "bank": bank, "grounded": grounded}
-    rec = pairs.merge(sns.read_negatives(folder / "negatives.jsonl"), on=["user", "item"], how="left")
+    rec = pairs.merge(sns.read_negatives(folder / "negatives.jsonl", builder.tag), on=["user", "item"],
+                      how="left")
     ok = rec[rec["ok"].fillna(False).astype(bool)].reset_index(drop=True)
     neg_emb = enc.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, enc.dim), np.float32)
     item_emb = sns.item_embeddings(data, enc)
