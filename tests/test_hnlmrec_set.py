@@ -9,17 +9,12 @@ from hnlm.data import load_dataset
 from hnlm.semantic.hnlmrec.model import contrastive_loss
 from hnlm.semantic.hnlmrec.queries import MiningConfig, QueryBuilder, Teacher, build_examples
 from hnlm.semantic.sns import Budget
+from tests.hnlmrec_helpers import random_teacher
 
 
 @pytest.fixture(scope="module")
 def data():
     return load_dataset("ml-100k", seed=0)
-
-
-def random_teacher(data, dim=8, seed=0):
-    rng = np.random.default_rng(seed)
-    return Teacher(rng.standard_normal((data.n_users, dim)).astype(np.float32),
-                   rng.standard_normal((data.n_items, dim)).astype(np.float32), {})
 
 
 def without_heldout(data, seed=1):

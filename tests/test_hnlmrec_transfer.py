@@ -13,17 +13,12 @@ from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, settings_key
 from hnlm.semantic.hnlmrec.queries import QueryBuilder, Teacher, inference_queries
 from hnlm.semantic.sns import Budget, train_fingerprint
+from tests.hnlmrec_helpers import random_teacher
 
 
 @pytest.fixture(scope="module")
 def data():
     return load_dataset("ml-100k", seed=0)
-
-
-def random_teacher(data, dim=8, seed=0):
-    rng = np.random.default_rng(seed)
-    return Teacher(rng.standard_normal((data.n_users, dim)).astype(np.float32),
-                   rng.standard_normal((data.n_items, dim)).astype(np.float32), {})
 
 
 def test_run_key_ignores_the_embedding_pass_and_keeps_older_runs():
