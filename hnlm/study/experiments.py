@@ -87,21 +87,19 @@ def build_method(method: str, data, settings: dict, seed: int = 0, resources: di
     if opt:
         key, value = opt.split("=")
         align[key] = float(value)
-    if name in ("sns", "sns-random", "sns-shuffled"):
+    if name in ("sns", "sns-random", "sns-shuffled") or name.startswith("hnlmrec-"):
+        # modules 2-3, and module 4's emitted embeddings through module 3
         from hnlm.semantic.alignment import AlignmentConfig
         from hnlm.semantic.methods import make_alignment
-        bank = res["bank"]
-        if name == "sns-random":
-            bank = bank.randomized(seed)
+        if name.startswith("hnlmrec-"):
+            bank = res["hnlmrec_banks"][name[len("hnlmrec-"):]]
+        elif name == "sns-random":
+            bank = res["bank"].randomized(seed)
         elif name == "sns-shuffled":
-            bank = bank.shuffled(seed)
+            bank = res["bank"].shuffled(seed)
+        else:
+            bank = res["bank"]
         cfg = AlignmentConfig(**{k: tuple(v) if k == "hidden" else v for k, v in align.items()}, seed=seed)
-        return get_sampler("rns"), make_alignment(data, bank, cfg)
-    if name.startswith("hnlmrec-"):  # module 4: the fine-tuned LLM's embeddings through module 3
-        from hnlm.semantic.alignment import AlignmentConfig
-        from hnlm.semantic.methods import make_alignment
-        cfg = AlignmentConfig(**{k: tuple(v) if k == "hidden" else v for k, v in align.items()}, seed=seed)
-        bank = res["hnlmrec_banks"][name[len("hnlmrec-"):]]
         return get_sampler("rns"), make_alignment(data, bank, cfg)
     if name == "sns-grounded":
         from hnlm.semantic.methods import GroundedSampler
