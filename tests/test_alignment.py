@@ -111,3 +111,47 @@ def test_anchor_mode_keeps_bpr_gradients_out_of_the_adapter(small):
     new, _ = ext.on_batch(Batch(users, pos, torch.tensor([5, 6])), emb)
     (emb.user * new.neg).sum().backward()  # a BPR-like score on the mixed negative
     assert all(p.grad is None for p in ext.adapter.parameters())
+
+
+@pytest.mark.parametrize("mode", ["anchor", "joint"])
+def test_repeated_rows_match_the_per_pair_computation(small, mode):
+    """The adapter runs once per distinct bank row / positive item; loss, mixed negatives and gradients
+    equal the per-pair formula (every pair has a negative here: the unmasked path)."""
+    bank = bank_for(small, list(range(N_USERS)), dim=24)
+    items = catalogue(small, 24) if mode == "anchor" else None
+    cfg = AlignmentConfig(alpha=0.3, weight=1.0, lookup="user", hidden=(16,), train=mode, anchor_weight=0.7)
+    ext = AlignmentExtension(bank, cfg, items)
+    ext.setup(build_model("mf", small, 8, 1), small)
+    g = torch.Generator().manual_seed(0)
+    users = torch.randint(0, N_USERS, (200,), generator=g)
+    pos = torch.randint(0, 20, (200,), generator=g)          # positives repeat
+    table_u, table_i = torch.randn(N_USERS, 8, generator=g), torch.randn(small.n_items, 8, generator=g)
+
+    def run(reference):
+        u = table_u.clone().requires_grad_()
+        i = table_i.clone().requires_grad_()
+        emb = BatchEmb(u[users], i[pos], i[pos + 100])
+        ext._rng = np.random.default_rng(0)
+        ext.zero_grad()
+        if not reference:
+            new, loss = ext.on_batch(Batch(users, pos, pos + 100), emb)
+        else:
+            rows, _ = ext.index.lookup(users.numpy(), pos.numpy(), "user", np.random.default_rng(0))
+            h = ext.adapter(ext.table[torch.from_numpy(rows)])
+            extra = 0.0
+            if mode == "anchor":
+                h = torch.nn.functional.normalize(h.detach(), dim=-1) * emb.neg.detach().norm(dim=-1, keepdim=True)
+                t = ext.adapter(ext.item_text[pos])
+                extra = 0.7 * (1 - torch.nn.functional.cosine_similarity(t, emb.pos.detach(), dim=-1)).mean()
+            cos = torch.nn.functional.cosine_similarity
+            loss = torch.nn.functional.softplus((cos(emb.user, h, dim=-1) - cos(emb.user, emb.pos, dim=-1))
+                                                / cfg.tau).mean() + extra
+            new = BatchEmb(emb.user, emb.pos, 0.3 * h + 0.7 * emb.neg)
+        (loss + (new.user * new.neg).sum()).backward()
+        return loss.detach(), new.neg.detach(), u.grad, i.grad, [p.grad.clone() for p in ext.adapter.parameters()]
+
+    fast, ref = run(False), run(True)
+    for a, b in zip(fast[:4], ref[:4]):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(fast[4], ref[4]):
+        torch.testing.assert_close(a, b)

@@ -48,3 +48,32 @@ def test_projection_trains_with_the_cf_model():
     fresh.setup(result["model"], small)
     assert any(not torch.allclose(a, b) for a, b in zip(fresh.proj.parameters(), ext.proj.parameters()))
     assert result["counts"]["rlmrec"]["mean_infonce"] > 0
+
+
+def test_max_anchors_is_off_by_default_and_caps_the_infonce():
+    from hnlm.cf.extension import Batch, BatchEmb
+    from hnlm.cf.models import build_model
+    d = load_dataset("ml-100k", seed=0)
+    rng = np.random.default_rng(0)
+    user_text, item_text = rng.standard_normal((d.n_users, 12)), rng.standard_normal((d.n_items, 12))
+    g = torch.Generator().manual_seed(0)
+    users, pos = torch.randint(0, d.n_users, (300,), generator=g), torch.randint(0, d.n_items, (300,), generator=g)
+    emb = BatchEmb(torch.randn(300, 8, generator=g), torch.randn(300, 8, generator=g), torch.randn(300, 8))
+    model = build_model("mf", d, 8, 1)
+    losses = {}
+    for cap in (0, 10_000, 16):
+        ext = rlmrec.RLMRecExtension(user_text, item_text, rlmrec.RLMRecConfig(hidden=(8,), max_anchors=cap))
+        ext.setup(model, d)
+        calls = []
+        real = rlmrec.info_nce
+        rlmrec.info_nce = lambda a, t, tau: calls.append(len(a)) or real(a, t, tau)
+        try:
+            _, losses[cap] = ext.on_batch(Batch(users, pos, pos), emb)
+        finally:
+            rlmrec.info_nce = real
+        expected = [len(users.unique()), len(pos.unique())] if cap != 16 else [16, 16]
+        assert calls == expected
+        assert ext.counts()["rlmrec"]["max_anchors"] == cap
+    assert rlmrec.RLMRecConfig().max_anchors == 0                 # exact RLMRec-Con unless asked
+    torch.testing.assert_close(losses[0], losses[10_000])          # a cap above the batch changes nothing
+    assert not torch.isclose(losses[0], losses[16])

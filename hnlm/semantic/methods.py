@@ -42,6 +42,9 @@ def add_options(parser) -> None:
     g.add_argument("--rlmrec-text", default="profiles", choices=["profiles", "metadata"])
     g.add_argument("--rlmrec-weight", type=float, default=1e-2)
     g.add_argument("--rlmrec-tau", type=float, default=0.2)
+    g.add_argument("--rlmrec-max-anchors", type=int, default=0,
+                   help="speed option that changes the method: at most this many distinct users / items per "
+                        "batch in each InfoNCE (0 = all of them, exact RLMRec-Con)")
     g.add_argument("--profiles-llm", default=None, help="LLM of the module-1 profiles (default --sns-llm)")
 
 
@@ -125,7 +128,8 @@ def build_rlmrec(data, args):
     users, items = text_embeddings(data, args.rlmrec_text, get_text_encoder("minilm"),
                                    args.profiles_llm or args.sns_llm)
     config = RLMRecConfig(weight=args.rlmrec_weight, tau=args.rlmrec_tau,
-                          hidden=hidden_sizes(args.align_hidden), seed=_run_seed(args))
+                          hidden=hidden_sizes(args.align_hidden), seed=_run_seed(args),
+                          max_anchors=getattr(args, "rlmrec_max_anchors", 0))
     return uniform_sampler(), RLMRecExtension(users, items, config, source=args.rlmrec_text)
 
 

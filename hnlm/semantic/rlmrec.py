@@ -28,6 +28,10 @@ class RLMRecConfig:
     tau: float = 0.2              # kd_temperature
     hidden: tuple[int, ...] = (256,)
     seed: int = 0
+    # Speed option that CHANGES the maths (default 0 = exact RLMRec-Con): when > 0, each InfoNCE uses at
+    # most this many of the batch's distinct users (resp. positive items), drawn uniformly per batch, as
+    # anchors and candidates; its N x N similarity, the dominant cost, shrinks quadratically.
+    max_anchors: int = 0
 
 
 def info_nce(anchor: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
@@ -48,6 +52,7 @@ class RLMRecExtension(Extension):
         self.register_buffer("item_text", torch.as_tensor(np.asarray(item_text, np.float32)), persistent=False)
         self.proj: nn.Module | None = None
         self._loss_sum, self._batches = 0.0, 0
+        self._gen: torch.Generator | None = None
 
     def setup(self, model, data) -> None:
         if self.user_text.shape[0] != data.n_users or self.item_text.shape[0] != data.n_items:
@@ -63,18 +68,29 @@ class RLMRecExtension(Extension):
         self.proj = nn.Sequential(*layers)
 
     def on_batch(self, batch, emb):
-        users, u_first = unique_first(batch.users)
-        items, i_first = unique_first(batch.pos)
+        users, u_first = self._subsample(*unique_first(batch.users))
+        items, i_first = self._subsample(*unique_first(batch.pos))
         loss = (info_nce(emb.user[u_first], self.proj(self.user_text[users]), self.config.tau)
                 + info_nce(emb.pos[i_first], self.proj(self.item_text[items]), self.config.tau))
         self._loss_sum += float(loss.detach())
         self._batches += 1
         return emb, self.config.weight * loss
 
+    def _subsample(self, ids: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All of them (max_anchors 0, the exact method), else a uniform draw of max_anchors."""
+        n = self.config.max_anchors
+        if n <= 0 or len(ids) <= n:
+            return ids, first
+        if self._gen is None:
+            self._gen = torch.Generator().manual_seed(self.config.seed)
+        keep = torch.randperm(len(ids), generator=self._gen)[:n].sort().values.to(ids.device)
+        return ids[keep], first[keep]
+
     def counts(self) -> dict:
         cfg = self.config
         return {"rlmrec": {"text_source": self.source, "weight": cfg.weight, "tau": cfg.tau,
                            "hidden": list(cfg.hidden), "text_dim": int(self.user_text.shape[1]),
+                           "max_anchors": cfg.max_anchors,
                            "mean_infonce": self._loss_sum / max(self._batches, 1)}}
 
 

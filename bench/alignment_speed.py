@@ -1,0 +1,82 @@
+"""Seconds per training epoch of LightGCN with plain RNS, SNS (RNS + AlignmentExtension over the real SNS
+bank) and RLMRec-Con (metadata text), on ml-100k with the study settings (dim 64, 3 layers, batch 8192,
+lr 2e-2, l2 1e-4). Methods are built by `hnlm.study.experiments.build_method`, as the study builds them.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python bench/alignment_speed.py --epochs 2
+    ... --methods rlmrec-con --rlmrec-max-anchors 256   # the non-exact speed option of RLMRec-Con
+    ... --profile sns      # also print a torch.profiler table of one epoch of that method
+    ... --check --methods sns rlmrec-con   # seed 0, 3 epochs: final validation recall@20 and losses
+                                           # (to compare before / after a speed change)
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+SETTINGS = dict(model="lightgcn", dim=64, layers=3, batch_size=8192, lr=2e-2, l2=1e-4, loss="bpr",
+                eval_every=1, metric="recall@20", ks=[20], patience=100)
+
+
+def resources(data, methods):
+    res = {}
+    if any(m.startswith("sns") for m in methods):
+        from hnlm.semantic.sns import Budget, load_bank
+        res["bank"] = load_bank(data, "qwen2.5-0.5b", Budget.parse("per-user:1"), 0)
+    if "rlmrec-con" in methods:
+        from hnlm.llm.encoders import get_text_encoder
+        from hnlm.semantic.rlmrec import text_embeddings
+        res["rlmrec_text"] = text_embeddings(data, "metadata", get_text_encoder("minilm"))
+        res["rlmrec_source"] = "metadata"
+    return res
+
+
+def run(data, method, epochs, res, seed=0, max_anchors=0):
+    from hnlm.cf.trainer import TrainConfig, train
+    from hnlm.study.experiments import build_method
+    settings = {"alignment": dict(alpha=0.01, weight=1e-3, tau=0.2, hidden=[256], lookup="user")}
+    torch.manual_seed(seed)
+    sampler, ext = build_method(method, data, settings, seed, res)
+    if max_anchors and method == "rlmrec-con":  # RLMRecConfig.max_anchors: changes the method (not exact)
+        ext.config.max_anchors = max_anchors
+    cfg = TrainConfig(**SETTINGS, epochs=epochs, sampler="rns", seed=seed, device="cpu")
+    return train(data, cfg, extension=ext, sampler=sampler, progress=False)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--methods", nargs="+", default=["rns", "sns", "rlmrec-con"])
+    ap.add_argument("--rlmrec-max-anchors", type=int, default=0,
+                    help="RLMRecConfig.max_anchors (0 = exact RLMRec-Con; > 0 changes the method)")
+    ap.add_argument("--profile", default=None, help="method to profile for one epoch")
+    ap.add_argument("--check", action="store_true", help="seed 0, 3 epochs of each method: final valid recall@20")
+    args = ap.parse_args()
+    from hnlm.data import load_dataset
+    data = load_dataset("ml-100k", seed=0)
+    methods = args.methods
+    res = resources(data, methods + ([args.profile] if args.profile else []))
+    if args.check:
+        for m in methods:
+            r = run(data, m, 3, res, seed=0, max_anchors=args.rlmrec_max_anchors)
+            last = r["history"][-1]["valid"]["recall@20"]
+            print(f"{m} seed 0, 3 epochs: final valid recall@20 = {last!r}; losses "
+                  f"{[h['loss'] for h in r['history']]!r}", flush=True)
+        return
+    for m in methods:
+        r = run(data, m, args.epochs, res, max_anchors=args.rlmrec_max_anchors)
+        per = [h["train_s"] for h in r["history"]]
+        print(f"{m:12s} {np.mean(per):.3f} s/epoch  (epochs: {', '.join(f'{s:.3f}' for s in per)}; "
+              f"threads {torch.get_num_threads()})", flush=True)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            run(data, args.profile, 1, res)
+            print(f"profiled {args.profile}: {time.perf_counter() - t:.2f} s incl. eval")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+if __name__ == "__main__":
+    main()
