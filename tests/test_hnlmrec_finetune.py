@@ -87,3 +87,24 @@ def test_finetune_reduces_loss_trains_only_adapter_and_reloads(tmp_path):
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 5
     assert len([r for r in resumed.state.log_history if "loss" in r]) == 5  # 4 restored + 1 new
+
+
+def test_an_update_with_nonfinite_gradients_is_dropped():
+    from types import SimpleNamespace
+
+    import torch
+
+    from hnlm.semantic.hnlmrec.finetune import SkipNonFiniteSteps
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.tensor([[1.0, float("nan"), 0.0]])).sum().backward()
+    skip = SkipNonFiniteSteps()
+    skip.on_pre_optimizer_step(None, SimpleNamespace(global_step=4), None, model=model)
+    opt.step()
+    assert skip.skipped == [5]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    model(torch.ones(1, 3)).sum().backward()  # a finite step still updates
+    skip.on_pre_optimizer_step(None, SimpleNamespace(global_step=5), None, model=model)
+    opt.step()
+    assert skip.skipped == [5] and not torch.equal(before[0], model.weight)

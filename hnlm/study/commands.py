@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hnlm.study.llm_outputs import STAGES
 from hnlm.study.profiles import PROFILE_NAMES
 
 
@@ -14,10 +15,18 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="override the profile's seeds")
     p.add_argument("--out-dir", help="result folder (default runs/<profile>/<dataset>)")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failing notebook")
+    p.add_argument("--llm-only", action="store_true",
+                   help="run only the study's LLM work (profiles, SNS, HNLMRec, transfer) into the caches the "
+                        "notebooks reuse, e.g. on a GPU machine; no notebooks")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="with --llm-only")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.llm_only:
+        from hnlm.study.llm_outputs import prepare
+        prepare(args.profile, args.dataset, args.llm, args.stages)
+        return 0
     from hnlm.study.runner import run_study
 
     report = run_study(args.profile, args.dataset, args.llm, notebooks=args.notebooks, seeds=args.seeds,

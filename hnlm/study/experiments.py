@@ -123,6 +123,11 @@ def run_key(data, config, method_args: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def resource_id(resources: dict | None, method: str) -> str | None:
+    """Digest of what `method` trains with (resources["ids"], by method name without ":options")."""
+    return (resources or {}).get("ids", {}).get(method.partition(":")[0])
+
+
 def run_one(data, backbone: str, method: str, seed: int, settings: dict, folder: Path,
             resources: dict | None = None) -> dict:
     """Train one (backbone, method, seed) run, or load it when the same key was stored before."""
@@ -130,7 +135,7 @@ def run_one(data, backbone: str, method: str, seed: int, settings: dict, folder:
     config = train_config(backbone, method, seed, settings)
     from hnlm.cf.samplers import SAMPLERS
     semantic = {} if method in SAMPLERS else {"alignment": settings.get("alignment"), "grounded":
-                                              settings.get("grounded"), "resources": (resources or {}).get("id")}
+                                              settings.get("grounded"), "resources": resource_id(resources, method)}
     key = run_key(data, config, semantic)
     tag = f"{backbone}__{method.replace(':', '_').replace('=', '')}__seed{seed}"
     path, lists_path = folder / f"{tag}.json", folder / f"{tag}.npz"
@@ -157,8 +162,8 @@ def run_one(data, backbone: str, method: str, seed: int, settings: dict, folder:
 
 
 def run_grid(data, backbones, methods, seeds, settings: dict, out_dir: Path, resources: dict | None = None) -> list[dict]:
-    """Every (backbone, method, seed) run, in a stable order, with one progress bar. `resources` (with an
-    "id" that changes when they do) carries what semantic methods train with; see build_method."""
+    """Every (backbone, method, seed) run, in a stable order, with one progress bar. `resources` carries what
+    semantic methods train with (see build_method) and, in "ids", a digest per method (see resource_id)."""
     folder = Path(out_dir) / "cf_runs"
     specs = [(b, m, s) for b in backbones for m in methods for s in seeds]
     results = []

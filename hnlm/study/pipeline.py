@@ -49,21 +49,13 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
     """One hard negative per user (budget per-user:1) for the first `limit_users` users (all: None):
     generate (cached, resumable), embed, ground to the catalogue, measure. Returns the generation counts,
     quality measures, the valid records, a NegativeBank and the grounded frame."""
-    from hnlm.llm.backends import make_backend
     from hnlm.llm.encoders import get_text_encoder
     from hnlm.semantic import sns
     from hnlm.semantic.bank import NegativeBank
 
     budget = sns.Budget.parse("per-user:1")
-    pairs = sns.select_pairs(data, budget, pair_seed)
-    if limit_users is not None:
-        pairs = pairs[pairs["user"] < limit_users]
-    builder = sns.PromptBuilder(data, context, llm, seed=pair_seed)
-    backend = make_backend(llm)
+    pairs, builder, gen = generate_study_sns(data, llm, limit_users, split_seed, pair_seed, chunk, context)
     folder = sns.sns_dir(data.name, llm, split_seed)
-    gen = sns.generate_negatives(data, backend, pairs, builder, folder, chunk=chunk)
-    gen["backend"] = backend.identity
-    gen.update({k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")})
     enc = get_text_encoder(encoder)
     if limit_users is None:  # the complete budget: module 2's official artefacts
         built = sns.build_artifacts(data, llm, budget, enc, split_seed, pair_seed, pool, context=builder.tag,
@@ -91,6 +83,23 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
     return {"generation": gen, "quality": quality, "records": rec, "bank": bank, "grounded": grounded}
 
 
+def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair_seed: int = 0,
+                       chunk: int = 32, context: str = "profile"):
+    """The LLM half of `study_sns` (cached, resumable): (pairs, PromptBuilder, generation counts)."""
+    from hnlm.llm.backends import make_backend
+    from hnlm.semantic import sns
+
+    pairs = sns.select_pairs(data, sns.Budget.parse("per-user:1"), pair_seed)
+    if limit_users is not None:
+        pairs = pairs[pairs["user"] < limit_users]
+    builder = sns.PromptBuilder(data, context, llm, seed=pair_seed)
+    backend = make_backend(llm)
+    gen = sns.generate_negatives(data, backend, pairs, builder, sns.sns_dir(data.name, llm, split_seed), chunk=chunk)
+    gen["backend"] = backend.identity
+    gen.update({k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")})
+    return pairs, builder, gen
+
+
 def save_sns(out: dict, folder: Path) -> None:
     """Keep the bank and grounding of a study run in its run folder (notebook 04 trains with them)."""
     bank = out["bank"]
@@ -113,16 +122,25 @@ def load_sns(folder: Path):
 
 def semantic_resources(folder: Path, data, llm: str, rlmrec_text: str = "metadata") -> dict:
     """What the semantic methods of the CF grid train with: notebook 03's bank and grounding, and the
-    RLMRec-Con text embeddings; "id" changes whenever the bank does (it is part of the run cache key)."""
-    import hashlib
-
+    RLMRec-Con text embeddings. "ids" names, per method, a digest of what that method trains with (part of
+    its run cache key): a run is reused across notebooks exactly when its inputs are unchanged."""
     from hnlm.llm.encoders import get_text_encoder
     from hnlm.semantic.rlmrec import text_embeddings
     bank, grounded = load_sns(folder)
     users, items = text_embeddings(data, rlmrec_text, get_text_encoder("minilm"), llm)
-    digest = hashlib.sha256(bank.emb.tobytes() + bank.users.tobytes() + rlmrec_text.encode()).hexdigest()[:16]
+    sns_id = bank_digest(bank)
+    ids = {name: sns_id for name in ("sns", "sns-random", "sns-shuffled", "sns-grounded")}
+    ids["rlmrec-con"] = array_digest(np.asarray(users), np.asarray(items))
     return {"bank": bank, "grounded": grounded, "rlmrec_text": (users, items), "rlmrec_source": rlmrec_text,
-            "id": digest}
+            "ids": ids}
+
+
+def with_hnlmrec_banks(resources: dict | None, banks: dict) -> dict:
+    """`resources` plus module 4's emitted-embedding banks by CF signal (methods "hnlmrec-<signal>")."""
+    res = dict(resources or {})
+    res["hnlmrec_banks"] = dict(banks)
+    res["ids"] = {**res.get("ids", {}), **{f"hnlmrec-{s}": bank_digest(b) for s, b in banks.items()}}
+    return res
 
 
 # ------------------------------------------------------------------------------ module 4 (HNLMRec)
@@ -172,14 +190,17 @@ def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed
     return {**summary, "finetuned_here": finetuned_here, "bank_rows": len(bank)}, bank
 
 
-def bank_digest(*banks) -> str:
-    """Changes whenever any bank's vectors or pairs do (part of the CF run cache key)."""
+def array_digest(*arrays) -> str:
     import hashlib
     h = hashlib.sha256()
-    for bank in banks:
-        for part in (bank.emb, bank.users, bank.items):
-            h.update(part.tobytes())
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
+
+
+def bank_digest(bank) -> str:
+    """Changes whenever the bank's vectors or pairs do (part of the CF run cache key)."""
+    return array_digest(bank.emb, bank.users, bank.items)
 
 
 def loss_history(folder: Path) -> list[float]:

@@ -21,11 +21,17 @@ COMMON = {
     "full": {"seeds": [0, 1, 2], "ks": [10, 20, 50], "split_seed": 0},
 }
 
-# CF training budgets shared by the notebooks that train LightGCN/MF (06, 08, 09, convergence).
+# CF training budgets shared by the notebooks that train LightGCN/MF (04-10). `full` is the protocol of the
+# README's tables: every method gets the same budget (a 40-epoch cap, patience 10 on valid recall@20, test read
+# once at the best valid epoch); batch 8192 and lr 2e-2 make ~50 LightGCN runs affordable on 2 CPU cores, and
+# a 20-epoch cap with patience 3 (tried first) stopped plain RNS on LightGCN's early plateau, so rankings were
+# set by the stopping rule, not the sampler.
 _CF = {
     "smoke": {"epochs": 1, "patience": 1, "dim": 16, "batch_size": 16384, "lr": 5e-3, "eval_every": 1},
-    "quick": {"epochs": 20, "patience": 5, "dim": 64, "batch_size": 2048, "lr": 5e-3, "eval_every": 1},
-    "full": {"epochs": 100, "patience": 10, "dim": 64, "batch_size": 2048, "lr": 5e-3, "eval_every": 1},
+    "quick": {"epochs": 15, "patience": 5, "dim": 64, "layers": 3, "batch_size": 8192, "lr": 2e-2, "l2": 1e-4,
+              "eval_every": 1},
+    "full": {"epochs": 40, "patience": 10, "dim": 64, "layers": 3, "batch_size": 8192, "lr": 2e-2, "l2": 1e-4,
+             "eval_every": 1},
 }
 for _conf in _CF.values():
     _conf.update({"metric": "recall@20", "reference_metric": "recall@20"})
@@ -35,29 +41,29 @@ for _conf in _CF.values():
 _ALIGN = {"alignment": {"alpha": 0.01, "weight": 1e-3, "tau": 0.2, "hidden": [256], "lookup": "user"},
           "grounded": {"share": 0.5, "pool": 20}}
 
-# Module 4 (05) and its transfer (10) share one fine-tuning run per profile. The embedding pass costs about
-# 0.2-0.7 s per query for smollm2-135m on 2 CPU cores, so smoke embeds the first 32 users only
-# (infer_users; the other users' pairs keep their ID negative and are counted by module 3).
+# Module 4 (05) and its transfer (10) share one fine-tuning run per profile, and quick shares full's: the
+# LLM work (fine-tuning ~2 passes over one pair per user, embedding every user) is the same, only the CF
+# budgets differ, so a cache made once (on a GPU: ~1 min; DESIGN.md's CPU rates: hours) serves both. The
+# embedding pass costs about 0.2-0.7 s per query for smollm2-135m on 2 CPU cores, so smoke embeds the first
+# 32 users only (infer_users; the other users' pairs keep their ID negative and are counted by module 3).
+_HNLMREC_FULL = {"budget": "per-user:1", "max_steps": 240, "batch_size": 8, "save_steps": 60, "teacher_epochs": 20,
+                 "context": "history", "infer_budget": "per-user:1", "infer_users": None, "infer_batch": 16}
 _HNLMREC = {
     "smoke": {"budget": "per-user:1", "max_steps": 2, "batch_size": 4, "save_steps": 2, "teacher_epochs": 2,
               "context": "history", "infer_budget": "per-user:1", "infer_users": 32, "infer_batch": 32},
-    "quick": {"budget": "per-user:1", "max_steps": 20, "batch_size": 8, "save_steps": 10, "teacher_epochs": 20,
-              "context": "history", "infer_budget": "per-user:1", "infer_users": None, "infer_batch": 16},
-    "full": {"budget": "per-user:1", "max_steps": 80, "batch_size": 8, "save_steps": 25, "teacher_epochs": 20,
-             "context": "history", "infer_budget": "per-user:1", "infer_users": None, "infer_batch": 16},
+    "quick": _HNLMREC_FULL,
+    "full": _HNLMREC_FULL,
 }
 
-# Transfer to ml-1m (10): ml-1m has 10x ml-100k's interactions, so its CF runs and its own teacher use
-# larger batches (a LightGCN epoch at batch 2048 took ~80 s on 2 busy cores), and the fast profiles keep its
-# first `target_first_users` users (all splits; None: all 6,040); `target_users` limits the embedding pass
-# as infer_users does on the source.
+# Transfer to ml-1m (10): ml-1m has 10x ml-100k's interactions, so the study keeps its first 2,000 users (all
+# their splits; ~1/3 of ml-1m) to stay affordable on 2 cores, embeds all of them (target_users None), and its
+# own teacher uses large batches. quick and full share the LLM side (one embedding pass), as in module 4.
+_TARGET = {"target_first_users": 2000, "target_users": None, "target_teacher": {"epochs": 20, "batch_size": 8192}}
 _TRANSFER = {
     "smoke": {**_CF["smoke"], "methods": ["rns", "dns"], "target_first_users": 1000, "target_users": 16,
               "target_teacher": {"epochs": 1, "batch_size": 16384}},
-    "quick": {**_CF["quick"], "epochs": 10, "batch_size": 8192, "methods": ["rns", "dns"],
-              "target_first_users": 2000, "target_users": 256, "target_teacher": {"epochs": 10, "batch_size": 8192}},
-    "full": {**_CF["full"], "epochs": 50, "batch_size": 8192, "methods": ["rns", "dns", "mixgcf"],
-             "target_first_users": None, "target_users": None, "target_teacher": {"epochs": 20, "batch_size": 8192}},
+    "quick": {**_CF["quick"], "epochs": 10, "methods": ["rns", "dns"], **_TARGET},
+    "full": {**_CF["full"], "methods": ["rns", "dns"], **_TARGET},
 }
 
 NOTEBOOK_SETTINGS = {
@@ -98,12 +104,14 @@ NOTEBOOK_SETTINGS = {
     },
     "06_main_results": {
         "smoke": {**_CF["smoke"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "pns"],
-                  "semantic_methods": [], **_ALIGN, "rlmrec_text": "metadata"},
+                  "semantic_methods": [], "hnlmrec_signals": [], **_ALIGN, "rlmrec_text": "metadata"},
         "quick": {**_CF["quick"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "dns", "mixgcf"],
-                  "semantic_methods": ["sns", "rlmrec-con"], **_ALIGN, "rlmrec_text": "metadata"},
+                  "semantic_methods": ["sns", "rlmrec-con"], "hnlmrec_signals": ["text", "soft"], **_ALIGN,
+                  "rlmrec_text": "metadata", "hnlmrec": _HNLMREC["quick"]},
         "full": {**_CF["full"], "backbones": ["mf", "lightgcn"],
                  "methods": ["rns", "pns", "dns", "dns-mn", "mixgcf", "dens", "ahns"],
-                 "semantic_methods": ["sns", "sns-grounded", "rlmrec-con"], **_ALIGN, "rlmrec_text": "profiles"},
+                 "semantic_methods": ["sns", "sns-grounded", "rlmrec-con"], "hnlmrec_signals": ["text", "soft"],
+                 **_ALIGN, "rlmrec_text": "profiles", "hnlmrec": _HNLMREC["full"]},
     },
     "08_popularity": {
         "smoke": {"head_share": 0.2, "k": 20},

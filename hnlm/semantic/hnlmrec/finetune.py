@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hnlm.errors import UserFacingError
 from hnlm.semantic.hnlmrec.model import EncoderConfig, QueryEncoder, contrastive_loss
@@ -98,6 +98,22 @@ class HNLMRecTrainer(Trainer):
         (model or self.model).load_trainable(resume_from_checkpoint)
 
 
+class SkipNonFiniteSteps(TrainerCallback):
+    """Drops an update whose gradients hold NaN/inf (as AMP's GradScaler does), so one bad batch cannot turn
+    every weight into NaN (seen on an H200 in bf16: text signal, max_length 224, step 5 of 240). Torch
+    optimisers skip parameters without a gradient; the skipped global steps are kept in `skipped`."""
+
+    def __init__(self):
+        self.skipped: list[int] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
+            for p in model.parameters():
+                p.grad = None
+            self.skipped.append(state.global_step + 1)
+
+
 def load_base(config: FinetuneConfig, device: str | None = None):
     """(lm, tokenizer) through the LLM layer; 4-bit QLoRA only on CUDA."""
     from hnlm.llm.models import load_causal_lm, resolve_device
@@ -127,6 +143,6 @@ def training_args(config: FinetuneConfig, output_dir: str) -> TrainingArguments:
 def make_trainer(encoder: QueryEncoder, tokenizer, dataset: PairDataset, config: FinetuneConfig,
                  output_dir: str) -> HNLMRecTrainer:
     trainer = HNLMRecTrainer(model=encoder, args=training_args(config, output_dir), train_dataset=dataset,
-                             data_collator=Collator(tokenizer, config.max_length))
+                             data_collator=Collator(tokenizer, config.max_length), callbacks=[SkipNonFiniteSteps()])
     trainer.tau = config.tau
     return trainer

@@ -98,6 +98,12 @@ class QueryEncoder(nn.Module):
             self.register_buffer("emb_norm", table.float().norm(dim=-1).mean().detach(), persistent=False)
         elif config.cf_signal not in ("text", "none"):
             raise ValueError(f"unknown cf_signal {config.cf_signal!r}: text, soft or none")
+        # the new modules live where the LM does: a reloaded encoder (transfer, emit) never meets a Trainer
+        # that would move it, and a 4-bit LM must not be moved as a whole
+        device = self.lm.get_input_embeddings().weight.device
+        for module in (self.head, self.soft_user, self.soft_item):
+            if module is not None:
+                module.to(device)
 
     def soft_tokens(self, cf_user: torch.Tensor, cf_item: torch.Tensor) -> torch.Tensor:
         k, hidden = self.config.soft_tokens, self.head.in_features

@@ -150,6 +150,9 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
 
     ft = cfg.finetune
     folder = run_folder(data.name, cfg, split_seed)
+    done_before = finished_summary(folder, cfg) if resume else None
+    if done_before is not None:
+        return done_before
     (folder / "settings.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=2))
     t0 = time.perf_counter()
     teacher = get_teacher(data, cfg.teacher, folder)
@@ -187,6 +190,7 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
         "loss_first5_mean": float(np.mean(losses[:5])) if losses else None,
         "loss_last5_mean": float(np.mean(losses[-5:])) if losses else None,
         "steps": trainer.state.global_step, "train_runtime_s": runtime, "finetune_reused": done is not None,
+        "nonfinite_steps_skipped": skipped_steps(trainer),
         "timings": {"teacher_s": t_teacher, "finetune_s": t_train, "s_per_step": t_train / steps,
                     "examples_per_s": trainer.state.global_step * ft.batch_size * ft.grad_accum / t_train,
                     "embedding_pass_s": t_infer, "queries": len(qset),
@@ -200,6 +204,24 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
         summary["timings"].update(_earlier_finetune_timings(folder))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def skipped_steps(trainer) -> list[int]:
+    """Global steps whose update SkipNonFiniteSteps dropped (NaN/inf gradients) in this process."""
+    from hnlm.semantic.hnlmrec.finetune import SkipNonFiniteSteps
+    return [s for cb in trainer.callback_handler.callbacks if isinstance(cb, SkipNonFiniteSteps) for s in cb.skipped]
+
+
+def finished_summary(folder: Path, cfg: RunConfig) -> dict | None:
+    """The summary of a run that finished with these settings and already holds the bank asked for, without
+    loading the LLM: a run made elsewhere (e.g. on a GPU, copied without its checkpoints) is reused as is."""
+    path, bank = folder / "summary.json", folder / f"bank_{bank_tag(cfg.infer_budget, cfg.infer_users)}.npz"
+    if not (path.exists() and bank.exists()):
+        return None
+    summary = json.loads(path.read_text())
+    if cfg.finetune.max_steps > 0 and summary.get("steps") != cfg.finetune.max_steps:
+        return None
+    return {**summary, "folder": str(folder), "bank": str(bank), "finetune_reused": True}
 
 
 def finished_checkpoint(folder: Path, ft: FinetuneConfig) -> Path | None:

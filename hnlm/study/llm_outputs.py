@@ -1,0 +1,55 @@
+"""The study's LLM work on its own: `hnlm study --llm-only` (e.g. on a GPU machine).
+
+Every LLM output of the study (module 1 profiles, module 2 SNS generations, module 4 fine-tuning runs with
+their embedding passes, and the transfer embeddings of notebook 10) goes through caches that notebooks
+02, 03, 05, 06 and 10 reuse: the append-only LLM cache (keyed by model, dtype and prompt) and module 4's run
+folders (keyed by their settings). Running this where an accelerator is at hand, then the notebooks anywhere
+over the same `artifacts/`, is how a CPU-only machine gets a paper-size study. Outputs made in bf16 are
+found by a CPU run with HNLM_LLM_DTYPE=bfloat16 (the dtype is part of the LLM cache key).
+"""
+
+from __future__ import annotations
+
+import time
+
+STAGES = ("profiles", "sns", "hnlmrec", "transfer")
+
+
+def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int = 256,
+            profile_batch: int = 128) -> dict:
+    """Run the LLM stages of the study under `profile`, in order; returns seconds and counts per stage."""
+    from hnlm.data import first_users, load_dataset
+    from hnlm.llm.backends import make_backend
+    from hnlm.study import pipeline
+    from hnlm.study.profiles import settings
+
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}: choose from {', '.join(STAGES)}")
+    data = load_dataset(dataset, seed=settings(profile, "01_data")["split_seed"])
+    report = {}
+    for stage in [s for s in STAGES if s in stages]:
+        t0 = time.perf_counter()
+        if stage == "profiles":
+            conf = settings(profile, "02_profiles")
+            backend = make_backend(llm)
+            if hasattr(backend, "batch_size"):  # local models: larger batches pay off on an accelerator
+                backend.batch_size = profile_batch
+            out = pipeline.generate_study_profiles(data, backend, llm, conf["limit"], conf["split_seed"])
+            info = {"counts": out["counts"]}
+        elif stage == "sns":
+            conf = settings(profile, "03_sns")
+            _, _, info = pipeline.generate_study_sns(data, llm, conf["limit_users"], conf["split_seed"],
+                                                     chunk=sns_chunk, context=conf["context"])
+        elif stage == "hnlmrec":
+            conf = settings(profile, "05_hnlmrec")
+            info = {s: pipeline.study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"])[0]["folder"]
+                    for s in conf["signals"]}
+        else:
+            conf = settings(profile, "10_generalisation")
+            target = first_users(load_dataset("ml-1m", seed=conf["split_seed"]), conf["target_first_users"])
+            info = {s: pipeline.study_transfer(data, target, llm, s, conf, conf["split_seed"])[0]["folder"]
+                    for s in conf["signals"]}
+        report[stage] = {"seconds": round(time.perf_counter() - t0, 1), **info}
+        print(f"[llm-only] {stage}: {report[stage]}", flush=True)
+    return report
