@@ -111,7 +111,7 @@ def check_10_generalisation(result, out_dir, fig_dir):
 def check_06_main_results(result, out_dir, fig_dir):
     settings = result["meta"]["settings"]
     runs = result["runs"]
-    methods = settings["methods"] + settings["semantic_methods"]
+    methods = settings["methods"] + settings["semantic_methods"] + [f"hnlmrec-{s}" for s in settings["hnlmrec_signals"]]
     expected = {(b, m, s) for b in settings["backbones"] for m in methods for s in result["meta"]["seeds"]}
     assert {(r["backbone"], r["method"], r["seed"]) for r in runs} == expected
     for r in runs:
@@ -197,11 +197,26 @@ def check_07_false_negatives(result, out_dir, fig_dir):
     assert result["sources"]["06_main_results"] > 0 and result["sns_quality"] is not None
 
 
+def check_11_llm_size(result, out_dir, fig_dir):
+    settings, seeds = result["meta"]["settings"], result["meta"]["seeds"]
+    methods = {"rns"} | {f"{m}@{llm}" for llm in settings["llms"]
+                         for m in ["sns"] + [f"hnlmrec-{s}" for s in settings["signals"]]}
+    assert {(r["method"], r["seed"]) for r in result["runs"]} == {(m, s) for m in methods for s in seeds}
+    for r in result["runs"]:
+        _metrics_ok(r)
+    assert {c["method"] for c in result["comparisons"]} == methods - {"rns"}
+    _comparisons_ok(result["comparisons"], len(seeds), None)
+    for row in result["outputs"]:
+        assert row["llm"] in settings["llms"] and 0 <= row["sns_valid_json_rate"] <= 1
+        assert 0 < row["sns_distinct_texts"] <= 1 and -1 <= row["text_pairwise_cosine"] <= 1
+    assert (fig_dir / "smoke" / "11_llm_size_ml-100k.png").exists()
+
+
 CHECKS = {"01_data": check_01_data, "02_profiles": check_02_profiles, "03_sns": check_03_sns,
           "04_alignment": check_04_alignment, "05_hnlmrec": check_05_hnlmrec,
           "06_main_results": check_06_main_results, "07_false_negatives": check_07_false_negatives,
           "08_popularity": check_08_popularity, "09_sparsity": check_09_sparsity,
-          "10_generalisation": check_10_generalisation}
+          "10_generalisation": check_10_generalisation, "11_llm_size": check_11_llm_size}
 
 
 def test_every_study_notebook_has_a_check_and_a_clean_parameters_cell():

@@ -45,10 +45,13 @@ def words(texts) -> np.ndarray:
 # ------------------------------------------------------------------------------- module 2 (SNS)
 
 def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair_seed: int = 0,
-              encoder: str = "minilm", pool: int = 20, chunk: int = 32, context: str = "profile") -> dict:
+              encoder: str = "minilm", pool: int = 20, chunk: int = 32, context: str = "profile",
+              official: bool = True) -> dict:
     """One hard negative per user (budget per-user:1) for the first `limit_users` users (all: None):
     generate (cached, resumable), embed, ground to the catalogue, measure. Returns the generation counts,
-    quality measures, the valid records, a NegativeBank and the grounded frame."""
+    quality measures, the valid records, a NegativeBank and the grounded frame. A complete run writes
+    module 2's official artefacts unless `official` is False (a side analysis with another prompt context
+    must not replace notebook 03's bank)."""
     from hnlm.llm.encoders import get_text_encoder
     from hnlm.semantic import sns
     from hnlm.semantic.bank import NegativeBank
@@ -57,7 +60,7 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
     pairs, builder, gen = generate_study_sns(data, llm, limit_users, split_seed, pair_seed, chunk, context)
     folder = sns.sns_dir(data.name, llm, split_seed)
     enc = get_text_encoder(encoder)
-    if limit_users is None:  # the complete budget: module 2's official artefacts
+    if limit_users is None and official:  # the complete budget: module 2's official artefacts
         built = sns.build_artifacts(data, llm, budget, enc, split_seed, pair_seed, pool, context=builder.tag,
                                     extra_meta={**builder.describe(), "generation": gen})
         bank, grounded = sns.load_bank(data, llm, budget, split_seed), sns.load_grounded(data, llm, budget, split_seed)
@@ -75,8 +78,9 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
     quality = sns.quality(data, ok, neg_emb, item_emb, nearest, nearest_any, top, seed=pair_seed)
     quality.update({"requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
                     "invalid": int(len(rec) - len(ok))})
-    bank = NegativeBank(neg_emb, users, ok["item"].to_numpy(int), source=f"sns:{llm}:first-{limit_users}-users",
-                        meta={"budget": f"per-user:1, users < {limit_users}", "llm": llm, "encoder": enc.identity})
+    covered = "all-users" if limit_users is None else f"first-{limit_users}-users"
+    bank = NegativeBank(neg_emb, users, ok["item"].to_numpy(int), source=f"sns:{llm}:{builder.tag}:{covered}",
+                        meta={"budget": f"per-user:1, {covered}", "llm": llm, "encoder": enc.identity})
     grounded = pd.DataFrame({"user": users, "item": ok["item"].astype(int), "text": ok["text"],
                              "nearest": nearest.astype(int), "similarity": sim.astype(float),
                              "pool": [list(map(int, p)) for p in top]})
@@ -98,6 +102,32 @@ def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int 
     gen["backend"] = backend.identity
     gen.update({k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")})
     return pairs, builder, gen
+
+
+def llm_size_resources(data, llm: str, conf: dict) -> tuple[dict, dict]:
+    """Notebook 11: what `llm` gives the CF grid (SNS bank with conf["context"], HNLMRec banks of
+    conf["signals"]) and what describes its outputs (SNS quality, fine-tuning losses, how collinear the
+    emitted vectors are). Module 2's official artefacts are left as notebook 03 wrote them."""
+    out = study_sns(data, llm, conf["limit_users"], conf["split_seed"], context=conf["context"], official=False)
+    finetune = {s: study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"]) for s in conf["signals"]}
+    resources = with_hnlmrec_banks({"bank": out["bank"], "ids": {"sns": bank_digest(out["bank"])}},
+                                   {s: bank for s, (_, bank) in finetune.items()})
+    q = out["quality"]
+    info = {"llm": llm, "sns_valid_json_rate": q["valid_json_rate"], "sns_distinct_texts": q["distinct_texts_share"],
+            "sns_false_hard_negatives": q["false_hard_negative_share"],
+            "sns_sim_to_positive": q["sim_to_positive_mean"], "sns_generated_now": out["generation"]["generated"]}
+    for s, (summary, bank) in finetune.items():
+        info.update({f"{s}_loss_first5": summary["loss_first5_mean"], f"{s}_loss_last5": summary["loss_last5_mean"],
+                     f"{s}_pairwise_cosine": mean_pairwise_cosine(bank.emb)})
+    return resources, info
+
+
+def mean_pairwise_cosine(emb: np.ndarray) -> float:
+    """Mean cosine between distinct rows: near 1 means the vectors barely differ (a collapsed encoder)."""
+    x = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    n = len(x)
+    total = x.sum(0)
+    return float((total @ total - n) / max(n * (n - 1), 1))
 
 
 def save_sns(out: dict, folder: Path) -> None:

@@ -17,7 +17,7 @@ PROFILE_NAMES = ("smoke", "quick", "full")
 # Keys every notebook sees unless its own block overrides them.
 COMMON = {
     "smoke": {"seeds": [0, 1], "ks": [10, 20, 50], "split_seed": 0},
-    "quick": {"seeds": [0, 1, 2], "ks": [10, 20, 50], "split_seed": 0},
+    "quick": {"seeds": [0, 1], "ks": [10, 20, 50], "split_seed": 0},
     "full": {"seeds": [0, 1, 2], "ks": [10, 20, 50], "split_seed": 0},
 }
 
@@ -127,6 +127,15 @@ NOTEBOOK_SETTINGS = {
         name: {**_TRANSFER[name], "backbones": ["lightgcn"], "signals": ["text"], **_ALIGN,
                "hnlmrec": _HNLMREC[name]}
         for name in PROFILE_NAMES
+    },
+    # LLM size (11): both packaged LLMs with the same prompts (history context: no profiles needed) and
+    # the same fine-tuning budget; a GPU model joins by adding its spec (e.g. "hf:/models/Llama-3.1-8B").
+    "11_llm_size": {
+        "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "llms": ["smollm2-135m"], "limit_users": 4,
+                  "context": "history", "signals": ["text"], **_ALIGN, "hnlmrec": _HNLMREC["smoke"]},
+        **{name: {**_CF[name], "backbones": ["lightgcn"], "llms": ["smollm2-135m", "qwen2.5-0.5b"],
+                  "limit_users": None, "context": "history", "signals": ["text"], **_ALIGN,
+                  "hnlmrec": _HNLMREC[name]} for name in ("quick", "full")},
     },
 }
 

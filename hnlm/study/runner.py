@@ -31,6 +31,7 @@ STUDY_NOTEBOOKS = [
     "08_popularity",
     "09_sparsity",
     "10_generalisation",
+    "11_llm_size",
 ]
 
 
