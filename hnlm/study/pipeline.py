@@ -105,17 +105,21 @@ def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int 
 
 
 def llm_size_resources(data, llm: str, conf: dict) -> tuple[dict, dict]:
-    """Notebook 11: what `llm` gives the CF grid (SNS bank with conf["context"], HNLMRec banks of
-    conf["signals"]) and what describes its outputs (SNS quality, fine-tuning losses, how collinear the
+    """Notebook 11: what `llm` gives the CF grid (SNS bank with conf["context"] when "sns" is in
+    conf["methods"], HNLMRec banks of conf["signals"]) and what describes its outputs (SNS quality, fine-tuning losses, how collinear the
     emitted vectors are). Module 2's official artefacts are left as notebook 03 wrote them."""
-    out = study_sns(data, llm, conf["limit_users"], conf["split_seed"], context=conf["context"], official=False)
+    resources, info = {}, {"llm": llm}
+    if "sns" in conf["methods"]:
+        out = study_sns(data, llm, conf["limit_users"], conf["split_seed"], context=conf["context"],
+                        official=False)
+        resources = {"bank": out["bank"], "ids": {"sns": bank_digest(out["bank"])}}
+        q = out["quality"]
+        info.update({"sns_valid_json_rate": q["valid_json_rate"], "sns_distinct_texts": q["distinct_texts_share"],
+                     "sns_false_hard_negatives": q["false_hard_negative_share"],
+                     "sns_sim_to_positive": q["sim_to_positive_mean"],
+                     "sns_generated_now": out["generation"]["generated"]})
     finetune = {s: study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"]) for s in conf["signals"]}
-    resources = with_hnlmrec_banks({"bank": out["bank"], "ids": {"sns": bank_digest(out["bank"])}},
-                                   {s: bank for s, (_, bank) in finetune.items()})
-    q = out["quality"]
-    info = {"llm": llm, "sns_valid_json_rate": q["valid_json_rate"], "sns_distinct_texts": q["distinct_texts_share"],
-            "sns_false_hard_negatives": q["false_hard_negative_share"],
-            "sns_sim_to_positive": q["sim_to_positive_mean"], "sns_generated_now": out["generation"]["generated"]}
+    resources = with_hnlmrec_banks(resources, {s: bank for s, (_, bank) in finetune.items()})
     for s, (summary, bank) in finetune.items():
         info.update({f"{s}_loss_first5": summary["loss_first5_mean"], f"{s}_loss_last5": summary["loss_last5_mean"],
                      f"{s}_pairwise_cosine": mean_pairwise_cosine(bank.emb)})
