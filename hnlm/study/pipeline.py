@@ -30,8 +30,9 @@ def merge_save_profiles(frame: pd.DataFrame, dataset: str, llm: str, kind: str, 
 def generate_study_profiles(data, backend, llm: str, limit: int | None, split_seed: int = 0) -> dict:
     """Item profiles, then user profiles that quote them (module 1), for the first `limit` ids."""
     items, item_counts = pf.generate_profiles(data, backend, "item", limit, split_seed)
-    merge_save_profiles(items, data.name, llm, "item", split_seed)
-    item_profiles = {int(i): s for i, s, ok in zip(items["id"], items["summarization"], items["ok"]) if ok}
+    # users quote every item profile there is (the merged file), so a limited run asks the same user prompts
+    # as a complete one and finds them in the LLM cache
+    item_profiles = pf.read_profiles(merge_save_profiles(items, data.name, llm, "item", split_seed))
     users, user_counts = pf.generate_profiles(data, backend, "user", limit, split_seed,
                                               item_profiles=item_profiles)
     merge_save_profiles(users, data.name, llm, "user", split_seed)

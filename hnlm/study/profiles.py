@@ -1,9 +1,11 @@
 """The one place that says how big each notebook's run is under each study profile.
 
 `smoke` is for the test suite (the whole notebook suite in a few minutes on 2 CPU cores: tiny epochs, the
-small LLM on a handful of prompts), `quick` is a fast pass (`make study PROFILE=quick`, under 10 minutes),
-`full` is the study (`make study`, under an hour from a cold cache). A notebook reads its block with
-`settings(profile, notebook)`; common keys (seeds, ...) are merged in, and the notebook's block wins.
+small LLM on a handful of prompts), `quick` is a fast pass (`make study PROFILE=quick`: 2 seeds, shorter CF
+runs), `full` is the study (`make study`: about 52 minutes on 2 CPU cores once its LLM outputs are cached;
+making them takes minutes on a GPU, `hnlm study --llm-only`, and hours on that CPU). quick shares full's LLM
+outputs. A notebook reads its block with `settings(profile, notebook)`; common keys (seeds, ...) are merged
+in, and the notebook's block wins.
 """
 
 from __future__ import annotations
