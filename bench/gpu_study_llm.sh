@@ -30,8 +30,10 @@ if [ "${1:-}" = stash ]; then
   exit 0
 fi
 
-pack() {
-  tar czf "$OUT/results.tgz" -C artifacts --exclude='checkpoints' \
+pack() {  # without checkpoints and final/ adapters (17 MB each: too big to come back in one file). Notebook 10
+          # elsewhere still loads the text run's final/ (it checks the transfer bank against the adapter):
+          # for this study it came back split, `tar cf - <run>/final | gzip | split -b 7000000`
+  tar czf "$OUT/results.tgz" -C artifacts --exclude='checkpoints' --exclude='final' \
     $(cd artifacts && ls -d llm_cache ml-100k/sns ml-100k/hnlmrec ml-1m-first2000 2>/dev/null) 2>>"$LOG"
 }
 

@@ -107,8 +107,8 @@ def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int 
 
 def llm_size_resources(data, llm: str, conf: dict) -> tuple[dict, dict]:
     """Notebook 11: what `llm` gives the CF grid (SNS bank with conf["context"] when "sns" is in
-    conf["methods"], HNLMRec banks of conf["signals"]) and what describes its outputs (SNS quality, fine-tuning losses, how collinear the
-    emitted vectors are). Module 2's official artefacts are left as notebook 03 wrote them."""
+    conf["methods"], HNLMRec banks of conf["signals"]) and what describes its outputs (SNS quality,
+    fine-tuning losses, how collinear the emitted vectors are). Notebook 03's official SNS artefacts stay."""
     resources, info = {}, {"llm": llm}
     if "sns" in conf["methods"]:
         out = study_sns(data, llm, conf["limit_users"], conf["split_seed"], context=conf["context"],
