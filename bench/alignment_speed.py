@@ -1,6 +1,6 @@
 """Seconds per training epoch of LightGCN with plain RNS, SNS (RNS + AlignmentExtension over the real SNS
 bank) and RLMRec-Con (metadata text), on ml-100k with the study settings (dim 64, 3 layers, batch 8192,
-lr 2e-2, l2 1e-4). Methods are built by `hnlm.study.experiments.build_method`, as the study builds them.
+lr 2e-2, l2 1e-4). Methods are built from their declarations in `hnlm.methods`, as the study builds them.
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python bench/alignment_speed.py --epochs 2
     ... --methods rlmrec-con --rlmrec-max-anchors 256   # the non-exact speed option of RLMRec-Con
@@ -15,29 +15,22 @@ import time
 import numpy as np
 import torch
 
+from hnlm.cf.trainer import TrainConfig, train
+from hnlm.methods import variant
+from hnlm.semantic.resources import saved_resources
+
 SETTINGS = dict(model="lightgcn", dim=64, layers=3, batch_size=8192, lr=2e-2, l2=1e-4, loss="bpr",
                 eval_every=1, metric="recall@20", ks=[20], patience=100)
 
 
 def resources(data, methods):
-    res = {}
-    if any(m.startswith("sns") for m in methods):
-        from hnlm.semantic.sns import Budget, load_bank
-        res["bank"] = load_bank(data, "qwen2.5-0.5b", Budget.parse("per-user:1"), 0)
-    if "rlmrec-con" in methods:
-        from hnlm.llm.encoders import get_text_encoder
-        from hnlm.semantic.rlmrec import text_embeddings
-        res["rlmrec_text"] = text_embeddings(data, "metadata", get_text_encoder("minilm"))
-        res["rlmrec_source"] = "metadata"
-    return res
+    """The study's qwen2.5-0.5b outputs for split 0 (loaded only for the methods that need them)."""
+    return saved_resources(data, "qwen2.5-0.5b", 0)
 
 
 def run(data, method, epochs, res, seed=0, max_anchors=0):
-    from hnlm.cf.trainer import TrainConfig, train
-    from hnlm.study.experiments import build_method
-    settings = {"alignment": dict(alpha=0.01, weight=1e-3, tau=0.2, hidden=[256], lookup="user")}
     torch.manual_seed(seed)
-    sampler, ext = build_method(method, data, settings, seed, res)
+    sampler, ext = variant(method, **({"text": "metadata"} if method == "rlmrec-con" else {})).build(data, res, seed)
     if max_anchors and method == "rlmrec-con":  # RLMRecConfig.max_anchors: changes the method (not exact)
         ext.config.max_anchors = max_anchors
     cfg = TrainConfig(**SETTINGS, epochs=epochs, sampler="rns", seed=seed, device="cpu")

@@ -9,10 +9,9 @@ from hnlm.errors import UserFacingError
 # Each module exposes register(subparsers); its parsers set `func` to a handler taking the args.
 COMMAND_MODULES = [
     "hnlm.data.commands",
-    "hnlm.cf.commands",
     "hnlm.semantic.commands",
     "hnlm.semantic.hnlmrec.commands",
-    "hnlm.llm.commands",
+    "hnlm.methods.commands",
     "hnlm.study.commands",
 ]
 

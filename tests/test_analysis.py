@@ -177,19 +177,30 @@ def test_dataset_row_ml100k(ml100k):
 
 
 def test_cf_runs_share_a_cache_entry_exactly_when_their_own_inputs_match():
-    """A run's key holds the digest of what that method trains with, so 05 and 06 reuse 04's SNS runs
+    """A run's key holds the digest of what its method trains with, so 05 and 06 reuse 04's SNS runs
     although their resources also carry HNLMRec banks, and a changed HNLMRec bank reruns only HNLMRec."""
+    from hnlm.data import load_dataset
+    from hnlm.methods import variant
     from hnlm.semantic.bank import NegativeBank
-    from hnlm.study.experiments import resource_id
+    from hnlm.study.experiments import RunSpec, train_config
     from hnlm.study.pipeline import with_hnlmrec_banks
 
     def bank(seed):
         rng = np.random.default_rng(seed)
         return NegativeBank(rng.normal(size=(4, 8)).astype(np.float32), np.arange(4), np.arange(4), "test")
 
-    base = {"ids": {"sns": "abc", "rlmrec-con": "def"}}
-    a, b = with_hnlmrec_banks(base, {"text": bank(0)}), with_hnlmrec_banks(base, {"text": bank(1)})
-    assert resource_id(a, "sns") == resource_id(b, "sns") == resource_id(base, "sns:alpha=0.1") == "abc"
-    assert resource_id(a, "hnlmrec-text") != resource_id(b, "hnlmrec-text")
-    assert resource_id(a, "hnlmrec-text") == resource_id(with_hnlmrec_banks(None, {"text": bank(0)}), "hnlmrec-text")
-    assert resource_id(base, "rns") is None
+    data = load_dataset("ml-100k", seed=0)
+    config = train_config("lightgcn", 0, {"epochs": 3})
+    a = with_hnlmrec_banks(None, {"text": bank(0)}).provide("sns_bank", bank(5))
+    b = with_hnlmrec_banks(None, {"text": bank(1)}).provide("sns_bank", bank(5))
+
+    def key(method, res, **overrides):
+        return RunSpec("lightgcn", variant(method, **overrides), 0).key(data, config, res)
+
+    assert key("sns", a) == key("sns", b) != key("sns", a, alpha=0.1)
+    assert key("hnlmrec", a) != key("hnlmrec", b)
+    assert key("hnlmrec", a) == key("hnlmrec", with_hnlmrec_banks(None, {"text": bank(0)}))
+    assert key("rns", a) == key("rns", b)
+    assert RunSpec("lightgcn", variant("rns"), 0).key(data, train_config("lightgcn", 0, {"epochs": 4}), a) \
+        != key("rns", a)
+

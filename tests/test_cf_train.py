@@ -88,19 +88,24 @@ def test_extension_is_trained_and_counted(ml100k):
     assert result["extension"] == "ShiftNegatives"
 
 
-def test_cli_train_and_registered_method(tmp_path, capsys):
-    from hnlm.cf import commands
-    from hnlm.cf.samplers import get_sampler
+def test_cli_train_and_a_newly_declared_method(tmp_path, capsys):
+    """A method declared once (name, settings dataclass, builder) is trainable by `hnlm train` with --set."""
+    from dataclasses import dataclass
 
-    def builder(data, args):
-        return get_sampler("dns", candidates=args.test_candidates), None
+    from hnlm.cf.samplers import DNS
+    from hnlm.methods import Method, method_names, register
 
-    commands.register_options(lambda p: p.add_argument("--test-candidates", type=int, default=4))
-    commands.register_method("test-dns4", builder)
+    @dataclass
+    class Few:
+        candidates: int = 4
+
+    if "test-dns4" not in method_names():
+        register(Method("test-dns4", "DNS over few candidates (test)", Few,
+                        lambda data, settings, resources, seed: (DNS(candidates=settings.candidates), None)))
     out, conf = tmp_path / "out.json", tmp_path / "fast.toml"
     conf.write_text('model = "mf"\ndim = 16\nbatch_size = 8192\nepochs = 5\n')
     assert main(["train", "--dataset", "ml-100k", "--config", str(conf), "--sampler", "test-dns4", "--epochs", "1",
-                 "--test-candidates", "3", "--json", str(out), "--no-progress"]) == 0
+                 "--set", "candidates=3", "--json", str(out), "--no-progress"]) == 0
     saved = json.loads(out.read_text())
     assert saved["method"] == "test-dns4" and saved["sampler"]["candidates"] == 3
     assert (saved["config"]["dim"], saved["config"]["epochs"], saved["config"]["model"]) == (16, 1, "mf")
@@ -108,4 +113,6 @@ def test_cli_train_and_registered_method(tmp_path, capsys):
     with pytest.raises(ValueError, match="epochz"):
         TrainConfig.from_file(conf)
     assert main(["train", "--sampler", "nope", "--epochs", "1"]) == 2
-    assert "unknown sampler" in capsys.readouterr().err
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["train", "--sampler", "sns", "--set", "alhpa=0.1", "--epochs", "1"]) == 2
+    assert "no setting alhpa" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import torch
 
 from hnlm.data import load_dataset
 from hnlm.semantic.hnlmrec.model import contrastive_loss
-from hnlm.semantic.hnlmrec.queries import MiningConfig, QueryBuilder, Teacher, build_examples
+from hnlm.semantic.hnlmrec.queries import MiningConfig, QueryBuilder, build_examples
 from hnlm.semantic.sns import Budget
 from tests.hnlmrec_helpers import random_teacher
 
@@ -91,16 +91,16 @@ def test_teacher_ignores_validation(data):
 def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
     """`hnlm train --sampler hnlmrec` finds the run's bank (fingerprinted) and wraps it in module 3."""
     import json
-    from hnlm.cli import build_parser
     from hnlm.errors import MissingInputError
+    from hnlm.methods import variant
     from hnlm.semantic.alignment import AlignmentExtension
-    from hnlm.semantic.hnlmrec.commands import build_hnlmrec
+    from hnlm.semantic.common import train_fingerprint
     from hnlm.semantic.hnlmrec.pipeline import run_dir
-    from hnlm.semantic.sns import train_fingerprint
+    from hnlm.semantic.resources import saved_resources
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
-    args = build_parser().parse_args(["train", "--sampler", "hnlmrec", "--hnlmrec-llm", "smollm2-135m"])
+    method = variant("hnlmrec")
     with pytest.raises(MissingInputError, match="hnlm finetune"):
-        build_hnlmrec(data, args)
+        method.build(data, saved_resources(data, "smollm2-135m"), 0)
     folder = run_dir(data.name, "smollm2-135m", "text", "per-user:1", 0) / "run-abc"
     folder.mkdir()
     users = np.arange(data.n_users)
@@ -109,7 +109,7 @@ def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
     np.savez(folder / "bank_per-user-1.npz", users=users, items=items, emb=emb)
     (folder / "bank_per-user-1.json").write_text(json.dumps(
         {"adapter": "x", "train_fingerprint": train_fingerprint(data)}))
-    sampler, ext = build_hnlmrec(data, args)
+    sampler, ext = method.build(data, saved_resources(data, "smollm2-135m"), 0)
     assert isinstance(ext, AlignmentExtension) and sampler is not None
     np.testing.assert_array_equal(ext.bank.emb, emb)
     assert ext.bank.source == "hnlmrec:smollm2-135m:text" and ext.bank.meta["run"] == "run-abc"

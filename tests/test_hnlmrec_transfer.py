@@ -21,13 +21,11 @@ def data():
     return load_dataset("ml-100k", seed=0)
 
 
-def test_run_key_ignores_the_embedding_pass_and_keeps_older_runs():
-    # b56ad5fa25: the key of session 2's default run (max_length 160) before TeacherConfig.batch_size existed
-    old = FinetuneConfig(max_length=160)
-    assert settings_key(RunConfig(finetune=old)) == "b56ad5fa25"
-    assert settings_key(RunConfig(finetune=old, infer_users=32, infer_batch=4)) == "b56ad5fa25"
-    assert settings_key(RunConfig(finetune=old, teacher=TeacherConfig(batch_size=8192))) != "b56ad5fa25"
-    assert settings_key(RunConfig()) != "b56ad5fa25"  # the default max_length is 224 now
+def test_run_key_ignores_the_embedding_pass_only():
+    base = settings_key(RunConfig())
+    assert settings_key(RunConfig(infer_users=32, infer_batch=4, infer_budget="per-user:2")) == base
+    assert settings_key(RunConfig(teacher=TeacherConfig(batch_size=8192))) != base
+    assert settings_key(RunConfig(finetune=FinetuneConfig(max_length=160))) != base
 
 
 def test_embedding_queries_of_the_first_users_only(data):

@@ -1,7 +1,6 @@
 """Structured output, cache and pooling: the parts of the LLM layer that need no model."""
 
 import json
-import os
 
 import numpy as np
 import pytest

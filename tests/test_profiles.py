@@ -1,11 +1,14 @@
 """Module 1 profiles: prompts use training data only; generation, saving and loading with a real model."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
 from hnlm.data import load_dataset
+from hnlm.errors import MissingInputError
 from hnlm.semantic import profiles as pf
+from hnlm.semantic.common import title_of
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +22,7 @@ def listed_titles(prompt: str) -> list[str]:
 
 def test_no_heldout_item_reaches_a_user_prompt(data):
     builder = pf.ProfilePrompts(data, 0, item_profiles={i: f"profile <p{i}>" for i in range(data.n_items)})
-    titles = [pf._title(data, i) for i in range(data.n_items)]
+    titles = [title_of(data, i) for i in range(data.n_items)]
     for user in range(data.n_users):
         shown, total = builder.history(user)
         train, held = set(data.train_items(user).tolist()), set(data.heldout_items(user).tolist())
@@ -75,11 +78,27 @@ def test_generate_save_and_load_profiles(data, tmp_path, monkeypatch):
     users, ucounts = pf.generate_profiles(data, backend, "user", limit=2, schema=schema,
                                           item_profiles=item_profiles)
     assert ucounts["failed"] == 0 and users["ok"].all()
-    pf.save_profiles(items, "ml-100k", "smollm2-135m", "item")
-    pf.save_profiles(users, "ml-100k", "smollm2-135m", "user")
-    ip, up = pf.load_profiles("ml-100k", "smollm2-135m")
+    pf.save_profiles(items, "ml-100k", "smollm2-135m", "item", 0)
+    pf.save_profiles(users, "ml-100k", "smollm2-135m", "user", 0)
+    ip, up = pf.load_profiles("ml-100k", "smollm2-135m", 0)
     assert set(ip) == {0, 1, 2} and set(up) == {0, 1} and ip[0] == items["summarization"][0]
+    pf.save_profiles(items.iloc[:1].assign(summarization="new"), "ml-100k", "smollm2-135m", "item", 0)
+    merged, _ = pf.load_profiles("ml-100k", "smollm2-135m", 0)
+    assert set(merged) == {0, 1, 2} and merged[0] == "new"      # a limited run merges by id, loses nothing
     _, again = pf.generate_profiles(data, backend, "item", limit=3, schema=schema)
     assert again["cached"] == 3 and again["generated"] == 0
     with pytest.raises(Exception, match="hnlm profiles --dataset ml-100k"):
-        pf.load_profiles("ml-100k", "no-such-llm")
+        pf.load_profiles("ml-100k", "no-such-llm", 0)
+
+
+def test_profiles_of_another_split_never_reach_a_run(data, tmp_path, monkeypatch):
+    """Profiles made from split 0's training data hold split 1's held-out items: a split-1 run must not
+    read them (it asks for its own split's profiles and fails loudly when they do not exist)."""
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
+    rows = pd.DataFrame({"id": [0, 1], "ok": [True, True], "summarization": ["a", "b"], "reasoning": ["", ""],
+                         "reason": [None, None]})
+    for kind in ("item", "user"):
+        pf.save_profiles(rows, "ml-100k", "test-llm", kind, 0)
+    assert pf.profiles_of(data, "test-llm")[0] == {0: "a", 1: "b"}
+    with pytest.raises(MissingInputError, match="split-seed 1"):
+        pf.profiles_of(load_dataset("ml-100k", seed=1), "test-llm")

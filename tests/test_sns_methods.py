@@ -47,8 +47,9 @@ def test_train_cli_runs_each_semantic_method(artefacts, tmp_path, monkeypatch, m
     root, _ = artefacts
     monkeypatch.setenv("HNLM_ARTIFACTS", str(root))
     out = tmp_path / "r.json"
+    pool = ["--set", "pool=5"] if method == "sns-grounded" else []
     rc = main(["train", "--dataset", "ml-100k", "--model", "mf", "--sampler", method, "--epochs", "1",
-               "--dim", "8", "--batch-size", "8192", "--sns-llm", "test-llm", "--grounded-pool", "5",
+               "--dim", "8", "--batch-size", "8192", "--llm", "test-llm", *pool,
                "--json", str(out), "--no-progress"])
     assert rc == 0
     counts = json.loads(out.read_text())["counts"]

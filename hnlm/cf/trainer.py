@@ -21,39 +21,28 @@ from hnlm.cf.losses import pairwise_loss
 from hnlm.cf.models import build_model
 from hnlm.cf.samplers import PositiveIndex, SamplerContext, get_sampler
 
-DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
-_DEFAULTS = tomllib.loads(DEFAULTS_FILE.read_text())
-
-
-def _default(name):
-    value = _DEFAULTS[name]
-    if isinstance(value, list):
-        return field(default_factory=lambda: list(value))
-    return value
-
-
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one run; defaults come from hnlm/cf/defaults.toml."""
+    """Hyper-parameters of one CF run (the one source of their defaults; the CLI and study profiles override)."""
 
-    model: str = _default("model")
-    dim: int = _default("dim")
-    layers: int = _default("layers")
-    epochs: int = _default("epochs")
-    batch_size: int = _default("batch_size")
-    lr: float = _default("lr")
-    l2: float = _default("l2")
-    loss: str = _default("loss")
-    margin: float = _default("margin")
-    sampler: str = _default("sampler")
+    model: str = "lightgcn"     # lightgcn | mf
+    dim: int = 64               # embedding size
+    layers: int = 3             # LightGCN propagation layers
+    epochs: int = 300           # cap: no method's best epoch should come near it (a capped run is flagged)
+    batch_size: int = 2048
+    lr: float = 5e-3            # lr 1e-3 converges very slowly for LightGCN on ml-100k
+    l2: float = 1e-4            # weight of the L2 term on the batch's layer-0 embeddings (sum of squares / batch)
+    loss: str = "bpr"           # bpr | hinge
+    margin: float = 0.3         # hinge margin
+    sampler: str = "rns"        # used when train() gets no sampler object
     sampler_opts: dict = field(default_factory=dict)
-    patience: int = _default("patience")
-    eval_every: int = _default("eval_every")
-    metric: str = _default("metric")
-    ks: list = _default("ks")
-    eval_batch_size: int = _default("eval_batch_size")
-    seed: int = _default("seed")
-    device: str = _default("device")
+    patience: int = 20          # evaluations without improvement of `metric` on valid before stopping
+    eval_every: int = 1         # epochs between validation evaluations
+    metric: str = "recall@20"
+    ks: list = field(default_factory=lambda: [10, 20, 50])
+    eval_batch_size: int = 1024  # users per full-ranking batch
+    seed: int = 0
+    device: str = "auto"        # auto | cpu | cuda
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":

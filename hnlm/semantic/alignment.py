@@ -33,7 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnlm.cf.extension import Extension
-from hnlm.semantic.bank import LOOKUP_RULES, BankIndex, NegativeBank  # noqa: F401 (re-exported)
+from hnlm.errors import UserFacingError
+from hnlm.llm.encoders import get_text_encoder
+from hnlm.semantic.bank import LOOKUP_RULES, BankIndex, NegativeBank
+from hnlm.semantic.sns import item_embeddings
 
 
 def make_mlp(sizes: list[int]) -> nn.Sequential:
@@ -58,21 +61,20 @@ def cf_dim(model) -> int:
 
 @dataclass
 class AlignmentConfig:
-    alpha: float = 0.01          # DESIGN.md (Toys); mixing weight of the aligned vector
+    alpha: float = 0.01          # mixing weight of the aligned vector (the paper's Toys setting)
     weight: float = 1e-3         # contrastive term weight
     tau: float = 0.2             # contrastive temperature
     hidden: tuple[int, ...] = (256,)  # adapter hidden sizes; () = a single linear map
     lookup: str = "user"         # "pair": exact (user, pos) only; "user": else any negative of the user
     train: str = "anchor"        # how the adapter learns: "anchor" (catalogue) or "joint" (see module doc)
     anchor_weight: float = 1.0
-    seed: int = 0
 
 
 class AlignmentExtension(Extension):
     """Module 3 as a trainer extension: adapter trained jointly, mixing + contrastive term."""
 
     def __init__(self, bank: NegativeBank, config: AlignmentConfig | None = None,
-                 item_text: np.ndarray | None = None):
+                 item_text: np.ndarray | None = None, seed: int = 0):
         """`item_text`: text embeddings of every catalogue item in the bank's space (needed by "anchor")."""
         super().__init__()
         self.bank = bank
@@ -89,7 +91,8 @@ class AlignmentExtension(Extension):
                                  persistent=False)
         self.register_buffer("table", torch.from_numpy(bank.emb.copy()), persistent=False)
         self.adapter: nn.Module | None = None
-        self._rng = np.random.default_rng(self.config.seed)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
         self._counts = {"pairs": 0, "with_negative": 0, "exact_pair": 0, "user_reuse": 0, "missing": 0}
         self._cos_sum = 0.0
 
@@ -97,7 +100,7 @@ class AlignmentExtension(Extension):
         if len(self.bank) == 0:
             raise ValueError("the negative bank is empty: generate negatives first (hnlm sns ...)")
         self.index = BankIndex(self.bank, data.n_items)
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(self.seed)
         self.adapter = make_mlp([self.bank.dim, *self.config.hidden, cf_dim(model)])
 
     def aligned(self, rows: torch.Tensor) -> torch.Tensor:
@@ -165,3 +168,19 @@ def replace_neg(emb, neg):
         return emb._replace(neg=neg)
     import dataclasses
     return dataclasses.replace(emb, neg=neg)
+
+
+def catalogue_text(data, bank: NegativeBank) -> np.ndarray:
+    """MiniLM text embeddings of every catalogue item: the space of module 2's negatives and of the targets
+    module 4 is fine-tuned on, so the anchor adapter applies to both."""
+    encoder = get_text_encoder("minilm")
+    if bank.dim != encoder.dim:
+        raise UserFacingError(f"bank {bank.source} has dimension {bank.dim}, not the catalogue text space "
+                              f"({encoder.dim}); use train='joint' for other spaces")
+    return item_embeddings(data, encoder)
+
+
+def alignment_for(data, bank: NegativeBank, config: AlignmentConfig, seed: int) -> AlignmentExtension:
+    """Module 3 over `bank`, with catalogue anchors when the adapter learns from them."""
+    anchors = catalogue_text(data, bank) if config.train == "anchor" else None
+    return AlignmentExtension(bank, config, anchors, seed=seed)

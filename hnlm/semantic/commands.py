@@ -1,14 +1,47 @@
-"""CLI for modules 2-3: `hnlm sns ...` and the `hnlm train` methods sns, sns-grounded, sns-random,
-sns-shuffled and the baseline rlmrec-con (registered with hnlm.cf.commands)."""
+"""CLI of modules 1-2: `hnlm profiles` (LLM item and user profiles) and `hnlm sns` (LLM hard negatives)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
-from hnlm.semantic.sns import Budget
+from hnlm.data import load_dataset
+from hnlm.llm.backends import LocalBackend, make_backend
+from hnlm.llm.encoders import get_text_encoder
+from hnlm.semantic import profiles as pf
+from hnlm.semantic import sns
+from hnlm.semantic.common import Budget, select_pairs
 
 
 def register(subparsers) -> None:
+    register_profiles(subparsers)
+    register_sns(subparsers)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register_profiles(sub) -> None:
+    p = sub.add_parser("profiles", help="generate LLM item and user profiles (module 1)")
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--llm", default="qwen2.5-0.5b", help="backend spec (see hnlm.llm.backends.make_backend)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="only the first N items and N users (merged by id into the saved profiles)")
+    p.add_argument("--kind", choices=["both", "item", "user"], default="both")
+    p.add_argument("--batch-size", type=int, default=None, help="local backend batch size")
+    p.add_argument("--summary-tokens", type=int, default=None, help="token budget of the summary")
+    p.add_argument("--reasoning-tokens", type=int, default=None, help="token budget of the reasoning")
+    p.add_argument("--json", default=None, help="also write the counts to this file")
+    p.set_defaults(func=run_profiles)
+
+
+
+def register_sns(subparsers) -> None:
     p = subparsers.add_parser("sns", help="generate LLM hard negatives (module 2), embed, ground, measure")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--split-seed", type=int, default=0, help="data split the negatives belong to")
@@ -27,23 +60,17 @@ def register(subparsers) -> None:
     p.add_argument("--allow-missing", action="store_true",
                    help="build from the pairs generated so far (the rest is counted as not generated)")
     p.set_defaults(func=run_sns)
-    register_cf()
 
 
 def run_sns(args) -> int:
-    from hnlm.data import load_dataset
-    from hnlm.llm.encoders import get_text_encoder
-    from hnlm.semantic import sns
-
     data = load_dataset(args.dataset, seed=args.split_seed)
     budget = Budget.parse(args.budget)
     builder = sns.PromptBuilder(data, args.context, args.profiles_llm or args.llm, seed=args.pair_seed)
-    pairs = sns.select_pairs(data, budget, args.pair_seed)
+    pairs = select_pairs(data, budget, args.pair_seed)
     if args.limit_users is not None:
         pairs = pairs[pairs["user"] < args.limit_users]
     gen = {}
     if not args.no_generate:
-        from hnlm.llm.backends import make_backend
         backend = make_backend(args.llm)
         out = sns.sns_dir(data.name, args.llm, args.split_seed)
         gen = sns.generate_negatives(data, backend, pairs, builder, out, chunk=args.chunk)
@@ -57,17 +84,36 @@ def run_sns(args) -> int:
     return 0
 
 
-_REGISTERED = False
-
-
-def register_cf() -> None:
-    """Plug the semantic samplers and the RLMRec-Con baseline into `hnlm train` (once)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from hnlm.cf.commands import register_method, register_options
-    from hnlm.semantic import methods
-    register_options(methods.add_options)
-    for name, builder in methods.BUILDERS.items():
-        register_method(name, builder)
-    _REGISTERED = True
+def run_profiles(args) -> int:
+    backend = make_backend(args.llm)  # a bad spec fails before the dataset loads
+    data = load_dataset(args.dataset, seed=args.split_seed)
+    if args.batch_size and isinstance(backend, LocalBackend):
+        backend.batch_size = args.batch_size
+    schema = pf.profile_schema(args.summary_tokens or pf.SUMMARY_TOKENS,
+                               args.reasoning_tokens or pf.REASONING_TOKENS)
+    all_counts, item_profiles = [], None
+    folder = pf.profiles_dir(args.dataset, args.llm)
+    if args.kind in ("both", "item"):
+        frame, counts = pf.generate_profiles(data, backend, "item", args.limit, args.split_seed, schema=schema)
+        pf.save_profiles(frame, args.dataset, args.llm, "item", args.split_seed)
+        item_profiles = {int(i): s for i, s, ok in zip(frame["id"], frame["summarization"], frame["ok"]) if ok}
+        all_counts.append(counts)
+    if args.kind in ("both", "user"):
+        if item_profiles is None:
+            path = pf.profiles_path(args.dataset, args.llm, "item", args.split_seed)
+            item_profiles = pf.read_profiles(path) if path.exists() else {}
+        frame, counts = pf.generate_profiles(data, backend, "user", args.limit, args.split_seed,
+                                             item_profiles=item_profiles, schema=schema)
+        pf.save_profiles(frame, args.dataset, args.llm, "user", args.split_seed)
+        all_counts.append(counts)
+    for c in all_counts:
+        print(f"{c['kind']} profiles: {c['requested']} requested, {c['generated']} generated, "
+              f"{c['cached']} cached, {c['failed']} failed, {c['truncated_prompts']} truncated prompts")
+    summary = {"dataset": args.dataset, "llm": args.llm, "identity": backend.identity,
+               "split_seed": args.split_seed, "counts": all_counts, "folder": str(folder)}
+    (folder / f"counts_split-{args.split_seed}.json").write_text(json.dumps(summary, indent=1))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=1)
+    print(f"profiles in {folder}")
+    return 0

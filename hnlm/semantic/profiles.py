@@ -16,15 +16,15 @@ item/user: id, ok, summarization, reasoning, reason) and counts_split-<seed>.jso
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hnlm.errors import DataFormatError, MissingInputError
+from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
+from hnlm.semantic.common import cut_words, domain_of, safe_name, split_seed_of, title_of
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 SUMMARY_WORDS = 100
@@ -51,10 +51,6 @@ def profile_schema(summary_tokens: int = SUMMARY_TOKENS, reasoning_tokens: int =
     }
 
 
-def domain_of(dataset: str) -> str:
-    return "movie" if dataset.startswith("ml-") else "item"
-
-
 def load_template(kind: str, domain: str) -> tuple[str, str]:
     """(system, user) parts of prompts/profile_<kind>_<domain>.txt (a line '---' separates them)."""
     path = PROMPT_DIR / f"profile_{kind}_{domain}.txt"
@@ -64,17 +60,6 @@ def load_template(kind: str, domain: str) -> tuple[str, str]:
     if not user:
         raise DataFormatError(f"{path}: expected a system part, a line '---', then the user part")
     return system.strip(), user.strip()
-
-
-def _cut(text, n: int) -> str:
-    words = str(text).split()
-    return " ".join(words[:n]) + (" ..." if len(words) > n else "")
-
-
-def _title(data, item: int) -> str:
-    row = data.items.iloc[item]
-    title = str(row.get("title") or row["original_id"])
-    return f"{title} ({row['year']})" if row.get("year") else title
 
 
 class ProfilePrompts:
@@ -94,7 +79,7 @@ class ProfilePrompts:
     def item_messages(self, item: int) -> list[dict]:
         system, template = self.templates["item"]
         revs = self._item_reviews.get(item, [])[:ITEM_REVIEWS]
-        reviews = "Reviews:\n" + "\n".join(f"- {_cut(r, REVIEW_WORDS)}" for r in revs) if revs else ""
+        reviews = "Reviews:\n" + "\n".join(f"- {cut_words(r, REVIEW_WORDS)}" for r in revs) if revs else ""
         text = template.format(item_text=self.data.item_text(item), reviews=reviews)
         return [{"role": "system", "content": system}, {"role": "user", "content": _tidy(text)}]
 
@@ -112,16 +97,16 @@ class ProfilePrompts:
         lines = []
         for item in shown:
             cats = self.data.items.iloc[item].get("categories")
-            line = f"- {_title(self.data, int(item))}" + (f" [{cats}]" if cats else "")
+            line = f"- {title_of(self.data, int(item))}" + (f" [{cats}]" if cats else "")
             if int(item) in self.item_profiles:
-                line += ": " + _cut(self.item_profiles[int(item)], PROFILE_SNIPPET_WORDS)
+                line += ": " + cut_words(self.item_profiles[int(item)], PROFILE_SNIPPET_WORDS)
             lines.append(line)
         reviews = ""
         if self._user_reviews is not None:
             own = [self._user_reviews.get((user, int(i))) for i in shown]
             own = [r for r in own if isinstance(r, str) and r.strip()][:USER_REVIEWS]
             if own:
-                reviews = "Their reviews:\n" + "\n".join(f"- {_cut(r, REVIEW_WORDS)}" for r in own)
+                reviews = "Their reviews:\n" + "\n".join(f"- {cut_words(r, REVIEW_WORDS)}" for r in own)
         row = self.data.users.iloc[user] if len(self.data.users) > user else {}
         who = ", ".join(f"{c} {row[c]}" for c in ("age", "gender", "occupation")
                         if c in getattr(row, "index", []) and str(row[c]) not in ("", "nan"))
@@ -165,11 +150,21 @@ def generate_profiles(data, backend, kind: str = "item", limit: int | None = Non
 
 
 def profiles_dir(dataset: str, llm: str) -> Path:
-    return artifacts_dir(dataset, "profiles", re.sub(r"[^A-Za-z0-9._-]+", "_", llm))
+    return artifacts_dir(dataset, "profiles", safe_name(llm))
 
 
-def save_profiles(frame: pd.DataFrame, dataset: str, llm: str, kind: str, split_seed: int = 0) -> Path:
-    path = profiles_dir(dataset, llm) / f"{kind}s_split-{split_seed}.jsonl"
+def profiles_path(dataset: str, llm: str, kind: str, split_seed: int) -> Path:
+    """The one place that names a profile file (`kind` "item" or "user")."""
+    return profiles_dir(dataset, llm) / f"{kind}s_split-{split_seed}.jsonl"
+
+
+def save_profiles(frame: pd.DataFrame, dataset: str, llm: str, kind: str, split_seed: int) -> Path:
+    """Merge `frame` by id into the saved profiles (its rows win), so a limited run never loses any."""
+    path = profiles_path(dataset, llm, kind, split_seed)
+    if path.exists():
+        old = pd.read_json(path, lines=True)
+        if len(old):
+            frame = pd.concat([old[~old["id"].isin(frame["id"])], frame]).sort_values("id").reset_index(drop=True)
     tmp = path.with_suffix(".tmp")
     frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
     tmp.replace(path)  # readers never see a half-written file
@@ -184,14 +179,21 @@ def read_profiles(path: Path) -> dict[int, str]:
     return {int(i): str(s) for i, s in zip(ok["id"], ok["summarization"])}
 
 
-def load_profiles(dataset: str, llm: str, split_seed: int = 0) -> tuple[dict[int, str], dict[int, str]]:
+def load_profiles(dataset: str, llm: str, split_seed: int) -> tuple[dict[int, str], dict[int, str]]:
     """(item_profiles, user_profiles): summaries of the valid profiles by integer id (failures absent)."""
-    folder = profiles_dir(dataset, llm)
     out = []
     for kind in ("item", "user"):
-        path = folder / f"{kind}s_split-{split_seed}.jsonl"
+        path = profiles_path(dataset, llm, kind, split_seed)
         if not path.exists():
             raise MissingInputError(f"no {kind} profiles at {path}; run: hnlm profiles --dataset {dataset} "
                                     f"--llm {llm} --split-seed {split_seed}")
         out.append(read_profiles(path))
     return out[0], out[1]
+
+
+def profiles_of(data, llm: str | None) -> tuple[dict[int, str], dict[int, str]]:
+    """The profiles made from `data`'s own training split (never another split's: its prompts may hold
+    this split's held-out items)."""
+    if llm is None:
+        raise UserFacingError("user/item profiles need the LLM that wrote them (--profiles-llm)")
+    return load_profiles(data.name, llm, split_seed_of(data))

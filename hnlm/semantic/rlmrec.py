@@ -19,7 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnlm.cf.extension import Extension
+from hnlm.errors import MissingInputError
 from hnlm.semantic.alignment import cf_dim
+from hnlm.semantic.common import history_context
+from hnlm.semantic.profiles import profiles_of
 
 
 @dataclass
@@ -27,7 +30,6 @@ class RLMRecConfig:
     weight: float = 1e-2          # kd_weight of the released RLMRec-Con configs
     tau: float = 0.2              # kd_temperature
     hidden: tuple[int, ...] = (256,)
-    seed: int = 0
     # Speed option that CHANGES the maths (default 0 = exact RLMRec-Con): when > 0, each InfoNCE uses at
     # most this many of the batch's distinct users (resp. positive items), drawn uniformly per batch, as
     # anchors and candidates; its N x N similarity, the dominant cost, shrinks quadratically.
@@ -42,8 +44,9 @@ def info_nce(anchor: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Te
 
 class RLMRecExtension(Extension):
     def __init__(self, user_text: np.ndarray, item_text: np.ndarray, config: RLMRecConfig | None = None,
-                 source: str = "profiles"):
+                 source: str = "profiles", seed: int = 0):
         super().__init__()
+        self.seed = seed
         if user_text.shape[1] != item_text.shape[1]:
             raise ValueError("user and item text embeddings must have the same dimension")
         self.config = config or RLMRecConfig()
@@ -58,7 +61,7 @@ class RLMRecExtension(Extension):
         if self.user_text.shape[0] != data.n_users or self.item_text.shape[0] != data.n_items:
             raise ValueError(f"text embeddings for {self.user_text.shape[0]} users / {self.item_text.shape[0]} "
                              f"items, dataset has {data.n_users} / {data.n_items}")
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(self.seed)
         sizes = [self.user_text.shape[1], *self.config.hidden, cf_dim(model)]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -82,7 +85,7 @@ class RLMRecExtension(Extension):
         if n <= 0 or len(ids) <= n:
             return ids, first
         if self._gen is None:
-            self._gen = torch.Generator().manual_seed(self.config.seed)
+            self._gen = torch.Generator().manual_seed(self.seed)
         keep = torch.randperm(len(ids), generator=self._gen)[:n].sort().values.to(ids.device)
         return ids[keep], first[keep]
 
@@ -104,7 +107,6 @@ def unique_first(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def metadata_texts(data) -> tuple[list[str], list[str]]:
     """User / item texts built from metadata and training interactions only."""
-    from hnlm.semantic.sns import history_context
     items = [data.item_text(i) for i in range(data.n_items)]
     users = [history_context(data, u, np.random.default_rng([0, u])) for u in range(data.n_users)]
     return users, items
@@ -115,9 +117,7 @@ def text_embeddings(data, source: str, encoder, profiles_llm: str | None = None)
     if source == "metadata":
         users, items = metadata_texts(data)
     elif source == "profiles":
-        from hnlm.errors import MissingInputError
-        from hnlm.semantic.sns import load_module1_profiles
-        item_prof, user_prof = load_module1_profiles(data.name, profiles_llm)
+        item_prof, user_prof = profiles_of(data, profiles_llm)
         lacking = [u for u in range(data.n_users) if u not in user_prof][:5]
         lacking_i = [i for i in range(data.n_items) if i not in item_prof][:5]
         if lacking or lacking_i:

@@ -19,10 +19,8 @@ measures alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,9 @@ import pandas as pd
 from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
+from hnlm.semantic.common import (Budget, domain_of, history_context, item_context, safe_name, select_pairs,
+                                  title_of, train_fingerprint)
+from hnlm.semantic.profiles import profiles_of
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 MAX_WORDS = 20
@@ -45,62 +46,10 @@ SNS_SCHEMA = {
 }
 # Token budgets per string field (the LLM layer forces the closing quote when one is spent).
 FIELD_TOKENS = {"hard_negative_item": 28, "reasoning": 14}
-HISTORY_TITLES = 5      # titles in a "history" user context (prompt length drives CPU cost)
 ITEM_PROFILE_WORDS = 60  # item profiles are cut to this many words in the prompt
 
 
-# ---------------------------------------------------------------- budget: which pairs get a negative
-
-@dataclass(frozen=True)
-class Budget:
-    """"all" (every training pair, the paper) or "per-user:K" (K training pairs per user)."""
-
-    per_user: int | None
-
-    @classmethod
-    def parse(cls, spec: str) -> "Budget":
-        if spec == "all":
-            return cls(None)
-        m = re.fullmatch(r"per-user:(\d+)", spec)
-        if not m or int(m.group(1)) < 1:
-            raise UserFacingError(f"bad SNS budget {spec!r}: use 'all' or 'per-user:K' with K >= 1")
-        return cls(int(m.group(1)))
-
-    @property
-    def tag(self) -> str:
-        return "all" if self.per_user is None else f"per-user-{self.per_user}"
-
-    @property
-    def spec(self) -> str:
-        return "all" if self.per_user is None else f"per-user:{self.per_user}"
-
-
-def select_pairs(data, budget: Budget, seed: int = 0) -> pd.DataFrame:
-    """Training pairs that get a negative. per-user:K takes the first K items of a seeded permutation of
-    each user's training items, so a larger K extends a smaller one (its negatives are reused)."""
-    rng = np.random.default_rng(seed)
-    users, items = [], []
-    for u in range(data.n_users):
-        train = data.train_items(u)
-        order = rng.permutation(len(train))
-        keep = order if budget.per_user is None else order[:budget.per_user]
-        users.append(np.full(len(keep), u, dtype=np.int64))
-        items.append(train[keep].astype(np.int64))
-    return pd.DataFrame({"user": np.concatenate(users), "item": np.concatenate(items)})
-
-
-def train_fingerprint(data) -> str:
-    """Identifies the training split: artefacts of another split must not be reused."""
-    h = hashlib.sha256(data.train.indptr.tobytes())
-    h.update(data.train.indices.tobytes())
-    return h.hexdigest()[:16]
-
-
 # ---------------------------------------------------------------- prompts
-
-def domain_of(dataset: str) -> str:
-    return "movie" if dataset.startswith("ml-") else "item"
-
 
 def load_template(domain: str) -> tuple[str, str]:
     """(system, user) parts of prompts/sns_<domain>.txt, separated by a line '---'."""
@@ -113,35 +62,6 @@ def load_template(domain: str) -> tuple[str, str]:
     return system.strip(), user.strip()
 
 
-def title_of(data, item: int) -> str:
-    row = data.items.iloc[item]
-    title = str(row.get("title") or row["original_id"])
-    return f"{title} ({row['year']})" if row.get("year") else title
-
-
-def history_context(data, user: int, rng: np.random.Generator) -> str:
-    """A user described by training titles only (when no LLM user profile is used)."""
-    train = data.train_items(user)
-    pick = rng.permutation(len(train))[:HISTORY_TITLES]
-    titles = "; ".join(title_of(data, int(i)) for i in sorted(train[pick]))
-    row = data.users.iloc[user]
-    who = ", ".join(str(row[c]) for c in ("age", "gender", "occupation") if c in row and row[c] != "")
-    return (f"{who}; " if who else "") + f"liked {titles}."
-
-
-def item_context(data, item_profiles: dict, item: int, words: int = ITEM_PROFILE_WORDS) -> str:
-    """An item as prompts describe it: the start of its module-1 profile, else its genres."""
-    if item in item_profiles:
-        return cut_words(item_profiles[item], words)
-    cats = data.items.iloc[item].get("categories")
-    return f"Genres: {cats}." if cats else ""
-
-
-def cut_words(text: str, n: int) -> str:
-    words = str(text).split()
-    return " ".join(words[:n]) + (" ..." if len(words) > n else "")
-
-
 class PromptBuilder:
     """Messages for one (user, item) pair. context: "profile" (module 1 profiles) or "history"."""
 
@@ -152,7 +72,7 @@ class PromptBuilder:
         self.item_profiles: dict[int, str] = {}
         self.user_profiles: dict[int, str] = {}
         if context == "profile":
-            self.item_profiles, self.user_profiles = load_module1_profiles(data.name, profiles_llm)
+            self.item_profiles, self.user_profiles = profiles_of(data, profiles_llm)
         elif context != "history":
             raise UserFacingError(f"unknown SNS context {context!r}: use 'profile' or 'history'")
         self.seed = seed
@@ -168,7 +88,7 @@ class PromptBuilder:
         return history_context(self.data, user, np.random.default_rng([self.seed, user]))
 
     def item_text(self, item: int) -> str:
-        return item_context(self.data, self.item_profiles, item)
+        return item_context(self.data, self.item_profiles, item, ITEM_PROFILE_WORDS)
 
     def messages(self, user: int, item: int) -> list[dict]:
         text = self.user_template.format(user_profile=self.user_text(user),
@@ -181,21 +101,10 @@ class PromptBuilder:
                 "user_profiles": len(self.user_profiles), "template": f"sns_{domain_of(self.data.name)}"}
 
 
-def load_module1_profiles(dataset: str, llm: str | None) -> tuple[dict, dict]:
-    from hnlm.semantic.profiles import load_profiles
-    if llm is None:
-        raise UserFacingError("context 'profile' needs the profiles' LLM (--profiles-llm)")
-    return load_profiles(dataset, llm)
-
-
 # ---------------------------------------------------------------- generation (cached, resumable)
 
 def sns_dir(dataset: str, llm: str, split_seed: int) -> Path:
     return artifacts_dir(dataset, "sns", safe_name(llm), f"split-{split_seed}")
-
-
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def read_negatives(path: Path, context: str | None = None) -> pd.DataFrame:
@@ -306,7 +215,7 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, item_emb: np.ndarray, 
     users, items = rec["user"].to_numpy(int), rec["item"].to_numpy(int)
     titles = [norm_title(t) for t in data.items["title"].fillna("")]
     names_train = names_pos = held_near = held_pool = 0
-    chance_near = chance_pool = 0.0
+    chance_near = 0.0
     in_train_any = 0
     for r, (u, i, text) in enumerate(zip(users, items, rec["text"])):
         train = data.train_items(u)

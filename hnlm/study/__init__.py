@@ -1,6 +1,6 @@
 """The study: notebook parameters/settings (profiles, context) and the papermill runner."""
 
 from hnlm.study.context import NotebookRun, start
-from hnlm.study.profiles import PROFILE_NAMES, settings
+from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES, settings
 
-__all__ = ["NotebookRun", "PROFILE_NAMES", "settings", "start"]
+__all__ = ["DEFAULT_PROFILE", "NotebookRun", "PROFILE_NAMES", "settings", "start"]

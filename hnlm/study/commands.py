@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from hnlm.study.llm_outputs import STAGES
-from hnlm.study.profiles import PROFILE_NAMES
+from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES
 
 
 def register(sub) -> None:
     p = sub.add_parser("study", help="run the study notebooks in order (papermill) and print wall times")
-    p.add_argument("--profile", default="full", choices=PROFILE_NAMES)
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES)
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--llm", default="qwen2.5-0.5b")
     p.add_argument("--notebooks", nargs="+", help="only these notebooks, e.g. 01_data 06_main_results")

@@ -19,7 +19,9 @@ import pandas as pd
 
 from hnlm.errors import MissingInputError
 from hnlm.paths import PROJECT_ROOT, figures_dir
-from hnlm.study.profiles import settings as profile_settings
+from hnlm.cf.trainer import TrainConfig
+from hnlm.study.settings import DEFAULT_PROFILE
+from hnlm.study.settings import settings as profile_settings
 
 
 def runs_dir() -> Path:
@@ -66,6 +68,11 @@ class NotebookRun:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @property
+    def metric(self) -> str:
+        """The validation metric of model selection, also the one comparisons and figures lead with."""
+        return self.settings.get("metric", TrainConfig.metric)
+
     def meta(self) -> dict:
         return {"notebook": self.notebook, "dataset": self.dataset, "llm": self.llm, "profile": self.profile,
                 "seeds": self.seeds, "settings": self.settings,
@@ -97,8 +104,10 @@ class NotebookRun:
         return save_figure(fig, f"{name}_{self.dataset}", folder=self.fig_dir)
 
 
-def start(notebook: str, dataset: str, llm: str, profile: str, seeds=None, out_dir=None) -> NotebookRun:
-    """Resolve a notebook's parameters: the profile's settings, seeds (explicit ones win), output folder."""
+def start(notebook: str, dataset: str, llm: str, profile: str | None = None, seeds=None, out_dir=None) -> NotebookRun:
+    """Resolve a notebook's parameters: the profile's settings (profile None: the default profile), seeds
+    (explicit ones win), output folder."""
+    profile = profile or DEFAULT_PROFILE
     conf = profile_settings(profile, notebook)
     seeds = list(seeds) if seeds else list(conf["seeds"])
     conf["seeds"] = seeds

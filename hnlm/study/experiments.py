@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +23,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hnlm.analysis.popularity import recommend
+from hnlm.cf.samplers import PositiveIndex
+from hnlm.cf.trainer import TrainConfig, train
+from hnlm.methods import Variant, as_variant
+from hnlm.semantic.resources import Resources
 from hnlm.study.context import to_jsonable
 
 LIST_DEPTH = 50
-TRAIN_KEYS = ("dim", "layers", "epochs", "batch_size", "lr", "l2", "loss", "margin", "patience",
-              "eval_every", "metric", "ks")
 
 
 class NegativeRecorder(nn.Module):
@@ -36,7 +40,6 @@ class NegativeRecorder(nn.Module):
     def __init__(self, inner, data):
         super().__init__()
         self.inner = inner
-        from hnlm.cf.samplers import PositiveIndex
         self._heldout = PositiveIndex((data.valid + data.test).tocsr(), "cpu")
         self.by_epoch: dict[int, list[int]] = {}
 
@@ -66,85 +69,48 @@ class NegativeRecorder(nn.Module):
         return self.inner.describe() if hasattr(self.inner, "describe") else {"name": self.name}
 
 
-def train_config(backbone: str, method: str, seed: int, settings: dict):
-    from hnlm.cf.trainer import TrainConfig
+def train_config(backbone: str, seed: int, settings: dict) -> TrainConfig:
+    """The CF run's TrainConfig: its defaults, overridden by the profile's keys of the same names."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    opts = {k: settings[k] for k in TRAIN_KEYS if k in settings and k in names}
-    return TrainConfig(model=backbone, sampler=method, seed=seed,
-                       sampler_opts=dict(settings.get("sampler_opts", {}).get(method, {})), **opts)
+    return TrainConfig(model=backbone, seed=seed, **{k: v for k, v in settings.items() if k in names and
+                                                      k not in ("model", "seed", "sampler", "sampler_opts")})
 
 
-def build_method(method: str, data, settings: dict, seed: int = 0, resources: dict | None = None):
-    """(sampler, extension) of a method. Classic samplers by name; the semantic methods of modules 2-3
-    and RLMRec-Con from `resources` ("bank": NegativeBank, "grounded": frame, "rlmrec_text": (users,
-    items) embeddings). `sns:alpha=0.1` is SNS with another mixing weight (the alpha sweep)."""
-    from hnlm.cf.samplers import SAMPLERS, get_sampler
-    if method in SAMPLERS:
-        return get_sampler(method, **settings.get("sampler_opts", {}).get(method, {})), None
-    name, _, opt = method.partition(":")
-    res = resources or {}
-    align = dict(settings.get("alignment", {}))
-    if opt:
-        key, value = opt.split("=")
-        align[key] = float(value)
-    if name in ("sns", "sns-random", "sns-shuffled") or name.startswith("hnlmrec-"):
-        # modules 2-3, and module 4's emitted embeddings through module 3
-        from hnlm.semantic.alignment import AlignmentConfig
-        from hnlm.semantic.methods import make_alignment
-        if name.startswith("hnlmrec-"):
-            bank = res["hnlmrec_banks"][name[len("hnlmrec-"):]]
-        elif name == "sns-random":
-            bank = res["bank"].randomized(seed)
-        elif name == "sns-shuffled":
-            bank = res["bank"].shuffled(seed)
-        else:
-            bank = res["bank"]
-        cfg = AlignmentConfig(**{k: tuple(v) if k == "hidden" else v for k, v in align.items()}, seed=seed)
-        return get_sampler("rns"), make_alignment(data, bank, cfg)
-    if name == "sns-grounded":
-        from hnlm.semantic.methods import GroundedSampler
-        g = settings.get("grounded", {})
-        return GroundedSampler(res["grounded"], data, get_sampler("rns"), share=g.get("share", 0.5),
-                               pool=g.get("pool", 20), lookup=align.get("lookup", "user"), seed=seed,
-                               source=res["bank"].source), None
-    if name == "rlmrec-con":
-        from hnlm.semantic.rlmrec import RLMRecConfig, RLMRecExtension
-        users, items = res["rlmrec_text"]
-        return get_sampler("rns"), RLMRecExtension(users, items, RLMRecConfig(seed=seed),
-                                                   source=res.get("rlmrec_source", "metadata"))
-    raise ValueError(f"unknown method {method!r}: a sampler ({', '.join(SAMPLERS)}), sns, sns:alpha=A, "
-                     "sns-random, sns-shuffled, sns-grounded or rlmrec-con")
+@dataclass(frozen=True)
+class RunSpec:
+    """One CF run's identity: dataset split, TrainConfig, method variant with its settings, and the digest of
+    every resource the method trains with. Stored runs are reused exactly when the key matches."""
+
+    backbone: str
+    variant: Variant
+    seed: int
+
+    @property
+    def tag(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "_", self.variant.name).strip("_")
+        return f"{self.backbone}__{slug}__seed{self.seed}"
+
+    def key(self, data, config: TrainConfig, resources: Resources) -> str:
+        blob = json.dumps({"dataset": data.name, "split": data.stats.get("split_seed"),
+                           "split_mode": data.stats.get("split_mode"), "config": dataclasses.asdict(config),
+                           "method": self.variant.method, "settings": dataclasses.asdict(self.variant.settings()),
+                           "resources": {k: resources.digest(k) for k in self.variant.needs()}},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_key(data, config, method_args: dict) -> str:
-    blob = json.dumps({"dataset": data.name, "split": data.stats.get("split_seed"),
-                       "split_mode": data.stats.get("split_mode"), "config": dataclasses.asdict(config),
-                       "method_args": method_args}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def resource_id(resources: dict | None, method: str) -> str | None:
-    """Digest of what `method` trains with (resources["ids"], by method name without ":options")."""
-    return (resources or {}).get("ids", {}).get(method.partition(":")[0])
-
-
-def run_one(data, backbone: str, method: str, seed: int, settings: dict, folder: Path,
-            resources: dict | None = None) -> dict:
-    """Train one (backbone, method, seed) run, or load it when the same key was stored before."""
-    from hnlm.cf.trainer import train
-    config = train_config(backbone, method, seed, settings)
-    from hnlm.cf.samplers import SAMPLERS
-    semantic = {} if method in SAMPLERS else {"alignment": settings.get("alignment"), "grounded":
-                                              settings.get("grounded"), "resources": resource_id(resources, method)}
-    key = run_key(data, config, semantic)
-    tag = f"{backbone}__{method.replace(':', '_').replace('=', '')}__seed{seed}"
-    path, lists_path = folder / f"{tag}.json", folder / f"{tag}.npz"
+def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resources | None = None) -> dict:
+    """Train one run, or load it when a run with the same key was stored before."""
+    resources = resources if resources is not None else Resources()
+    config = train_config(spec.backbone, spec.seed, settings)
+    key = spec.key(data, config, resources)
+    path, lists_path = folder / f"{spec.tag}.json", folder / f"{spec.tag}.npz"
     if path.exists() and lists_path.exists():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return stored
-    torch.manual_seed(seed)
-    sampler, extension = build_method(method, data, settings, seed, resources)
+    torch.manual_seed(spec.seed)
+    sampler, extension = spec.variant.build(data, resources, spec.seed)
     recorder = NegativeRecorder(sampler, data)
     result = train(data, config, extension=extension, sampler=recorder, progress=False)
     model = result.pop("model")
@@ -155,21 +121,21 @@ def run_one(data, backbone: str, method: str, seed: int, settings: dict, folder:
                              k=min(LIST_DEPTH, data.n_items), split="test")
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(lists_path, users=users, lists=lists)
-    compact = to_jsonable({"key": key, "tag": tag, "backbone": backbone, "method": method, "seed": seed,
+    compact = to_jsonable({"key": key, "tag": spec.tag, "backbone": spec.backbone, "method": spec.variant.name,
+                           "method_name": spec.variant.method, "overrides": dict(spec.variant.overrides),
+                           "family": spec.variant.declaration.family, "seed": spec.seed,
                            **{k: v for k, v in result.items() if k != "seed"}})
     path.write_text(json.dumps(compact))
     return compact
 
 
-def run_grid(data, backbones, methods, seeds, settings: dict, out_dir: Path, resources: dict | None = None) -> list[dict]:
-    """Every (backbone, method, seed) run, in a stable order, with one progress bar. `resources` carries what
-    semantic methods train with (see build_method) and, in "ids", a digest per method (see resource_id)."""
+def run_grid(data, backbones, variants, seeds, settings: dict, out_dir: Path,
+             resources: Resources | None = None) -> list[dict]:
+    """Every (backbone, variant, seed) run, in a stable order, with one progress bar. `variants` are
+    `hnlm.methods.Variant`s or method names; `resources` holds what LLM-based methods train with."""
     folder = Path(out_dir) / "cf_runs"
-    specs = [(b, m, s) for b in backbones for m in methods for s in seeds]
-    results = []
-    for b, m, s in tqdm(specs, desc="CF runs", unit="run"):
-        results.append(run_one(data, b, m, s, settings, folder, resources))
-    return results
+    specs = [RunSpec(b, as_variant(v), s) for b in backbones for v in variants for s in seeds]
+    return [run_one(data, spec, settings, folder, resources) for spec in tqdm(specs, desc="CF runs", unit="run")]
 
 
 def load_lists(out_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -181,14 +147,25 @@ def load_runs(out_dir: Path, tags) -> list[dict]:
     return [json.loads((Path(out_dir) / "cf_runs" / f"{t}.json").read_text()) for t in tags]
 
 
+def stopped_by_cap(result: dict) -> bool:
+    """The run reached its epoch cap while still within `patience` of its best epoch: it may not have
+    converged, and its numbers must be flagged."""
+    cfg = result["config"]
+    return result["epochs_run"] >= cfg["epochs"] and result["epochs_run"] - result["best_epoch"] < cfg["patience"]
+
+
 def runs_frame(results: list[dict]) -> pd.DataFrame:
-    """One row per run: backbone, method, seed, best epoch, seconds per epoch, test metrics."""
+    """One row per run: backbone, method, family, seed, best and last epoch, whether the cap stopped it,
+    seconds per epoch, test metrics, and the validation metrics (columns "valid <metric>") at the best epoch,
+    on which baselines are chosen."""
     rows = []
     for r in results:
-        metrics = {k: v for k, v in r["test"].items() if isinstance(v, (int, float)) and "@" in k}
-        rows.append({"backbone": r["backbone"], "method": r["method"], "seed": r["seed"],
-                     "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
-                     "train_s_per_epoch": r["timings"]["train_s_per_epoch"], **metrics})
+        test = {k: v for k, v in r["test"].items() if isinstance(v, (int, float)) and "@" in k}
+        valid = {f"valid {k}": v for k, v in r["valid"].items() if isinstance(v, (int, float)) and "@" in k}
+        rows.append({"backbone": r["backbone"], "method": r["method"], "family": r.get("family", "classic"),
+                     "seed": r["seed"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
+                     "stopped_by_cap": stopped_by_cap(r), "train_s_per_epoch": r["timings"]["train_s_per_epoch"],
+                     **test, **valid})
     return pd.DataFrame(rows)
 
 

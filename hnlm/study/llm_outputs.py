@@ -21,7 +21,7 @@ def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int 
     from hnlm.data import first_users, load_dataset
     from hnlm.llm.backends import make_backend
     from hnlm.study import pipeline
-    from hnlm.study.profiles import settings
+    from hnlm.study.settings import settings
 
     unknown = set(stages) - set(STAGES)
     if unknown:

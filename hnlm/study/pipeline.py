@@ -9,22 +9,24 @@ the covered pairs are built here with module 2's own functions and kept in the r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from hnlm.errors import MissingInputError
+from hnlm.llm.backends import make_backend
+from hnlm.llm.encoders import get_text_encoder
 from hnlm.semantic import profiles as pf
-
-
-def merge_save_profiles(frame: pd.DataFrame, dataset: str, llm: str, kind: str, split_seed: int = 0) -> Path:
-    """Save profiles, keeping rows of ids this run did not cover (so a limited run never loses any)."""
-    path = pf.profiles_dir(dataset, llm) / f"{kind}s_split-{split_seed}.jsonl"
-    if path.exists():
-        old = pd.read_json(path, lines=True)
-        if len(old):
-            frame = pd.concat([old[~old["id"].isin(frame["id"])], frame]).sort_values("id")
-    return pf.save_profiles(frame.reset_index(drop=True), dataset, llm, kind, split_seed)
+from hnlm.semantic import sns
+from hnlm.semantic.bank import NegativeBank
+from hnlm.semantic.common import Budget, select_pairs
+from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, load_bank, run_finetune
+from hnlm.semantic.hnlmrec.transfer import source_run, transfer_bank
+from hnlm.semantic.resources import Resources
+from hnlm.semantic.rlmrec import text_embeddings
 
 
 def generate_study_profiles(data, backend, llm: str, limit: int | None, split_seed: int = 0) -> dict:
@@ -32,10 +34,10 @@ def generate_study_profiles(data, backend, llm: str, limit: int | None, split_se
     items, item_counts = pf.generate_profiles(data, backend, "item", limit, split_seed)
     # users quote every item profile there is (the merged file), so a limited run asks the same user prompts
     # as a complete one and finds them in the LLM cache
-    item_profiles = pf.read_profiles(merge_save_profiles(items, data.name, llm, "item", split_seed))
+    item_profiles = pf.read_profiles(pf.save_profiles(items, data.name, llm, "item", split_seed))
     users, user_counts = pf.generate_profiles(data, backend, "user", limit, split_seed,
                                               item_profiles=item_profiles)
-    merge_save_profiles(users, data.name, llm, "user", split_seed)
+    pf.save_profiles(users, data.name, llm, "user", split_seed)
     return {"items": items, "users": users, "counts": [item_counts, user_counts]}
 
 
@@ -53,11 +55,8 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
     quality measures, the valid records, a NegativeBank and the grounded frame. A complete run writes
     module 2's official artefacts unless `official` is False (a side analysis with another prompt context
     must not replace notebook 03's bank)."""
-    from hnlm.llm.encoders import get_text_encoder
-    from hnlm.semantic import sns
-    from hnlm.semantic.bank import NegativeBank
 
-    budget = sns.Budget.parse("per-user:1")
+    budget = Budget.parse("per-user:1")
     pairs, builder, gen = generate_study_sns(data, llm, limit_users, split_seed, pair_seed, chunk, context)
     folder = sns.sns_dir(data.name, llm, split_seed)
     enc = get_text_encoder(encoder)
@@ -91,10 +90,8 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
 def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair_seed: int = 0,
                        chunk: int = 32, context: str = "profile"):
     """The LLM half of `study_sns` (cached, resumable): (pairs, PromptBuilder, generation counts)."""
-    from hnlm.llm.backends import make_backend
-    from hnlm.semantic import sns
 
-    pairs = sns.select_pairs(data, sns.Budget.parse("per-user:1"), pair_seed)
+    pairs = select_pairs(data, Budget.parse("per-user:1"), pair_seed)
     if limit_users is not None:
         pairs = pairs[pairs["user"] < limit_users]
     builder = sns.PromptBuilder(data, context, llm, seed=pair_seed)
@@ -105,23 +102,23 @@ def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int 
     return pairs, builder, gen
 
 
-def llm_size_resources(data, llm: str, conf: dict) -> tuple[dict, dict]:
+def llm_size_resources(data, llm: str, conf: dict) -> tuple[Resources, dict]:
     """Notebook 11: what `llm` gives the CF grid (SNS bank with conf["context"] when "sns" is in
     conf["methods"], HNLMRec banks of conf["signals"]) and what describes its outputs (SNS quality,
     fine-tuning losses, how collinear the emitted vectors are). Notebook 03's official SNS artefacts stay."""
-    resources, info = {}, {"llm": llm}
+    resources, info = Resources(), {"llm": llm}
     if "sns" in conf["methods"]:
         out = study_sns(data, llm, conf["limit_users"], conf["split_seed"], context=conf["context"],
                         official=False)
-        resources = {"bank": out["bank"], "ids": {"sns": bank_digest(out["bank"])}}
+        resources.provide("sns_bank", out["bank"])
         q = out["quality"]
         info.update({"sns_valid_json_rate": q["valid_json_rate"], "sns_distinct_texts": q["distinct_texts_share"],
                      "sns_false_hard_negatives": q["false_hard_negative_share"],
                      "sns_sim_to_positive": q["sim_to_positive_mean"],
                      "sns_generated_now": out["generation"]["generated"]})
     finetune = {s: study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"]) for s in conf["signals"]}
-    resources = with_hnlmrec_banks(resources, {s: bank for s, (_, bank) in finetune.items()})
     for s, (summary, bank) in finetune.items():
+        resources.provide(f"hnlmrec_bank:{s}", bank)
         info.update({f"{s}_loss_first5": summary["loss_first5_mean"], f"{s}_loss_last5": summary["loss_last5_mean"],
                      f"{s}_pairwise_cosine": mean_pairwise_cosine(bank.emb)})
     return resources, info
@@ -145,8 +142,6 @@ def save_sns(out: dict, folder: Path) -> None:
 
 def load_sns(folder: Path):
     """(NegativeBank, grounded frame) saved by `save_sns`."""
-    from hnlm.errors import MissingInputError
-    from hnlm.semantic.bank import NegativeBank
     if not (folder / "sns_bank.npz").exists():
         raise MissingInputError(f"{folder / 'sns_bank.npz'} is missing: run notebook 03_sns first")
     z = np.load(folder / "sns_bank.npz")
@@ -155,26 +150,22 @@ def load_sns(folder: Path):
     return bank, pd.read_parquet(folder / "sns_grounded.parquet")
 
 
-def semantic_resources(folder: Path, data, llm: str, rlmrec_text: str = "metadata") -> dict:
-    """What the semantic methods of the CF grid train with: notebook 03's bank and grounding, and the
-    RLMRec-Con text embeddings. "ids" names, per method, a digest of what that method trains with (part of
-    its run cache key): a run is reused across notebooks exactly when its inputs are unchanged."""
-    from hnlm.llm.encoders import get_text_encoder
-    from hnlm.semantic.rlmrec import text_embeddings
+def semantic_resources(folder: Path, data, llm: str) -> Resources:
+    """What LLM-based methods of the CF grid train with: notebook 03's bank and grounding (from the run
+    folder), and RLMRec-Con's text embeddings (loaded only if a method asks for them)."""
     bank, grounded = load_sns(folder)
-    users, items = text_embeddings(data, rlmrec_text, get_text_encoder("minilm"), llm)
-    sns_id = bank_digest(bank)
-    ids = {name: sns_id for name in ("sns", "sns-random", "sns-shuffled", "sns-grounded")}
-    ids["rlmrec-con"] = array_digest(np.asarray(users), np.asarray(items))
-    return {"bank": bank, "grounded": grounded, "rlmrec_text": (users, items), "rlmrec_source": rlmrec_text,
-            "ids": ids}
+    res = Resources(sns_bank=bank, sns_grounded=grounded)
+    for source in ("profiles", "metadata"):
+        res.provide(f"rlmrec_text:{source}",
+                    loader=lambda s=source: text_embeddings(data, s, get_text_encoder("minilm"), llm))
+    return res
 
 
-def with_hnlmrec_banks(resources: dict | None, banks: dict) -> dict:
-    """`resources` plus module 4's emitted-embedding banks by CF signal (methods "hnlmrec-<signal>")."""
-    res = dict(resources or {})
-    res["hnlmrec_banks"] = dict(banks)
-    res["ids"] = {**res.get("ids", {}), **{f"hnlmrec-{s}": bank_digest(b) for s, b in banks.items()}}
+def with_hnlmrec_banks(resources: Resources | None, banks: dict) -> Resources:
+    """`resources` plus module 4's emitted-vector banks by CF signal (resource "hnlmrec_bank:<signal>")."""
+    res = resources if resources is not None else Resources()
+    for signal, bank in banks.items():
+        res.provide(f"hnlmrec_bank:{signal}", bank)
     return res
 
 
@@ -182,8 +173,6 @@ def with_hnlmrec_banks(resources: dict | None, banks: dict) -> dict:
 
 def hnlmrec_config(llm: str, signal: str, conf: dict):
     """Module 4's RunConfig from a profile's "hnlmrec" block (one place, so 05 and 10 share one run)."""
-    from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
-    from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig
     ft = FinetuneConfig(llm=llm, cf_signal=signal, budget=conf["budget"], max_steps=conf["max_steps"],
                         batch_size=conf["batch_size"], save_steps=conf["save_steps"])
     return RunConfig(finetune=ft, teacher=TeacherConfig(epochs=conf["teacher_epochs"]), context=conf["context"],
@@ -194,7 +183,6 @@ def hnlmrec_config(llm: str, signal: str, conf: dict):
 def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
     """Fine-tune (resumable; a finished run with the same settings is reused by module 4's own cache of
     checkpoints and banks) and return (summary, NegativeBank of emitted embeddings)."""
-    from hnlm.semantic.hnlmrec.pipeline import load_bank, run_finetune
     cfg = hnlmrec_config(llm, signal, conf)
     summary = run_finetune(data, cfg, split_seed)
     bank = load_bank(data, llm, signal, conf["budget"], conf["infer_budget"], split_seed,
@@ -207,11 +195,6 @@ def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed
     settings, else fine-tuned here) emits embeddings for `target`'s first conf["target_users"] users,
     untuned; the target's CF signal comes from a teacher trained on the target's training split
     (conf["target_teacher"]). `conf` is notebook 10's settings. Returns (summary, NegativeBank)."""
-    from dataclasses import replace
-
-    from hnlm.errors import MissingInputError
-    from hnlm.semantic.hnlmrec.pipeline import TeacherConfig, run_finetune
-    from hnlm.semantic.hnlmrec.transfer import source_run, transfer_bank
     cfg = hnlmrec_config(llm, signal, conf["hnlmrec"])
     try:
         source_run(source.name, cfg, split_seed)
@@ -223,19 +206,6 @@ def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed
     teacher = TeacherConfig(**conf["target_teacher"])
     bank, summary = transfer_bank(target, source.name, target_cfg, teacher, split_seed)
     return {**summary, "finetuned_here": finetuned_here, "bank_rows": len(bank)}, bank
-
-
-def array_digest(*arrays) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
-
-def bank_digest(bank) -> str:
-    """Changes whenever the bank's vectors or pairs do (part of the CF run cache key)."""
-    return array_digest(bank.emb, bank.users, bank.items)
 
 
 def loss_history(folder: Path) -> list[float]:

@@ -1,4 +1,4 @@
-"""CLI: `hnlm finetune` (HNLMRec end to end) and the `hnlm train --sampler hnlmrec` method."""
+"""CLI: `hnlm finetune` (HNLMRec end to end; `hnlm train --sampler hnlmrec` then trains with its output)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,6 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.set_defaults(func=run)
-    register_cf()
 
 
 def config_from_args(args) -> RunConfig:
@@ -74,43 +73,3 @@ def run(args) -> int:
     print(json.dumps({k: summary[k] for k in ("folder", "bank", "examples", "steps", "loss_first5_mean",
                                              "loss_last5_mean", "counts", "timings")}, indent=2))
     return 0
-
-
-# ------------------------------------------------------------------ `hnlm train --sampler hnlmrec`
-
-def add_options(parser) -> None:
-    g = parser.add_argument_group("HNLMRec (module 4); alignment options are the --align-* ones")
-    g.add_argument("--hnlmrec-llm", default="qwen2.5-0.5b")
-    g.add_argument("--hnlmrec-signal", default="text", choices=["text", "soft", "none"])
-    g.add_argument("--hnlmrec-budget", default="per-user:1", help="fine-tuning budget of the run")
-    g.add_argument("--hnlmrec-infer-budget", default="per-user:1", help="embedding-pass budget of the run")
-    g.add_argument("--hnlmrec-infer-users", type=int, default=None,
-                   help="user limit of the embedding pass (--infer-users of `hnlm finetune`)")
-    g.add_argument("--hnlmrec-run", default=None,
-                   help="settings hash of the fine-tuning run (run-<hash>; default: the latest finished one)")
-
-
-def build_hnlmrec(data, args):
-    """Uniform ID negatives + module 3's alignment over the fine-tuned LLM's emitted embeddings."""
-    from hnlm.semantic.hnlmrec.pipeline import load_bank
-    from hnlm.semantic.methods import alignment, uniform_sampler
-    split_seed = int(getattr(args, "split_seed", 0) or 0)
-    bank = load_bank(data, args.hnlmrec_llm, args.hnlmrec_signal, args.hnlmrec_budget,
-                     args.hnlmrec_infer_budget, split_seed, run=args.hnlmrec_run,
-                     infer_users=getattr(args, "hnlmrec_infer_users", None))
-    return uniform_sampler(), alignment(data, bank, args)
-
-
-_REGISTERED = False
-
-
-def register_cf() -> None:
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from hnlm.cf.commands import register_method, register_options
-    from hnlm.semantic import methods
-    register_options(methods.add_options)   # --align-* (idempotent: registered once)
-    register_options(add_options)
-    register_method("hnlmrec", build_hnlmrec)
-    _REGISTERED = True

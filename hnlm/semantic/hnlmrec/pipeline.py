@@ -26,7 +26,9 @@ from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.hnlmrec.finetune import (FinetuneConfig, PairDataset, load_base, make_trainer)
 from hnlm.semantic.hnlmrec.queries import (MiningConfig, QueryBuilder, Teacher, build_examples,
                                            inference_queries)
-from hnlm.semantic.sns import Budget, item_embeddings, safe_name, train_fingerprint
+from hnlm.semantic.common import Budget, safe_name, train_fingerprint
+from hnlm.semantic.profiles import profiles_of
+from hnlm.semantic.sns import item_embeddings
 
 
 @dataclass
@@ -37,10 +39,6 @@ class TeacherConfig:
     dim: int = 64
     seed: int = 0
     batch_size: int = 2048     # larger batches make a teacher on a big dataset (ml-1m) affordable in fast runs
-
-
-# Runs made before TeacherConfig.batch_size existed trained with 2048: that value keeps their key and teacher.
-_TEACHER_BEFORE_BATCH_SIZE = {"batch_size": 2048}
 
 
 @dataclass
@@ -69,8 +67,6 @@ def settings_key(cfg: "RunConfig") -> str:
     for key in ("infer_batch", "infer_budget", "infer_users"):
         d.pop(key, None)
     d["finetune"].pop("save_steps", None)
-    if d["teacher"]["batch_size"] == _TEACHER_BEFORE_BATCH_SIZE["batch_size"]:
-        d["teacher"].pop("batch_size")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -119,8 +115,7 @@ def get_teacher(data, cfg: TeacherConfig, folder: Path) -> Teacher:
 def query_builder(data, teacher: Teacher, cfg: RunConfig) -> QueryBuilder:
     users, items = {}, {}
     if cfg.context == "profile":
-        from hnlm.semantic.sns import load_module1_profiles
-        items, users = load_module1_profiles(data.name, cfg.profiles_llm or cfg.finetune.llm)
+        items, users = profiles_of(data, cfg.profiles_llm or cfg.finetune.llm)
         missing = sorted(set(range(data.n_users)) - set(users))
         if missing:
             raise MissingInputError(f"{len(missing)} users have no module-1 profile: run `hnlm profiles` "
@@ -144,7 +139,7 @@ def training_set(data, teacher: Teacher, cfg: RunConfig, encoder) -> tuple:
 
 def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True) -> dict:
     from hnlm.llm.encoders import get_text_encoder
-    from hnlm.semantic.hnlmrec.infer import adapter_fingerprint, emit, queries_fingerprint
+    from hnlm.semantic.hnlmrec.infer import adapter_fingerprint
     from hnlm.semantic.hnlmrec.model import QueryEncoder
     from transformers import TrainerState
 

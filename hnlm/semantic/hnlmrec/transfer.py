@@ -22,7 +22,7 @@ from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.hnlmrec.pipeline import (RunConfig, TeacherConfig, bank_tag, get_teacher, query_builder,
                                             read_bank, run_folder, save_bank_for)
 from hnlm.semantic.hnlmrec.queries import inference_queries
-from hnlm.semantic.sns import Budget
+from hnlm.semantic.common import Budget
 
 
 def source_run(source: str, cfg: RunConfig, split_seed: int = 0) -> Path:

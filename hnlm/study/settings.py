@@ -1,4 +1,7 @@
-"""The one place that says how big each notebook's run is under each study profile.
+"""Study profiles: how big each notebook's run is under `smoke`, `quick` and `full` (the default).
+
+A profile is a set of overrides of the package's own defaults (TrainConfig for CF runs, each method's
+settings dataclass in hnlm.methods, FinetuneConfig for HNLMRec), never a re-typed copy of them.
 
 `smoke` is for the test suite (the whole notebook suite in a few minutes on 2 CPU cores: tiny epochs, the
 small LLM on a handful of prompts), `quick` is a fast pass (`make study PROFILE=quick`: 2 seeds, shorter CF
@@ -13,8 +16,10 @@ from __future__ import annotations
 import copy
 
 from hnlm.errors import UserFacingError
+from hnlm.methods import Variant, variant
 
 PROFILE_NAMES = ("smoke", "quick", "full")
+DEFAULT_PROFILE = "full"     # of `make study`, `hnlm study` and a notebook opened without parameters
 
 # Keys every notebook sees unless its own block overrides them.
 COMMON = {
@@ -35,17 +40,14 @@ _CF = {
     "full": {"epochs": 40, "patience": 10, "dim": 64, "layers": 3, "batch_size": 8192, "lr": 2e-2, "l2": 1e-4,
              "eval_every": 1},
 }
-for _conf in _CF.values():
-    _conf.update({"metric": "recall@20", "reference_metric": "recall@20"})
 
-# Module 3 defaults (DESIGN.md: alpha 0.01, contrastive weight 1e-3, tau 0.2); lookup "user" lets a pair
-# without its own generated negative use one of its user's (budget per-user:1 has one pair per user).
-_ALIGN = {"alignment": {"alpha": 0.01, "weight": 1e-3, "tau": 0.2, "hidden": [256], "lookup": "user"},
-          "grounded": {"share": 0.5, "pool": 20}}
+# Method settings a profile changes (every other setting is the method's own default, hnlm.methods). Fast
+# profiles give RLMRec-Con metadata texts, so that they do not need every module-1 profile.
+_METADATA = {"method_settings": {"rlmrec-con": {"text": "metadata"}}}
 
 # Module 4 (05) and its transfer (10) share one fine-tuning run per profile, and quick shares full's: the
 # LLM work (fine-tuning ~2 passes over one pair per user, embedding every user) is the same, only the CF
-# budgets differ, so a cache made once (on a GPU: ~1 min; DESIGN.md's CPU rates: hours) serves both. The
+# budgets differ, so a cache made once (on a GPU: ~1 min; on 2 CPU cores: hours) serves both. The
 # embedding pass costs about 0.2-0.7 s per query for smollm2-135m on 2 CPU cores, so smoke embeds the first
 # 32 users only (infer_users; the other users' pairs keep their ID negative and are counted by module 3).
 _HNLMREC_FULL = {"budget": "per-user:1", "max_steps": 240, "batch_size": 8, "save_steps": 60, "teacher_epochs": 20,
@@ -86,34 +88,32 @@ NOTEBOOK_SETTINGS = {
     },
     "04_alignment": {
         "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "methods": ["rns", "sns", "sns-random", "sns-grounded"],
-                  "baselines": ["rns"], "alpha_sweep": [0.1], **_ALIGN, "rlmrec_text": "metadata"},
+                  "baselines": ["rns"], "alpha_sweep": [0.1], **_METADATA},
         "quick": {**_CF["quick"], "backbones": ["lightgcn"],
                   "methods": ["rns", "dns", "sns", "sns-grounded", "sns-random", "rlmrec-con"],
-                  "baselines": ["rns", "dns"], "alpha_sweep": [0.1], **_ALIGN, "rlmrec_text": "metadata"},
+                  "baselines": ["rns", "dns"], "alpha_sweep": [0.1], **_METADATA},
         "full": {**_CF["full"], "backbones": ["lightgcn"],
                  "methods": ["rns", "dns", "mixgcf", "sns", "sns-grounded", "sns-random", "sns-shuffled",
                              "rlmrec-con"],
-                 "baselines": ["rns", "dns", "mixgcf"], "alpha_sweep": [0.1, 0.5], **_ALIGN,
-                 "rlmrec_text": "profiles"},
+                 "baselines": ["rns", "dns", "mixgcf"], "alpha_sweep": [0.1, 0.5]},
     },
     "05_hnlmrec": {
         "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "methods": ["rns", "sns"], "signals": ["text"],
-                  **_ALIGN, "rlmrec_text": "metadata", "hnlmrec": _HNLMREC["smoke"]},
+                  **_METADATA, "hnlmrec": _HNLMREC["smoke"]},
         "quick": {**_CF["quick"], "backbones": ["lightgcn"], "methods": ["rns", "dns", "sns"],
-                  "signals": ["text", "soft"], **_ALIGN, "rlmrec_text": "metadata", "hnlmrec": _HNLMREC["quick"]},
+                  "signals": ["text", "soft"], **_METADATA, "hnlmrec": _HNLMREC["quick"]},
         "full": {**_CF["full"], "backbones": ["lightgcn"], "methods": ["rns", "dns", "mixgcf", "sns"],
-                 "signals": ["text", "soft"], **_ALIGN, "rlmrec_text": "profiles", "hnlmrec": _HNLMREC["full"]},
+                 "signals": ["text", "soft"], "hnlmrec": _HNLMREC["full"]},
     },
     "06_main_results": {
         "smoke": {**_CF["smoke"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "pns"],
-                  "semantic_methods": [], "hnlmrec_signals": [], **_ALIGN, "rlmrec_text": "metadata"},
+                  "semantic_methods": [], "hnlmrec_signals": [], **_METADATA},
         "quick": {**_CF["quick"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "dns", "mixgcf"],
-                  "semantic_methods": ["sns", "rlmrec-con"], "hnlmrec_signals": ["text", "soft"], **_ALIGN,
-                  "rlmrec_text": "metadata", "hnlmrec": _HNLMREC["quick"]},
+                  "semantic_methods": ["sns", "rlmrec-con"], "hnlmrec_signals": ["text", "soft"], **_METADATA, "hnlmrec": _HNLMREC["quick"]},
         "full": {**_CF["full"], "backbones": ["mf", "lightgcn"],
                  "methods": ["rns", "pns", "dns", "dns-mn", "mixgcf", "dens", "ahns"],
                  "semantic_methods": ["sns", "sns-grounded", "rlmrec-con"], "hnlmrec_signals": ["text", "soft"],
-                 **_ALIGN, "rlmrec_text": "profiles", "hnlmrec": _HNLMREC["full"]},
+                 "hnlmrec": _HNLMREC["full"]},
     },
     "08_popularity": {
         "smoke": {"head_share": 0.2, "k": 20},
@@ -126,27 +126,39 @@ NOTEBOOK_SETTINGS = {
         "full": {"n_groups": 4, "metric": "recall@20", "reference_method": "rns"},
     },
     "10_generalisation": {
-        name: {**_TRANSFER[name], "backbones": ["lightgcn"], "signals": ["text"], **_ALIGN,
+        name: {**_TRANSFER[name], "backbones": ["lightgcn"], "signals": ["text"],
                "hnlmrec": _HNLMREC[name]}
         for name in PROFILE_NAMES
     },
     # LLM size (11): both packaged LLMs with the same prompts (history context: no profiles needed) and
     # the same fine-tuning budget; a GPU model joins by adding its spec (e.g. "hf:/models/Llama-3.1-8B").
-    # quick/full compare HNLMRec only: the GPU time lent to session 3 ran out after 256 of the 943 SmolLM2
-    # SNS prompts, and emulated bf16 on this AVX2 CPU makes ~5 a minute; add "sns" once they exist.
+    # quick/full compare HNLMRec only: only 256 of the 943 SmolLM2 SNS negatives exist (GPU time ran out),
+    # and emulated bf16 on an AVX2 CPU makes ~5 a minute; add "sns" once they exist.
     "11_llm_size": {
         "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "llms": ["smollm2-135m"], "methods": ["sns"],
-                  "limit_users": 4, "context": "history", "signals": ["text"], **_ALIGN, "hnlmrec": _HNLMREC["smoke"]},
+                  "limit_users": 4, "context": "history", "signals": ["text"], "hnlmrec": _HNLMREC["smoke"]},
         **{name: {**_CF[name], "backbones": ["lightgcn"], "llms": ["smollm2-135m", "qwen2.5-0.5b"], "methods": [],
-                  "limit_users": None, "context": "history", "signals": ["text"], **_ALIGN,
+                  "limit_users": None, "context": "history", "signals": ["text"],
                   "hnlmrec": _HNLMREC[name]} for name in ("quick", "full")},
     },
 }
 
 
-def settings(profile: str, notebook: str) -> dict:
+def settings(profile: str | None, notebook: str) -> dict:
     """Settings of `notebook` (e.g. "06_main_results") under `profile`; a fresh copy the caller may edit."""
+    profile = profile or DEFAULT_PROFILE
     if profile not in PROFILE_NAMES:
         raise UserFacingError(f"unknown study profile {profile!r}: choose one of {', '.join(PROFILE_NAMES)}")
     block = NOTEBOOK_SETTINGS.get(notebook, {}).get(profile, {})
     return copy.deepcopy({**COMMON[profile], **block, "profile": profile})
+
+
+def variants(conf: dict, names) -> list[Variant]:
+    """The methods `names` with the profile's `method_settings` applied; each keeps its name as label."""
+    changed = conf.get("method_settings", {})
+    return [variant(name, label=name, **changed.get(name, {})) for name in names]
+
+
+def hnlmrec_variants(signals) -> list[Variant]:
+    """HNLMRec with each fine-tuning CF signal, labelled hnlmrec-<signal>."""
+    return [variant("hnlmrec", label=f"hnlmrec-{s}", signal=s) for s in signals]

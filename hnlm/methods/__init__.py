@@ -1,0 +1,126 @@
+"""Every training method, declared once: the classic samplers and the LLM-based methods.
+
+A `Method` names a method, says in one line what it does, owns its settings dataclass (the defaults are
+typed there and nowhere else), lists the resources it trains with (an SNS bank, profile embeddings, a
+fine-tuned run's emitted vectors) and builds its (sampler, extension) from (data, settings, resources, seed).
+`hnlm train --sampler NAME` and the study's CF grid are two doors onto these declarations.
+
+A `Variant` is a method with some settings changed (`variant("sns", alpha=0.1)`): one row of a results
+table, with a typed identity instead of a string grammar.
+
+Each module of this package declares its methods with `register(Method(...))`; the package imports every
+module in its folder, so a new method is one new file here (and its test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from hnlm.errors import UserFacingError
+
+FAMILIES = ("classic", "llm")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str                       # one line, shown by `hnlm train --help` and `hnlm methods`
+    settings: type                     # a dataclass; its field defaults are the method's defaults
+    build: Callable                    # build(data, settings, resources, seed) -> (sampler, extension | None)
+    needs: Callable[[Any], tuple[str, ...]] = lambda settings: ()   # resource keys, from the settings
+    family: str = "classic"            # "classic" sampler or "llm"-based (tables and figures group by it)
+    ablation_of: str | None = None     # the method whose idea this one removes
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"{self.name}: family must be one of {FAMILIES}")
+        if not dataclasses.is_dataclass(self.settings):
+            raise TypeError(f"{self.name}: settings must be a dataclass")
+
+    def make_settings(self, **overrides):
+        """The settings dataclass with `overrides` applied; unknown names are an error that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(self.settings)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UserFacingError(f"method {self.name!r} has no setting {', '.join(unknown)}; its settings: "
+                                  f"{', '.join(sorted(known)) or 'none'} (see `hnlm methods {self.name}`)")
+        return self.settings(**overrides)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} is declared twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def _load_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "commands":      # the CLI door, not a method
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def get_method(name: str) -> Method:
+    if name not in _REGISTRY:
+        raise UserFacingError(f"unknown method {name!r}: choose one of {', '.join(_REGISTRY)} "
+                              "(`hnlm methods` lists them)")
+    return _REGISTRY[name]
+
+
+def method_names(family: str | None = None) -> list[str]:
+    return [m.name for m in _REGISTRY.values() if family is None or m.family == family]
+
+
+def describe_methods() -> str:
+    """One line per method, for `--help`."""
+    width = max(map(len, _REGISTRY))
+    return "\n".join(f"  {m.name:<{width}}  {m.summary}" for m in _REGISTRY.values())
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method with some settings changed; `label` names it in tables (default: name plus overrides)."""
+
+    method: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        return " ".join([self.method, *(f"{k}={v}" for k, v in self.overrides)])
+
+    @property
+    def declaration(self) -> Method:
+        return get_method(self.method)
+
+    def settings(self):
+        return self.declaration.make_settings(**dict(self.overrides))
+
+    def needs(self) -> tuple[str, ...]:
+        return tuple(self.declaration.needs(self.settings()))
+
+    def build(self, data, resources, seed: int):
+        return self.declaration.build(data, self.settings(), resources, seed)
+
+
+def variant(method: str, label: str | None = None, **overrides) -> Variant:
+    """`variant("sns", alpha=0.1)`; settings are checked against the method's dataclass now, not at training."""
+    get_method(method).make_settings(**overrides)
+    return Variant(method, tuple(sorted(overrides.items())), label)
+
+
+def as_variant(spec) -> Variant:
+    """A Variant, or a method name (its default settings)."""
+    return spec if isinstance(spec, Variant) else variant(str(spec))
+
+
+_load_all()

@@ -1,0 +1,33 @@
+"""The classic negative samplers of hnlm.cf.samplers as methods. Each sampler's constructor defaults are its
+settings' defaults (one source); its docstring's first line is its summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+from hnlm.cf.samplers import SAMPLERS
+from hnlm.methods import Method, register
+
+
+def settings_of(sampler_cls) -> type:
+    """A dataclass whose fields are the sampler constructor's keyword arguments and defaults."""
+    params = [p for p in inspect.signature(sampler_cls.__init__).parameters.values()
+              if p.name != "self" and p.default is not inspect.Parameter.empty]
+    return dataclasses.make_dataclass(f"{sampler_cls.__name__}Settings",
+                                      [(p.name, type(p.default), dataclasses.field(default=p.default))
+                                       for p in params])
+
+
+def declare(name: str, sampler_cls) -> Method:
+    text = " ".join((inspect.getdoc(sampler_cls) or name).split())
+    summary = re.split(r"(?<!al)\. ", text)[0].rstrip(".")   # first sentence ("et al." is not an end)
+    summary = summary if len(summary) <= 100 else summary[:99].rstrip() + "…"
+    return register(Method(name=name, summary=summary, settings=settings_of(sampler_cls), family="classic",
+                           build=lambda data, settings, resources, seed: (
+                               sampler_cls(**dataclasses.asdict(settings)), None)))
+
+
+for _name, _cls in SAMPLERS.items():
+    declare(_name, _cls)

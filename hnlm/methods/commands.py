@@ -1,0 +1,109 @@
+"""`hnlm train` (one CF run of any method) and `hnlm methods` (what each method is and its settings)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from hnlm.cf.trainer import TrainConfig, save_result, train
+from hnlm.data import load_dataset
+from hnlm.errors import UserFacingError
+from hnlm.methods import describe_methods, get_method, variant
+from hnlm.paths import artifacts_dir
+from hnlm.semantic.resources import saved_resources
+
+TRAIN_OPTIONS = {"model": str, "seed": int, "epochs": int, "dim": int, "layers": int, "batch_size": int, "lr": float,
+                 "l2": float, "loss": str, "margin": float, "patience": int, "eval_every": int, "metric": str,
+                 "device": str}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train MF/LightGCN with one method (a classic sampler or an LLM-based one)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="methods (`hnlm methods NAME` shows a method's settings and defaults):\n"
+                              + describe_methods())
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/valid/test split")
+    p.add_argument("--sampler", "--method", dest="method", default="rns", metavar="NAME",
+                   help="the method to train with (listed below)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one of the method's settings, e.g. --set alpha=0.1 (repeatable)")
+    p.add_argument("--config", default=None, help="TOML file of training settings (names as hnlm.cf.TrainConfig)")
+    for name, typ in TRAIN_OPTIONS.items():
+        default = getattr(TrainConfig, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, help=f"default {default}")
+    g = p.add_argument_group("inputs of LLM-based methods (made by `hnlm profiles`, `hnlm sns`, `hnlm finetune`)")
+    g.add_argument("--llm", default="qwen2.5-0.5b", help="the LLM whose outputs to train with")
+    g.add_argument("--sns-budget", default="per-user:1", help="budget the SNS negatives were generated with")
+    g.add_argument("--hnlmrec-run", default=None, help="fine-tuning run (run-<hash>; default: latest finished)")
+    p.add_argument("--json", default=None, help="write the result here (default: artifacts/<dataset>/runs/...)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_train)
+
+    m = sub.add_parser("methods", help="list the training methods, or show one method's settings and defaults")
+    m.add_argument("name", nargs="?")
+    m.set_defaults(func=run_methods)
+
+
+def parse_setting(method: str, text: str) -> tuple[str, object]:
+    """KEY=VALUE cast to the type of that setting's default (tuples: comma-separated integers)."""
+    if "=" not in text:
+        raise UserFacingError(f"--set expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    key = key.replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(get_method(method).settings)}
+    if key not in fields:
+        get_method(method).make_settings(**{key: None})   # raises the error that lists the settings
+    default = fields[key].default
+    try:
+        if isinstance(default, bool):
+            return key, value.lower() in ("1", "true", "yes")
+        if isinstance(default, tuple):
+            return key, tuple(int(x) for x in value.split(",") if x.strip())
+        return key, type(default)(value)
+    except ValueError as err:
+        raise UserFacingError(f"--set {text}: {key} takes a {type(default).__name__} ({err})") from err
+
+
+def train_config(args) -> TrainConfig:
+    overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    if args.config:
+        if not Path(args.config).exists():
+            raise UserFacingError(f"config file {args.config} does not exist")
+        return TrainConfig.from_file(args.config, **overrides)
+    return TrainConfig(**overrides)
+
+
+def run_train(args) -> int:
+    spec = variant(args.method, **dict(parse_setting(args.method, t) for t in args.set))
+    cfg = train_config(args)
+    data = load_dataset(args.dataset, seed=args.split_seed)
+    resources = saved_resources(data, args.llm, args.split_seed, args.sns_budget, args.hnlmrec_run)
+    sampler, extension = spec.build(data, resources, cfg.seed)
+    result = train(data, cfg, extension=extension, sampler=sampler, progress=not args.no_progress)
+    result.update({"method": spec.method, "settings": dataclasses.asdict(spec.settings()),
+                   "resources": {k: resources.digest(k) for k in spec.needs()}, "split_seed": args.split_seed})
+    out = Path(args.json) if args.json else (
+        artifacts_dir(data.name, "runs") / f"{cfg.model}_{spec.method}_split{args.split_seed}_seed{cfg.seed}.json")
+    save_result(result, out)
+    print(json.dumps({"json": str(out), "best_epoch": result["best_epoch"],
+                      "test": {k: round(v, 4) for k, v in result["test"].items()
+                               if k.split("@")[0] in ("recall", "ndcg")}}, indent=1))
+    return 0
+
+
+def run_methods(args) -> int:
+    if not args.name:
+        print(describe_methods())
+        return 0
+    method = get_method(args.name)
+    print(f"{method.name} ({method.family}{', ablation of ' + method.ablation_of if method.ablation_of else ''}): "
+          f"{method.summary}")
+    for f in dataclasses.fields(method.settings):
+        print(f"  --set {f.name}={f.default}")
+    needs = method.needs(method.settings())
+    if needs:
+        print("trains with: " + ", ".join(needs))
+    return 0

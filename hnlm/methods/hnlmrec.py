@@ -1,0 +1,28 @@
+"""Module 4 (HNLMRec): the fine-tuned LLM's emitted hard-negative vectors, through module 3's alignment into
+uniform ID negatives, as the paper integrates them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hnlm.cf.samplers import RNS
+from hnlm.methods import Method, register
+from hnlm.semantic.alignment import AlignmentConfig, alignment_for
+
+
+@dataclass
+class HNLMRecSettings(AlignmentConfig):
+    signal: str = "text"      # CF signal the LLM was fine-tuned with: "text" (released code) or "soft" prompt
+
+
+def alignment_part(settings: HNLMRecSettings) -> AlignmentConfig:
+    return AlignmentConfig(**{k: v for k, v in vars(settings).items() if k != "signal"})
+
+
+def build(data, settings, resources, seed):
+    bank = resources[f"hnlmrec_bank:{settings.signal}"]
+    return RNS(), alignment_for(data, bank, alignment_part(settings), seed)
+
+
+register(Method("hnlmrec", "fine-tuned LLM's emitted hard-negative vectors, aligned and mixed (paper, module 4)",
+                HNLMRecSettings, build, lambda s: (f"hnlmrec_bank:{s.signal}",), family="llm"))

@@ -1,0 +1,99 @@
+"""What LLM-based methods train with, by name, each with a content digest that joins a CF run's identity.
+
+Keys:
+  "sns_bank"               NegativeBank of module 2's text embeddings
+  "sns_grounded"           frame of module 2's negatives grounded to catalogue items (pools)
+  "rlmrec_text:<source>"   (user, item) text embeddings, source "profiles" or "metadata"
+  "hnlmrec_bank:<signal>"  NegativeBank of module 4's emitted vectors, CF signal "text" or "soft"
+
+Values are given directly (the study) or as loaders that read saved artefacts on first use (the CLI), so a
+run loads only what its method needs. A run is reused from disk exactly when its inputs' digests match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from hnlm.errors import MissingInputError
+from hnlm.llm.encoders import get_text_encoder
+from hnlm.semantic import sns
+from hnlm.semantic.bank import NegativeBank
+from hnlm.semantic.common import Budget
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, load_bank
+from hnlm.semantic.rlmrec import text_embeddings
+
+
+def array_digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def content_digest(value) -> str:
+    """Changes whenever the vectors, pairs or rows of a resource do."""
+    if isinstance(value, NegativeBank):
+        return array_digest(value.emb, value.users, value.items)
+    if isinstance(value, pd.DataFrame):
+        return hashlib.sha256(value.to_json().encode()).hexdigest()[:16]
+    if isinstance(value, (tuple, list)):
+        return array_digest(*[np.asarray(v) for v in value])
+    return array_digest(np.asarray(value))
+
+
+class Resources:
+    """Named inputs: `provide(key, value)` or `provide(key, loader=fn)`; `res[key]`, `res.digest(key)`."""
+
+    def __init__(self, **values):
+        self._values: dict = dict(values)
+        self._loaders: dict[str, Callable] = {}
+        self._digests: dict[str, str] = {}
+
+    def provide(self, key: str, value=None, loader: Callable | None = None) -> "Resources":
+        if loader is None:
+            self._values[key] = value
+        else:
+            self._loaders[key] = loader
+        self._digests.pop(key, None)
+        return self
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values or key in self._loaders
+
+    def __getitem__(self, key: str):
+        if key not in self._values:
+            if key not in self._loaders:
+                raise MissingInputError(f"this run has no {key!r} (known: {', '.join(self.keys()) or 'none'}); "
+                                        "in the study, the notebook that makes it must run first")
+            self._values[key] = self._loaders[key]()
+        return self._values[key]
+
+    def keys(self) -> list[str]:
+        return sorted(set(self._values) | set(self._loaders))
+
+    def digest(self, key: str) -> str:
+        if key not in self._digests:
+            self._digests[key] = content_digest(self[key])
+        return self._digests[key]
+
+
+def saved_resources(data, llm: str, split_seed: int = 0, sns_budget: str = "per-user:1",
+                    hnlmrec_run: str | None = None) -> Resources:
+    """Loaders for the artefacts that `hnlm sns`, `hnlm profiles` and `hnlm finetune` saved for `llm`."""
+    budget = Budget.parse(sns_budget)
+    res = Resources()
+    res.provide("sns_bank", loader=lambda: sns.load_bank(data, llm, budget, split_seed))
+    res.provide("sns_grounded", loader=lambda: sns.load_grounded(data, llm, budget, split_seed))
+    for source in ("profiles", "metadata"):
+        res.provide(f"rlmrec_text:{source}",
+                    loader=lambda s=source: text_embeddings(data, s, get_text_encoder("minilm"), llm))
+    run = RunConfig()
+    for signal in ("text", "soft"):
+        res.provide(f"hnlmrec_bank:{signal}",
+                    loader=lambda s=signal: load_bank(data, llm, s, run.finetune.budget, run.infer_budget,
+                                                      split_seed, run=hnlmrec_run))
+    return res

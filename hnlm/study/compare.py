@@ -1,0 +1,43 @@
+"""Comparison tables of the study: each method against the strongest baseline (chosen on validation, never on
+test) and any fixed baselines, per backbone, with paired tests over seeds and over users."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from hnlm.analysis.significance import best_method, compare
+from hnlm.study.experiments import per_user
+
+
+def metric_names(ks) -> list[str]:
+    return [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
+
+
+def strongest(runs: pd.DataFrame, metric: str, among) -> str:
+    """The baseline of `among` with the best mean VALIDATION `metric` (test is read once, for reporting)."""
+    return best_method(runs, f"valid {metric}", list(among))
+
+
+def compare_table(runs: pd.DataFrame, results: list[dict], metrics, methods, best_of=(), baselines=(),
+                  select_on: str | None = None) -> pd.DataFrame:
+    """One row per (backbone, metric, method, baseline): means, relative gain, paired t-test over seeds and
+    Wilcoxon over users. Baselines are the strongest of `best_of` (on validation `select_on`, default the
+    first metric) plus every name in `baselines`; a method is never compared with itself."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    select_on = select_on or metrics[0]
+    rows = []
+    for backbone, part in runs.groupby("backbone", sort=False):
+        chosen = [strongest(part, select_on, best_of)] if best_of else []
+        for metric in metrics:
+            vectors = per_user(results, metric, backbone)
+            for method in methods:
+                for base in dict.fromkeys([*chosen, *baselines]):
+                    if method == base:
+                        continue
+                    c = compare(part, metric, method, base, vectors)
+                    rows.append({"backbone": backbone, "metric": metric, "method": method, "baseline": base,
+                                 "baseline_chosen_on_valid": base in chosen, "mean": c["mean"],
+                                 "baseline_mean": c["baseline_mean"], "relative_gain": c["relative_gain"],
+                                 "seeds": len(c["seeds"]), "t_p": c["over_seeds"]["t_p"],
+                                 "users": c["over_users"]["n"], "wilcoxon_p": c["over_users"]["wilcoxon_p"]})
+    return pd.DataFrame(rows)
