@@ -103,7 +103,7 @@ def get_teacher(data, cfg: TeacherConfig, folder: Path) -> Teacher:
     path = folder / "teacher.npz"
     if path.exists():
         teacher = Teacher.load(path)
-        stored = {**_TEACHER_BEFORE_BATCH_SIZE, **teacher.meta}
+        stored = teacher.meta
         if stored.get("train_fingerprint") == train_fingerprint(data) and \
                 all(stored.get(k) == v for k, v in asdict(cfg).items()):
             return teacher
