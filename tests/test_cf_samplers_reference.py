@@ -208,3 +208,25 @@ def test_defaults_are_the_references():
     assert (DENS().candidates, DENS().warmup, DENS().gamma) == (6, 100, 0.3)
     a = AHNS()
     assert (a.candidates, a.alpha, a.beta, a.p) == (32, 1.0, 0.1, -2)
+
+
+class _RecordingDENS(DENS):
+    def setup(self, model, data):
+        super().setup(model, data)
+        self.initial = {k: v.clone() for k, v in self.gates.state_dict().items()}
+
+
+@pytest.mark.parametrize("gamma", [0.3, 0.0])
+def test_dens_gates_train_with_the_model(gamma):
+    # through the real trainer: the gates are in the optimiser and move only through the gated loss
+    from hnlm.cf.trainer import TrainConfig, train
+    rows = {u: [(u + k) % N_ITEMS for k in range(4)] for u in range(N_USERS)}
+    data = tiny_data(train=rows, valid={u: [(u + 5) % N_ITEMS] for u in range(N_USERS)},
+                     test={u: [(u + 6) % N_ITEMS] for u in range(N_USERS)}, n_users=N_USERS, n_items=N_ITEMS)
+    sampler = _RecordingDENS(gamma=gamma)
+    result = train(data, TrainConfig(model="lightgcn", dim=DIM, layers=2, epochs=3, batch_size=8, device="cpu",
+                                     ks=[5], metric="recall@5"), sampler=sampler, progress=False)
+    assert result["sampler"] == {"name": "dens", "candidates": 6, "warmup": 100.0, "gamma": gamma}
+    assert result["n_params"] == (N_USERS + N_ITEMS) * DIM + 4 * (DIM * DIM + DIM)
+    moved = [not torch.equal(sampler.initial[k], v) for k, v in sampler.gates.state_dict().items()]
+    assert all(moved) if gamma > 0 else not any(moved)

@@ -5,8 +5,11 @@ training positive of its user (exact check against the training CSR via sorted (
 the training matrix is ever given to a sampler: valid/test items cannot influence negatives.
 
 `Sampler.sample(users, pos, model, ctx) -> Negatives(items [B], emb [B, d] | None, loss | None)`:
-`emb` (if given) replaces the embedding of `items` in the main loss (MixGCF's synthetic negatives);
-`loss` is an extra term the sampler trains with (DENS's gates).
+`emb` (if given) replaces the embedding of `items` in the main loss (the layer-mixed negatives of MixGCF
+and DENS; `items` is then their layer-0 choice); `loss` is an extra term the sampler trains with (DENS's
+gates). MixGCF and DENS choose per layer from `ctx.layers` and pool by the layer mean, which is how both
+backbones combine layers (LightGCN: mean; MF: one layer). Their selection is also exposed on given
+candidates (`MixGCF.synthesise`, `DENS.select`, `AHNS.select`) for the reference-equivalence tests.
 """
 
 from __future__ import annotations
