@@ -215,6 +215,11 @@ def layer_rows(layers, side: int, index: torch.Tensor) -> torch.Tensor:
     return torch.stack([layer[side][index] for layer in layers], dim=index.dim())
 
 
+def chosen_rows(layers, chosen: torch.Tensor) -> torch.Tensor:
+    """Layer l's item embedding of the item chosen at layer l, chosen [B, L+1] -> [B, L+1, d] (with graph)."""
+    return torch.stack([item[chosen[:, l]] for l, (_, item) in enumerate(layers)], dim=1)
+
+
 class MixGCF(Sampler):
     """MixGCF (Huang et al., KDD 2021), reference: github.com/huangtinglin/MixGCF, `modules/LightGCN.py`
     (`negative_sampling`, `create_bpr_loss`) and `utils/parser.py`.
@@ -265,7 +270,7 @@ class MixGCF(Sampler):
             best = torch.stack([torch.bmm(item.detach()[cands], u).squeeze(2).argmax(1)
                                 for _, item in ctx.layers], dim=1)            # [B, L+1]
         chosen = cands.gather(1, best)                                        # item chosen at each layer
-        n = torch.stack([item[chosen[:, l]] for l, (_, item) in enumerate(ctx.layers)], dim=1)
+        n = chosen_rows(ctx.layers, chosen)
         p = layer_rows(ctx.layers, 1, pos)                                    # [B, L+1, d]
         return Negatives(chosen[:, 0], (mix * p + (1 - mix) * n).mean(1))
 
@@ -331,7 +336,7 @@ class DENS(Sampler, nn.Module):
             keep = 1.0 - min(1.0, ctx.epoch / self.warmup)
             scores = (s.detach()[:, None] * (keep * n - relevant_n)).sum(-1)           # [B, M, L+1]
             chosen = cands.gather(1, scores.argmax(1))                                  # [B, L+1]
-        neg = torch.stack([item[chosen[:, l]] for l, (_, item) in enumerate(ctx.layers)], dim=1)
+        neg = chosen_rows(ctx.layers, chosen)
         loss = None
         if self.gamma > 0:
             relevant_neg = neg * torch.sigmoid(g["neg"](neg) + pos_shift)
