@@ -127,8 +127,12 @@ def test_mixgcf_negative_is_a_mix_with_gradient(ml100k):
     torch.manual_seed(0)
     model = LightGCN(ml100k.n_users, ml100k.n_items, 8, ml100k.train, layers=2)
     users, pos = train_pairs(ml100k, 256)
-    negs = get_sampler("mixgcf", candidates=8).sample(users, pos, model, make_ctx(ml100k, model=model))
+    ctx = make_ctx(ml100k, model=model)
+    negs = get_sampler("mixgcf", candidates=8).sample(users, pos, model, ctx)
     assert negs.emb.requires_grad
+    with torch.no_grad():   # a synthetic mix: neither the positive's nor the chosen item's own embedding
+        for own in (ctx.item_emb[pos], ctx.item_emb[negs.items]):
+            assert ((negs.emb - own).norm(dim=1) > 1e-4).float().mean() > 0.99
     negs.emb.sum().backward()
     assert model.item_emb.weight.grad.abs().sum() > 0
 

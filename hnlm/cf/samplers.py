@@ -5,8 +5,11 @@ training positive of its user (exact check against the training CSR via sorted (
 the training matrix is ever given to a sampler: valid/test items cannot influence negatives.
 
 `Sampler.sample(users, pos, model, ctx) -> Negatives(items [B], emb [B, d] | None, loss | None)`:
-`emb` (if given) replaces the embedding of `items` in the main loss (MixGCF's synthetic negatives);
-`loss` is an extra term the sampler trains with (DENS's gates).
+`emb` (if given) replaces the embedding of `items` in the main loss (the layer-mixed negatives of MixGCF
+and DENS; `items` is then their layer-0 choice); `loss` is an extra term the sampler trains with (DENS's
+gates). MixGCF and DENS choose per layer from `ctx.layers` and pool by the layer mean, which is how both
+backbones combine layers (LightGCN: mean; MF: one layer). Their selection is also exposed on given
+candidates (`MixGCF.synthesise`, `DENS.select`, `AHNS.select`) for the reference-equivalence tests.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+
+from hnlm.errors import UserFacingError
+
+
+class SamplerOptionError(UserFacingError, ValueError):
+    """A sampler option (`--sampler-opt KEY=VALUE`, `sampler_opts`) has a value the sampler cannot use."""
 
 
 class Negatives(NamedTuple):
@@ -200,100 +209,186 @@ class DNSMN(Sampler):
         return Negatives(cands.gather(1, top.gather(1, pick))[:, 0])
 
 
-class MixGCF(Sampler):
-    """MixGCF (Huang et al. 2021): per layer l, positive mixing n' = a_l * p_l + (1 - a_l) * n_l of the
-    positive into each of M uniform candidates (a_l ~ U(0, 1) per pair and layer, as in the released
-    code), then hop mixing: per layer the candidate whose mix scores highest with the user's layer-l
-    embedding; the synthetic negative is the layer mean of the chosen mixes.
+def layer_rows(layers, side: int, index: torch.Tensor) -> torch.Tensor:
+    """Per-layer embeddings of `index` (users: side 0, items: side 1), stacked on a new axis after the index
+    dimensions: [*index.shape, L + 1, d]. Keeps the autograd graph (detach the layers for selection only)."""
+    return torch.stack([layer[side][index] for layer in layers], dim=index.dim())
 
-    Since <u, a p + (1 - a) n> = a <u, p> + (1 - a) <u, n> with 1 - a > 0, the best mix is the candidate
-    with the highest <u_l, n_l>: the [B, M, d] mixes are never built."""
+
+def chosen_rows(layers, chosen: torch.Tensor) -> torch.Tensor:
+    """Layer l's item embedding of the item chosen at layer l, chosen [B, L+1] -> [B, L+1, d] (with graph)."""
+    return torch.stack([item[chosen[:, l]] for l, (_, item) in enumerate(layers)], dim=1)
+
+
+class MixGCF(Sampler):
+    """MixGCF (Huang et al., KDD 2021), reference: github.com/huangtinglin/MixGCF, `modules/LightGCN.py`
+    (`negative_sampling`, `create_bpr_loss`) and `utils/parser.py`.
+
+    For each (user, positive) pair, M candidates are drawn uniformly among the user's non-positives. Per
+    propagation layer l = 0..L:
+      positive mixing   n'_{m,l} = a_l * p_l + (1 - a_l) * n_{m,l},  a_l ~ U(0, 1) per pair and layer
+                        (shared by the M candidates, as the reference's `seed` [B, 1, L+1, 1]);
+      hop mixing        the candidate m*_l maximising <u, n'_{m,l}>, u = the user's pooled embedding
+                        (the reference with `pool = mean`, see below);
+    the synthetic negative is the pooled (layer-mean) embedding of [n'_{m*_0, 0}, ..., n'_{m*_L, L}]; the
+    gradient flows through it into the positive and the chosen candidates. `items` = the layer-0 choice
+    m*_0 (the trainer's L2 term and extensions see that id).
+
+    Defaults (constructor = the one source): candidates = 64 (`--n_negs` default in the reference parser;
+    its README runs LightGCN with 16 on Amazon, 32 on Alibaba, 64 on Yelp2018: pass candidates=16 to mirror
+    the Amazon run).
+
+    Deliberate differences from the reference, with the reason:
+    - Pooling: the parser default is `pool = concat` (its NGCF setting); the README's LightGCN commands pass
+      `--agg mean`, a typo for `--pool mean` (huangtinglin/MixGCF issue #12). We use mean pooling, which is
+      our LightGCN's layer combination, so u is the pooled user embedding in the hop-mixing score.
+    - Selection cost: since a_l is shared by the candidates and 1 - a_l > 0, argmax_m <u, n'_{m,l}> =
+      argmax_m <u, n_{m,l}>, so the [B, M, L+1, d] mixes are never built; only the L+1 chosen mixes are.
+      Same choice up to float rounding on exact near-ties.
+    - L2: the trainer regularises the layer-0 free embedding of m*_0 (it computes L2 from item ids); the
+      reference regularises the layer-0 mix a_0 p_0 + (1 - a_0) n_{m*_0, 0}. Weight 1e-4; kept to leave
+      the trainer interface unchanged.
+    - Candidates are drawn by a vectorised exclusion sampler, not a Python `random.choice` loop (same
+      uniform distribution over non-positives, with replacement).
+    """
 
     name = "mixgcf"
 
-    def __init__(self, candidates: int = 32):
+    def __init__(self, candidates: int = 64):
         self.candidates = int(candidates)
 
     def sample(self, users, pos, model, ctx):
-        B, gen = len(users), ctx.generator
-        cands = ctx.positives.uniform(users, self.candidates, gen)
-        alpha = torch.rand((B, len(ctx.layers), 1), generator=gen, device=users.device)
-        mixed, chosen0 = [], None
-        for l, (u_l, i_l) in enumerate(ctx.layers):
-            with torch.no_grad():  # selection only; the gradient flows through the chosen mix
-                s = torch.bmm(i_l.detach()[cands], u_l.detach()[users].unsqueeze(2)).squeeze(2)
-                chosen = cands.gather(1, s.argmax(1, keepdim=True))[:, 0]
-            chosen0 = chosen if chosen0 is None else chosen0
-            mixed.append(alpha[:, l] * i_l[pos] + (1 - alpha[:, l]) * i_l[chosen])
-        return Negatives(chosen0, torch.stack(mixed).mean(0))
+        cands = ctx.positives.uniform(users, self.candidates, ctx.generator)
+        mix = torch.rand((len(users), len(ctx.layers), 1), generator=ctx.generator, device=users.device)
+        return self.synthesise(users, pos, cands, mix, ctx)
+
+    @staticmethod
+    def synthesise(users, pos, cands, mix, ctx) -> Negatives:
+        """Hop-mixed negatives from given candidates [B, M] and mixing weights mix [B, L+1, 1]."""
+        with torch.no_grad():  # selection only; the gradient flows through the chosen mixes
+            u = ctx.user_emb.detach()[users].unsqueeze(2)
+            best = torch.stack([torch.bmm(item.detach()[cands], u).squeeze(2).argmax(1)
+                                for _, item in ctx.layers], dim=1)            # [B, L+1]
+        chosen = cands.gather(1, best)                                        # item chosen at each layer
+        n = chosen_rows(ctx.layers, chosen)
+        p = layer_rows(ctx.layers, 1, pos)                                    # [B, L+1, d]
+        return Negatives(chosen[:, 0], (mix * p + (1 - mix) * n).mean(1))
 
 
 class DENS(Sampler, nn.Module):
-    """DENS (Lai et al. 2023), disentangled negative sampling: learned gates split item embeddings into
-    factors relevant to the positive; among M uniform candidates the one whose score on
-    (1 - min(1, epoch / warmup)) * e_n - gate(e_n) is highest is chosen. The gates train with a
-    factor-level BPR term (user prefers the positive's gated factors over the chosen negative's)."""
+    """DENS, disentangled negative sampling (Lai et al., WSDM 2023), reference: github.com/Riwei-HEU/DENS,
+    `DENS/modules/LightGCN.py` (`dise_negative_sampling`, `create_bpr_loss`) and `DENS/utils/parser.py`.
+
+    Four learned gates (d x d linear maps shared by all layers: item, user, pos, neg) split embeddings into
+    factors relevant to the positive and irrelevant ones. Per layer l, for the positive p_l and user s_l:
+      g_p = sigmoid(W_item p_l + W_user s_l),  r(p_l) = p_l * g_p          (relevant factors of the positive)
+    and for each of M uniform candidates n_{m,l}:
+      g_n = sigmoid(W_neg n_{m,l} + W_pos r(p_l)),  r(n_{m,l}) = n_{m,l} * g_n.
+    Selection, per layer: m*_l = argmax_m <s_l, (1 - min(1, t / warmup)) * n_{m,l} - r(n_{m,l})> with t the
+    0-based epoch; the negative is the layer mean of [n_{m*_0, 0}, ..., n_{m*_L, L}] (hop mixing as in
+    MixGCF, without positive mixing), `items` = m*_0.
+    Extra loss (gamma > 0), on layer-mean pooled factors scored with the pooled user u, with n the chosen
+    per-layer negative, ir(x) = x - r(x) and sp = softplus:
+      gamma / 4 * [sp(<u,ir(p)> - <u,r(p)>) + sp(<u,r(n)> - <u,ir(n)>)
+                   + sp(<u,r(n)> - <u,r(p)>) + sp(<u,ir(p)> - <u,ir(n)>)]   (means over the batch),
+    added to the trainer's BPR loss on (u, p, n). The gates train only through this term.
+
+    Defaults (constructor = the one source, = the reference parser's): candidates = 6 (`--n_negs`),
+    warmup = 100 epochs (`--warmup`), gamma = 0.3 (`--gamma`); pooling = mean (`--pool`), K = 1.
+
+    Deliberate differences from the reference, with the reason:
+    - The neg gate's linear map runs once per distinct candidate item of the batch (then gathered), not
+      once per (pair, candidate): the map is row-wise, so the values are the same; it bounds the work by
+      the catalogue size.
+    - softplus(x) instead of log(1 + exp(x)): equal where the latter is finite, and it does not overflow.
+    - Candidates come from a vectorised exclusion sampler (same distribution as the reference's loop).
+    - The reference's `--alpha` is only read by commented-out code, so it is not an option here.
+    - L2 as in the reference: the trainer regularises m*_0's layer-0 embedding (its `neg_gcn_embs[:, :, 0]`).
+    """
 
     name = "dens"
 
-    def __init__(self, candidates: int = 32, warmup: int = 10, weight: float = 1.0):
+    def __init__(self, candidates: int = 6, warmup: float = 100, gamma: float = 0.3):
         nn.Module.__init__(self)
-        self.candidates, self.warmup, self.weight = int(candidates), int(warmup), float(weight)
+        if not float(warmup) > 0:
+            raise SamplerOptionError(f"dens: warmup must be > 0 epochs, got {warmup} (sampler option warmup)")
+        self.candidates, self.warmup, self.gamma = int(candidates), float(warmup), float(gamma)
         self.gates: nn.ModuleDict | None = None
 
     def setup(self, model, data):
         d = model.embedding_dim
         self.gates = nn.ModuleDict({k: nn.Linear(d, d) for k in ("item", "user", "pos", "neg")})
 
-    def _gated_pos(self, u, p):
-        g = self.gates
-        return p * torch.sigmoid(g["item"](p) + g["user"](u))
-
     def sample(self, users, pos, model, ctx):
+        return self.select(users, pos, ctx.positives.uniform(users, self.candidates, ctx.generator), ctx)
+
+    def select(self, users, pos, cands, ctx) -> Negatives:
+        """Per-layer choice among given candidates [B, M], the pooled negative and the gate loss."""
         g = self.gates
-        u, p = ctx.user_emb[users], ctx.item_emb[pos]
-        cands = ctx.positives.uniform(users, self.candidates, ctx.generator)
+        s, p = layer_rows(ctx.layers, 0, users), layer_rows(ctx.layers, 1, pos)        # [B, L+1, d]
+        relevant_p = p * torch.sigmoid(g["item"](p) + g["user"](s))
+        pos_shift = g["pos"](relevant_p)                                                # reused by the loss
         with torch.no_grad():
-            items = ctx.item_emb.detach()
-            neg_gate = g["neg"](items)                 # once per item, then gathered per candidate
-            shift = g["pos"](self._gated_pos(u.detach(), p.detach()))
-            n = items[cands]                           # [B, M, d]
-            keep = 1.0 - min(1.0, ctx.epoch / max(self.warmup, 1))
-            # <u, keep * n - n * sigmoid(.)> = <u * n, keep - sigmoid(.)>
-            gate = torch.sigmoid(neg_gate[cands] + shift[:, None])
-            best = ((u.detach()[:, None] * n) * (keep - gate)).sum(-1).argmax(1)
-        chosen = cands[torch.arange(len(users), device=cands.device), best]
-        # Factor-level term: trains the gates (and embeddings) on the chosen pair.
-        e_n = ctx.item_emb[chosen]
-        gated_p = self._gated_pos(u, p)
-        gated_n = e_n * torch.sigmoid(g["neg"](e_n) + g["pos"](gated_p))
-        s_rel = (u * gated_p).sum(-1) - (u * gated_n).sum(-1)
-        loss = -torch.nn.functional.logsigmoid(s_rel).mean() * self.weight
-        return Negatives(chosen, None, loss)
+            distinct, where = torch.unique(cands, return_inverse=True)
+            n_distinct = torch.stack([item.detach()[distinct] for _, item in ctx.layers], dim=1)
+            n = n_distinct[where]                                                       # [B, M, L+1, d]
+            relevant_n = n * torch.sigmoid(g["neg"](n_distinct)[where] + pos_shift.detach()[:, None])
+            keep = 1.0 - min(1.0, ctx.epoch / self.warmup)
+            scores = (s.detach()[:, None] * (keep * n - relevant_n)).sum(-1)           # [B, M, L+1]
+            chosen = cands.gather(1, scores.argmax(1))                                  # [B, L+1]
+        neg = chosen_rows(ctx.layers, chosen)
+        loss = None
+        if self.gamma > 0:
+            relevant_neg = neg * torch.sigmoid(g["neg"](neg) + pos_shift)
+            loss = self.gamma * self.factor_loss(ctx.user_emb[users], p, relevant_p, neg, relevant_neg)
+        return Negatives(chosen[:, 0], neg.mean(1), loss)
+
+    @staticmethod
+    def factor_loss(u, p, relevant_p, n, relevant_n) -> torch.Tensor:
+        """The reference's four gated BPR terms (without gamma); inputs per layer [B, L+1, d], u pooled [B, d]."""
+        def score(x):
+            return (u * x.mean(1)).sum(-1)
+
+        pr, pir = score(relevant_p), score(p - relevant_p)
+        nr, nir = score(relevant_n), score(n - relevant_n)
+        sp = torch.nn.functional.softplus
+        return (sp(pir - pr).mean() + sp(nr - nir).mean() + sp(nr - pr).mean() + sp(pir - nir).mean()) / 4
 
     def describe(self):
-        return {"name": self.name, "candidates": self.candidates, "warmup": self.warmup, "weight": self.weight}
+        return {"name": self.name, "candidates": self.candidates, "warmup": self.warmup, "gamma": self.gamma}
 
 
 class AHNS(Sampler):
-    """AHNS (Lai et al. 2024), adaptive hardness, instantiation AHNS_{p<0}: among M uniform candidates, the
-    one whose score is closest to beta * (s_pos + alpha) ** (p + 1). With p < 0 the target falls as the
-    positive's score rises: well-fitted positives get easier negatives, poorly fitted ones harder negatives.
-    alpha, beta are not tuned here (options)."""
+    """AHNS, adaptive hardness negative sampling (Lai et al., AAAI 2024), instantiation AHNS_{p<0}; reference:
+    github.com/Riwei-HEU/AHNS, `modules/LightGCN.py` (`adaptive_negative_sampling`) and `utils/parser.py`.
+
+    Among M uniform candidates, the one whose score <u, n> (inner product of layer-mean pooled embeddings)
+    is closest to beta * (<u, p> + alpha) ** (p + 1). With p < 0 the target falls as the positive's score
+    rises: well-fitted positives get easier negatives, poorly fitted ones harder negatives.
+
+    Defaults (constructor = the one source, = the reference parser's): candidates = 32 (`--n_negs`),
+    alpha = 1.0, beta = 0.1, p = -2 (`--p`, an integer there: a negative base with an integer power stays
+    defined, so non-integer p is refused), similarity = inner product (`--simi ip`), pooling = mean.
+
+    Deliberate differences: candidates come from a vectorised exclusion sampler (same distribution as the
+    reference's loop); nothing else.
+    """
 
     name = "ahns"
 
-    def __init__(self, candidates: int = 32, alpha: float = 1.0, beta: float = 1.0, p: float = -2.0):
-        self.candidates, self.alpha, self.beta, self.p = int(candidates), float(alpha), float(beta), float(p)
+    def __init__(self, candidates: int = 32, alpha: float = 1.0, beta: float = 0.1, p: int = -2):
+        if float(p) != int(p):
+            raise SamplerOptionError(f"ahns: p must be an integer (the reference's --p is an int), got {p}")
+        self.candidates, self.alpha, self.beta, self.p = int(candidates), float(alpha), float(beta), int(p)
 
     def sample(self, users, pos, model, ctx):
+        return self.select(users, pos, ctx.positives.uniform(users, self.candidates, ctx.generator), ctx)
+
+    def select(self, users, pos, cands, ctx) -> Negatives:
         with torch.no_grad():
-            cands = ctx.positives.uniform(users, self.candidates, ctx.generator)
             s_neg = candidate_scores(users, cands, ctx)
             s_pos = (ctx.user_emb.detach()[users] * ctx.item_emb.detach()[pos]).sum(-1, keepdim=True)
-            base = s_pos + self.alpha
-            # sign-preserving power, so a negative base with a fractional exponent stays defined
-            target = self.beta * torch.sign(base) * base.abs().clamp_min(1e-6).pow(self.p + 1)
+            target = self.beta * (s_pos + self.alpha).pow(self.p + 1)
             best = (s_neg - target).abs().argmin(1, keepdim=True)
         return Negatives(cands.gather(1, best)[:, 0])
 
