@@ -134,3 +134,12 @@ def test_display_names_use_paper_spelling():
                                                    "rlmrec-con", "lightgcn", "head"]]
     assert shown == ["DNS(M,N)", "MixGCF", "HNLMRec-text@qwen2.5-0.5b", "SNS:alpha=0.1", "RLMRec-Con", "LightGCN",
                      "head"]
+
+
+def test_one_seed_and_no_panel_column_still_draw():
+    one = pd.DataFrame({"method": ["rns", "pns"], "seed": [0, 0], "recall@20": [0.30, 0.31]})
+    fig = plots.plot_metric_bars(one, "recall@20")  # no backbone column: one panel, axis label on it
+    assert len(fig.axes) == 1 and "axis starts at" in fig.axes[0].get_xlabel()
+    curve = pd.DataFrame({"method": "rns", "seed": 0, "epoch": [1, 2, 3], "share": [np.nan, 0.1, 0.2]})
+    fig = plots.plot_convergence(curve, "share")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["RNS"]
