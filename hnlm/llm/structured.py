@@ -1,6 +1,6 @@
 """Structured JSON output: schema helpers, the field token-budget logits processor, parse + validate.
 
-Why a budget processor (DESIGN.md section 2): grammar-constrained decoding fixes the JSON *shape*, but when
+Why a budget processor: grammar-constrained decoding fixes the JSON *shape*, but when
 `max_new_tokens` runs out the answer is an unterminated prefix. So each string field gets a token budget;
 once it is spent the processor forces the closing quote, and when the whole answer is about to run out it
 forces the object's end. Lengths (words) are checked after parsing, never trusted to the grammar.
