@@ -106,6 +106,27 @@ and `stats["checks"]` the sanity checks (counts, warnings, errors; see hnlm.data
                 **found.get("counts", {}),
                 "warnings": found.get("errors", []) + found.get("warnings", [])}
 
+    def describe(self) -> str:
+        """The paper-style table, split, filtering trail and every sanity-check finding (for `data stats`)."""
+        s, st = self.summary(), self.stats
+        split = (f"split ({st.get('split_mode')}, seed {st.get('split_seed')}"
+                 + (f", validation {st['valid_source']}" if st.get("valid_source") else "") + ")")
+        lines = [
+            "| Dataset | #Users | #Items | #Interactions | Density |",
+            "|---|---:|---:|---:|---:|",
+            f"| {s['dataset']} | {s['users']:,} | {s['items']:,} | {s['interactions']:,} | {s['density']:.4%} |",
+            "",
+            f"{split}: train {s['train']:,} / valid {s['valid']:,} / test {s['test']:,}; "
+            f"users in train only: {s['users_train_only']:,}",
+            f"duplicates collapsed: {st.get('duplicates_collapsed', 0):,}; "
+            f"malformed lines skipped: {st.get('malformed_lines', 0):,}",
+            "filtering: " + " -> ".join(f"{step['step']}: {step['users']:,}u/{step['items']:,}i/"
+                                          f"{step['interactions']:,}" for step in st.get("filter_steps", [])),
+        ]
+        found = st.get("checks", {})
+        lines += [f"error: {m}" for m in found.get("errors", [])] + [f"warning: {m}" for m in found.get("warnings", [])]
+        return "\n".join(lines)
+
     # --- on-disk cache ---
 
     def save(self, folder: Path) -> None:
