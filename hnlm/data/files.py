@@ -70,7 +70,9 @@ def content_digest(path: Path) -> str:
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             digest.update(block)
-    cache = {k: v for k, v in _read_hash_cache(cache_path).items() if not k.startswith(f"{path}|")}
+    # drop this file's older entries and those of files that are gone (tests' temporary files, moved data)
+    cache = {k: v for k, v in _read_hash_cache(cache_path).items()
+             if not k.startswith(f"{path}|") and Path(k.split("|")[0]).exists()}
     cache[key] = digest.hexdigest()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
