@@ -5,7 +5,7 @@ files, or published LightGCN/RecBole splits).
 A prepared dataset is cached under artifacts/<name>/data/<key>/, the key hashing the files' bytes (not their
 names or dates), the filters, the split and the reader options. Every artefact keyed by the dataset name
 (profiles, negatives, runs) must describe the same data, so artifacts/<name>/dataset.json records what the
-name was first prepared from, and the same name with other files or filters is refused.
+name was prepared from, and once such artefacts exist the name is refused for other files or filters.
 """
 
 from __future__ import annotations
@@ -194,22 +194,31 @@ def _digest(blob) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
-def claim_name(name: str, ident: dict, files: dict[str, Path]) -> None:
-    """Record what `name` is prepared from; refuse the name for other files or filters."""
+def check_name(name: str, ident: dict) -> None:
+    """Refuse `name` for other files or filters once artefacts derived from its data exist (profiles,
+    negatives, runs: they are keyed by the name and hold its item ids). Prepared-data caches alone do not
+    count: they are keyed by content, so changing the filters of a new dataset is fine."""
     record_path = artifacts_root() / name / "dataset.json"
-    if record_path.exists():
-        recorded = json.loads(record_path.read_text())
-        if recorded["identity"] != ident:
-            changed = [k for k in ("preset", "files", "collapse_duplicate_reviews", "version")
-                       if recorded["identity"].get(k) != ident.get(k)]
-            raise DatasetConflictError(
-                f"dataset name {name!r} already holds artefacts (profiles, negatives, runs) prepared from other "
-                f"{' and '.join(changed)} (see {record_path}); give this data another name, or delete "
-                f"{record_path.parent} to start that dataset over")
+    if not record_path.exists():
         return
+    recorded = json.loads(record_path.read_text())["identity"]
+    derived = sorted(p.name for p in record_path.parent.iterdir() if p.name not in ("data", "dataset.json"))
+    if recorded == ident or not derived:
+        return
+    changed = [k for k in ("preset", "files", "collapse_duplicate_reviews", "version")
+               if recorded.get(k) != ident.get(k)]
+    raise DatasetConflictError(
+        f"dataset name {name!r} already holds artefacts ({', '.join(derived)}) made from other "
+        f"{' and '.join(changed)} (recorded in {record_path}); give this data another name, or delete "
+        f"{record_path.parent} to start that dataset over")
+
+
+def record_name(name: str, ident: dict, files: dict[str, Path]) -> None:
+    """Record what `name` was last prepared from (read by check_name)."""
+    record_path = artifacts_root() / name / "dataset.json"
     record_path.parent.mkdir(parents=True, exist_ok=True)
     record = {"identity": ident, "paths": {role: str(f) for role, f in files.items()}}
-    tmp = record_path.with_suffix(".tmp")
+    tmp = record_path.with_name(f"dataset.json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(record_path)
 
@@ -234,7 +243,7 @@ def load_dataset(name: str, seed: int = 0, split: str = "random", reviews: str |
     key = _digest([ident, seed, split, strict])[:12]
     folder = artifacts_root() / name / "data" / key
     if cache:
-        claim_name(name, ident, files)
+        check_name(name, ident)
     if cache and (folder / "meta.json").exists():
         data = Interactions.load(folder)
     else:
@@ -242,6 +251,8 @@ def load_dataset(name: str, seed: int = 0, split: str = "random", reviews: str |
         data.stats.update(identity=_digest(ident), files={role: str(f) for role, f in files.items()})
         if cache:
             data.save(artifacts_dir(name, "data", key))
+    if cache:
+        record_name(name, ident, files)
     report(data, check)
     return data
 
