@@ -90,6 +90,10 @@ def test_cache_identity_is_the_content_not_the_name_size_or_date(tmp_path):
     assert other_bytes.stat().st_size == stat.st_size
     with pytest.raises(DatasetConflictError, match=r"artefacts \(profiles\) made from other files"):
         load_dataset("beauty", source="amazon2018", reviews=str(other_bytes), check=False)
+    # an edited file (new modification time) is hashed again
+    first.write_text(first.read_text().replace('"U1"', '"W1"'))
+    edited = load_dataset("beauty-edited", source="amazon2018", reviews=str(first), check=False)
+    assert edited.stats["identity"] != data.stats["identity"]
     # other filters under the same name are refused too; under another name they are fine
     with pytest.raises(DatasetConflictError, match="other preset"):
         load_dataset("beauty", source="amazon2018", reviews=str(copy), filters=Filters(kcore=10), check=False)
@@ -174,6 +178,17 @@ def test_lightgcn_bad_line_names_file_and_line(tmp_path):
     (tmp_path / "test.txt").unlink()
     with pytest.raises(MissingInputError, match="test.txt"):
         load_dataset("lg", source="lightgcn", path=str(tmp_path), cache=False)
+
+
+def test_heldout_pairs_also_in_train_are_counted(tmp_path):
+    (tmp_path / "train.txt").write_text("".join(f"{u} " + " ".join(str((u + j) % 80) for j in range(10)) + "\n"
+                                                for u in range(20)))
+    (tmp_path / "test.txt").write_text("0 0 50\n1 60\n")  # (0, 0) is in train too
+    with pytest.warns(DatasetWarning, match="1 valid/test pairs are also in train"):
+        data = load_dataset("lg", source="lightgcn", path=str(tmp_path), cache=False)
+    assert data.stats["heldout_pairs_also_in_train"] == 1
+    # the catalogue is ids 0..max (as LightGCN reads it): ids 29..49 and 51..59 never occur, and are counted
+    assert data.n_items == 61 and data.summary()["items_without_interactions"] == 30
 
 
 def packaged_ml100k_inter() -> Path:

@@ -27,7 +27,9 @@ class DatasetWarning(UserWarning):
 def duplicate_reviews(inter: pd.DataFrame) -> pd.DataFrame:
     """Rows whose non-empty review repeats, by the same user at the same time, one under another product id
     (Amazon files list a review once per product variant). Column `group` numbers the distinct reviews."""
-    texted = inter[inter["review"] != ""]
+    # cheap pass first: only a user's rows sharing a timestamp can repeat a review
+    same_time = inter.groupby(["user", "timestamp"])["item"].transform("size") > 1
+    texted = inter[same_time & (inter["review"] != "")]
     keys = ["user", "timestamp", "review"]
     n_items = texted.groupby(keys)["item"].transform("nunique")
     repeated = texted[n_items > 1]
@@ -47,8 +49,8 @@ def merge_variant_items(inter: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     graph = coo_matrix((np.ones(len(codes)), (codes, first)), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     canonical = pd.Series(items).groupby(component).transform("min").to_numpy()
-    mapping = dict(zip(items, canonical))
-    merged = inter.assign(item=inter["item"].map(lambda i: mapping.get(i, i)))
+    mapping = pd.Series(canonical, index=items)
+    merged = inter.assign(item=inter["item"].map(mapping).fillna(inter["item"]))
     return merged, {"items_merged": int(n - len(set(canonical)))}
 
 
@@ -85,6 +87,12 @@ def run_checks(data, raw_counts: dict | None = None) -> dict:
     if heavy:
         findings_warn.append(f"{heavy:,} of {data.n_users:,} users interacted with >= {HEAVY_USER_SHARE:.0%} of "
                              f"the {n_items:,} items: their rankings have few candidates and inflate metrics")
+    per_item = np.bincount(np.concatenate([m.indices for m in (data.train, data.valid, data.test)]),
+                           minlength=n_items)
+    counts["items_without_interactions"] = idle = int((per_item == 0).sum())
+    if idle:
+        findings_warn.append(f"{idle:,} of {n_items:,} item ids have no interaction in any split (published "
+                             f"splits number the catalogue 0..max id): they are ranked as candidates")
     counts["items_without_text"] = missing = items_without_text(data.items)
     if missing == n_items:
         findings_warn.append("no item has text (title, categories, description, brand): CF methods work, "

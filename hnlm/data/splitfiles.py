@@ -155,17 +155,15 @@ def _assemble(name: str, inter: pd.DataFrame, items: pd.DataFrame, users: pd.Dat
     loaded = len(inter)
     inter = inter.drop_duplicates(["user", "item", "part"]).reset_index(drop=True)
     part = inter["part"].to_numpy(np.int8)
-    train_pairs = set(zip(inter.loc[part == 0, "user"], inter.loc[part == 0, "item"]))
-    overlap = sum((u, i) in train_pairs for u, i in zip(inter.loc[part > 0, "user"], inter.loc[part > 0, "item"]))
-    heldout_users = set(inter.loc[part > 0, "user"])
     counts = {p: int((part == k).sum()) for k, p in enumerate(PARTS)}
     step = {"step": "published split", "interactions": len(inter), "users": int(inter["user"].nunique()),
             "items": int(inter["item"].nunique())}
     stats = {"preset": None, "filter_steps": [step], "duplicates_collapsed": loaded - len(inter),
              "malformed_lines": 0, "split_mode": "published", "split_seed": seed, "split_ratios": None,
-             "users_train_only": int(len(users) - len(heldout_users)), "heldout_pairs_also_in_train": overlap,
-             **counts, **extra}
-    return build_interactions(name, inter, part, items, users, stats)
+             "users_train_only": int(len(users) - inter.loc[part > 0, "user"].nunique()), **counts, **extra}
+    data = build_interactions(name, inter, part, items, users, stats)
+    data.stats["heldout_pairs_also_in_train"] = int(data.train.multiply(data.valid + data.test).nnz)
+    return data
 
 
 def write_lightgcn(data: Interactions, folder: Path) -> dict[str, Path]:
