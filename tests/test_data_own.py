@@ -204,6 +204,17 @@ def test_recbole_atomic_files_match_the_ml100k_loader():
     assert own.items.loc[0, "title"] == "Toy Story" and own.items_without_text == 0
 
 
+def test_filters_the_data_cannot_support_are_refused(tmp_path):
+    (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\n" + "".join(f"u{u}\ti{(u + j) % 60}\n"
+                                                                                 for u in range(60) for j in range(5)))
+    assert load_dataset("x", source="recbole", path=str(tmp_path / "x.inter"), cache=False,
+                        check=False).train.nnz > 0
+    with pytest.raises(DataFormatError, match="no ratings; drop --min-rating"):
+        load_dataset("x", source="recbole", path=str(tmp_path), filters=Filters(min_rating=4), cache=False)
+    with pytest.raises(DataFormatError, match="no timestamps; drop --start/--end"):
+        load_dataset("x", source="recbole", path=str(tmp_path), filters=Filters(start="2015-01-01"), cache=False)
+
+
 def test_recbole_benchmark_files_are_used_as_published(tmp_path):
     header = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
     rows = {"train": [(u, i) for u in range(3) for i in range(60) if (u + i) % 3], "valid": [(0, 0), (1, 1)],
