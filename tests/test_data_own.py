@@ -282,6 +282,8 @@ def test_hf_model_unavailable_offline_is_one_line(monkeypatch):
     message = str(err.value)
     assert "\n" not in message and "not in the local Hugging Face cache" in message
     assert "hf download nobody/no-such-model-anywhere" in message
+    with pytest.raises(MissingInputError, match="model folder ./no-such-folder does not exist"):
+        load_causal_lm("./no-such-folder", device="cpu")
 
 
 # ---------------------------------------------------------------- command-line options, artefact root

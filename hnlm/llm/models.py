@@ -216,6 +216,9 @@ def load_causal_lm(name: str, device: str | None = None, dtype: torch.dtype | No
             load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
         kwargs["device_map"] = {"": device}
     on_disk = Path(source).exists()
+    if not on_disk and source.startswith((".", "/", "~")):
+        raise MissingInputError(f"model folder {source} does not exist; pass an existing folder, a Hugging Face "
+                                f"id (hf:ORG/NAME) or a packaged name ({', '.join(PACKAGED)})")
     # a hub id already cached loads without touching the network (no retries against an unreachable hub)
     local_only = on_disk or hub_cached(source) or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:

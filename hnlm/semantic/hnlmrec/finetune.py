@@ -176,13 +176,13 @@ def checkpoint_complete(folder: Path) -> bool:
 
 def last_complete_checkpoint(output_dir: Path, set_aside: bool = True) -> str | None:
     """The highest complete `checkpoint-N` in `output_dir`. Incomplete ones are skipped with a message and,
-    with `set_aside` (the saving process only), renamed to `incomplete-checkpoint-N`: kept, and out of the way of the
-    Trainer's rotation (which counts every `checkpoint-*`)."""
+    with `set_aside` (the saving process only), renamed to `incomplete-checkpoint-N`: kept, and out of the
+    way of the Trainer's rotation (which counts every `checkpoint-*`)."""
     if not output_dir.is_dir():
         return None
     found = sorted((int(m.group(1)), p) for p in output_dir.iterdir()
                    if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name)))
-    for step, folder in reversed(found):
+    for _, folder in reversed(found):
         if checkpoint_complete(folder):
             return str(folder)
         aside = folder.with_name(f"incomplete-{folder.name}")
