@@ -18,6 +18,9 @@ from hnlm.errors import (DataFormatError, DatasetConflictError, DegenerateDatase
                          MissingItemTextError, UnknownDatasetError, UserFacingError)
 from tests.test_data_loaders import write_lines
 
+# the tiny data here sets off warnings on purpose; the tests that are about them catch them with pytest.warns
+pytestmark = pytest.mark.filterwarnings("ignore::hnlm.data.checks.DatasetWarning")
+
 
 @pytest.fixture(autouse=True)
 def artefacts(tmp_path, monkeypatch):
