@@ -1,4 +1,10 @@
-"""Where run artefacts and figures live. Override with HNLM_ARTIFACTS / HNLM_FIGURES."""
+"""Where artefacts and figures live.
+
+One artefact root, HNLM_ARTIFACTS (default: artifacts/ in the checkout), holds everything the tool writes:
+prepared datasets and runs (artifacts/<dataset>/...), the LLM answer cache (llm_cache/), converted models
+(models/) and text-encoder vectors (encoders/). Each cache may be put elsewhere on its own with
+HNLM_LLM_CACHE, HNLM_MODEL_CACHE or HNLM_ENCODER_CACHE. Figures go to HNLM_FIGURES (default: figures/).
+"""
 
 import os
 from pathlib import Path
@@ -6,11 +12,21 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def artifacts_root() -> Path:
+    return Path(os.environ.get("HNLM_ARTIFACTS", PROJECT_ROOT / "artifacts"))
+
+
 def artifacts_dir(*parts: str) -> Path:
-    root = Path(os.environ.get("HNLM_ARTIFACTS", PROJECT_ROOT / "artifacts"))
-    path = root.joinpath(*parts)
+    path = artifacts_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_root(kind: str) -> Path:
+    """Root of one cache: llm_cache, models or encoders (HNLM_<KIND>_CACHE, else under the artefact root)."""
+    variables = {"llm_cache": "HNLM_LLM_CACHE", "models": "HNLM_MODEL_CACHE", "encoders": "HNLM_ENCODER_CACHE"}
+    given = os.environ.get(variables[kind])
+    return Path(given) if given else artifacts_root() / kind
 
 
 def figures_dir() -> Path:

@@ -7,7 +7,7 @@ import pytest
 
 from hnlm.data import sources
 from hnlm.data.registry import load_dataset
-from hnlm.errors import DataFormatError, EmptyDatasetError, MissingInputError
+from hnlm.errors import DataFormatError, DegenerateDatasetError, EmptyDatasetError, MissingInputError
 
 
 def write_lines(path, records, broken_line=None):
@@ -118,7 +118,9 @@ def test_preset_without_path_explains(monkeypatch):
 
 def test_toys_preset_end_to_end(tmp_path):
     path = write_lines(tmp_path / "Toys.json.gz", amazon2018_reviews())
-    data = load_dataset("toys", reviews=str(path), cache=False)
+    with pytest.raises(DegenerateDatasetError, match="only 12 items"):
+        load_dataset("toys", reviews=str(path), cache=False)
+    data = load_dataset("toys", reviews=str(path), cache=False, check=False)  # 12 items: inspection only
     # the 2-star rating is dropped by the threshold; 12 users x 11 items survive 10-core
     assert data.n_users == 12 and data.n_items == 12
     assert data.train.nnz + data.valid.nnz + data.test.nnz == 12 * 11
@@ -137,6 +139,6 @@ def test_duplicates_collapsed_and_counted(tmp_path):
     records = amazon2018_reviews()
     records.append(dict(records[0], unixReviewTime=records[0]["unixReviewTime"] + 5))
     path = write_lines(tmp_path / "Toys.json", records)
-    data = load_dataset("toys", reviews=str(path), cache=False)
+    data = load_dataset("toys", reviews=str(path), cache=False, check=False)
     assert data.stats["duplicates_collapsed"] == 1
     assert data.train.nnz + data.valid.nnz + data.test.nnz == 12 * 11

@@ -1,6 +1,7 @@
-"""Datasets: registry and presets, raw-format readers, filtering, splits and the Interactions object."""
+"""Datasets: registry and presets, your own data (raw files, RecBole atomic files, published splits), readers,
+filtering, splits, sanity checks and the Interactions object."""
 
 from hnlm.data.interactions import Interactions, first_users
-from hnlm.data.registry import PRESETS, dataset_names, load_dataset
+from hnlm.data.registry import OWN_SOURCES, PRESETS, Filters, dataset_names, load_dataset
 
-__all__ = ["Interactions", "PRESETS", "dataset_names", "first_users", "load_dataset"]
+__all__ = ["Filters", "Interactions", "OWN_SOURCES", "PRESETS", "dataset_names", "first_users", "load_dataset"]

@@ -10,6 +10,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from hnlm.data import checks
+from hnlm.errors import MissingItemTextError
+
 
 @dataclass
 class Interactions:
@@ -18,7 +21,8 @@ class Interactions:
     `train`, `valid`, `test` are binary CSR matrices (users x items). `items` and `users` are frames
     indexed by the integer ids (column `original_id` holds the source id). `reviews` has one row per
     kept (user, item) pair with its review text and split (0 train, 1 valid, 2 test); use
-    `train_reviews()` for anything that builds prompts. `stats` records every filtering and split count.
+    `train_reviews()` for anything that builds prompts. `stats` records every filtering and split count,
+and `stats["checks"]` the sanity checks (counts, warnings, errors; see hnlm.data.checks).
     """
 
     name: str
@@ -72,12 +76,56 @@ class Interactions:
                 parts.append(f"{col}: {row[col]}")
         return "; ".join(parts)
 
+    # --- item text for LLM methods ---
+
+    @property
+    def items_without_text(self) -> int:
+        """Items with no title, categories, description or brand (LLM prompts would show their bare id)."""
+        return checks.items_without_text(self.items)
+
+    @property
+    def has_item_text(self) -> bool:
+        """False for ID-only data (LightGCN split files, an .inter without .item, reviews without meta)."""
+        return self.items_without_text < self.n_items
+
+    def require_item_text(self, method: str) -> None:
+        """Refuse ID-only data for a method that builds prompts from item text."""
+        if not self.has_item_text:
+            raise MissingItemTextError(
+                f"{method} needs item text (a title, and categories/description/brand where available) but "
+                f"dataset {self.name!r} is ID-only: pass item metadata (--meta FILE for Amazon/Yelp reviews, a "
+                f"RecBole .item file with a title column beside the .inter file), or use a CF method")
+
     def summary(self) -> dict:
         n = self.train.nnz + self.valid.nnz + self.test.nnz
+        found = self.stats.get("checks", {})
         return {"dataset": self.name, "users": self.n_users, "items": self.n_items, "interactions": n,
                 "density": n / (self.n_users * self.n_items), "train": self.train.nnz,
                 "valid": self.valid.nnz, "test": self.test.nnz,
-                "users_train_only": self.stats.get("users_train_only", 0)}
+                "users_train_only": self.stats.get("users_train_only", 0),
+                **found.get("counts", {}),
+                "warnings": found.get("errors", []) + found.get("warnings", [])}
+
+    def describe(self) -> str:
+        """The paper-style table, split, filtering trail and every sanity-check finding (for `data stats`)."""
+        s, st = self.summary(), self.stats
+        split = (f"split ({st.get('split_mode')}, seed {st.get('split_seed')}"
+                 + (f", validation {st['valid_source']}" if st.get("valid_source") else "") + ")")
+        lines = [
+            "| Dataset | #Users | #Items | #Interactions | Density |",
+            "|---|---:|---:|---:|---:|",
+            f"| {s['dataset']} | {s['users']:,} | {s['items']:,} | {s['interactions']:,} | {s['density']:.4%} |",
+            "",
+            f"{split}: train {s['train']:,} / valid {s['valid']:,} / test {s['test']:,}; "
+            f"users in train only: {s['users_train_only']:,}",
+            f"duplicates collapsed: {st.get('duplicates_collapsed', 0):,}; "
+            f"malformed lines skipped: {st.get('malformed_lines', 0):,}",
+            "filtering: " + " -> ".join(f"{step['step']}: {step['users']:,}u/{step['items']:,}i/"
+                                          f"{step['interactions']:,}" for step in st.get("filter_steps", [])),
+        ]
+        found = st.get("checks", {})
+        lines += [f"error: {m}" for m in found.get("errors", [])] + [f"warning: {m}" for m in found.get("warnings", [])]
+        return "\n".join(lines)
 
     # --- on-disk cache ---
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from hnlm.data.sources import RawData
-from hnlm.errors import EmptyDatasetError
+from hnlm.errors import DataFormatError, EmptyDatasetError
 
 
 def _to_epoch(date: str | None) -> int | None:
@@ -28,6 +28,12 @@ def filter_interactions(raw: RawData, min_rating: float | None, start: str | Non
     """Apply the preset's filters; returns the kept interactions and the counts after each step."""
     inter = raw.inter
     steps = [_step("loaded", inter)]
+    if min_rating is not None and inter["rating"].isna().all():
+        raise DataFormatError(f"a rating threshold ({min_rating:g}) was asked for but the data has no ratings; "
+                              f"drop --min-rating")
+    if (start is not None or end is not None) and (inter["timestamp"] == 0).all():
+        raise DataFormatError(f"a date window [{start}, {end}) was asked for but the data has no timestamps; "
+                              f"drop --start/--end")
     if min_rating is not None:
         inter = inter[inter["rating"] >= min_rating]
         steps.append(_step(f"rating >= {min_rating:g}", inter))

@@ -9,7 +9,6 @@ Standard shape:
 from __future__ import annotations
 
 import ast
-import gzip
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Iterator
 
 import pandas as pd
 
+from hnlm.data.files import open_text, require_file
 from hnlm.errors import DataFormatError, MissingInputError
 
 INTER_COLUMNS = ["user", "item", "rating", "timestamp", "review"]
@@ -31,13 +31,6 @@ class RawData:
     counts: dict = field(default_factory=dict)  # malformed lines skipped etc.
 
 
-def require_file(path: str | Path, how_to_get: str) -> Path:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingInputError(f"missing input file {path}. {how_to_get}")
-    return path
-
-
 def package_file(package: str, relative: str, install_hint: str) -> Path:
     """A data file shipped inside an installed package, found without importing the package."""
     spec = importlib.util.find_spec(package)
@@ -48,13 +41,12 @@ def package_file(package: str, relative: str, install_hint: str) -> Path:
 
 
 def iter_json_lines(path: Path, strict: bool, counts: dict) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, record) from a .json/.jsonl file, gzipped or not.
+    """Yield (line number, record) from a .json/.jsonl file, gzipped or not (told by its first bytes).
 
     Amazon's older meta files hold Python dict literals, so those are accepted too. A malformed line
     raises DataFormatError naming file and line (strict) or is skipped and counted (lenient).
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
+    with open_text(path) as handle:
         for lineno, line in enumerate(handle, start=1):
             line = line.strip()
             if not line:
@@ -106,19 +98,31 @@ def _read_records(path: Path, required: dict[str, str], optional: dict[str, str]
             for src, dst in optional.items():
                 row[dst] = record.get(src)
             rows.append(row)
+    if not rows:
+        skipped = counts.get("malformed_lines", 0)
+        raise DataFormatError(f"{path} holds no usable records ({skipped} malformed lines skipped); expected "
+                              f"JSON lines with the fields {', '.join(required)}")
     columns = list(required.values()) + list(optional.values())
     return pd.DataFrame(rows, columns=columns)
 
 
 # ---------------------------------------------------------------- MovieLens (packaged, RecBole atomic files)
 
-def _read_atomic(path: Path) -> pd.DataFrame:
+def _read_atomic(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
     """RecBole atomic file: tab-separated, typed header `name:type`. quoting=3 because titles hold quotes."""
+    path = require_file(path, RECBOLE_HINT)
     try:
-        frame = pd.read_csv(path, sep="\t", quoting=3, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        with open_text(path) as handle:
+            frame = pd.read_csv(handle, sep="\t", quoting=3, dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as err:
         raise DataFormatError(f"{path}: cannot parse RecBole atomic file: {err}") from None
     frame.columns = [c.split(":")[0] for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataFormatError(f"{path}: RecBole atomic file lacks column(s) {', '.join(missing)} (header: "
+                              f"{', '.join(frame.columns)}); {RECBOLE_HINT}")
+    if frame.empty:
+        raise DataFormatError(f"{path} has a header but no rows")
     return frame
 
 
@@ -140,6 +144,41 @@ def read_movielens(inter_path: Path, item_path: Path, user_path: Path) -> RawDat
     })
     users = users.rename(columns={"user_id": "user"})
     return RawData(inter, items, users)
+
+
+RECBOLE_HINT = ("RecBole atomic files are tab-separated with a typed header such as "
+                "'user_id:token\titem_id:token\trating:float\ttimestamp:float'.")
+# Columns of a RecBole .item file that become item text, by the names RecBole's datasets use.
+ATOMIC_ITEM_TEXT = {"title": ("title", "movie_title", "name", "item_name", "book_title"),
+                    "year": ("release_year", "year"), "categories": ("categories", "category", "class", "genre"),
+                    "brand": ("brand", "store", "publisher"), "description": ("description", "desc")}
+
+
+def read_recbole(inter_path: str | Path, item_path: str | Path | None = None,
+                 user_path: str | Path | None = None) -> RawData:
+    """Any RecBole atomic `.inter` (user_id, item_id; rating, timestamp and review optional) with optional
+    `.item` (text columns by RecBole's usual names, see ATOMIC_ITEM_TEXT) and `.user` side files."""
+    inter = _read_atomic(inter_path, ("user_id", "item_id"))
+    frame = pd.DataFrame({"user": inter["user_id"], "item": inter["item_id"],
+                          "rating": inter["rating"] if "rating" in inter else float("nan"),
+                          "timestamp": inter["timestamp"] if "timestamp" in inter else 0,
+                          "review": inter["review"] if "review" in inter else ""})
+    items = pd.DataFrame({"item": frame["item"].unique()})
+    if item_path is not None:
+        raw_items = _read_atomic(item_path, ("item_id",))
+        items = pd.DataFrame({"item": raw_items["item_id"]})
+        for column, names in ATOMIC_ITEM_TEXT.items():
+            found = next((n for n in names if n in raw_items.columns), None)
+            if found:
+                items[column] = raw_items[found]
+        if "year" in items:
+            items["year"] = items["year"].str.replace(r"\.0$", "", regex=True)
+        if "categories" in items:
+            items["categories"] = items["categories"].str.split().str.join(", ")
+    users = pd.DataFrame({"user": []})
+    if user_path is not None:
+        users = _read_atomic(user_path, ("user_id",)).rename(columns={"user_id": "user"})
+    return RawData(_typed_inter(frame, Path(inter_path)), items, users)
 
 
 def read_ml100k() -> RawData:

@@ -12,7 +12,7 @@ import os
 import threading
 from pathlib import Path
 
-from hnlm.paths import PROJECT_ROOT
+from hnlm.paths import cache_root
 
 
 def call_key(identity: str, prompt, decoding: dict, schema: dict | None) -> str:
@@ -22,7 +22,7 @@ def call_key(identity: str, prompt, decoding: dict, schema: dict | None) -> str:
 
 
 def default_cache_path(identity: str) -> Path:
-    root = Path(os.environ.get("HNLM_LLM_CACHE", PROJECT_ROOT / "artifacts" / "llm_cache"))
+    root = cache_root("llm_cache")
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in identity)
     return root / f"{safe}.jsonl"
 

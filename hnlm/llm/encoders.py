@@ -15,7 +15,7 @@ import torch
 
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.pooling import l2_normalise, pool_hidden
-from hnlm.paths import PROJECT_ROOT
+from hnlm.paths import cache_root
 
 
 def _text_key(text: str) -> str:
@@ -80,7 +80,7 @@ class TextEncoder:
     @property
     def store(self) -> VectorStore | None:
         if self._use_cache and self._store is None:
-            root = Path(os.environ.get("HNLM_ENCODER_CACHE", PROJECT_ROOT / "artifacts" / "encoders"))
+            root = cache_root("encoders")
             safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in self.identity)
             self._store = VectorStore(root / safe, self.dim)
         return self._store

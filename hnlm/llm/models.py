@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from hnlm.errors import MissingInputError, UserFacingError
-from hnlm.paths import PROJECT_ROOT
+from hnlm.paths import cache_root
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def default_dtype(device: str) -> torch.dtype:
 
 
 def model_cache_dir(name: str) -> Path:
-    root = Path(os.environ.get("HNLM_MODEL_CACHE", PROJECT_ROOT / "artifacts" / "models"))
+    root = cache_root("models")
     return root / name
 
 
@@ -182,6 +182,24 @@ def model_source(name: str) -> str:
     return name
 
 
+def hub_cached(repo_id: str) -> bool:
+    """Whether a Hugging Face id has its config.json in the local hub cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def hub_unavailable_error(name: str, repo_id: str, err: Exception) -> MissingInputError:
+    from huggingface_hub.constants import HF_HUB_CACHE
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return MissingInputError(
+        f"model {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and could not be fetched "
+        f"({first_line}). Fetch it where the hub is reachable (`hf download {repo_id}`) and copy the cache "
+        f"folder here, pass a local model folder, or use a packaged name ({', '.join(PACKAGED)})")
+
+
 def load_causal_lm(name: str, device: str | None = None, dtype: torch.dtype | None = None,
                    load_in_4bit: bool = False):
     """(model, tokenizer) in eval mode on `device`; tokenizer pads on the left for batched generation."""
@@ -197,14 +215,21 @@ def load_causal_lm(name: str, device: str | None = None, dtype: torch.dtype | No
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
         kwargs["device_map"] = {"": device}
-    local_only = Path(source).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    on_disk = Path(source).exists()
+    if not on_disk and source.startswith((".", "/", "~")):
+        raise MissingInputError(f"model folder {source} does not exist; pass an existing folder, a Hugging Face "
+                                f"id (hf:ORG/NAME) or a packaged name ({', '.join(PACKAGED)})")
+    # a hub id already cached loads without touching the network (no retries against an unreachable hub)
+    local_only = on_disk or hub_cached(source) or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
         tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, **kwargs)
-    except OSError as err:
-        raise MissingInputError(
-            f"cannot load model {name!r} from {source}: {err}. Use a packaged name "
-            f"({', '.join(PACKAGED)}), a local folder, or a Hugging Face id available offline") from err
+    except (OSError, ValueError) as err:
+        if not on_disk:
+            raise hub_unavailable_error(name, source, err) from None
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MissingInputError(f"cannot load model {name!r} from folder {source}: {first_line}; the folder "
+                                f"needs config.json, tokenizer files and weights (save_pretrained)") from None
     if not load_in_4bit:
         model = model.to(device)
     model.eval()

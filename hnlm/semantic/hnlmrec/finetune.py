@@ -2,19 +2,31 @@
 
 Checkpoints hold only what trains (the LoRA adapter in peft format, the head, the soft-prompt
 projections) plus the Trainer's optimiser/scheduler/RNG state, so a run resumes from its last checkpoint.
+A checkpoint is written to `<output>/.staging/checkpoint-N` and renamed into place when complete, so a run
+killed while saving never leaves a `checkpoint-N` that a resume would load; an incomplete one left by an
+older version is set aside as `incomplete-checkpoint-N` and the resume starts from the last complete one.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from hnlm.errors import UserFacingError
-from hnlm.semantic.hnlmrec.model import EncoderConfig, QueryEncoder, contrastive_loss
+from hnlm.semantic.hnlmrec.model import TRAINABLE_FILE, EncoderConfig, QueryEncoder, contrastive_loss
+
+STAGING_DIR = ".staging"
+CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 @dataclass
@@ -91,11 +103,95 @@ class HNLMRecTrainer(Trainer):
         loss = contrastive_loss(q, inputs["p"], inputs["n"], self.tau)
         return (loss, {"q": q}) if return_outputs else loss
 
+    _staging: bool = False
+    resumed_from_step: int | None = None  # the step a resume started from (None: started from scratch)
+
     def _save(self, output_dir=None, state_dict=None):
         self.accelerator.unwrap_model(self.model).save(output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         (model or self.model).load_trainable(resume_from_checkpoint)
+
+    # ------------------------------------------------------------ atomic checkpoints, announced resumes
+
+    def _get_output_dir(self, trial) -> str:
+        out = super()._get_output_dir(trial)
+        return str(Path(out) / STAGING_DIR) if self._staging else out
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = run_dir / STAGING_DIR / name, run_dir / name
+        if self.args.should_save and staged.exists():
+            shutil.rmtree(staged)  # left by a run killed while saving
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state into the staged folder
+        if self.args.should_save:
+            if final.exists():
+                shutil.rmtree(final)
+            staged.rename(final)  # atomic on one filesystem
+            if not any(staged.parent.iterdir()):
+                staged.parent.rmdir()
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """As Trainer.train; `resume_from_checkpoint=True` resumes from the last *complete* checkpoint
+        (incomplete ones are set aside with a message) or starts over when there is none, and says which."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(Path(self.args.output_dir),
+                                                              set_aside=self.args.should_save)
+            if resume_from_checkpoint is None:
+                _say(f"no complete checkpoint in {self.args.output_dir}: training from step 0")
+        if resume_from_checkpoint:
+            if not checkpoint_complete(Path(resume_from_checkpoint)):
+                raise UserFacingError(f"checkpoint {resume_from_checkpoint} is incomplete (no {TRAINABLE_FILE} or "
+                                      f"trainer_state.json); resume from another one or start over")
+            self.resumed_from_step = checkpoint_step(Path(resume_from_checkpoint))
+            _say(f"resuming from {resume_from_checkpoint} (step {self.resumed_from_step})")
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+
+def _say(message: str) -> None:
+    print(f"hnlmrec fine-tuning: {message}", file=sys.stderr, flush=True)
+
+
+def checkpoint_step(folder: Path) -> int:
+    return int(json.loads((folder / "trainer_state.json").read_text())["global_step"])
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """Whether a checkpoint holds the trainable weights and a readable trainer state (written last)."""
+    try:
+        checkpoint_step(folder)
+    except (OSError, ValueError, KeyError):
+        return False
+    return (folder / TRAINABLE_FILE).is_file()
+
+
+def last_complete_checkpoint(output_dir: Path, set_aside: bool = True) -> str | None:
+    """The highest complete `checkpoint-N` in `output_dir`. Incomplete ones are skipped with a message and,
+    with `set_aside` (the saving process only), renamed to `incomplete-checkpoint-N`: kept, and out of the
+    way of the Trainer's rotation (which counts every `checkpoint-*`)."""
+    if not output_dir.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in output_dir.iterdir()
+                   if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name)))
+    for _, folder in reversed(found):
+        if checkpoint_complete(folder):
+            return str(folder)
+        aside = folder.with_name(f"incomplete-{folder.name}")
+        if set_aside:
+            if aside.exists():
+                shutil.rmtree(aside)
+            folder.rename(aside)
+            _say(f"{folder} is incomplete (the run stopped while writing it): skipped, kept as {aside.name}")
+    return None
 
 
 class SkipNonFiniteSteps(TrainerCallback):

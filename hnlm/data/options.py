@@ -1,0 +1,56 @@
+"""Command-line options of every command that loads a dataset, and the dataset they describe.
+
+    add_dataset_options(parser)        # --dataset NAME [--source ... --reviews/--meta/--path, filters, split]
+    data = dataset_from_args(args)     # load_dataset(...) with those options
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from hnlm.data.registry import OWN_SOURCES, PRESETS, Filters, load_dataset
+
+DEFAULT_DATASET = "ml-100k"
+
+
+def add_dataset_options(parser: argparse.ArgumentParser, positional_name: bool = False) -> None:
+    """`positional_name`: the dataset is the first positional argument (as in `hnlm data stats NAME`)
+    instead of --dataset."""
+    group = parser.add_argument_group("dataset")
+    name_help = (f"a preset ({', '.join(PRESETS)}) or, with --source, your own name for your own data "
+                 f"(it names artifacts/<name>/)")
+    if positional_name:
+        group.add_argument("dataset", metavar="NAME", help=name_help)
+    else:
+        group.add_argument("--dataset", default=DEFAULT_DATASET, help=name_help)
+    group.add_argument("--source", choices=list(OWN_SOURCES),
+                       help="format of your own data: " + "; ".join(f"{k}: {v}" for k, v in OWN_SOURCES.items()))
+    group.add_argument("--reviews", help="local reviews file (Amazon/Yelp presets and sources), .gz or not")
+    group.add_argument("--meta", help="local item metadata file (Amazon meta / Yelp business): item text for LLMs")
+    group.add_argument("--path", help="RecBole .inter file or folder, or a LightGCN split folder (--source)")
+    group.add_argument("--min-rating", type=float, help="your own raw data: keep ratings >= this")
+    group.add_argument("--start", help="your own raw data: keep interactions from this date (YYYY-MM-DD, UTC)")
+    group.add_argument("--end", help="your own raw data: keep interactions before this date (YYYY-MM-DD, UTC)")
+    group.add_argument("--kcore", type=int, help="your own raw data: iterated k-core on users and items")
+    group.add_argument("--collapse-duplicate-reviews", action="store_true",
+                       help="merge product ids that carry the same review of the same user (product variants)")
+    group.add_argument("--split", default="random", choices=["random", "temporal"],
+                       help="per-user split of raw data, 8:1:1 (published splits are used as they are)")
+    group.add_argument("--split-seed", type=int, default=0)
+    group.add_argument("--lenient", action="store_true", help="skip and count malformed lines instead of failing")
+    group.add_argument("--allow-degenerate", action="store_true",
+                       help="load a dataset on which ranking metrics are meaningless (for inspection only)")
+
+
+def filters_from_args(args) -> Filters:
+    return Filters(min_rating=args.min_rating, start=args.start, end=args.end, kcore=args.kcore)
+
+
+def dataset_from_args(args, check: bool | None = None):
+    """The dataset the options describe. `check=None` follows --allow-degenerate."""
+    if check is None:
+        check = not args.allow_degenerate
+    return load_dataset(args.dataset, seed=args.split_seed, split=args.split, reviews=args.reviews,
+                        meta=args.meta, strict=not args.lenient, source=args.source, path=args.path,
+                        filters=filters_from_args(args), collapse_duplicate_reviews=args.collapse_duplicate_reviews,
+                        check=check)
