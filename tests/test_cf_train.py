@@ -116,3 +116,18 @@ def test_cli_train_and_a_newly_declared_method(tmp_path, capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert main(["train", "--sampler", "sns", "--set", "alhpa=0.1", "--epochs", "1"]) == 2
     assert "no setting alhpa" in capsys.readouterr().err
+
+
+def test_cli_trains_on_a_published_split_and_llm_methods_refuse_id_only_data(tmp_path, monkeypatch, capsys):
+    """Own data reaches `hnlm train` by path (LightGCN-style split files); an LLM method refuses it loudly."""
+    from hnlm.data.splitfiles import write_lightgcn
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    write_lightgcn(load_dataset("ml-100k", seed=0), tmp_path / "split")
+    own = ["--dataset", "my-split", "--source", "lightgcn", "--path", str(tmp_path / "split")]
+    out = tmp_path / "r.json"
+    assert main(["train", *own, "--model", "mf", "--dim", "8", "--epochs", "1", "--batch-size", "16384",
+                 "--json", str(out), "--no-progress"]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["dataset"] == "my-split" and saved["method"] == "rns" and saved["test"]["recall@20"] > 0
+    assert main(["train", *own, "--sampler", "sns", "--epochs", "1"]) == 2
+    assert "needs item text" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from hnlm.cf.trainer import TrainConfig, save_result, train
-from hnlm.data import load_dataset
+from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.errors import UserFacingError
 from hnlm.methods import describe_methods, get_method, variant
 from hnlm.paths import artifacts_dir
@@ -24,8 +24,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="methods (`hnlm methods NAME` shows a method's settings and defaults):\n"
                               + describe_methods())
-    p.add_argument("--dataset", default="ml-100k")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/valid/test split")
+    add_dataset_options(p)
     p.add_argument("--sampler", "--method", dest="method", default="rns", metavar="NAME",
                    help="the method to train with (listed below)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -79,7 +78,9 @@ def train_config(args) -> TrainConfig:
 def run_train(args) -> int:
     spec = variant(args.method, **dict(parse_setting(args.method, t) for t in args.set))
     cfg = train_config(args)
-    data = load_dataset(args.dataset, seed=args.split_seed)
+    data = dataset_from_args(args)
+    if spec.declaration.family == "llm":
+        data.require_item_text(f"method {spec.method}")
     resources = saved_resources(data, args.llm, args.split_seed, args.sns_budget, args.hnlmrec_run)
     sampler, extension = spec.build(data, resources, cfg.seed)
     result = train(data, cfg, extension=extension, sampler=sampler, progress=not args.no_progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hnlm.data import load_dataset
+from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.llm.backends import LocalBackend, make_backend
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.semantic import profiles as pf
@@ -27,9 +27,8 @@ def positive_int(text: str) -> int:
 
 def register_profiles(sub) -> None:
     p = sub.add_parser("profiles", help="generate LLM item and user profiles (module 1)")
-    p.add_argument("--dataset", default="ml-100k")
+    add_dataset_options(p)
     p.add_argument("--llm", default="qwen2.5-0.5b", help="backend spec (see hnlm.llm.backends.make_backend)")
-    p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--limit", type=positive_int, default=None,
                    help="only the first N items and N users (merged by id into the saved profiles)")
     p.add_argument("--kind", choices=["both", "item", "user"], default="both")
@@ -43,8 +42,7 @@ def register_profiles(sub) -> None:
 
 def register_sns(subparsers) -> None:
     p = subparsers.add_parser("sns", help="generate LLM hard negatives (module 2), embed, ground, measure")
-    p.add_argument("--dataset", default="ml-100k")
-    p.add_argument("--split-seed", type=int, default=0, help="data split the negatives belong to")
+    add_dataset_options(p)
     p.add_argument("--llm", default="qwen2.5-0.5b", help="backend spec (see hnlm.llm.backends)")
     p.add_argument("--budget", default="per-user:1",
                    help="'all' (every training pair, the paper) or 'per-user:K' (K pairs per user)")
@@ -63,7 +61,8 @@ def register_sns(subparsers) -> None:
 
 
 def run_sns(args) -> int:
-    data = load_dataset(args.dataset, seed=args.split_seed)
+    data = dataset_from_args(args)
+    data.require_item_text("LLM profiles" if args.func is run_profiles else "SNS")
     budget = Budget.parse(args.budget)
     builder = sns.PromptBuilder(data, args.context, args.profiles_llm or args.llm, seed=args.pair_seed)
     pairs = select_pairs(data, budget, args.pair_seed)
@@ -86,7 +85,8 @@ def run_sns(args) -> int:
 
 def run_profiles(args) -> int:
     backend = make_backend(args.llm)  # a bad spec fails before the dataset loads
-    data = load_dataset(args.dataset, seed=args.split_seed)
+    data = dataset_from_args(args)
+    data.require_item_text("LLM profiles" if args.func is run_profiles else "SNS")
     if args.batch_size and isinstance(backend, LocalBackend):
         backend.batch_size = args.batch_size
     schema = pf.profile_schema(args.summary_tokens or pf.SUMMARY_TOKENS,

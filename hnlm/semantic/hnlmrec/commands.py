@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 
+from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, run_finetune
 from hnlm.semantic.hnlmrec.queries import MiningConfig
 
 
 def register(subparsers) -> None:
     d, t, m = FinetuneConfig(), TeacherConfig(), MiningConfig()
     p = subparsers.add_parser("finetune", help="HNLMRec: LoRA fine-tune an LLM to emit hard-negative embeddings")
-    p.add_argument("--dataset", default="ml-100k")
-    p.add_argument("--split-seed", type=int, default=0)
+    add_dataset_options(p)
     p.add_argument("--llm", default=d.llm, help="qwen2.5-0.5b, smollm2-135m, hf:<id>, or a local folder")
     p.add_argument("--cf-signal", default=d.cf_signal, choices=["text", "soft", "none"])
     p.add_argument("--budget", default=d.budget, help="fine-tuning pairs: 'all' or 'per-user:K'")
@@ -66,9 +66,8 @@ def config_from_args(args) -> RunConfig:
 
 
 def run(args) -> int:
-    from hnlm.data import load_dataset
-    from hnlm.semantic.hnlmrec.pipeline import run_finetune
-    data = load_dataset(args.dataset, seed=args.split_seed)
+    data = dataset_from_args(args)
+    data.require_item_text("HNLMRec fine-tuning")
     summary = run_finetune(data, config_from_args(args), args.split_seed, resume=not args.no_resume)
     print(json.dumps({k: summary[k] for k in ("folder", "bank", "examples", "steps", "loss_first5_mean",
                                              "loss_last5_mean", "counts", "timings")}, indent=2))
