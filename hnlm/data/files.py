@@ -53,6 +53,15 @@ def open_text(path: Path) -> Iterator[io.TextIOBase]:
                               f"or tab-separated text, plain or gzipped") from None
 
 
+def nonblank_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, stripped line) of every non-blank line of a text file, gzipped or not."""
+    with open_text(path) as handle:
+        for lineno, line in enumerate(handle, start=1):
+            line = line.strip()
+            if line:
+                yield lineno, line
+
+
 def _hash_cache_path() -> Path:
     return artifacts_root() / "file_hashes.json"
 

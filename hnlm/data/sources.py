@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from hnlm.data.files import open_text, require_file
+from hnlm.data.files import nonblank_lines, open_text, require_file
 from hnlm.errors import DataFormatError, MissingInputError
 
 INTER_COLUMNS = ["user", "item", "rating", "timestamp", "review"]
@@ -46,24 +46,20 @@ def iter_json_lines(path: Path, strict: bool, counts: dict) -> Iterator[tuple[in
     Amazon's older meta files hold Python dict literals, so those are accepted too. A malformed line
     raises DataFormatError naming file and line (strict) or is skipped and counted (lenient).
     """
-    with open_text(path) as handle:
-        for lineno, line in enumerate(handle, start=1):
-            line = line.strip()
-            if not line:
-                continue
+    for lineno, line in nonblank_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                try:
-                    record = ast.literal_eval(line)
-                except (ValueError, SyntaxError):
-                    record = None
-                if not isinstance(record, dict):
-                    if strict:
-                        raise DataFormatError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
-                    counts["malformed_lines"] = counts.get("malformed_lines", 0) + 1
-                    continue
-            yield lineno, record
+                record = ast.literal_eval(line)
+            except (ValueError, SyntaxError):
+                record = None
+            if not isinstance(record, dict):
+                if strict:
+                    raise DataFormatError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
+                counts["malformed_lines"] = counts.get("malformed_lines", 0) + 1
+                continue
+        yield lineno, record
 
 
 def _field(record: dict, key: str, path: Path, lineno: int, strict: bool, counts: dict):
@@ -204,41 +200,54 @@ YELP_HINT = ("Download the Yelp Open Dataset and pass the local paths of yelp_ac
              "and yelp_academic_dataset_business.json.")
 
 
-def read_amazon2018(reviews: str | Path, meta: str | Path | None = None, strict: bool = True) -> RawData:
+@dataclass(frozen=True)
+class AmazonFormat:
+    """Field names of one Amazon Reviews release (reviews file, meta file) and how to find the files."""
+
+    hint: str
+    columns: dict              # reviews: required source field -> our column
+    texts: dict                # reviews: optional text fields
+    meta_columns: dict         # meta: required
+    meta_texts: dict           # meta: optional
+    millisecond_stamps: bool = False
+
+
+AMAZON2018 = AmazonFormat(
+    AMAZON2018_HINT, {"reviewerID": "user", "asin": "item", "overall": "rating", "unixReviewTime": "timestamp"},
+    {"reviewText": "review_text", "summary": "summary"}, {"asin": "item"},
+    {"title": "title", "brand": "brand", "description": "description", "category": "categories"})
+AMAZON2023 = AmazonFormat(
+    AMAZON2023_HINT, {"user_id": "user", "parent_asin": "item", "rating": "rating", "timestamp": "timestamp"},
+    {"title": "summary", "text": "review_text"}, {"parent_asin": "item"},
+    {"title": "title", "store": "brand", "description": "description", "categories": "categories",
+     "main_category": "main_category"}, millisecond_stamps=True)
+
+
+def read_amazon(fmt: AmazonFormat, reviews: str | Path, meta: str | Path | None = None,
+                strict: bool = True) -> RawData:
     counts: dict = {}
-    path = require_file(reviews, AMAZON2018_HINT)
-    inter = _read_records(path, {"reviewerID": "user", "asin": "item", "overall": "rating",
-                                 "unixReviewTime": "timestamp"},
-                          {"reviewText": "review_text", "summary": "summary"}, strict, counts)
+    path = require_file(reviews, fmt.hint)
+    inter = _read_records(path, fmt.columns, fmt.texts, strict, counts)
+    if fmt.millisecond_stamps:
+        inter["timestamp"] = pd.to_numeric(inter["timestamp"], errors="coerce") // 1000
     inter["review"] = _combine_review(inter.pop("summary"), inter.pop("review_text"))
     items = pd.DataFrame({"item": inter["item"].unique()})
     if meta is not None:
-        meta_path = require_file(meta, AMAZON2018_HINT)
-        m = _read_records(meta_path, {"asin": "item"},
-                          {"title": "title", "brand": "brand", "description": "description",
-                           "category": "categories"}, strict, counts)
+        m = _read_records(require_file(meta, fmt.hint), fmt.meta_columns, fmt.meta_texts, strict, counts)
+        if "main_category" in m:     # 2023: the main category stands in for an empty category list
+            empty = m["categories"].map(lambda c: not c)
+            m.loc[empty, "categories"] = m.loc[empty, "main_category"]
+            m = m.drop(columns="main_category")
         items = _meta_frame(m)
     return RawData(_typed_inter(inter, path), items, pd.DataFrame({"user": []}), counts)
 
 
+def read_amazon2018(reviews: str | Path, meta: str | Path | None = None, strict: bool = True) -> RawData:
+    return read_amazon(AMAZON2018, reviews, meta, strict)
+
+
 def read_amazon2023(reviews: str | Path, meta: str | Path | None = None, strict: bool = True) -> RawData:
-    counts: dict = {}
-    path = require_file(reviews, AMAZON2023_HINT)
-    inter = _read_records(path, {"user_id": "user", "parent_asin": "item", "rating": "rating",
-                                 "timestamp": "timestamp"},
-                          {"title": "summary", "text": "review_text"}, strict, counts)
-    inter["timestamp"] = pd.to_numeric(inter["timestamp"], errors="coerce") // 1000  # milliseconds
-    inter["review"] = _combine_review(inter.pop("summary"), inter.pop("review_text"))
-    items = pd.DataFrame({"item": inter["item"].unique()})
-    if meta is not None:
-        meta_path = require_file(meta, AMAZON2023_HINT)
-        m = _read_records(meta_path, {"parent_asin": "item"},
-                          {"title": "title", "store": "brand", "description": "description",
-                           "categories": "categories", "main_category": "main_category"}, strict, counts)
-        empty = m["categories"].map(lambda c: not c)
-        m.loc[empty, "categories"] = m.loc[empty, "main_category"]
-        items = _meta_frame(m.drop(columns="main_category"))
-    return RawData(_typed_inter(inter, path), items, pd.DataFrame({"user": []}), counts)
+    return read_amazon(AMAZON2023, reviews, meta, strict)
 
 
 def read_yelp(reviews: str | Path, business: str | Path | None = None, strict: bool = True) -> RawData:

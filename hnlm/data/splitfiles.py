@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hnlm.data.files import open_text, require_file
+from hnlm.data.files import nonblank_lines, open_text, require_file
 from hnlm.data.interactions import Interactions, build_interactions
 from hnlm.data.prepare import reindex
 from hnlm.data.sources import read_recbole
@@ -29,20 +29,16 @@ VALID_RATIO = 0.1  # share of each user's train.txt items carved out as validati
 def read_id_lines(path: Path) -> pd.DataFrame:
     """(user, item) integer pairs of one LightGCN-style file; a non-integer token names file and line."""
     users, items = [], []
-    with open_text(path) as handle:
-        for lineno, line in enumerate(handle, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            try:
-                ids = [int(t) for t in tokens]
-            except ValueError:
-                raise DataFormatError(f"{path}:{lineno}: expected integer ids 'user item item ...', got "
-                                      f"{line.strip()[:60]!r}. {LIGHTGCN_HINT}") from None
-            if min(ids) < 0:
-                raise DataFormatError(f"{path}:{lineno}: negative id. {LIGHTGCN_HINT}")
-            users.extend([ids[0]] * (len(ids) - 1))
-            items.extend(ids[1:])
+    for lineno, line in nonblank_lines(path):
+        try:
+            ids = [int(t) for t in line.split()]
+        except ValueError:
+            raise DataFormatError(f"{path}:{lineno}: expected integer ids 'user item item ...', got "
+                                  f"{line[:60]!r}. {LIGHTGCN_HINT}") from None
+        if min(ids) < 0:
+            raise DataFormatError(f"{path}:{lineno}: negative id. {LIGHTGCN_HINT}")
+        users.extend([ids[0]] * (len(ids) - 1))
+        items.extend(ids[1:])
     return pd.DataFrame({"user": np.asarray(users, np.int64), "item": np.asarray(items, np.int64)})
 
 
