@@ -27,6 +27,7 @@ study: $(STAMP)
 	$(PY) -m hnlm study --profile $(PROFILE) --dataset $(DATASET) --llm $(LLM)
 
 test: $(STAMP)
+	$(PY) -m ruff check hnlm tests bench notebooks
 	$(PY) -m pytest -q -ra
 
 clean-artifacts:

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hnlm.analysis.popularity import recommend
+from hnlm.analysis.popularity import recommend, run_popularity
+from hnlm.analysis.sparsity import metrics_by_group
 from hnlm.cf.samplers import PositiveIndex
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.methods import Variant, as_variant
@@ -214,3 +215,34 @@ def per_user(results: list[dict], metric: str, backbone: str) -> dict:
             raise ValueError(f"{r['tag']}: per-user vectors cover different users")
         out[(r["method"], r["seed"])] = np.asarray(r["per_user_test"][metric], dtype=float)
     return out
+
+
+def default_llm_runs(results: list[dict]) -> list[dict]:
+    """Runs of LLM-based methods at their default settings (e.g. 04's, without its alpha sweep)."""
+    return [r for r in results if r.get("family") == "llm" and not r.get("overrides")]
+
+
+def popularity_frame(results: list[dict], out_dir: Path, data, head: np.ndarray, k: int) -> pd.DataFrame:
+    """Per run: head/tail accuracy and popularity of its stored top-k test lists (hnlm.analysis.popularity)."""
+    rows = []
+    for r in results:
+        users, lists = load_lists(out_dir, r["tag"])
+        rows.append({"backbone": r["backbone"], "method": r["method"], "seed": r["seed"],
+                     **run_popularity(users, lists, data, head, k)})
+    return pd.DataFrame(rows)
+
+
+def sparsity_frame(results: list[dict], metrics, groups: np.ndarray, labels) -> pd.DataFrame:
+    """Per run and user group (hnlm.analysis.sparsity): the mean of each metric over the group's users."""
+    frames = []
+    for r in results:
+        vectors = r["per_user_test"]
+        frame = metrics_by_group({m: vectors[m] for m in metrics}, np.asarray(vectors["users"]), groups, labels)
+        frames.append(frame.assign(backbone=r["backbone"], method=r["method"], seed=r["seed"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def gain_over(frame: pd.DataFrame, metric: str, reference: str, keys=("backbone", "group")) -> pd.Series:
+    """Relative gain of each row's `metric` over the `reference` method's row with the same keys."""
+    ref = frame[frame["method"] == reference].set_index(list(keys))[metric]
+    return frame[metric] / ref.loc[list(frame[list(keys)].itertuples(index=False, name=None))].to_numpy() - 1

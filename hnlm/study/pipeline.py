@@ -18,6 +18,7 @@ import pandas as pd
 from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
 from hnlm.llm.encoders import get_text_encoder
+from hnlm.methods import variant
 from hnlm.semantic import profiles as pf
 from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
@@ -27,6 +28,7 @@ from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, load_bank, 
 from hnlm.semantic.hnlmrec.transfer import source_run, transfer_bank
 from hnlm.semantic.resources import Resources
 from hnlm.semantic.rlmrec import text_embeddings
+from hnlm.study.experiments import run_grid
 
 
 def generate_study_profiles(data, backend, llm: str, limit: int | None, split_seed: int = 0) -> dict:
@@ -122,6 +124,20 @@ def llm_size_resources(data, llm: str, conf: dict) -> tuple[Resources, dict]:
         info.update({f"{s}_loss_first5": summary["loss_first5_mean"], f"{s}_loss_last5": summary["loss_last5_mean"],
                      f"{s}_pairwise_cosine": mean_pairwise_cosine(bank.emb)})
     return resources, info
+
+
+def llm_size_runs(data, conf: dict, seeds, out_dir: Path) -> tuple[list[dict], pd.DataFrame]:
+    """Notebook 11: RNS once, then each LLM's methods (labelled <method>@<llm>) over that LLM's outputs, and a
+    frame describing what each LLM produced."""
+    results = run_grid(data, conf["backbones"], ["rns"], seeds, conf, out_dir)
+    outputs = []
+    for llm in conf["llms"]:
+        resources, info = llm_size_resources(data, llm, conf)
+        outputs.append(info)
+        methods = [variant(m, label=f"{m}@{llm}") for m in conf["methods"]]
+        methods += [variant("hnlmrec", label=f"hnlmrec-{s}@{llm}", signal=s) for s in conf["signals"]]
+        results += run_grid(data, conf["backbones"], methods, seeds, conf, Path(out_dir) / f"llm_{llm}", resources)
+    return results, pd.DataFrame(outputs)
 
 
 def mean_pairwise_cosine(emb: np.ndarray) -> float:
