@@ -87,11 +87,12 @@ def test_gini_and_head_mask():
     assert mask.sum() == 2 and mask[1] and mask[3]
 
 
-@pytest.mark.parametrize("n, n_head", [(1, 1), (2, 1), (6, 2), (10, 2), (15, 3), (35, 7), (1682, 337)])
-def test_head_is_the_ceil_of_the_share(n, n_head):
-    """ceil(0.2 n) items, with no extra item from float noise (0.2 * 15 = 3.0000000000000004)."""
+@pytest.mark.parametrize("n, share, n_head", [(1, 0.2, 1), (2, 0.2, 1), (6, 0.2, 2), (10, 0.2, 2),
+                                               (1682, 0.2, 337), (100, 0.07, 7)])
+def test_head_is_the_ceil_of_the_share(n, share, n_head):
+    """ceil(share * n) items, with no extra item from float noise (0.07 * 100 = 7.000000000000001)."""
     pop = np.arange(n)[::-1]  # item 0 most popular
-    mask = popularity.head_mask(pop)
+    mask = popularity.head_mask(pop, share)
     assert mask.sum() == n_head and mask[:n_head].all()
 
 

@@ -20,7 +20,7 @@ def head_mask(popularity, head_share: float = HEAD_SHARE) -> np.ndarray:
 
     Ceil makes the head the smallest top set that holds at least `head_share` of the catalogue, so it is never
     empty when head_share > 0 (round() would give no head item for n <= 2 at 20%). The product is rounded to
-    9 decimals first so that float noise cannot add an item (0.2 * 15 is 3.0000000000000004 in floats)."""
+    9 decimals first so that float noise cannot add an item (0.07 * 100 is 7.000000000000001 in floats)."""
     if not 0.0 <= head_share <= 1.0:
         raise ValueError(f"head_share must be in [0, 1], not {head_share}")
     popularity = np.asarray(popularity)
