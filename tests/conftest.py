@@ -7,10 +7,15 @@ temporary root, and subprocesses (CLI calls, notebook kernels) inherit them. The
 sessions is the converted LLM cache (HNLM_MODEL_CACHE, `hnlm.llm.models.model_cache_dir`): a bf16 copy of
 the packaged GGUF weights that depends on nothing a test does, and whose conversion would otherwise dominate
 every run. It does not follow HNLM_ARTIFACTS, so it stays where the environment puts it (default
-`artifacts/models` in the checkout).
+`artifacts/models` in the checkout). Hypothesis keeps no example database in the checkout either; a failing
+property prints the blob that reproduces it.
 """
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("hnlm", database=None, deadline=None, print_blob=True)
+settings.load_profile("hnlm")
 
 ISOLATED = {"HNLM_ARTIFACTS": "artifacts", "HNLM_RUNS": "runs", "HNLM_FIGURES": "figures",
             "HNLM_LLM_CACHE": "artifacts/llm_cache", "HNLM_ENCODER_CACHE": "artifacts/encoders"}

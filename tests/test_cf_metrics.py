@@ -3,23 +3,11 @@
 import math
 
 import pytest
-import torch
 
 from hnlm.cf.evaluate import evaluate
-from hnlm.cf.models import MF
-from tests.cf_helpers import tiny_data
+from tests.cf_helpers import fixed_scores_model, tiny_data
 
 L2 = math.log2
-
-
-def fixed_scores_model(scores):
-    """A real MF whose item embeddings are the identity, so user u's scores are scores[u]."""
-    n_users, n_items = len(scores), len(scores[0])
-    model = MF(n_users, n_items, n_items)
-    with torch.no_grad():
-        model.user_emb.weight.copy_(torch.tensor(scores, dtype=torch.float32))
-        model.item_emb.weight.copy_(torch.eye(n_items))
-    return model
 
 
 @pytest.fixture
