@@ -8,7 +8,6 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -81,7 +80,7 @@ def test_evaluate_equals_brute_force(case):
             np.testing.assert_allclose(res["per_user"][name], ref[name], atol=1e-6, err_msg=name)
             assert res[name] == pytest.approx(np.mean(ref[name]), abs=1e-6), name
             assert all(0.0 <= v <= 1.0 + 1e-6 for v in res["per_user"][name]), name
-    for small, large in zip(ks, ks[1:]):  # recall and hit can only grow with K (NDCG can fall)
+    for small, large in itertools.pairwise(ks):  # recall and hit can only grow with K (NDCG can fall)
         assert (res["per_user"][f"recall@{large}"] >= res["per_user"][f"recall@{small}"] - 1e-7).all()
         assert (res["per_user"][f"hit@{large}"] >= res["per_user"][f"hit@{small}"]).all()
 
