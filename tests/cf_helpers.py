@@ -3,7 +3,9 @@
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
+from hnlm.cf.models import MF
 from hnlm.data.interactions import Interactions
 
 
@@ -22,3 +24,13 @@ def tiny_data(train, valid, test, n_users, n_items, name="tiny"):
     reviews = pd.DataFrame({"user": [], "item": [], "review": [], "split": []})
     return Interactions(name, csr(train, n_users, n_items), csr(valid, n_users, n_items),
                         csr(test, n_users, n_items), items, users, reviews)
+
+
+def fixed_scores_model(scores):
+    """A real MF whose item embeddings are the identity, so user u's scores are scores[u]."""
+    n_users, n_items = len(scores), len(scores[0])
+    model = MF(n_users, n_items, n_items)
+    with torch.no_grad():
+        model.user_emb.weight.copy_(torch.tensor(scores, dtype=torch.float32))
+        model.item_emb.weight.copy_(torch.eye(n_items))
+    return model

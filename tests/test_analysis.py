@@ -32,15 +32,23 @@ def test_paired_test_matches_scipy():
 
 def test_paired_test_edge_cases():
     same = significance.paired_test([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
-    assert same["t_p"] == 1.0 and same["wilcoxon_p"] == 1.0
+    assert same["t_p"] == 1.0 and same["wilcoxon_p"] == 1.0 and "identical" in same["note"]
     one = significance.paired_test([0.1], [0.2])
-    assert one["n"] == 1 and np.isnan(one["t_p"])
-    shifted = significance.paired_test([0.2, 0.3, 0.4], [0.1, 0.2, 0.3])
-    assert shifted["t_p"] == 0.0 and shifted["mean_diff"] == pytest.approx(0.1)
+    assert one["n"] == 1 and np.isnan(one["t_p"]) and np.isnan(one["wilcoxon_p"]) and one["note"]
     nan = significance.paired_test([0.1, np.nan, 0.3, 0.5], [0.2, 0.2, 0.1, 0.4])
-    assert nan["n"] == 3
+    assert nan["n"] == 3 and nan["note"] is None
     with pytest.raises(ValueError):
         significance.paired_test([1, 2], [1, 2, 3])
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_constant_difference_gives_no_t_test_p_value(n):
+    """One method ahead by the same amount on every seed: the differences have no variance, so there is no
+    t statistic; p = 0 from two or three numbers would be a false certainty. Wilcoxon's exact p is 2 / 2**n."""
+    b = np.array([0.1, 0.2, 0.3][:n])
+    out = significance.paired_test(b + 0.1, b)
+    assert np.isnan(out["t_stat"]) and np.isnan(out["t_p"]) and "zero variance" in out["note"]
+    assert out["wilcoxon_p"] == pytest.approx(2 / 2 ** n) and out["mean_diff"] == pytest.approx(0.1)
 
 
 def _runs():
@@ -77,6 +85,21 @@ def test_gini_and_head_mask():
     assert popularity.gini([]) == 0.0
     mask = popularity.head_mask([1, 9, 3, 9, 0, 2, 7, 4, 5, 6], 0.2)
     assert mask.sum() == 2 and mask[1] and mask[3]
+
+
+@pytest.mark.parametrize("n, share, n_head", [(1, 0.2, 1), (2, 0.2, 1), (6, 0.2, 2), (10, 0.2, 2),
+                                               (1682, 0.2, 337), (100, 0.07, 7)])
+def test_head_is_the_ceil_of_the_share(n, share, n_head):
+    """ceil(share * n) items, with no extra item from float noise (0.07 * 100 = 7.000000000000001)."""
+    pop = np.arange(n)[::-1]  # item 0 most popular
+    mask = popularity.head_mask(pop, share)
+    assert mask.sum() == n_head and mask[:n_head].all()
+
+
+def test_head_ties_go_to_the_lower_item_id():
+    assert popularity.head_mask([3, 5, 5, 5, 1], 0.4).tolist() == [False, True, True, False, False]
+    with pytest.raises(ValueError):
+        popularity.head_mask([1, 2], 1.5)
 
 
 def test_ranking_metrics_hand_computed():

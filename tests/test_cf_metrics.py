@@ -3,23 +3,11 @@
 import math
 
 import pytest
-import torch
 
 from hnlm.cf.evaluate import evaluate
-from hnlm.cf.models import MF
-from tests.cf_helpers import tiny_data
+from tests.cf_helpers import fixed_scores_model, tiny_data
 
 L2 = math.log2
-
-
-def fixed_scores_model(scores):
-    """A real MF whose item embeddings are the identity, so user u's scores are scores[u]."""
-    n_users, n_items = len(scores), len(scores[0])
-    model = MF(n_users, n_items, n_items)
-    with torch.no_grad():
-        model.user_emb.weight.copy_(torch.tensor(scores, dtype=torch.float32))
-        model.item_emb.weight.copy_(torch.eye(n_items))
-    return model
 
 
 @pytest.fixture
@@ -78,14 +66,14 @@ def test_partial_hits_and_ndcg_discount():
 
 
 def test_list_statistics():
-    # popularity (train counts): item 0: 2, item 1: 1, others 0. Head = top 20% of 6 items = 1 item (item 0).
+    # popularity (train counts): item 0: 2, item 1: 1, others 0. Head = ceil(20% of 6 items) = items 0 and 1.
     data = tiny_data(train={0: [0], 1: [0, 1]}, valid={}, test={0: [2], 1: [3]}, n_users=2, n_items=6)
     model = fixed_scores_model([[0, 9, 8, 7, 1, 0], [0, 0, 1, 9, 8, 0]])
     res = evaluate(model, data, "test", ks=(2,))
-    # top-2: user 0 -> 1, 2; user 1 -> 3, 4 (train items masked)
+    # top-2: user 0 -> 1, 2; user 1 -> 3, 4 (train items masked); item 1 is the one head item listed
     assert res["coverage@2"] == pytest.approx(4 / 6)
     assert res["mean_popularity@2"] == pytest.approx((1 + 0 + 0 + 0) / 4)
-    assert res["longtail_share@2"] == pytest.approx(1.0)
+    assert res["longtail_share@2"] == pytest.approx(3 / 4)
 
 
 def test_split_name_checked(case):

@@ -1,4 +1,5 @@
-"""HNLMRec fine-tuning on the real smollm2-135m: loss falls, only LoRA/heads train, save/reload/resume."""
+"""HNLMRec fine-tuning on the real smollm2-135m: loss falls, only LoRA/heads train, save/reload, and a fresh
+model resumed from a checkpoint equals the uninterrupted run."""
 
 import numpy as np
 import pytest
@@ -39,8 +40,8 @@ def embed(enc, batch):
     return enc(batch["input_ids"], batch["attention_mask"], batch["cf_user"], batch["cf_item"])
 
 
-def test_finetune_reduces_loss_trains_only_adapter_and_reloads(tmp_path):
-    cfg = config(tmp_path, steps=4)
+def test_finetune_reduces_loss_trains_only_adapter_reloads_and_resumes(tmp_path):
+    cfg = config(tmp_path, steps=5)  # checkpoint at step 4 (save_steps), then one more step
     lm, tok = load_base(cfg)
     enc = QueryEncoder(lm, cfg.encoder_config(cf_dim=8, out_dim=384))
     ds = dataset()
@@ -80,13 +81,17 @@ def test_finetune_reduces_loss_trains_only_adapter_and_reloads(tmp_path):
     assert cos.min() > 0.999, cos
     np.testing.assert_allclose(out, ref, atol=5e-3)
 
-    # resume: a longer run continues from the last checkpoint (step 4) instead of starting over
-    assert (tmp_path / "ckpt" / "checkpoint-4" / "hnlmrec_trainable.pt").exists()
-    cfg5 = config(tmp_path, steps=5)
-    resumed = make_trainer(reloaded, tok, ds, cfg5, str(tmp_path / "ckpt"))
-    resumed.train(resume_from_checkpoint=True)
+    # resume: a fresh model (new base LM, new encoder, nothing trained in memory) continued from the step-4
+    # checkpoint on disk ends where the uninterrupted 5-step run ended
+    checkpoint = tmp_path / "ckpt" / "checkpoint-4"
+    assert (checkpoint / "hnlmrec_trainable.pt").exists()
+    lm3, _ = load_base(cfg)
+    fresh = QueryEncoder(lm3, cfg.encoder_config(cf_dim=8, out_dim=384))
+    resumed = make_trainer(fresh, tok, ds, cfg, str(tmp_path / "resumed"))
+    resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == 5
     assert len([r for r in resumed.state.log_history if "loss" in r]) == 5  # 4 restored + 1 new
+    torch.testing.assert_close(embed(fresh, batch), q, atol=1e-4, rtol=0)
 
 
 def test_an_update_with_nonfinite_gradients_is_dropped():

@@ -1,5 +1,7 @@
 """HNLMRec fine-tuning set: training split only, guard, loss (no LLM needed)."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -69,11 +71,17 @@ def test_text_signal_names_rank_and_neighbours(data):
     assert "embedding tokens" in soft
 
 
-def test_contrastive_loss_prefers_query_at_target():
-    torch.manual_seed(0)
-    p, n = torch.randn(6, 16), torch.randn(6, 16)
-    good, bad = contrastive_loss(p, p, n), contrastive_loss(n, p, n)
-    assert good < 0.1 < bad
+def test_contrastive_loss_hand_computed():
+    """-mean over every (i, j) of log sigmoid((cos(q_i, p_i) - cos(q_i, n_j)) / tau): all in-batch n_j, not
+    only n_i. q = (e1, e2) (scaled: cosines ignore norms), p = (e1, (e1 + e2) / sqrt2), n = (e2, -e1)."""
+    q = torch.tensor([[3.0, 0.0], [0.0, 0.5]])
+    p = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    n = torch.tensor([[0.0, 2.0], [-1.0, 0.0]])
+    c, tau = 1 / math.sqrt(2), 0.5
+    margins = [(1 - 0) / tau, (1 + 1) / tau,      # q_1: cos to p_1 is 1; to n_1 0, to n_2 -1
+               (c - 1) / tau, (c - 0) / tau]      # q_2: cos to p_2 is 1/sqrt2; to n_1 1, to n_2 0
+    expected = sum(math.log1p(math.exp(-m)) for m in margins) / 4
+    assert float(contrastive_loss(q, p, n, tau)) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 from hnlm.llm.cache import JsonlCache, call_key
 from hnlm.llm.pooling import Centerer, pool_hidden
 from hnlm.llm.structured import (_JsonTracker, extract_json_text, field_budgets, parse_and_validate,
-                                 strip_extensions)
+                                 parse_reply, strip_extensions)
 
 SCHEMA = {"type": "object",
           "properties": {"summarization": {"type": "string", "x-max-tokens": 40, "x-max-words": 5},
@@ -59,6 +59,28 @@ def test_repair_only_when_asked():
     assert parse_and_validate(extract_json_text(text), SCHEMA)[0] is None
     value, why = parse_and_validate(extract_json_text(text), SCHEMA, repair=True)
     assert why is None and value == {"summarization": "good film", "reasoning": "title"}
+
+
+FENCED = 'Here you go:\n```json\n{"summarization": "toy film", "reasoning": "kids",}\n```\nEnjoy!'
+
+
+@pytest.mark.parametrize("raw, lenient, value, reason", [
+    # lenient (HTTP, unconstrained decoding): prose and fences cut away, the trailing comma repaired
+    (FENCED, True, {"summarization": "toy film", "reasoning": "kids"}, None),
+    ('{"summarization": "a b", "reasoning": "c"}', True, {"summarization": "a b", "reasoning": "c"}, None),
+    ('{"summarization": "cut', True, None, "schema: <root>: 'reasoning' is a required property"),
+    ("I liked it.", True, None, "invalid JSON"),
+    # strict (grammar-constrained decoding): the reply is taken as it is
+    (FENCED, False, None, "invalid JSON: Expecting value at char 0"),
+    ('{"summarization": "a b", "reasoning": "c"}', False, {"summarization": "a b", "reasoning": "c"}, None),
+    ('{"summarization": "one two three four five six", "reasoning": "c"}', False, None,
+     "word limit: summarization has 6 words > 5"),
+])
+def test_parse_reply_hand_written(raw, lenient, value, reason):
+    """What a backend records for a reply: exactly what the reply says, or a failure with its reason."""
+    got, why = parse_reply(raw, SCHEMA, lenient)
+    assert got == value
+    assert why == reason if reason is None else why.startswith(reason)
 
 
 def test_cache_key_depends_on_every_part():

@@ -1,8 +1,9 @@
 """Every study notebook runs headless through papermill on the smoke profile; its result file is checked.
 
 The notebooks run once, in study order (05 reads 03's bank, 08 and 09 read 06's runs, 10 transfers 05's
-fine-tuned model), into a temporary run folder and figure folder; artefacts stay shared so cached LLM
-outputs, fine-tuning runs and prepared datasets are reused.
+fine-tuned model), into a temporary run folder and figure folder. Their kernels inherit the session's
+temporary artefact root (tests/conftest.py), so every run prepares the data, generates the LLM outputs and
+fine-tunes what it checks; only the converted LLM weights are shared between runs.
 """
 
 import json

@@ -1,6 +1,9 @@
 """RLMRec-Con baseline: in-batch InfoNCE alignment of projected text embeddings; trains with the CF model."""
 
+import math
+
 import numpy as np
+import pytest
 import torch
 
 from hnlm.cf.trainer import TrainConfig, train
@@ -15,9 +18,15 @@ def test_unique_first():
     assert uniq.tolist() == [3, 5, 9] and first.tolist() == [1, 0, 3]
 
 
-def test_info_nce_prefers_matching_rows():
-    a = torch.eye(4)
-    assert rlmrec.info_nce(a, a, 0.2) < rlmrec.info_nce(a, a.roll(1, 0), 0.2)
+def test_info_nce_hand_computed():
+    """Cross-entropy of cosine / tau logits with row i's target as the class: anchors (e1, e2), targets
+    (e1, (e1 + e2) / sqrt2) given unnormalised, tau 0.5."""
+    anchor = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([[1.0, 0.0], [3.0, 3.0]])
+    c, tau = 1 / math.sqrt(2), 0.5
+    row0 = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(c / tau)))
+    row1 = -math.log(math.exp(c / tau) / (math.exp(0 / tau) + math.exp(c / tau)))
+    assert float(rlmrec.info_nce(anchor, target, tau)) == pytest.approx((row0 + row1) / 2, rel=1e-6)
 
 
 def test_metadata_user_text_uses_training_titles_only():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hnlm.analysis.popularity import gini, head_mask
+from hnlm.analysis.popularity import HEAD_SHARE, gini, head_mask
 
 
-def dataset_row(data, head_share: float = 0.2) -> dict:
+def dataset_row(data, head_share: float = HEAD_SHARE) -> dict:
     """Size, density, split sizes and how skewed histories and item popularity are (training split)."""
     s = data.summary()
     lengths = np.diff(data.train.indptr)
@@ -24,7 +24,7 @@ def dataset_row(data, head_share: float = 0.2) -> dict:
             "popularity_gini": gini(pop)}
 
 
-def dataset_table(datasets, head_share: float = 0.2) -> pd.DataFrame:
+def dataset_table(datasets, head_share: float = HEAD_SHARE) -> pd.DataFrame:
     return pd.DataFrame([dataset_row(d, head_share) for d in datasets])
 
 

@@ -11,10 +11,20 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def head_mask(popularity, head_share: float = 0.2) -> np.ndarray:
-    """Boolean mask of head items: the ceil(share * n) most popular (ties: lower item id first)."""
+HEAD_SHARE = 0.2  # share of the catalogue that is "head" (notebook 08, the evaluator's long-tail share)
+
+
+def head_mask(popularity, head_share: float = HEAD_SHARE) -> np.ndarray:
+    """Boolean mask of the head items: the ceil(head_share * n) most popular of the n items by training count
+    (ties: lower item id first); every other item is long tail. This is the project's one definition of head.
+
+    Ceil makes the head the smallest top set that holds at least `head_share` of the catalogue, so it is never
+    empty when head_share > 0 (round() would give no head item for n <= 2 at 20%). The product is rounded to
+    9 decimals first so that float noise cannot add an item (0.07 * 100 is 7.000000000000001 in floats)."""
+    if not 0.0 <= head_share <= 1.0:
+        raise ValueError(f"head_share must be in [0, 1], not {head_share}")
     popularity = np.asarray(popularity)
-    n_head = int(np.ceil(head_share * len(popularity)))
+    n_head = int(np.ceil(round(head_share * len(popularity), 9)))
     order = np.argsort(-popularity, kind="stable")
     mask = np.zeros(len(popularity), dtype=bool)
     mask[order[:n_head]] = True

@@ -11,10 +11,17 @@ from scipy import stats
 
 
 def paired_test(a, b) -> dict:
-    """Paired t-test and Wilcoxon signed-rank test of a vs b (same units, same order).
+    """Paired t-test and Wilcoxon signed-rank test of a vs b (same units, same order; NaN pairs dropped).
 
-    p-values are NaN with fewer than 2 pairs; when every difference is zero the two samples are equal and
-    both p-values are 1.0 (scipy would return NaN or raise)."""
+    Returns n, the means, the mean difference, t_stat/t_p, wilcoxon_stat/wilcoxon_p and `note`, which says
+    why a p-value is missing or set by rule (None when both tests ran as such):
+    - fewer than 2 pairs: no test, every p is NaN;
+    - every difference exactly 0 (a == b): both p are 1.0, the samples are identical;
+    - all differences equal but not 0 (zero variance, e.g. one method ahead by the same amount on two or three
+      seeds): the t statistic is undefined, so t_stat and t_p are NaN; a p of 0 from two or three values would
+      claim a certainty the data cannot give. Wilcoxon still runs: with n pairs of one sign its exact two-sided
+      p is 2 / 2**n (0.5 for 2 pairs, 0.25 for 3).
+    Equal differences are judged with numpy's default closeness (float noise from subtracting metric values)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in shape: {a.shape} vs {b.shape}")
@@ -24,18 +31,18 @@ def paired_test(a, b) -> dict:
     out = {"n": int(len(a)), "mean_a": float(a.mean()) if len(a) else np.nan,
            "mean_b": float(b.mean()) if len(b) else np.nan,
            "mean_diff": float(diff.mean()) if len(a) else np.nan,
-           "t_stat": np.nan, "t_p": np.nan, "wilcoxon_stat": np.nan, "wilcoxon_p": np.nan}
+           "t_stat": np.nan, "t_p": np.nan, "wilcoxon_stat": np.nan, "wilcoxon_p": np.nan, "note": None}
     if len(a) < 2:
-        return out
-    if np.allclose(diff, 0.0):
-        return {**out, "t_stat": 0.0, "t_p": 1.0, "wilcoxon_stat": 0.0, "wilcoxon_p": 1.0}
-    if np.allclose(diff, diff[0]):  # constant nonzero difference: t undefined (zero variance)
-        t_stat, t_p = np.sign(diff[0]) * np.inf, 0.0
-    else:
-        t_stat, t_p = stats.ttest_rel(a, b)
+        return {**out, "note": f"{len(a)} pair(s): a paired test needs at least 2"}
+    if (diff == 0).all():
+        return {**out, "t_stat": 0.0, "t_p": 1.0, "wilcoxon_stat": 0.0, "wilcoxon_p": 1.0,
+                "note": "identical samples: p = 1 by rule"}
     w = stats.wilcoxon(a, b, zero_method="wilcox")
-    return {**out, "t_stat": float(t_stat), "t_p": float(t_p), "wilcoxon_stat": float(w.statistic),
-            "wilcoxon_p": float(w.pvalue)}
+    out = {**out, "wilcoxon_stat": float(w.statistic), "wilcoxon_p": float(w.pvalue)}
+    if np.allclose(diff, diff.mean()):
+        return {**out, "note": "zero variance of the differences: t-test undefined (t_p NaN)"}
+    t_stat, t_p = stats.ttest_rel(a, b)
+    return {**out, "t_stat": float(t_stat), "t_p": float(t_p)}
 
 
 def summarise(runs: pd.DataFrame, metrics: list[str], by=("method", "backbone")) -> pd.DataFrame:

@@ -4,7 +4,7 @@ Every item is ranked for every user with at least one target item; the user's tr
 (and validation items when testing). Recall@K = hits / |targets|; NDCG@K with IDCG over min(|targets|, K);
 Hit@K = any hit; Precision@K = hits / K; all averaged over users with at least one target item. Also item
 coverage, mean training popularity and long-tail share of the top-K lists (long tail = items outside the
-most popular `head_share` of items by training count).
+head, `hnlm.analysis.popularity.head_mask`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-HEAD_SHARE = 0.2
+from hnlm.analysis.popularity import HEAD_SHARE, head_mask
 
 
 def _rows(m: sp.csr_matrix, users: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,9 +57,10 @@ def evaluate(model, data, split: str = "valid", ks=(10, 20, 50), batch_size: int
     masks = [data.train] + ([data.valid] if split == "test" else [])
     n_target_all = np.diff(target_m.indptr)
     users = np.flatnonzero(n_target_all > 0)
-    pop = torch.from_numpy(data.train_popularity()).to(device)
+    popularity = data.train_popularity()
+    pop = torch.from_numpy(popularity).to(device)
     n_items, kmax = item_emb.shape[0], min(max(ks), item_emb.shape[0])
-    head = _head_items(pop, HEAD_SHARE)
+    head = torch.from_numpy(head_mask(popularity, HEAD_SHARE)).to(device)
     per_user = {}
     tops = []
     for start in range(0, len(users), batch_size):
@@ -83,14 +84,6 @@ def evaluate(model, data, split: str = "valid", ks=(10, 20, 50), batch_size: int
               **_list_stats(top_all, pop.cpu(), head.cpu(), n_items, ks)}
     result["per_user"] = per_user
     return result
-
-
-def _head_items(pop: torch.Tensor, share: float) -> torch.Tensor:
-    """Bool mask of the most popular `share` of items (by training count)."""
-    n_head = int(round(share * len(pop)))
-    mask = torch.zeros(len(pop), dtype=torch.bool, device=pop.device)
-    mask[pop.argsort(descending=True, stable=True)[:n_head]] = True
-    return mask
 
 
 def _list_stats(top: torch.Tensor, pop: torch.Tensor, head: torch.Tensor, n_items: int, ks) -> dict:

@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 
 from hnlm.errors import UserFacingError
 from hnlm.llm.cache import JsonlCache, call_key, default_cache_path
-from hnlm.llm.structured import (FieldBudgetProcessor, extract_json_text, field_budgets,
-                                 parse_and_validate, strip_extensions)
+from hnlm.llm.structured import FieldBudgetProcessor, field_budgets, parse_reply, strip_extensions
 
 
 @dataclass
@@ -285,8 +284,7 @@ class LocalBackend(Backend):
             new = out[row, prompt_len:].tolist()
             n_out = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
             raw = tok.decode(new[:n_out], skip_special_tokens=True)
-            text = raw if self.constrained else extract_json_text(raw)
-            value, reason = parse_and_validate(text, schema, repair=not self.constrained)
+            value, reason = parse_reply(raw, schema, lenient=not self.constrained)
             if reason and n_out >= max_new_tokens:
                 reason += " (hit max_new_tokens)"
             records.append({"ok": value is not None, "value": value, "raw": raw, "reason": reason,
@@ -382,7 +380,7 @@ class OpenAIBackend(Backend):
                 except UserFacingError as err:
                     error = error or err
                     continue
-                value, reason = parse_and_validate(extract_json_text(content), schema, repair=True)
+                value, reason = parse_reply(content, schema, lenient=True)
                 if reason and finish == "length":
                     reason += " (finish_reason=length)"
                 on_done([(p, {"ok": value is not None, "value": value, "raw": content, "reason": reason,

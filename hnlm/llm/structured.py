@@ -161,6 +161,13 @@ def extract_json_text(text: str) -> str:
     return text[start:end + 1] if start >= 0 and end > start else text
 
 
+def parse_reply(raw: str, schema: dict, lenient: bool) -> tuple[dict | None, str | None]:
+    """A model's reply as (value, None) or (None, reason), as every backend records it. Lenient (free-form
+    replies: HTTP servers, unconstrained local decoding): the outermost {...} is taken and malformed JSON is
+    repaired (json-repair); strict (grammar-constrained decoding): the reply must be valid as it is."""
+    return parse_and_validate(extract_json_text(raw) if lenient else raw, schema, repair=lenient)
+
+
 def parse_and_validate(text: str, schema: dict, repair: bool = False) -> tuple[dict | None, str | None]:
     """(value, None) when the text is a schema-valid object within the word caps, else (None, reason)."""
     value, reason = None, None

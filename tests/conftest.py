@@ -1,0 +1,31 @@
+"""Hermetic test sessions: everything a test writes goes under one temporary root per session.
+
+A warm checkout must not make a test pass by reading what an earlier run left in the repository
+(prepared datasets, cached LLM generations or text embeddings, fine-tuning runs, run folders, figures):
+HNLM_ARTIFACTS, HNLM_RUNS, HNLM_FIGURES, HNLM_LLM_CACHE and HNLM_ENCODER_CACHE point into the session's
+temporary root, and subprocesses (CLI calls, notebook kernels) inherit them. The one thing shared between
+sessions is the converted LLM cache (HNLM_MODEL_CACHE, `hnlm.llm.models.model_cache_dir`): a bf16 copy of
+the packaged GGUF weights that depends on nothing a test does, and whose conversion would otherwise dominate
+every run. It does not follow HNLM_ARTIFACTS, so it stays where the environment puts it (default
+`artifacts/models` in the checkout). Hypothesis keeps no example database in the checkout either; a failing
+property prints the blob that reproduces it.
+"""
+
+import pytest
+from hypothesis import settings
+
+settings.register_profile("hnlm", database=None, deadline=None, print_blob=True)
+settings.load_profile("hnlm")
+
+ISOLATED = {"HNLM_ARTIFACTS": "artifacts", "HNLM_RUNS": "runs", "HNLM_FIGURES": "figures",
+            "HNLM_LLM_CACHE": "artifacts/llm_cache", "HNLM_ENCODER_CACHE": "artifacts/encoders"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_artefacts(tmp_path_factory):
+    """The session's temporary artefact root (a test may still point a variable at its own tmp_path)."""
+    root = tmp_path_factory.mktemp("hnlm")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, sub in ISOLATED.items():
+            mp.setenv(name, str(root / sub))
+        yield root
