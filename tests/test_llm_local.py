@@ -86,7 +86,7 @@ from hnlm.llm.backends import make_backend
 sys.path.insert(0, {tests!r})
 from test_llm_local import SCHEMA, MOVIES, messages
 b = make_backend("smollm2-135m", batch_size=1, progress=False, cache_path={cache!r})
-b.generate_json([messages(t) for t in MOVIES[:4]], SCHEMA, max_new_tokens=26)
+b.generate_json([messages(t) for t in MOVIES[:4]], SCHEMA, max_new_tokens=30)
 """
 
 
@@ -108,7 +108,7 @@ def test_kill_and_resume(tmp_path):
     done = [json.loads(line) for line in before.splitlines() if line.strip().endswith(b"}")]
     assert 1 <= len(done) < 4
     b = make_backend("smollm2-135m", batch_size=1, progress=False, cache_path=cache)
-    res = b.generate_json([messages(t) for t in MOVIES[:4]], SCHEMA, max_new_tokens=26)
+    res = b.generate_json([messages(t) for t in MOVIES[:4]], SCHEMA, max_new_tokens=30)
     assert all(r.ok for r in res), [(r.reason, r.raw) for r in res]
     assert b.last_stats["cached"] == len(done) and b.last_stats["generated"] == 4 - len(done)
     lines = [json.loads(line) for line in cache.read_text().splitlines()]
@@ -119,5 +119,5 @@ def test_kill_and_resume(tmp_path):
     fresh = make_backend("smollm2-135m", batch_size=1, progress=False, cache_path=tmp_path / "fresh.jsonl")
     key = done[0]["key"]
     pos = [r.key for r in res].index(key)
-    first = fresh.generate_json([messages(MOVIES[pos])], SCHEMA, max_new_tokens=26)[0]
+    first = fresh.generate_json([messages(MOVIES[pos])], SCHEMA, max_new_tokens=30)[0]
     assert first.key == key and first.value == res[pos].value and first.raw == res[pos].raw
