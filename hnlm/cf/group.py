@@ -129,7 +129,7 @@ def train_group(data, configs: list[TrainConfig], samplers: list | None = None, 
     members, shared = [], None
     for i, (c, s, e) in enumerate(zip(configs, samplers, extensions)):
         run = build_run(data, c, device, e, s, positives=shared)
-        shared = shared or run.positives
+        shared = run.positives if shared is None else shared
         members.append(_Member(run, _RunRng(device), BestEpoch(c.patience), position=i))
     group = _Group(members, cfg.lr)
     all_users, all_items = training_pairs(data, device)
