@@ -30,7 +30,7 @@ from hnlm.cf.trainer import TrainConfig, train
 from hnlm.data import load_dataset
 
 BENCH = Path(__file__).resolve().parent
-SMOKE = dict(seeds=2, epochs=3, patience=2, dim=16)
+SMOKE = {"seeds": 2, "epochs": 3, "patience": 2, "dim": 16}
 METRICS = ("recall@20", "ndcg@20")
 
 

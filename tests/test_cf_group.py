@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
-
 from cf_helpers import tiny_data
+
 from hnlm.cf.extension import Extension
 from hnlm.cf.group import GroupError, train_group
 from hnlm.cf.trainer import TrainConfig, train
 
-FAST = dict(dim=8, layers=2, batch_size=128, lr=0.05, epochs=4, patience=10, device="cpu")
+FAST = {"dim": 8, "layers": 2, "batch_size": 128, "lr": 0.05, "epochs": 4, "patience": 10, "device": "cpu"}
 HARD = [("rns", {}), ("dns", {"candidates": 8}), ("dns-mn", {"candidates": 8, "top": 3})]
 
 

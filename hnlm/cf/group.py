@@ -37,10 +37,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hnlm.cf.evaluate import evaluate_many, metric_summary
+from hnlm.cf.evaluate import evaluate_many
 from hnlm.cf.samplers import DNS, DNSMN, Negatives
-from hnlm.cf.trainer import (BestEpoch, TrainConfig, batch_loss, build_run, check_config, clear_batch_context,
-                             finish_run, is_eval_epoch, resolve_device, training_pairs)
+from hnlm.cf.trainer import (
+    BestEpoch,
+    TrainConfig,
+    batch_loss,
+    build_run,
+    check_config,
+    clear_batch_context,
+    finish_run,
+    is_eval_epoch,
+    resolve_device,
+    training_pairs,
+    valid_metrics,
+)
 from hnlm.errors import UserFacingError
 
 RUN_FIELDS = ("seed", "sampler", "sampler_opts")   # the TrainConfig fields that may differ inside a group
@@ -153,7 +164,7 @@ def train_group(data, configs: list[TrainConfig], samplers: list | None = None, 
     return results
 
 
-def _validate(data, group: "_Group", rows: list[dict], ks, epoch: int) -> None:
+def _validate(data, group: _Group, rows: list[dict], ks, epoch: int) -> None:
     """One evaluation of every running run on valid; records each run's score for early stopping."""
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -163,7 +174,7 @@ def _validate(data, group: "_Group", rows: list[dict], ks, epoch: int) -> None:
     share = (time.perf_counter() - t0) / len(group.members)
     for m, row, valid in zip(group.members, rows, results):
         row["eval_s"] = share
-        row["valid"] = {k: v for k, v in metric_summary(valid).items() if "@" in k}
+        row["valid"] = valid_metrics(valid)
         m.best.record(epoch, valid[cfg.metric], m.run.modules)
 
 

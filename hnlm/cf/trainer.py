@@ -80,7 +80,7 @@ def check_config(cfg: TrainConfig) -> list[int]:
     """The cut-offs to evaluate (cfg.ks plus the validation metric's K); raises on an unknown metric."""
     if cfg.metric.split("@")[0] not in ("recall", "ndcg", "hit", "precision"):
         raise ValueError(f"unknown validation metric {cfg.metric!r}")
-    return sorted(set(int(k) for k in cfg.ks) | {int(cfg.metric.split("@")[1])})
+    return sorted({int(k) for k in cfg.ks} | {int(cfg.metric.split("@")[1])})
 
 
 @dataclass
@@ -148,13 +148,9 @@ def is_eval_epoch(epoch: int, cfg: TrainConfig) -> bool:
     return epoch % cfg.eval_every == 0 or epoch == cfg.epochs
 
 
-def valid_row(data, cfg: TrainConfig, ks, embeddings=None, model=None) -> tuple[dict, float]:
-    """(history entries of one validation pass, the score early stopping watches)."""
-    t0 = time.perf_counter()
-    valid = evaluate(model, data, "valid", ks, cfg.eval_batch_size, embeddings=embeddings)
-    row = {"eval_s": time.perf_counter() - t0,
-           "valid": {k: v for k, v in metric_summary(valid).items() if "@" in k}}
-    return row, valid[cfg.metric]
+def valid_metrics(valid: dict) -> dict:
+    """What the history keeps of a validation pass: its metrics at a cut-off."""
+    return {k: v for k, v in metric_summary(valid).items() if "@" in k}
 
 
 def train(data, config: TrainConfig | None = None, extension=None, sampler=None, progress: bool = True) -> dict:
@@ -181,10 +177,11 @@ def train(data, config: TrainConfig | None = None, extension=None, sampler=None,
     for epoch in bar:
         row = _run_epoch(run, optimiser, all_users, all_items, epoch)
         if is_eval_epoch(epoch, cfg):
-            extra, score = valid_row(data, cfg, ks, model=run.model)
-            row.update(extra)
-            best.record(epoch, score, run.modules)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", **{cfg.metric: f"{score:.4f}"})
+            t0 = time.perf_counter()
+            valid = evaluate(run.model, data, "valid", ks, cfg.eval_batch_size)
+            row.update(eval_s=time.perf_counter() - t0, valid=valid_metrics(valid))
+            best.record(epoch, valid[cfg.metric], run.modules)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", **{cfg.metric: f"{valid[cfg.metric]:.4f}"})
         history.append(row)
         if best.stop:
             break
