@@ -42,11 +42,17 @@ def assert_same(grouped, alone):
 def test_grouped_runs_equal_runs_alone(data, model):
     cfgs = configs(model)
     grouped = train_group(data, cfgs, progress=False)
-    assert_same(grouped, [train(data, c, progress=False) for c in cfgs])
+    alone = [train(data, c, progress=False) for c in cfgs]
+    assert_same(grouped, alone)
     assert [r["group"] for r in grouped] == [{"size": 6, "position": i} for i in range(6)]
     # the models come back with their own (best-epoch) weights, not views of the group's tables
     a, b = grouped[0]["model"].user_emb.weight, grouped[1]["model"].user_emb.weight
     assert a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() and a.requires_grad
+    with torch.no_grad():
+        for g, s in zip(grouped, alone):
+            assert all(torch.equal(x, y) for x, y in zip(g["model"].propagate(), s["model"].propagate()))
+    if model == "lightgcn":     # one adjacency for the whole group
+        assert all(r["model"].adj is grouped[0]["model"].adj for r in grouped)
 
 
 def test_runs_stop_early_on_their_own(data):

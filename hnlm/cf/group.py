@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hnlm.cf.evaluate import evaluate_many
+from hnlm.cf.models import LightGCN
 from hnlm.cf.samplers import DNS, DNSMN, Negatives
 from hnlm.cf.trainer import (
     BestEpoch,
@@ -184,6 +185,9 @@ class _Group:
     def __init__(self, members: list[_Member], lr: float):
         self.members, self.lr = members, lr
         self.template = members[0].run.model      # propagation and combination rules (shared graph)
+        for m in members[1:]:
+            if isinstance(m.run.model, LightGCN):
+                m.run.model.share_graph(self.template)
         with torch.no_grad():
             user = torch.stack([m.run.model.user_emb.weight for m in members])
             item = torch.stack([m.run.model.item_emb.weight for m in members])

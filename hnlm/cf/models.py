@@ -114,6 +114,10 @@ class LightGCN(_Backbone):
         self.adj = to_torch_csr(self._adj_cpu, self.user_emb.weight.device)
         return out
 
+    def share_graph(self, other: "LightGCN") -> None:
+        """Use `other`'s normalised adjacency (built from the same training matrix): one copy per group."""
+        self._adj_cpu, self.adj = other._adj_cpu, other.adj
+
     def layers_from(self, user, item):
         x = torch.cat([user, item], dim=-2)
         runs = x.dim() == 3
@@ -122,7 +126,7 @@ class LightGCN(_Backbone):
         layers = [x]
         for _ in range(self.n_layers):
             flat = _SymSpMM.apply(self.adj, flat)
-            layers.append(flat.view(x.shape[1], x.shape[0], -1).transpose(0, 1).contiguous() if runs else flat)
+            layers.append(flat.view(x.shape[1], x.shape[0], -1).transpose(0, 1) if runs else flat)   # a view
         return [(e[..., :self.n_users, :], e[..., self.n_users:, :]) for e in layers]
 
     def combine(self, layers):
