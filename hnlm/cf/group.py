@@ -5,9 +5,8 @@ A study is hundreds of (method x backbone x seed) runs; most of them differ only
 returns for the same config, sampler and extension:
 
 - the runs' layer-0 tables are stacked ([R, n_users, d] and [R, n_items, d]; a LightGCN layer puts them side
-  by side as [n_nodes, R * d]), so ONE sparse product per layer propagates every run, and ONE Adam steps all
-  of them (Adam is element-wise: each run's
-  update is the one it would get alone);
+  by side as [n_nodes, R * d]), so ONE sparse product per layer propagates every run over one shared
+  adjacency, and ONE Adam steps all of them (Adam is element-wise: each run's update is its update alone);
 - every run keeps its own RNG streams as train() uses them: initialisation and setup under
   torch.manual_seed(seed) in train()'s order, its own torch.Generator for the epoch permutation and the
   sampler draws, and its own global torch/numpy RNG state around its sampler and extension calls;
@@ -15,7 +14,10 @@ returns for the same config, sampler and extension:
   gathers that scatter gradients back are per run (one run's batch never shares an accumulation with
   another's), so on CPU a grouped run reproduces the run alone bit for bit (tests/test_cf_group.py);
 - DNS and DNS(M,N) runs draw their candidates with their own generator (the cheap step, a loop over
-  runs) and are scored in one batched product; any other sampler runs through its own `sample` per run;
+  runs) and are scored in one batched product; any other sampler (and every extension) runs through its
+  own `sample` (`on_batch`) per run, on its run's slices of the batch's embeddings; the backbone it is
+  handed reads the run's current weights (views of the tables; gradients flow through the context's
+  embeddings, as with every hnlm sampler, not through that backbone);
 - per-run early stopping: a run whose patience is spent leaves the group with its best state, the others
   go on with the freed share of the tables and of Adam's moments;
 - validation ranks every run's items for each user batch with the masks and targets built once.
