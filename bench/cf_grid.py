@@ -5,12 +5,13 @@ hnlm.cf.group.train_group, in this one invocation, with the same torch threads.
     .venv/bin/python bench/cf_grid.py --smoke          # 2 seeds, 3 epochs, dim 16: checks that it works
 
 Converged protocol (the study's): cap 300 epochs, early stopping with patience 20 on valid recall@20,
-batch 8192, lr 2e-2, dim 64, 3 layers, L2 and sampler options at their defaults. Prints runs per hour each
-way and their ratio, and per-run agreement: a grouped run should give the same best epoch and test metrics as
-the run alone. With one torch thread that holds bit for bit; with more, train() alone is not bit-reproducible
-on ml-100k (three identical LightGCN + DNS(M,N) runs at 2 threads gave two different epoch-2 losses), so a
-hard-sampler run may drift by that much in either way. A warm-up epoch runs first so that neither side pays
-one-off costs.
+batch 8192, lr 2e-2, dim 64, 3 layers, L2 and sampler options at their defaults. Grouped runs are timed
+with one LightGCN sparse product for all runs and with one per run (`--products`). Prints runs per hour
+each way, the ratio to one at a time, and per-run agreement: a grouped run should give the same best epoch
+and test metrics as the run alone. With one torch thread that holds bit for bit; with more, train() alone
+is not bit-reproducible on ml-100k (three identical LightGCN + DNS(M,N) runs at 2 threads gave two
+different epoch-2 losses), so a hard-sampler run may drift by that much in either way. A warm-up epoch runs
+first so that neither side pays one-off costs.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ def run_alone(data, configs) -> tuple[list[dict], float]:
     return results, time.perf_counter() - t0
 
 
-def run_grouped(data, configs, group_size: int) -> tuple[list[dict], float]:
+def run_grouped(data, configs, group_size: int, products: str) -> tuple[list[dict], float]:
     size = group_size or len(configs)
     t0 = time.perf_counter()
     results = []
     for start in range(0, len(configs), size):
-        results += train_group(data, configs[start:start + size], progress=False)
-        print(f"[grouped] {len(results)}/{len(configs)} runs done", flush=True)
+        results += train_group(data, configs[start:start + size], progress=False,
+                               shared_product=products == "shared")
+        print(f"[grouped, {products} products] {len(results)}/{len(configs)} runs done", flush=True)
     return results, time.perf_counter() - t0
 
 
@@ -83,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--group-size", type=int, default=0, help="runs per group (0: every run in one group)")
+    p.add_argument("--products", nargs="+", default=["shared", "per-run"], choices=["shared", "per-run"],
+                   help="grouped ways to time: one LightGCN sparse product for all runs, or one per run")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads for both ways (0: torch default)")
     p.add_argument("--smoke", action="store_true", help=f"tiny settings to check the script: {SMOKE}")
@@ -98,32 +102,36 @@ def main(argv=None) -> int:
     warm = TrainConfig(**{**vars(configs[0]), "epochs": 1})
     train(data, warm, progress=False)
     report = {"args": vars(args), "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()}
-    alone, alone_s = run_alone(data, configs)
-    grouped, grouped_s = run_grouped(data, configs, args.group_size)
-    report["load_avg_end"] = os.getloadavg()
     n = len(configs)
-    report["alone"] = {"seconds": alone_s, "runs_per_hour": n / alone_s * 3600,
-                       "epochs_run": [r["epochs_run"] for r in alone]}
-    report["grouped"] = {"seconds": grouped_s, "runs_per_hour": n / grouped_s * 3600,
-                         "epochs_run": [r["epochs_run"] for r in grouped]}
-    report["speedup"] = alone_s / grouped_s
-    report["agreement"] = agreement(alone, grouped)
-    report["runs"] = [{"sampler": c.sampler, "seed": c.seed, "best_epoch": (a["best_epoch"], g["best_epoch"]),
-                       **{m: (a["test"][m], g["test"][m]) for m in METRICS}}
-                      for c, a, g in zip(configs, alone, grouped)]
+    alone, alone_s = run_alone(data, configs)
+    ways = {"alone": (alone, alone_s)}
+    for products in args.products:
+        ways[f"grouped/{products}"] = run_grouped(data, configs, args.group_size, products)
+    report["load_avg_end"] = os.getloadavg()
+    for way, (results, seconds) in ways.items():
+        report[way] = {"seconds": seconds, "runs_per_hour": n / seconds * 3600,
+                       "epochs_run": [r["epochs_run"] for r in results], "speedup": alone_s / seconds}
+        if way != "alone":
+            report[way]["agreement"] = agreement(alone, results)
+            report[way]["runs"] = [{"sampler": c.sampler, "seed": c.seed,
+                                    "best_epoch": (a["best_epoch"], g["best_epoch"]),
+                                    **{m: (a["test"][m], g["test"][m]) for m in METRICS}}
+                                   for c, a, g in zip(configs, alone, results)]
 
     print(f"\n== {n} runs: {args.model} x {args.samplers} x {args.seeds} seeds on {args.dataset} "
           f"(cap {args.epochs}, patience {args.patience}, batch {args.batch_size}, lr {args.lr}, dim {args.dim}, "
           f"{args.layers} layers; {torch.get_num_threads()} threads, {args.device}) ==")
-    print(f"{'way':8} {'seconds':>9} {'runs/hour':>10} {'mean epochs':>12}")
-    for way in ("alone", "grouped"):
+    print(f"{'way':17} {'seconds':>9} {'runs/hour':>10} {'speed-up':>9} {'mean epochs':>12}")
+    for way in ways:
         r = report[way]
-        print(f"{way:8} {r['seconds']:9.1f} {r['runs_per_hour']:10.1f} {np.mean(r['epochs_run']):12.1f}")
-    print(f"speed-up (grouped vs alone): {report['speedup']:.2f}x; load average {report['load_avg_start'][0]:.1f} "
-          f"-> {report['load_avg_end'][0]:.1f}")
-    a = report["agreement"]
-    print(f"agreement: {a['identical_test_metrics']}/{n} runs with identical test metrics, {a['same_best_epoch']}/{n} "
-          f"with the same best epoch; max |diff| " + ", ".join(f"{m} {a[f'max_abs_diff_{m}']:.2e}" for m in METRICS))
+        print(f"{way:17} {r['seconds']:9.1f} {r['runs_per_hour']:10.1f} {r['speedup']:8.2f}x "
+              f"{np.mean(r['epochs_run']):12.1f}")
+    print(f"load average {report['load_avg_start'][0]:.1f} -> {report['load_avg_end'][0]:.1f}")
+    for way in list(ways)[1:]:
+        a = report[way]["agreement"]
+        print(f"{way} vs alone: {a['identical_test_metrics']}/{n} runs with identical test metrics, "
+              f"{a['same_best_epoch']}/{n} with the same best epoch; max |diff| "
+              + ", ".join(f"{m} {a[f'max_abs_diff_{m}']:.2e}" for m in METRICS))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

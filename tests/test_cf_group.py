@@ -38,10 +38,10 @@ def assert_same(grouped, alone):
         assert [r.get("valid") for r in g["history"]] == [r.get("valid") for r in a["history"]]
 
 
-@pytest.mark.parametrize("model", ["mf", "lightgcn"])
-def test_grouped_runs_equal_runs_alone(data, model):
+@pytest.mark.parametrize(("model", "shared_product"), [("mf", True), ("lightgcn", True), ("lightgcn", False)])
+def test_grouped_runs_equal_runs_alone(data, model, shared_product):
     cfgs = configs(model)
-    grouped = train_group(data, cfgs, progress=False)
+    grouped = train_group(data, cfgs, progress=False, shared_product=shared_product)
     alone = [train(data, c, progress=False) for c in cfgs]
     assert_same(grouped, alone)
     assert [r["group"] for r in grouped] == [{"size": 6, "position": i} for i in range(6)]

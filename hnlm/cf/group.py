@@ -126,9 +126,13 @@ def _distinct(objects, what: str) -> None:
 
 
 def train_group(data, configs: list[TrainConfig], samplers: list | None = None, extensions: list | None = None,
-                progress: bool = True) -> list[dict]:
+                progress: bool = True, shared_product: bool = True) -> list[dict]:
     """Train the runs `configs` (with optional per-run `samplers` and `extensions`, as train() takes them)
-    in one group; return their train() result dicts in the same order, each with a "group" entry."""
+    in one group; return their train() result dicts in the same order, each with a "group" entry.
+
+    `shared_product=False` propagates each LightGCN run with its own sparse products (same results): on a
+    loaded 2-core CPU one product over [n_nodes, R * d] was not cheaper than R products over [n_nodes, d]
+    (torch profiler), so bench/cf_grid.py times both."""
     check_group(configs)
     n = len(configs)
     samplers, extensions = samplers or [None] * n, extensions or [None] * n
@@ -145,7 +149,7 @@ def train_group(data, configs: list[TrainConfig], samplers: list | None = None, 
         run = build_run(data, c, device, e, s, positives=shared)
         shared = run.positives if shared is None else shared
         members.append(_Member(run, _RunRng(device), BestEpoch(c.patience), position=i))
-    group = _Group(members, cfg.lr)
+    group = _Group(members, cfg.lr, shared_product)
     all_users, all_items = training_pairs(data, device)
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"{cfg.model} x{n}", disable=not progress, leave=False)
     for epoch in bar:
@@ -184,8 +188,8 @@ def _validate(data, group: _Group, rows: list[dict], ks, epoch: int) -> None:
 class _Group:
     """The running members' stacked layer-0 tables, the optimiser over them, and one lockstep epoch."""
 
-    def __init__(self, members: list[_Member], lr: float):
-        self.members, self.lr = members, lr
+    def __init__(self, members: list[_Member], lr: float, shared_product: bool):
+        self.members, self.lr, self.shared_product = members, lr, shared_product
         self.template = members[0].run.model      # propagation and combination rules (shared graph)
         for m in members[1:]:
             if isinstance(m.run.model, LightGCN):
@@ -195,7 +199,7 @@ class _Group:
             item = torch.stack([m.run.model.item_emb.weight for m in members])
         self.user, self.item = nn.Parameter(user), nn.Parameter(item)
         self.optimiser = torch.optim.Adam(self._params(), lr=lr)
-        self._finals = None     # the batch's detached final tables [R, n, d], for batched DNS scoring
+        self._finals = None     # the batch's final (user, item) embeddings per member, for batched DNS scoring
         self._bind()
 
     def _params(self) -> list:
@@ -237,8 +241,7 @@ class _Group:
         self._bind()
 
     def final_embeddings(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        user, item = self.template.combine(self.template.layers_from(self.user, self.item))
-        return list(zip(user.unbind(0), item.unbind(0)))
+        return self._propagate()[1]
 
     def epoch(self, all_users, all_items, epoch: int) -> list[dict]:
         """One lockstep pass: every member's own permutation, same batch boundaries, one backward and one
@@ -273,11 +276,9 @@ class _Group:
         return [{"loss": t / len(all_users), "train_s": share, "sample_s": s, "epoch": epoch}
                 for t, s in zip(totals, sample_s)]
 
-    def _set_contexts(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Propagate every member at once and give each its own slices (per layer and final) in its
-        sampler context; returns each member's layer-0 (user, item) tables for the L2 term."""
-        layers = self.template.layers_from(self.user, self.item)
-        user_f, item_f = self.template.combine(layers)
+    def _propagate(self):
+        """Every member's layers, final embeddings and layer-0 tables, as per-member (user, item) slices.
+        With `shared_product` one sparse product per layer serves all members, else one per member."""
         # One unbind per tensor: where a tensor is used twice (MF: the tables are layer 0, the final
         # embeddings and the L2 operand) every use goes through the same slice, as through the one weight
         # alone, so gradients accumulate in the same order.
@@ -288,14 +289,23 @@ class _Group:
                 slices[id(t)] = t.unbind(0)
             return slices[id(t)]
 
-        per_layer = [list(zip(split(u), split(i))) for u, i in layers]
-        finals = list(zip(split(user_f), split(item_f)))
         first = list(zip(split(self.user), split(self.item)))
-        self._finals = (user_f.detach(), item_f.detach())
-        for k, m in enumerate(self.members):
-            ctx = m.run.ctx
-            ctx.layers = [layer[k] for layer in per_layer]
-            ctx.user_emb, ctx.item_emb = finals[k]
+        if self.shared_product:
+            layers = self.template.layers_from(self.user, self.item)
+            user_f, item_f = self.template.combine(layers)
+            per_member = [list(m) for m in zip(*[list(zip(split(u), split(i))) for u, i in layers])]
+            return per_member, list(zip(split(user_f), split(item_f))), first
+        per_member = [self.template.layers_from(u, i) for u, i in first]
+        return per_member, [self.template.combine(layers) for layers in per_member], first
+
+    def _set_contexts(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Propagate, and give each member its own slices (per layer and final) in its sampler context;
+        returns each member's layer-0 (user, item) tables for the L2 term."""
+        per_member, finals, first = self._propagate()
+        self._finals = finals
+        for m, layers, final in zip(self.members, per_member, finals):
+            m.run.ctx.layers = layers
+            m.run.ctx.user_emb, m.run.ctx.item_emb = final
         return first
 
     def _sample(self, users, pos, sample_s) -> list[Negatives]:
@@ -326,11 +336,12 @@ class _Group:
         runs = [self.members[k].run for k in ks]
         cands = torch.stack([r.ctx.positives.uniform(users[k], candidates, r.ctx.generator)
                              for k, r in zip(ks, runs)])                                    # [G, B, M]
-        user_f, item_f = self._finals                                                      # [R, n, d]
-        at = torch.tensor(ks, device=cands.device)[:, None]
-        item = item_f.reshape(-1, item_f.shape[-1])[cands + at[..., None] * item_f.shape[1]]   # [G, B, M, d]
-        user = user_f.reshape(-1, user_f.shape[-1])[torch.stack([users[k] for k in ks]) + at * user_f.shape[1]]
-        g, b, m, d = item.shape
+        d = self._finals[0][1].shape[1]
+        item = cands.new_empty((*cands.shape, d), dtype=self._finals[0][1].dtype)           # [G, B, M, d]
+        for j, (k, c) in enumerate(zip(ks, cands)):     # gathered straight into the batch (no second copy)
+            torch.index_select(self._finals[k][1].detach(), 0, c.reshape(-1), out=item[j].view(-1, d))
+        user = torch.stack([self._finals[k][0].detach()[users[k]] for k in ks])             # [G, B, d]
+        g, b, m = cands.shape
         scores = torch.bmm(item.view(g * b, m, d), user.view(g * b, d, 1)).view(g, b, m)
         out = []
         for j, r in enumerate(runs):
