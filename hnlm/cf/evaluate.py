@@ -45,38 +45,59 @@ def rank_metrics(top: torch.Tensor, target: torch.Tensor, n_target: torch.Tensor
 def evaluate(model, data, split: str = "valid", ks=(10, 20, 50), batch_size: int = 1024,
              embeddings: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Metrics of `model` on `split` ("valid" or "test"). `embeddings` skips the propagation."""
+    _check_split(split)
+    if embeddings is None:
+        was_training = model.training
+        model.eval()
+        embeddings = model.propagate()
+        model.train(was_training)
+    return evaluate_many(data, [embeddings], split, ks, batch_size)[0]
+
+
+def _check_split(split: str) -> None:
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
+
+
+@torch.no_grad()
+def evaluate_many(data, embeddings: list[tuple[torch.Tensor, torch.Tensor]], split: str = "valid",
+                  ks=(10, 20, 50), batch_size: int = 1024) -> list[dict]:
+    """evaluate() for several (user, item) embedding pairs of the same data (runs of one group): the masks
+    and targets of each user batch are built once; each pair's scores, top-K and metrics are its own."""
+    _check_split(split)
     ks = sorted(int(k) for k in ks)
-    was_training = model.training
-    model.eval()
-    user_emb, item_emb = embeddings if embeddings is not None else model.propagate()
-    model.train(was_training)
-    device = user_emb.device
+    device = embeddings[0][0].device
     target_m = getattr(data, split)
     masks = [data.train] + ([data.valid] if split == "test" else [])
     n_target_all = np.diff(target_m.indptr)
     users = np.flatnonzero(n_target_all > 0)
     popularity = data.train_popularity()
     pop = torch.from_numpy(popularity).to(device)
-    n_items, kmax = item_emb.shape[0], min(max(ks), item_emb.shape[0])
+    n_items = embeddings[0][1].shape[0]
+    kmax = min(max(ks), n_items)
     head = torch.from_numpy(head_mask(popularity, HEAD_SHARE)).to(device)
-    per_user = {}
-    tops = []
+    per_user = [{} for _ in embeddings]
+    tops = [[] for _ in embeddings]
     for start in range(0, len(users), batch_size):
         batch = users[start:start + batch_size]
-        scores = user_emb[torch.from_numpy(batch).to(device)] @ item_emb.T
-        for m in masks:
-            r, c = _rows(m, batch, device)
-            scores[r, c] = -torch.inf
-        top = scores.topk(kmax, dim=1).indices
+        batch_t = torch.from_numpy(batch).to(device)
+        masked = [_rows(m, batch, device) for m in masks]
         target = torch.zeros(len(batch), n_items, dtype=torch.bool, device=device)
         r, c = _rows(target_m, batch, device)
         target[r, c] = True
         n_t = torch.from_numpy(n_target_all[batch]).to(device).float()
-        for name, v in rank_metrics(top, target, n_t, ks).items():
-            per_user.setdefault(name, []).append(v.cpu())
-        tops.append(top.cpu())
+        for j, (user_emb, item_emb) in enumerate(embeddings):
+            scores = user_emb[batch_t] @ item_emb.T
+            for r, c in masked:
+                scores[r, c] = -torch.inf
+            top = scores.topk(kmax, dim=1).indices
+            for name, v in rank_metrics(top, target, n_t, ks).items():
+                per_user[j].setdefault(name, []).append(v.cpu())
+            tops[j].append(top.cpu())
+    return [_result(split, users, p, t, pop, head, n_items, kmax, ks) for p, t in zip(per_user, tops)]
+
+
+def _result(split, users, per_user, tops, pop, head, n_items, kmax, ks) -> dict:
     top_all = torch.cat(tops) if tops else torch.zeros(0, kmax, dtype=torch.long)
     per_user = {k: torch.cat(v).numpy().astype(np.float64) for k, v in per_user.items()}
     result = {"split": split, "n_users": int(len(users)), "users": users.tolist(),

@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class _Backbone(nn.Module):
@@ -25,6 +26,11 @@ class _Backbone(nn.Module):
         nn.init.xavier_uniform_(self.item_emb.weight)
 
     def layer_embeddings(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self.layers_from(self.user_emb.weight, self.item_emb.weight)
+
+    def layers_from(self, user: torch.Tensor, item: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (user, item) layers grown from layer-0 tables [n_users, d] and [n_items, d], or from several
+        runs' tables at once, [runs, n_users, d] and [runs, n_items, d] (hnlm.cf.group)."""
         raise NotImplementedError
 
     def combine(self, layers):
@@ -39,16 +45,20 @@ class _Backbone(nn.Module):
         return user[users] @ item.T
 
     def l2(self, users, pos, neg) -> torch.Tensor:
-        """Sum of squares of the batch's layer-0 embeddings divided by the batch size."""
-        terms = [self.user_emb(users), self.item_emb(pos), self.item_emb(neg)]
-        return sum(t.pow(2).sum() for t in terms) / len(users)
+        return l2_penalty(self.user_emb.weight, self.item_emb.weight, users, pos, neg)
+
+
+def l2_penalty(user_table, item_table, users, pos, neg) -> torch.Tensor:
+    """Sum of squares of the batch's layer-0 embeddings divided by the batch size."""
+    terms = [F.embedding(users, user_table), F.embedding(pos, item_table), F.embedding(neg, item_table)]
+    return sum(t.pow(2).sum() for t in terms) / len(users)
 
 
 class MF(_Backbone):
     """Matrix factorisation: score = <user, item>."""
 
-    def layer_embeddings(self):
-        return [(self.user_emb.weight, self.item_emb.weight)]
+    def layers_from(self, user, item):
+        return [(user, item)]
 
     def combine(self, layers):
         return layers[-1]
@@ -104,13 +114,20 @@ class LightGCN(_Backbone):
         self.adj = to_torch_csr(self._adj_cpu, self.user_emb.weight.device)
         return out
 
-    def layer_embeddings(self):
-        x = torch.cat([self.user_emb.weight, self.item_emb.weight])
+    def share_graph(self, other: "LightGCN") -> None:
+        """Use `other`'s normalised adjacency (built from the same training matrix): one copy per group."""
+        self._adj_cpu, self.adj = other._adj_cpu, other.adj
+
+    def layers_from(self, user, item):
+        x = torch.cat([user, item], dim=-2)
+        runs = x.dim() == 3
+        # several runs: [n_nodes, runs * d] columns side by side, so one sparse product propagates them all
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1) if runs else x
         layers = [x]
         for _ in range(self.n_layers):
-            x = _SymSpMM.apply(self.adj, x)
-            layers.append(x)
-        return [(e[:self.n_users], e[self.n_users:]) for e in layers]
+            flat = _SymSpMM.apply(self.adj, flat)
+            layers.append(flat.view(x.shape[1], x.shape[0], -1).transpose(0, 1) if runs else flat)   # a view
+        return [(e[..., :self.n_users, :], e[..., self.n_users:, :]) for e in layers]
 
     def combine(self, layers):
         user = torch.stack([u for u, _ in layers]).mean(0)
