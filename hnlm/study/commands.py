@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hnlm.study.llm_outputs import STAGES
+from hnlm.study.llm_outputs import STAGES, prepare
+from hnlm.study.runner import run_study
 from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES
 
 
@@ -24,11 +25,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     if args.llm_only:
-        from hnlm.study.llm_outputs import prepare
         prepare(args.profile, args.dataset, args.llm, args.stages)
         return 0
-    from hnlm.study.runner import run_study
-
     report = run_study(args.profile, args.dataset, args.llm, notebooks=args.notebooks, seeds=args.seeds,
                        out_dir=args.out_dir, stop_on_error=args.stop_on_error)
     failed = [name for name, r in report.items() if not r["ok"]]

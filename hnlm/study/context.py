@@ -19,6 +19,7 @@ import pandas as pd
 
 from hnlm.errors import MissingInputError
 from hnlm.paths import PROJECT_ROOT, figures_dir
+from hnlm.plots import save_figure
 from hnlm.cf.trainer import TrainConfig
 from hnlm.study.settings import DEFAULT_PROFILE
 from hnlm.study.settings import settings as profile_settings
@@ -100,7 +101,6 @@ class NotebookRun:
         return json.loads(path.read_text())
 
     def save_figure(self, fig, name: str) -> list[Path]:
-        from hnlm.plots import save_figure
         return save_figure(fig, f"{name}_{self.dataset}", folder=self.fig_dir)
 
 
