@@ -298,8 +298,10 @@ class OpenAIBackend(Backend):
     """Chat completions over HTTP (vLLM, Ollama, llama.cpp server, hosted APIs).
 
     Structured output: `response_format` json_schema first; if the server rejects it (HTTP 400/422/500/501
-    on that request), `{"type": "json_object", "schema": ...}` from then on (llama.cpp's form). Replies
-    are repaired (json-repair) and validated; what still fails is recorded as a failure. 429/5xx/timeouts/
+    on that request), `{"type": "json_object", "schema": ...}` from then on (llama.cpp's form). A server
+    may also ignore `response_format` and answer free text (`transformers serve` does, with a warning in
+    its log), so no reply is trusted: each one goes through the same path, outermost {...}, json-repair,
+    schema and word caps, and what still fails is recorded and counted as a failure. 429/5xx/timeouts/
     connection errors and garbage envelopes are retried with exponential back-off (Retry-After honoured);
     after `max_retries` the run stops with BackendUnavailable, keeping every result already cached."""
 

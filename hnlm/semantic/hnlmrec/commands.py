@@ -8,6 +8,7 @@ from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, run_finetune
 from hnlm.semantic.hnlmrec.queries import MiningConfig
+from hnlm.semantic.hnlmrec.ranks import processes
 
 
 def register(subparsers) -> None:
@@ -66,9 +67,12 @@ def config_from_args(args) -> RunConfig:
 
 
 def run(args) -> int:
-    data = dataset_from_args(args)
+    with processes().main_process_first():  # under `accelerate launch`, one process prepares the dataset
+        data = dataset_from_args(args)
     data.require_item_text("HNLMRec fine-tuning")
     summary = run_finetune(data, config_from_args(args), args.split_seed, resume=not args.no_resume)
+    if summary is None:  # not the main process of a multi-process launch: it prints and writes nothing
+        return 0
     print(json.dumps({k: summary[k] for k in ("folder", "bank", "examples", "steps", "loss_first5_mean",
                                              "loss_last5_mean", "counts", "timings")}, indent=2))
     return 0

@@ -26,6 +26,7 @@ from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.hnlmrec.finetune import (FinetuneConfig, PairDataset, load_base, make_trainer)
 from hnlm.semantic.hnlmrec.queries import (MiningConfig, QueryBuilder, Teacher, build_examples,
                                            inference_queries)
+from hnlm.semantic.hnlmrec.ranks import gather_ranks, processes
 from hnlm.semantic.common import Budget, safe_name, train_fingerprint
 from hnlm.semantic.profiles import profiles_of
 from hnlm.semantic.sns import item_embeddings
@@ -137,26 +138,32 @@ def training_set(data, teacher: Teacher, cfg: RunConfig, encoder) -> tuple:
     return ex, ds, counts
 
 
-def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True) -> dict:
+def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True) -> dict | None:
+    """The run's summary; None in the processes other than the main one of a multi-process launch (see
+    hnlmrec.ranks: they train, the main process writes)."""
     from hnlm.llm.encoders import get_text_encoder
     from hnlm.semantic.hnlmrec.infer import adapter_fingerprint
     from hnlm.semantic.hnlmrec.model import QueryEncoder
     from transformers import TrainerState
 
     ft = cfg.finetune
+    procs = processes()
     folder = run_folder(data.name, cfg, split_seed)
     done_before = finished_summary(folder, cfg) if resume else None
     if done_before is not None:
-        return done_before
-    (folder / "settings.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=2))
+        return done_before if procs.is_main_process else None
+    if procs.is_main_process:
+        (folder / "settings.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=2))
     t0 = time.perf_counter()
-    teacher = get_teacher(data, cfg.teacher, folder)
-    t_teacher = time.perf_counter() - t0
-    encoder = get_text_encoder("minilm")
-    ex, ds, counts = training_set(data, teacher, cfg, encoder)
-    ex.to_parquet(folder / "examples.parquet")
+    with procs.main_process_first():  # the others then read its teacher, encoder vectors and converted LLM
+        teacher = get_teacher(data, cfg.teacher, folder)
+        t_teacher = time.perf_counter() - t0
+        encoder = get_text_encoder("minilm")
+        ex, ds, counts = training_set(data, teacher, cfg, encoder)
+        lm, tok = load_base(ft)
+    if procs.is_main_process:
+        ex.to_parquet(folder / "examples.parquet")
 
-    lm, tok = load_base(ft)
     qe = QueryEncoder(lm, ft.encoder_config(teacher.dim, encoder.dim))
     trainer = make_trainer(qe, tok, ds, ft, str(folder / "checkpoints"))
     ckpts = sorted((folder / "checkpoints").glob("checkpoint-*"))
@@ -169,8 +176,11 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
         trainer.state = TrainerState.load_from_json(str(done / "trainer_state.json"))
         runtime = None
     t_train = time.perf_counter() - t1
-    qe.save(folder / "final")
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    ranks = gather_ranks(qe, losses)
+    if not procs.is_main_process:
+        return None
+    qe.save(folder / "final")
 
     t2 = time.perf_counter()
     qset = inference_queries(data, query_builder(data, teacher, cfg), Budget.parse(cfg.infer_budget),
@@ -185,9 +195,10 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
         "loss_first5_mean": float(np.mean(losses[:5])) if losses else None,
         "loss_last5_mean": float(np.mean(losses[-5:])) if losses else None,
         "steps": trainer.state.global_step, "train_runtime_s": runtime, "finetune_reused": done is not None,
-        "nonfinite_steps_skipped": skipped_steps(trainer),
+        "nonfinite_steps_skipped": skipped_steps(trainer), "processes": procs.num_processes, "ranks": ranks,
         "timings": {"teacher_s": t_teacher, "finetune_s": t_train, "s_per_step": t_train / steps,
-                    "examples_per_s": trainer.state.global_step * ft.batch_size * ft.grad_accum / t_train,
+                    "examples_per_s": (trainer.state.global_step * ft.batch_size * ft.grad_accum
+                                       * procs.num_processes / t_train),
                     "embedding_pass_s": t_infer, "queries": len(qset),
                     "total_s": time.perf_counter() - t0},
         "device": str(next(qe.head.parameters()).device),
