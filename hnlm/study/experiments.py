@@ -12,8 +12,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -100,16 +103,26 @@ class RunSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resources | None = None) -> dict:
-    """Train one run, or load it when a run with the same key was stored before."""
-    resources = resources if resources is not None else Resources()
-    config = train_config(spec.backbone, spec.seed, settings)
-    key = spec.key(data, config, resources)
+def stored_run(data, spec: RunSpec, settings: dict, folder: Path, resources: Resources) -> dict | None:
+    """The run stored under the same key (same data split, settings and inputs), if there is one."""
+    key = spec.key(data, train_config(spec.backbone, spec.seed, settings), resources)
     path, lists_path = folder / f"{spec.tag}.json", folder / f"{spec.tag}.npz"
     if path.exists() and lists_path.exists():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return stored
+    return None
+
+
+def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resources | None = None) -> dict:
+    """Train one run, or load it when a run with the same key was stored before."""
+    resources = resources if resources is not None else Resources()
+    stored = stored_run(data, spec, settings, folder, resources)
+    if stored is not None:
+        return stored
+    config = train_config(spec.backbone, spec.seed, settings)
+    key = spec.key(data, config, resources)
+    path, lists_path = folder / f"{spec.tag}.json", folder / f"{spec.tag}.npz"
     torch.manual_seed(spec.seed)
     sampler, extension = spec.variant.build(data, resources, spec.seed)
     recorder = NegativeRecorder(sampler, data)
@@ -131,12 +144,30 @@ def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resour
 
 
 def run_grid(data, backbones, variants, seeds, settings: dict, out_dir: Path,
-             resources: Resources | None = None) -> list[dict]:
-    """Every (backbone, variant, seed) run, in a stable order, with one progress bar. `variants` are
-    `hnlm.methods.Variant`s or method names; `resources` holds what LLM-based methods train with."""
+             resources: Resources | None = None, workers: int | None = None) -> list[dict]:
+    """Every (backbone, variant, seed) run, in a stable order, with one progress bar (runs done / total, ETA).
+    `variants` are `hnlm.methods.Variant`s or method names; `resources` holds what LLM-based methods train
+    with. Stored runs with the same key are reused, so a killed grid resumes where it stopped. `workers` > 1
+    (default: HNLM_CF_WORKERS, else 1) trains that many runs at once in processes of one torch thread each."""
     folder = Path(out_dir) / "cf_runs"
+    resources = resources if resources is not None else Resources()
     specs = [RunSpec(b, as_variant(v), s) for b in backbones for v in variants for s in seeds]
-    return [run_one(data, spec, settings, folder, resources) for spec in tqdm(specs, desc="CF runs", unit="run")]
+    workers = workers or int(os.environ.get("HNLM_CF_WORKERS", "1"))
+    if workers <= 1:
+        return [run_one(data, spec, settings, folder, resources) for spec in tqdm(specs, desc="CF runs", unit="run")]
+    results = [stored_run(data, spec, settings, folder, resources) for spec in specs]
+    todo = [i for i, r in enumerate(results) if r is None]
+    # Workers get the inputs their runs need as plain values (loaders do not cross process boundaries).
+    needed = Resources(**{k: resources[k] for i in todo for k in specs[i].variant.needs()})
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="CF runs", unit="run")
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:
+        futures = {pool.submit(run_one, data, specs[i], settings, folder, needed): i for i in todo}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            bar.update()
+    bar.close()
+    return results
 
 
 def load_lists(out_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
