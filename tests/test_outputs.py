@@ -1,0 +1,167 @@
+"""Shipped LLM outputs: manifests, lookup by content, loud failures on damaged files, use by the study, verify."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hnlm.cli import main
+from hnlm.data import load_dataset
+from hnlm.llm.backends import make_backend
+from hnlm.semantic import outputs
+from hnlm.semantic import profiles as pf
+
+KEY = {"model": "m:abc", "schema": {"type": "object"}, "decoding": {"max_new_tokens": 40},
+       "templates": {"t.txt": "aa"}, "split": "f1", "split_seed": 0}
+BF16 = {"dtype": "bfloat16", "device": "cuda", "device_name": "NVIDIA H200", "torch": "2.x", "transformers": "5.x"}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("ml-100k", seed=0)
+
+
+def rows(n=2):
+    return [{"id": i, "ok": True, "summarization": f"text {i}", "reasoning": "r", "reason": None,
+             "prompt_sha": f"p{i}"} for i in range(n)]
+
+
+def ship(root, key=KEY, n=2, kind="profiles-item"):
+    return outputs.publish_records(kind, "ml-100k", "m", "split-0", rows(n), key, BF16, root=root)
+
+
+def test_manifest_round_trip_and_republish_replaces(tmp_path):
+    mpath = ship(tmp_path)
+    found = outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path)
+    m = found.manifest
+    assert m["records"] == 2 and m["key"] == KEY and m["made_with"] == BF16 and m["sha256"] == outputs.sha256_file(found.path)
+    assert found.rows() == rows() and found.path.parent == mpath.parent
+    ship(tmp_path, n=3)
+    files = sorted(p.name for p in mpath.parent.iterdir())
+    assert len(files) == 2 and outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path).manifest["records"] == 3
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((50, 384)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "m", "text_split-0", np.arange(50), np.arange(50) + 7, emb,
+                            KEY, BF16, root=tmp_path)
+    vec = outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path)
+    a = vec.arrays()
+    assert a["emb"].dtype == np.float32 and a["items"].tolist() == list(range(7, 57))
+    assert vec.manifest["vectors"]["fp16_min_cosine"] > 0.99999
+    assert outputs.min_cosine(emb, a["emb"]) == pytest.approx(vec.manifest["vectors"]["fp16_min_cosine"])
+
+
+def test_lookup_is_by_content_and_reports_the_dtype(tmp_path):
+    ship(tmp_path)
+    wanted = {(0,): "p0", (1,): "p1"}
+    hit = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, wanted, root=tmp_path)
+    assert hit.shipped is not None and [r["id"] for r in hit.rows] == [0, 1]
+    assert "bfloat16 on cuda (NVIDIA H200)" in hit.shipped.line()     # another dtype: found and reported
+    only_first = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, {(0,): "p0"}, root=tmp_path)
+    assert [r["id"] for r in only_first.rows] == [0]
+    setting = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", {**KEY, "decoding": {"max_new_tokens": 41}},
+                             wanted, root=tmp_path)
+    assert setting.shipped is None and setting.reason.endswith("decoding changed")
+    template = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", {**KEY, "templates": {"t.txt": "bb"}},
+                              wanted, root=tmp_path)
+    assert template.shipped is None and "template t.txt changed" in template.reason
+    prompt = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, {(0,): "p0", (1,): "changed"},
+                            root=tmp_path)
+    assert prompt.shipped is None and "1 of 2 prompts changed" in prompt.reason
+    more = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, {**wanted, (2,): "p2"}, root=tmp_path)
+    assert more.shipped is None and "1 not shipped" in more.reason
+    absent = outputs.lookup("profiles-user", "ml-100k", "m", "split-0", KEY, wanted, root=tmp_path)
+    assert absent.shipped is None and absent.reason.startswith("none shipped")
+
+
+def rewrite(found, data: bytes):
+    """Replace a shipped file's bytes and make its manifest agree on the sha256 (a bad publish, not a bit flip)."""
+    found.path.write_bytes(data)
+    m = dict(found.manifest, sha256=outputs.sha256_bytes(data))
+    found.manifest_path.write_text(json.dumps(m))
+
+
+def test_damaged_outputs_are_errors_naming_file_and_command(tmp_path):
+    ship(tmp_path)
+    found = outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path)
+    good = found.path.read_bytes()
+    found.path.write_bytes(good.replace(b"text 0", b"text X"))
+    with pytest.raises(outputs.ShippedOutputError, match=r"sha256.*hnlm study --llm-only --publish.*--stages profiles"):
+        outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path)
+    rewrite(found, good[:-5])
+    with pytest.raises(outputs.ShippedOutputError, match=f"{found.path}.*torn line"):
+        outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, {(0,): "p0"}, root=tmp_path)
+    rewrite(found, good.split(b"\n")[0] + b"\n")
+    with pytest.raises(outputs.ShippedOutputError, match="holds 1 records, its manifest says 2"):
+        outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path).rows()
+    rewrite(found, good)
+    with pytest.raises(outputs.ShippedOutputError, match="another training split"):
+        outputs.lookup("profiles-item", "ml-100k", "m", "split-0", {**KEY, "split": "f2"}, {(0,): "p0"}, root=tmp_path)
+
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "m", "text_split-0", [0, 1], [3, 4],
+                            np.ones((2, 8), np.float32), KEY, BF16, root=tmp_path)
+    vec = outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path)
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, users=np.array([0, 1], np.int32), items=np.array([3, 4], np.int32), emb=np.ones((2, 7), np.float16))
+    rewrite(vec, buf.getvalue())
+    with pytest.raises(outputs.ShippedOutputError, match=r"shape \[2, 7\].*manifest says \[2, 8\]"):
+        outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path).arrays()
+    assert main(["outputs", "list"]) == 0  # the repository's own folder: empty or intact
+
+
+def test_list_flags_a_damaged_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path))
+    ship(tmp_path)
+    found = outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path)
+    assert main(["outputs", "list"]) == 0 and "ok" in capsys.readouterr().out
+    found.path.write_bytes(b"{}\n")
+    assert main(["outputs", "list"]) == 1 and "DAMAGED" in capsys.readouterr().out
+
+
+def test_study_profiles_use_shipped_records_whose_prompts_match(data, tmp_path, monkeypatch, capsys):
+    """No model is loaded: the two shipped item profiles answer a limit-2 request; one changed prompt misses."""
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    backend = make_backend("smollm2-135m", progress=False)
+    shas = pf.prompt_hashes(data, "item", range(2), 0)
+    shipped = [dict(r, prompt_sha=shas[(r["id"],)]) for r in rows()]
+    outputs.publish_records("profiles-item", "ml-100k", "smollm2-135m", "split-0", shipped,
+                            pf.shipped_key(data, backend, "item", 0), BF16)
+    frame, counts, summaries = pf.study_profiles(data, backend, "smollm2-135m", "item", 2, 0)
+    assert frame["summarization"].tolist() == ["text 0", "text 1"] and counts["shipped"] == 2
+    assert counts["generated"] == 0 and summaries == {0: "text 0", 1: "text 1"}
+    assert "[outputs] profiles-item: shipped" in capsys.readouterr().out
+    other = pf.shipped_key(data, backend, "item", 0, schema=pf.profile_schema(summary_tokens=10))
+    assert outputs.lookup("profiles-item", "ml-100k", "smollm2-135m", "split-0", other, {(0,): shas[(0,)]}
+                          ).reason.endswith("decoding changed; schema changed")
+
+
+@pytest.mark.slow
+def test_verify_regenerates_a_sample_with_a_fresh_cache(data, tmp_path, monkeypatch):
+    """Two item profiles made with SmolLM2 here, shipped, then regenerated by `verify` with an empty cache."""
+    from hnlm.paths import cache_root
+    from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
+    from hnlm.semantic.hnlmrec.pipeline import RunConfig
+    from hnlm.study.publish import verify
+    from hnlm.study.shipped import run_settings
+    monkeypatch.setenv("HNLM_MODEL_CACHE", str(cache_root("models")))  # the converted model, not a new copy
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    backend = make_backend("smollm2-135m", progress=False, cache_path=tmp_path / "made.jsonl")
+    frame, _ = pf.generate_profiles(data, backend, "item", limit=2)
+    shas = pf.prompt_hashes(data, "item", range(2), 0)
+    made = [{"id": int(r.id), "ok": bool(r.ok), "summarization": r.summarization, "reasoning": r.reasoning,
+             "reason": r.reason, "prompt_sha": shas[(int(r.id),)]} for r in frame.itertuples()]
+    outputs.publish_records("profiles-item", "ml-100k", "smollm2-135m", "split-0", made,
+                            pf.shipped_key(data, backend, "item", 0), outputs.made_with("smollm2-135m"))
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", "text_split-0", [0], [1],
+                            np.ones((1, 4), np.float32),
+                            {"settings": run_settings(RunConfig(FinetuneConfig(llm="smollm2-135m"))), "split_seed": 0},
+                            BF16)
+    (result, vectors) = sorted(verify(2), key=lambda r: r["kind"], reverse=True)
+    assert result["regenerated"] == 2 and result["exact_text_share"] == 1.0
+    assert result["field_matches"] == {"ok": 2, "summarization": 2, "reasoning": 2}
+    assert "not re-embedded: the LoRA adapter" in vectors["summary"]
+
