@@ -83,6 +83,7 @@ class ProfilePrompts:
         self._item_reviews = reviews.sort_values(["item", "user"]).groupby("item")["review"].apply(list) \
             if len(reviews) else pd.Series(dtype=object)
         self._user_reviews = reviews.set_index(["user", "item"])["review"] if len(reviews) else None
+        self._item_lines: dict[int, str] = {}
 
     def item_messages(self, item: int) -> list[dict]:
         system, template = self.templates["item"]
@@ -99,6 +100,14 @@ class ProfilePrompts:
         rng = np.random.default_rng([self.split_seed, user])
         return np.sort(rng.choice(train, HISTORY_ITEMS, replace=False)), len(train)
 
+    def item_line(self, item: int) -> str:
+        """'- title [categories]' of a history item, built once per item (pandas row access is slow and every
+        user prompt lists up to HISTORY_ITEMS of them)."""
+        if item not in self._item_lines:
+            cats = self.data.items.iloc[item].get("categories")
+            self._item_lines[item] = f"- {title_of(self.data, item)}" + (f" [{cats}]" if cats else "")
+        return self._item_lines[item]
+
     def messages(self, kind: str, ident: int) -> list[dict]:
         return self.item_messages(ident) if kind == "item" else self.user_messages(ident)
 
@@ -107,8 +116,7 @@ class ProfilePrompts:
         shown, total = self.history(user)
         lines = []
         for item in shown:
-            cats = self.data.items.iloc[item].get("categories")
-            line = f"- {title_of(self.data, int(item))}" + (f" [{cats}]" if cats else "")
+            line = self.item_line(int(item))
             if int(item) in self.item_profiles:
                 line += ": " + cut_words(self.item_profiles[int(item)], PROFILE_SNIPPET_WORDS)
             lines.append(line)

@@ -158,8 +158,9 @@ def publish_transfer(source, target, llm, signal, conf, profile, seed, info, roo
     summary = {"source": source.name, "target": target.name, "source_run": str(src), "folder": str(folder),
                "queries": len(users), "users_embedded": int(len(np.unique(users))), "users": target.n_users,
                "teacher": Teacher.load(folder / "teacher.npz").meta, "timings": {}}
-    mpath = outputs.publish_vectors("transfer-bank", target.name, llm, shipped.transfer_slot(source.name, target_cfg, seed),
-                                    users, items, emb, shipped.transfer_key(source, target, target_cfg, teacher, seed),
+    slot = shipped.transfer_slot(source.name, target_cfg, seed)
+    key = shipped.transfer_key(source, target, target_cfg, teacher, seed)
+    mpath = outputs.publish_vectors("transfer-bank", target.name, llm, slot, users, items, emb, key,
                                     info, {"profile": profile, "split_seed": seed, "source_dataset": source.name,
                                            "target_dataset": TARGET_DATASET,
                                            "target_first_users": conf["target_first_users"],

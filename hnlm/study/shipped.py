@@ -41,7 +41,8 @@ def sns_key(data, backend, builder, split_seed: int) -> dict:
     template = sns.PROMPT_DIR / f"sns_{domain_of(data.name)}.txt"
     template = template if template.exists() else sns.PROMPT_DIR / "sns_item.txt"
     return {"model": backend.identity.split("|")[0], "schema": schema, "decoding": backend.decoding(total),
-            "max_words": sns.MAX_WORDS, "context": builder.tag, "prompt_seed": builder.seed, "templates": outputs.template_hashes([template]),
+            "max_words": sns.MAX_WORDS, "context": builder.tag, "prompt_seed": builder.seed,
+            "templates": outputs.template_hashes([template]),
             "split": train_fingerprint(data), "split_seed": split_seed}
 
 
@@ -93,7 +94,8 @@ def query_template(dataset: str) -> Path:
 
 def hnlmrec_slot(cfg: RunConfig, split_seed: int) -> str:
     ft = cfg.finetune
-    return f"{ft.cf_signal}_{Budget.parse(ft.budget).tag}_{bank_tag(cfg.infer_budget, cfg.infer_users)}_split-{split_seed}"
+    bank = bank_tag(cfg.infer_budget, cfg.infer_users)
+    return f"{ft.cf_signal}_{Budget.parse(ft.budget).tag}_{bank}_split-{split_seed}"
 
 
 def hnlmrec_key(data, cfg: RunConfig, split_seed: int) -> dict:
