@@ -2,13 +2,14 @@
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from hnlm.cli import main
-from hnlm.data import load_dataset
+from hnlm.data import first_users, load_dataset
 from hnlm.llm.backends import make_backend
 from hnlm.paths import cache_root
 from hnlm.semantic import outputs
@@ -16,7 +17,7 @@ from hnlm.semantic import profiles as pf
 from hnlm.semantic import sns
 from hnlm.semantic.common import Budget, select_pairs
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, bank_tag, run_folder
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, run_folder
 from hnlm.study import pipeline, publish, shipped
 from hnlm.study.publish import verify
 from hnlm.study.settings import settings
@@ -247,3 +248,25 @@ def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tm
     assert summary["shipped"] and summary["loss_first5_mean"] == 1.0 and bank.items.tolist() == [3, 4]
     assert publish.publish_hnlmrec(data, llm, "soft", hconf, "smoke", 0, BF16, None).startswith(
         "hnlmrec-bank soft: already shipped")
+
+
+def test_study_transfer_uses_a_shipped_bank_without_the_source_run(data, tmp_path, monkeypatch, capsys):
+    """No fine-tuned adapter exists here: the shipped transfer bank of these settings is all notebook 10 needs."""
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    llm, target = "smollm2-135m", first_users(data, 50)
+    conf = settings("smoke", "10_generalisation")
+    cfg = replace(pipeline.hnlmrec_config(llm, "text", conf["hnlmrec"]), infer_users=conf["target_users"])
+    teacher = TeacherConfig(**conf["target_teacher"])
+    summary = {"source_run": "run-x", "queries": 2, "users_embedded": 2, "users": 50, "teacher": {"epochs": 1},
+               "timings": {}}
+    outputs.publish_vectors("transfer-bank", target.name, llm, shipped.transfer_slot("ml-100k", cfg, 0), [0, 1],
+                            [2, 3], np.eye(2, 384, dtype=np.float32),
+                            shipped.transfer_key(data, target, cfg, teacher, 0), BF16, {"summary": summary})
+    got, bank = pipeline.study_transfer(data, target, llm, "text", conf, 0)
+    assert got["shipped"] and not got["finetuned_here"] and got["bank_rows"] == 2 and bank.users.tolist() == [0, 1]
+    assert "transfer-bank text ml-100k->ml-100k-first50: shipped" in capsys.readouterr().out
+    other_split = type(target)(target.name, target.train[::-1].tocsr(), target.valid, target.test, target.items,
+                               target.users, target.reviews, target.stats)
+    with pytest.raises(outputs.ShippedOutputError, match="another training split"):
+        shipped.lookup_transfer(data, other_split, cfg, teacher, 0)
