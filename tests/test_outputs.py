@@ -156,6 +156,7 @@ def test_verify_regenerates_a_sample_with_a_fresh_cache(data, tmp_path, monkeypa
     monkeypatch.setenv("HNLM_MODEL_CACHE", str(cache_root("models")))  # the converted model, not a new copy
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_LLM_DTYPE", "float32")  # 4x faster than this CPU's bf16 (12 vs 3 tokens/s, measured)
     backend = make_backend("smollm2-135m", progress=False, cache_path=tmp_path / "made.jsonl")
     frame, _ = pf.generate_profiles(data, backend, "item", limit=2)
     shas = pf.prompt_hashes(data, "item", range(2), 0)
