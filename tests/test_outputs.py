@@ -120,7 +120,11 @@ def test_damaged_outputs_are_errors_naming_file_and_command(tmp_path):
     rewrite(vec, buf.getvalue())
     with pytest.raises(outputs.ShippedOutputError, match=r"shape \[2, 7\].*manifest says \[2, 8\]"):
         outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path).arrays()
-    assert main(["outputs", "list"]) == 0  # the repository's own folder: empty or intact
+
+
+def test_the_repositorys_shipped_outputs_are_intact():
+    table = publish.list_outputs()
+    assert table["check"].eq("ok").all(), table[table["check"].ne("ok")].to_string()
 
 
 def test_list_flags_a_damaged_output(tmp_path, monkeypatch, capsys):
@@ -271,3 +275,21 @@ def test_study_transfer_uses_a_shipped_bank_without_the_source_run(data, tmp_pat
                                target.users, target.reviews, target.stats)
     with pytest.raises(outputs.ShippedOutputError, match="another training split"):
         shipped.lookup_transfer(data, other_split, cfg, teacher, 0)
+
+
+@pytest.mark.slow
+def test_verify_reembeds_vectors_with_the_runs_adapter(data, tmp_path, monkeypatch):
+    """A one-step SmolLM2 fine-tune here; its shipped (float16) bank is re-embedded by `verify`: cosine ~1."""
+    from hnlm.semantic.hnlmrec.pipeline import run_finetune
+    monkeypatch.setenv("HNLM_MODEL_CACHE", str(cache_root("models")))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_LLM_DTYPE", "float32")
+    ft = FinetuneConfig(llm="smollm2-135m", max_steps=1, batch_size=2, save_steps=1, max_length=64)
+    cfg = RunConfig(finetune=ft, teacher=TeacherConfig(model="mf", epochs=1), infer_users=2, infer_batch=2)
+    summary = run_finetune(data, cfg)
+    z = np.load(summary["bank"])
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", shipped.hnlmrec_slot(cfg, 0), z["users"],
+                            z["items"], z["emb"], shipped.hnlmrec_key(data, cfg, 0), outputs.made_with("smollm2-135m"))
+    (result,) = verify(2)
+    assert result["regenerated"] == 2 and result["cosine_min"] > 0.999, result["summary"]
