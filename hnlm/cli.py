@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "hnlm.semantic.hnlmrec.commands",
     "hnlm.methods.commands",
     "hnlm.study.commands",
+    "hnlm.study.outputs_commands",
 ]
 
 

@@ -4,6 +4,8 @@ One artefact root, HNLM_ARTIFACTS (default: artifacts/ in the checkout), holds e
 prepared datasets and runs (artifacts/<dataset>/...), the LLM answer cache (llm_cache/), converted models
 (models/) and text-encoder vectors (encoders/). Each cache may be put elsewhere on its own with
 HNLM_LLM_CACHE, HNLM_MODEL_CACHE or HNLM_ENCODER_CACHE. Figures go to HNLM_FIGURES (default: figures/).
+The LLM outputs that ship with the repository (tracked, never written by a run) live in HNLM_OUTPUTS
+(default: outputs/ in the checkout; see hnlm.semantic.outputs).
 """
 
 import os
@@ -27,6 +29,11 @@ def cache_root(kind: str) -> Path:
     variables = {"llm_cache": "HNLM_LLM_CACHE", "models": "HNLM_MODEL_CACHE", "encoders": "HNLM_ENCODER_CACHE"}
     given = os.environ.get(variables[kind])
     return Path(given) if given else artifacts_root() / kind
+
+
+def outputs_root() -> Path:
+    """The tracked folder of shipped LLM outputs (written only by `hnlm outputs publish`)."""
+    return Path(os.environ.get("HNLM_OUTPUTS", PROJECT_ROOT / "outputs"))
 
 
 def figures_dir() -> Path:

@@ -11,7 +11,8 @@ own training reviews of the listed items. Valid/test interactions never reach a 
 Summaries are capped at SUMMARY_WORDS words (checked after parsing); token budgets per field keep the
 full ml-100k run feasible on a 2-core CPU (see bench/README.md). Files, under
 artifacts/<dataset>/profiles/<llm>/: items_split-<seed>.jsonl and users_split-<seed>.jsonl (one row per
-item/user: id, ok, summarization, reasoning, reason) and counts_split-<seed>.json.
+item/user: id, ok, summarization, reasoning, reason) and counts_split-<seed>.json. Profiles shipped with the
+repository (outputs/, hnlm.semantic.outputs) are used first when their prompts match these prompts exactly.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import numpy as np
 import pandas as pd
 
 from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
+from hnlm.llm.backends import make_backend
+from hnlm.llm.structured import field_budgets
 from hnlm.paths import artifacts_dir
-from hnlm.semantic.common import cut_words, domain_of, safe_name, split_seed_of, title_of
+from hnlm.semantic import outputs
+from hnlm.semantic.common import cut_words, domain_of, safe_name, split_seed_of, title_of, train_fingerprint
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 SUMMARY_WORDS = 100
@@ -51,11 +55,15 @@ def profile_schema(summary_tokens: int = SUMMARY_TOKENS, reasoning_tokens: int =
     }
 
 
+def template_path(kind: str, domain: str) -> Path:
+    """prompts/profile_<kind>_<domain>.txt, else the generic item-domain template."""
+    path = PROMPT_DIR / f"profile_{kind}_{domain}.txt"
+    return path if path.exists() else PROMPT_DIR / f"profile_{kind}_item.txt"
+
+
 def load_template(kind: str, domain: str) -> tuple[str, str]:
     """(system, user) parts of prompts/profile_<kind>_<domain>.txt (a line '---' separates them)."""
-    path = PROMPT_DIR / f"profile_{kind}_{domain}.txt"
-    if not path.exists():
-        path = PROMPT_DIR / f"profile_{kind}_item.txt"
+    path = template_path(kind, domain)
     system, _, user = path.read_text().partition("\n---\n")
     if not user:
         raise DataFormatError(f"{path}: expected a system part, a line '---', then the user part")
@@ -75,6 +83,7 @@ class ProfilePrompts:
         self._item_reviews = reviews.sort_values(["item", "user"]).groupby("item")["review"].apply(list) \
             if len(reviews) else pd.Series(dtype=object)
         self._user_reviews = reviews.set_index(["user", "item"])["review"] if len(reviews) else None
+        self._item_lines: dict[int, str] = {}
 
     def item_messages(self, item: int) -> list[dict]:
         system, template = self.templates["item"]
@@ -91,13 +100,23 @@ class ProfilePrompts:
         rng = np.random.default_rng([self.split_seed, user])
         return np.sort(rng.choice(train, HISTORY_ITEMS, replace=False)), len(train)
 
+    def item_line(self, item: int) -> str:
+        """'- title [categories]' of a history item, built once per item (pandas row access is slow and every
+        user prompt lists up to HISTORY_ITEMS of them)."""
+        if item not in self._item_lines:
+            cats = self.data.items.iloc[item].get("categories")
+            self._item_lines[item] = f"- {title_of(self.data, item)}" + (f" [{cats}]" if cats else "")
+        return self._item_lines[item]
+
+    def messages(self, kind: str, ident: int) -> list[dict]:
+        return self.item_messages(ident) if kind == "item" else self.user_messages(ident)
+
     def user_messages(self, user: int) -> list[dict]:
         system, template = self.templates["user"]
         shown, total = self.history(user)
         lines = []
         for item in shown:
-            cats = self.data.items.iloc[item].get("categories")
-            line = f"- {title_of(self.data, int(item))}" + (f" [{cats}]" if cats else "")
+            line = self.item_line(int(item))
             if int(item) in self.item_profiles:
                 line += ": " + cut_words(self.item_profiles[int(item)], PROFILE_SNIPPET_WORDS)
             lines.append(line)
@@ -196,4 +215,84 @@ def profiles_of(data, llm: str | None) -> tuple[dict[int, str], dict[int, str]]:
     this split's held-out items)."""
     if llm is None:
         raise UserFacingError("user/item profiles need the LLM that wrote them (--profiles-llm)")
-    return load_profiles(data.name, llm, split_seed_of(data))
+    split_seed = split_seed_of(data)
+    found = shipped_profiles(data, llm, split_seed)
+    if not isinstance(found, outputs.Lookup):
+        return found
+    items, users = load_profiles(data.name, llm, split_seed)
+    outputs.report("profiles", f"cached {profiles_dir(data.name, llm)} ({found.reason})")
+    return items, users
+
+
+# ------------------------------------------------------------------------------ shipped profiles
+
+def shipped_key(data, backend, kind: str, split_seed: int, schema: dict | None = None,
+                max_new_tokens: int | None = None) -> dict:
+    """What identifies a profile file besides its prompts: model weights (not the dtype), schema, decoding,
+    template, training split."""
+    schema = schema or profile_schema()
+    _, total = field_budgets(schema, max_new_tokens)
+    return {"model": backend.identity.split("|")[0], "schema": schema, "decoding": backend.decoding(total),
+            "templates": outputs.template_hashes([template_path(kind, domain_of(data.name))]),
+            "split": train_fingerprint(data), "split_seed": split_seed}
+
+
+def prompt_hashes(data, kind: str, ids, split_seed: int, item_profiles: dict[int, str] | None = None) -> dict:
+    """{(id,): prompt_sha} of the profile prompts of `ids`."""
+    prompts = ProfilePrompts(data, split_seed, item_profiles)
+    return {(int(i),): outputs.prompt_sha(prompts.messages(kind, int(i))) for i in ids}
+
+
+def lookup_shipped(data, backend, llm: str, kind: str, ids, split_seed: int,
+                   item_profiles: dict[int, str] | None = None) -> outputs.Lookup:
+    none = outputs.not_shipped(f"profiles-{kind}", data.name, llm, f"split-{split_seed}")
+    if none is not None:
+        return none
+    return outputs.lookup(f"profiles-{kind}", data.name, llm, f"split-{split_seed}",
+                          shipped_key(data, backend, kind, split_seed),
+                          prompt_hashes(data, kind, ids, split_seed, item_profiles))
+
+
+def summaries(rows) -> dict[int, str]:
+    return {int(r["id"]): str(r["summarization"]) for r in rows if r["ok"]}
+
+
+def study_profiles(data, backend, llm: str, kind: str, limit: int | None, split_seed: int = 0,
+                   item_profiles: dict[int, str] | None = None) -> tuple[pd.DataFrame, dict, dict[int, str]]:
+    """Profiles of the first `limit` ids: shipped ones when their prompts match, else generated (LLM cache,
+    then the model) and merged into artifacts/. Returns (frame, counts, every valid summary of this kind there
+    is: user prompts quote all item profiles, so a limited run asks the same prompts as a complete one)."""
+    n = data.n_items if kind == "item" else data.n_users
+    ids = range(n if limit is None else min(limit, n))
+    found = lookup_shipped(data, backend, llm, kind, ids, split_seed, item_profiles)
+    if found.shipped is not None:
+        outputs.report(f"profiles-{kind}", found.shipped.line(len(found.rows)))
+        frame = pd.DataFrame([{"id": r["id"], "ok": r["ok"], "summarization": r["summarization"],
+                               "reasoning": r["reasoning"], "reason": r["reason"], "cached": True, "raw": r.get("raw"),
+                               "prompt_truncated": r.get("prompt_truncated", False)} for r in found.rows])
+        counts = {"kind": kind, "requested": len(frame), "generated": 0, "cached": 0, "shipped": len(frame),
+                  "failed": int((~frame["ok"]).sum()), "truncated_prompts": int(frame["prompt_truncated"].sum()),
+                  "seconds": None, "prompts_per_s": None, "tokens_per_s": None,
+                  "made_with": found.shipped.made_with}
+        return frame, counts, summaries(found.shipped.rows())
+    frame, counts = generate_profiles(data, backend, kind, limit, split_seed, item_profiles=item_profiles)
+    path = save_profiles(frame, data.name, llm, kind, split_seed)
+    outputs.report(f"profiles-{kind}", f"{counts['cached']} cached in the LLM cache, generated "
+                                       f"{counts['generated']} ({found.reason}); saved to {path}")
+    return frame, {**counts, "shipped": 0}, read_profiles(path)
+
+
+def shipped_profiles(data, llm: str, split_seed: int) -> tuple[dict, dict] | outputs.Lookup:
+    """(item, user) summaries from complete shipped profile files whose prompts match, else the miss."""
+    none = outputs.not_shipped("profiles-item", data.name, llm, f"split-{split_seed}")
+    if none is not None:
+        return none
+    backend = make_backend(llm, progress=False)
+    items = lookup_shipped(data, backend, llm, "item", range(data.n_items), split_seed)
+    if items.shipped is None:
+        return items
+    users = lookup_shipped(data, backend, llm, "user", range(data.n_users), split_seed, summaries(items.rows))
+    if users.shipped is None:
+        return users
+    outputs.report("profiles", f"{items.shipped.line()}; {users.shipped.line()}")
+    return summaries(items.rows), summaries(users.rows)

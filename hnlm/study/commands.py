@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from hnlm.errors import UserFacingError
 from hnlm.study.llm_outputs import STAGES, prepare
+from hnlm.study.publish import publish_study
 from hnlm.study.runner import run_study
 from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES
 
@@ -20,12 +22,19 @@ def register(sub) -> None:
                    help="run only the study's LLM work (profiles, SNS, HNLMRec, transfer) into the caches the "
                         "notebooks reuse, e.g. on a GPU machine; no notebooks")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="with --llm-only")
+    p.add_argument("--publish", action="store_true",
+                   help="with --llm-only: then copy the finished outputs into the tracked outputs/ folder with "
+                        "manifests (`hnlm outputs list` shows them)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.publish and not args.llm_only:
+        raise UserFacingError("--publish goes with --llm-only: hnlm study --llm-only --publish --profile full")
     if args.llm_only:
         prepare(args.profile, args.dataset, args.llm, args.stages)
+        if args.publish:
+            publish_study(args.profile, args.dataset, args.llm, args.stages)
         return 0
     report = run_study(args.profile, args.dataset, args.llm, notebooks=args.notebooks, seeds=args.seeds,
                        out_dir=args.out_dir, stop_on_error=args.stop_on_error)

@@ -3,9 +3,9 @@
 Every LLM output of the study (module 1 profiles, module 2 SNS generations, module 4 fine-tuning runs with
 their embedding passes, and the transfer embeddings of notebook 10) goes through caches that notebooks
 02, 03, 05, 06 and 10 reuse: the append-only LLM cache (keyed by model, dtype and prompt) and module 4's run
-folders (keyed by their settings). Running this where an accelerator is at hand, then the notebooks anywhere
-over the same `artifacts/`, is how a CPU-only machine gets a paper-size study. Outputs made in bf16 are
-found by a CPU run with HNLM_LLM_DTYPE=bfloat16 (the dtype is part of the LLM cache key).
+folders (keyed by their settings). Running this where an accelerator is at hand with `--publish` copies them
+into the tracked outputs/ folder (hnlm.semantic.outputs, hnlm.study.publish); a clone then runs every notebook
+on a CPU from those shipped outputs, found by content whatever dtype made them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 STAGES = ("profiles", "sns", "hnlmrec", "transfer")
+TARGET_DATASET = "ml-1m"  # notebook 10 transfers the fine-tuned encoder to this dataset
 
 
 def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int = 256,
@@ -47,7 +48,7 @@ def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int 
                     for s in conf["signals"]}
         else:
             conf = settings(profile, "10_generalisation")
-            target = first_users(load_dataset("ml-1m", seed=conf["split_seed"]), conf["target_first_users"])
+            target = first_users(load_dataset(TARGET_DATASET, seed=conf["split_seed"]), conf["target_first_users"])
             info = {s: pipeline.study_transfer(data, target, llm, s, conf, conf["split_seed"])[0]["folder"]
                     for s in conf["signals"]}
         report[stage] = {"seconds": round(time.perf_counter() - t0, 1), **info}

@@ -19,6 +19,7 @@ from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.methods import variant
+from hnlm.semantic import outputs
 from hnlm.semantic import profiles as pf
 from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
@@ -28,18 +29,15 @@ from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, load_bank, 
 from hnlm.semantic.hnlmrec.transfer import source_run, transfer_bank
 from hnlm.semantic.resources import Resources
 from hnlm.semantic.rlmrec import text_embeddings
+from hnlm.study import shipped
 from hnlm.study.experiments import run_grid
 
 
 def generate_study_profiles(data, backend, llm: str, limit: int | None, split_seed: int = 0) -> dict:
-    """Item profiles, then user profiles that quote them (module 1), for the first `limit` ids."""
-    items, item_counts = pf.generate_profiles(data, backend, "item", limit, split_seed)
-    # users quote every item profile there is (the merged file), so a limited run asks the same user prompts
-    # as a complete one and finds them in the LLM cache
-    item_profiles = pf.read_profiles(pf.save_profiles(items, data.name, llm, "item", split_seed))
-    users, user_counts = pf.generate_profiles(data, backend, "user", limit, split_seed,
-                                              item_profiles=item_profiles)
-    pf.save_profiles(users, data.name, llm, "user", split_seed)
+    """Item profiles, then user profiles that quote them (module 1), for the first `limit` ids: shipped
+    ones when their prompts match, else generated (cached, resumable)."""
+    items, item_counts, item_profiles = pf.study_profiles(data, backend, llm, "item", limit, split_seed)
+    users, user_counts, _ = pf.study_profiles(data, backend, llm, "user", limit, split_seed, item_profiles)
     return {"items": items, "users": users, "counts": [item_counts, user_counts]}
 
 
@@ -91,15 +89,30 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
 
 def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair_seed: int = 0,
                        chunk: int = 32, context: str = "profile"):
-    """The LLM half of `study_sns` (cached, resumable): (pairs, PromptBuilder, generation counts)."""
+    """The LLM half of `study_sns` (cached, resumable): (pairs, PromptBuilder, generation counts). Shipped
+    negatives whose prompts match are copied into the artifacts' record file instead of being generated."""
 
     pairs = select_pairs(data, Budget.parse("per-user:1"), pair_seed)
     if limit_users is not None:
         pairs = pairs[pairs["user"] < limit_users]
     builder = sns.PromptBuilder(data, context, llm, seed=pair_seed)
     backend = make_backend(llm)
-    gen = sns.generate_negatives(data, backend, pairs, builder, sns.sns_dir(data.name, llm, split_seed), chunk=chunk)
+    folder = sns.sns_dir(data.name, llm, split_seed)
+    found = shipped.lookup_sns(data, backend, llm, builder, pairs, split_seed)
+    if found.shipped is not None:
+        copied = shipped.copy_into_cache(found.rows, folder, builder.tag)
+        outputs.report("sns-negatives", f"{found.shipped.line(len(found.rows))}; {copied} records copied into "
+                                        f"{folder / 'negatives.jsonl'}")
+        gen = {"requested": len(pairs), "already_done": len(pairs), "generated": 0, "from_llm_cache": 0,
+               "shipped": len(found.rows), "backend": found.shipped.manifest["key"]["model"],
+               "made_with": found.shipped.made_with, "seconds": None, "prompts_per_s": None, "tokens_per_s": None}
+        return pairs, builder, gen
+    gen = sns.generate_negatives(data, backend, pairs, builder, folder, chunk=chunk)
+    outputs.report("sns-negatives", f"{gen['already_done']} already in {folder / 'negatives.jsonl'}, "
+                                    f"{gen['from_llm_cache']} from the LLM cache, generated "
+                                    f"{gen['generated'] - gen['from_llm_cache']} ({found.reason})")
     gen["backend"] = backend.identity
+    gen["shipped"] = 0
     gen.update({k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")})
     return pairs, builder, gen
 
@@ -197,13 +210,26 @@ def hnlmrec_config(llm: str, signal: str, conf: dict):
 
 
 def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
-    """Fine-tune (resumable; a finished run with the same settings is reused by module 4's own cache of
-    checkpoints and banks) and return (summary, NegativeBank of emitted embeddings)."""
+    """The shipped bank of these settings when there is one, else fine-tune (resumable; a finished run with the
+    same settings is reused by module 4's own cache of checkpoints and banks); returns (summary with its
+    "loss_history", NegativeBank of emitted embeddings)."""
     cfg = hnlmrec_config(llm, signal, conf)
+    found = shipped.lookup_hnlmrec(data, cfg, split_seed)
+    stage = f"hnlmrec-bank {signal}"
+    if found.shipped is not None:
+        outputs.report(stage, found.shipped.line())
+        bank = shipped.shipped_bank(found.shipped, f"hnlmrec:{llm}:{signal}",
+                                    {"llm": llm, "cf_signal": signal, "budget": conf["budget"],
+                                     "infer_budget": conf["infer_budget"], "infer_users": cfg.infer_users})
+        summary = {**found.shipped.manifest["summary"], "folder": str(found.shipped.path.parent),
+                   "bank": str(found.shipped.path), "shipped": True}
+        return summary, bank
     summary = run_finetune(data, cfg, split_seed)
+    outputs.report(stage, f"{'cached' if summary.get('finetune_reused') else 'fine-tuned'} in {summary['folder']} "
+                          f"({found.reason})")
     bank = load_bank(data, llm, signal, conf["budget"], conf["infer_budget"], split_seed,
                      run=Path(summary["folder"]).name, infer_users=cfg.infer_users)
-    return summary, bank
+    return {**summary, "loss_history": loss_history(summary["folder"]), "shipped": False}, bank
 
 
 def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
@@ -212,16 +238,26 @@ def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed
     untuned; the target's CF signal comes from a teacher trained on the target's training split
     (conf["target_teacher"]). `conf` is notebook 10's settings. Returns (summary, NegativeBank)."""
     cfg = hnlmrec_config(llm, signal, conf["hnlmrec"])
+    target_cfg = replace(cfg, infer_users=conf["target_users"])
+    teacher = TeacherConfig(**conf["target_teacher"])
+    found = shipped.lookup_transfer(source, target, target_cfg, teacher, split_seed)
+    stage = f"transfer-bank {signal} {source.name}->{target.name}"
+    if found.shipped is not None:
+        outputs.report(stage, found.shipped.line())
+        bank = shipped.shipped_bank(found.shipped, f"hnlmrec-transfer:{source.name}->{target.name}:{llm}:{signal}",
+                                    {"llm": llm, "cf_signal": signal, "source_dataset": source.name,
+                                     "infer_budget": cfg.infer_budget, "infer_users": target_cfg.infer_users})
+        return {**found.shipped.manifest["summary"], "finetuned_here": False, "bank_rows": len(bank),
+                "shipped": True}, bank
     try:
         source_run(source.name, cfg, split_seed)
         finetuned_here = False
     except MissingInputError:
         run_finetune(source, cfg, split_seed)
         finetuned_here = True
-    target_cfg = replace(cfg, infer_users=conf["target_users"])
-    teacher = TeacherConfig(**conf["target_teacher"])
     bank, summary = transfer_bank(target, source.name, target_cfg, teacher, split_seed)
-    return {**summary, "finetuned_here": finetuned_here, "bank_rows": len(bank)}, bank
+    outputs.report(stage, f"embedded in {summary['folder']} ({found.reason})")
+    return {**summary, "finetuned_here": finetuned_here, "bank_rows": len(bank), "shipped": False}, bank
 
 
 def loss_history(folder: Path) -> list[float]:

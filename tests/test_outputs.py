@@ -1,0 +1,295 @@
+"""Shipped LLM outputs: manifests, lookup by content, loud failures on damaged files, use by the study, verify."""
+
+import io
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hnlm.cli import main
+from hnlm.data import first_users, load_dataset
+from hnlm.llm.backends import make_backend
+from hnlm.paths import cache_root
+from hnlm.semantic import outputs
+from hnlm.semantic import profiles as pf
+from hnlm.semantic import sns
+from hnlm.semantic.common import Budget, select_pairs
+from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, run_folder
+from hnlm.study import pipeline, publish, shipped
+from hnlm.study.publish import verify
+from hnlm.study.settings import settings
+
+KEY = {"model": "m:abc", "schema": {"type": "object"}, "decoding": {"max_new_tokens": 40},
+       "templates": {"t.txt": "aa"}, "split": "f1", "split_seed": 0}
+BF16 = {"dtype": "bfloat16", "device": "cuda", "device_name": "NVIDIA H200", "torch": "2.x", "transformers": "5.x"}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("ml-100k", seed=0)
+
+
+def rows(n=2):
+    return [{"id": i, "ok": True, "summarization": f"text {i}", "reasoning": "r", "reason": None,
+             "prompt_sha": f"p{i}"} for i in range(n)]
+
+
+def ship(root, key=KEY, n=2, kind="profiles-item"):
+    return outputs.publish_records(kind, "ml-100k", "m", "split-0", rows(n), key, BF16, root=root)
+
+
+def test_manifest_round_trip_and_republish_replaces(tmp_path):
+    mpath = ship(tmp_path)
+    found = outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path)
+    m = found.manifest
+    assert m["records"] == 2 and m["key"] == KEY and m["made_with"] == BF16
+    assert m["sha256"] == outputs.sha256_file(found.path)
+    assert found.rows() == rows() and found.path.parent == mpath.parent
+    ship(tmp_path, n=3)
+    files = sorted(p.name for p in mpath.parent.iterdir())
+    assert len(files) == 2       # the slot's previous file is gone
+    assert outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path).manifest["records"] == 3
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((50, 384)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "m", "text_split-0", np.arange(50), np.arange(50) + 7, emb,
+                            KEY, BF16, root=tmp_path)
+    vec = outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path)
+    a = vec.arrays()
+    assert a["emb"].dtype == np.float32 and a["items"].tolist() == list(range(7, 57))
+    assert vec.manifest["vectors"]["fp16_min_cosine"] > 0.99999
+    assert outputs.min_cosine(emb, a["emb"]) == pytest.approx(vec.manifest["vectors"]["fp16_min_cosine"])
+
+
+def test_lookup_is_by_content_and_reports_the_dtype(tmp_path):
+    ship(tmp_path)
+    wanted = {(0,): "p0", (1,): "p1"}
+    hit = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, wanted, root=tmp_path)
+    assert hit.shipped is not None and [r["id"] for r in hit.rows] == [0, 1]
+    assert "bfloat16 on cuda (NVIDIA H200)" in hit.shipped.line()     # another dtype: found and reported
+    only_first = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, {(0,): "p0"}, root=tmp_path)
+    assert [r["id"] for r in only_first.rows] == [0]
+    setting = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", {**KEY, "decoding": {"max_new_tokens": 41}},
+                             wanted, root=tmp_path)
+    assert setting.shipped is None and setting.reason.endswith("decoding changed")
+    template = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", {**KEY, "templates": {"t.txt": "bb"}},
+                              wanted, root=tmp_path)
+    assert template.shipped is None and "template t.txt changed" in template.reason
+    prompt = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, {(0,): "p0", (1,): "changed"},
+                            root=tmp_path)
+    assert prompt.shipped is None and "1 of 2 prompts changed" in prompt.reason
+    more = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, {**wanted, (2,): "p2"}, root=tmp_path)
+    assert more.shipped is None and "1 not shipped" in more.reason
+    absent = outputs.lookup("profiles-user", "ml-100k", "m", "split-0", KEY, wanted, root=tmp_path)
+    assert absent.shipped is None and absent.reason.startswith("none shipped")
+
+
+def rewrite(found, data: bytes):
+    """Replace a shipped file's bytes and make its manifest agree on the sha256 (a bad publish, not a bit flip)."""
+    found.path.write_bytes(data)
+    m = dict(found.manifest, sha256=outputs.sha256_bytes(data))
+    found.manifest_path.write_text(json.dumps(m))
+
+
+def test_damaged_outputs_are_errors_naming_file_and_command(tmp_path):
+    ship(tmp_path)
+    found = outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path)
+    good = found.path.read_bytes()
+    found.path.write_bytes(good.replace(b"text 0", b"text X"))
+    with pytest.raises(outputs.ShippedOutputError, match=r"sha256.*hnlm study --llm-only --publish.*--stages profiles"):
+        outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path)
+    rewrite(found, good[:-5])
+    with pytest.raises(outputs.ShippedOutputError, match=f"{found.path}.*torn line"):
+        outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, {(0,): "p0"}, root=tmp_path)
+    rewrite(found, good.split(b"\n")[0] + b"\n")
+    with pytest.raises(outputs.ShippedOutputError, match="holds 1 records, its manifest says 2"):
+        outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path).rows()
+    rewrite(found, good)
+    with pytest.raises(outputs.ShippedOutputError, match="another training split"):
+        outputs.lookup("profiles-item", "ml-100k", "m", "split-0", {**KEY, "split": "f2"}, {(0,): "p0"}, root=tmp_path)
+
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "m", "text_split-0", [0, 1], [3, 4],
+                            np.ones((2, 8), np.float32), KEY, BF16, root=tmp_path)
+    vec = outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path)
+    buf = io.BytesIO()
+    np.savez(buf, users=np.array([0, 1], np.int32), items=np.array([3, 4], np.int32), emb=np.ones((2, 7), np.float16))
+    rewrite(vec, buf.getvalue())
+    with pytest.raises(outputs.ShippedOutputError, match=r"shape \[2, 7\].*manifest says \[2, 8\]"):
+        outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path).arrays()
+
+
+def test_the_repositorys_shipped_outputs_are_intact():
+    table = publish.list_outputs()
+    assert table["check"].eq("ok").all(), table[table["check"].ne("ok")].to_string()
+
+
+def test_list_flags_a_damaged_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path))
+    ship(tmp_path)
+    found = outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path)
+    assert main(["outputs", "list"]) == 0 and "ok" in capsys.readouterr().out
+    found.path.write_bytes(b"{}\n")
+    assert main(["outputs", "list"]) == 1 and "DAMAGED" in capsys.readouterr().out
+
+
+def test_study_profiles_use_shipped_records_whose_prompts_match(data, tmp_path, monkeypatch, capsys):
+    """No model is loaded: the two shipped item profiles answer a limit-2 request; one changed prompt misses."""
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    backend = make_backend("smollm2-135m", progress=False)
+    shas = pf.prompt_hashes(data, "item", range(2), 0)
+    shipped = [dict(r, prompt_sha=shas[(r["id"],)]) for r in rows()]
+    outputs.publish_records("profiles-item", "ml-100k", "smollm2-135m", "split-0", shipped,
+                            pf.shipped_key(data, backend, "item", 0), BF16)
+    frame, counts, summaries = pf.study_profiles(data, backend, "smollm2-135m", "item", 2, 0)
+    assert frame["summarization"].tolist() == ["text 0", "text 1"] and counts["shipped"] == 2
+    assert counts["generated"] == 0 and summaries == {0: "text 0", 1: "text 1"}
+    assert "[outputs] profiles-item: shipped" in capsys.readouterr().out
+    other = pf.shipped_key(data, backend, "item", 0, schema=pf.profile_schema(summary_tokens=10))
+    assert outputs.lookup("profiles-item", "ml-100k", "smollm2-135m", "split-0", other, {(0,): shas[(0,)]}
+                          ).reason.endswith("decoding changed; schema changed")
+
+
+@pytest.mark.slow
+def test_verify_regenerates_a_sample_with_a_fresh_cache(data, tmp_path, monkeypatch):
+    """Two item profiles made with SmolLM2 here, shipped, then regenerated by `verify` with an empty cache."""
+    monkeypatch.setenv("HNLM_MODEL_CACHE", str(cache_root("models")))  # the converted model, not a new copy
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_LLM_DTYPE", "float32")  # 4x faster than this CPU's bf16 (12 vs 3 tokens/s, measured)
+    backend = make_backend("smollm2-135m", progress=False, cache_path=tmp_path / "made.jsonl")
+    frame, _ = pf.generate_profiles(data, backend, "item", limit=2)
+    shas = pf.prompt_hashes(data, "item", range(2), 0)
+    made = [{"id": int(r.id), "ok": bool(r.ok), "summarization": r.summarization, "reasoning": r.reasoning,
+             "reason": r.reason, "prompt_sha": shas[(int(r.id),)]} for r in frame.itertuples()]
+    outputs.publish_records("profiles-item", "ml-100k", "smollm2-135m", "split-0", made,
+                            pf.shipped_key(data, backend, "item", 0), outputs.made_with("smollm2-135m"))
+    run = shipped.run_settings(RunConfig(FinetuneConfig(llm="smollm2-135m")))
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", "text_split-0", [0], [1],
+                            np.ones((1, 4), np.float32), {"settings": run, "split_seed": 0}, BF16)
+    (result, vectors) = sorted(verify(2), key=lambda r: r["kind"], reverse=True)
+    assert result["regenerated"] == 2 and result["exact_text_share"] == 1.0
+    assert result["field_matches"] == {"ok": 2, "summarization": 2, "reasoning": 2}
+    assert "not re-embedded: the LoRA adapter" in vectors["summary"]
+
+
+
+def test_study_sns_and_hnlmrec_use_shipped_outputs_without_a_model(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    llm = "smollm2-135m"
+    pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
+    pairs = pairs[pairs["user"] < 2]
+    builder = sns.PromptBuilder(data, "history", llm)
+    backend = make_backend(llm, progress=False)
+    shas = shipped.sns_prompt_hashes(builder, pairs)
+    records = [{"user": u, "item": i, "ok": True, "text": f"neg {u}", "reasoning": "r", "reason": None, "words": 2,
+                "truncated": False, "prompt_sha": sha} for (u, i), sha in shas.items()]
+    outputs.publish_records("sns-negatives", "ml-100k", llm, shipped.sns_slot(builder, 0), records,
+                            shipped.sns_key(data, backend, builder, 0), BF16)
+    _, _, gen = pipeline.generate_study_sns(data, llm, 2, context="history")
+    assert gen["shipped"] == 2 and gen["generated"] == 0
+    cached = sns.read_negatives(sns.sns_dir("ml-100k", llm, 0) / "negatives.jsonl", builder.tag)
+    assert sorted(cached["text"]) == ["neg 0", "neg 1"]
+    assert "2 records copied" in capsys.readouterr().out
+    pipeline.generate_study_sns(data, llm, 2, context="history")
+    assert "0 records copied" in capsys.readouterr().out           # a rerun appends nothing
+
+    conf = settings("smoke", "05_hnlmrec")["hnlmrec"]
+    cfg = pipeline.hnlmrec_config(llm, "text", conf)
+    emb = np.eye(3, 384, dtype=np.float32)
+    summary = {"examples": 8, "steps": 2, "loss_history": [1.0, 0.5], "timings": {"s_per_step": 1.0}}
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", llm, shipped.hnlmrec_slot(cfg, 0), [0, 1, 2], [5, 6, 7], emb,
+                            shipped.hnlmrec_key(data, cfg, 0), BF16,
+                            {"summary": summary, "bank_meta": {"adapter": "abc", "run": "run-x"}})
+    got, bank = pipeline.study_hnlmrec(data, llm, "text", conf, 0)
+    assert got["shipped"] and got["loss_history"] == [1.0, 0.5] and bank.meta["adapter"] == "abc"
+    np.testing.assert_allclose(bank.emb, emb)
+    assert bank.items.tolist() == [5, 6, 7]
+    assert "hnlmrec-bank text: shipped" in capsys.readouterr().out
+    other = pipeline.hnlmrec_config(llm, "text", {**conf, "max_steps": 3})
+    assert "settings changed" in shipped.lookup_hnlmrec(data, other, 0).reason
+
+
+def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tmp_path, monkeypatch, capsys):
+    """Complete (made-up) profiles, SNS records and a finished fine-tuning run in artifacts/ are published
+    with manifests; profiles_of, SNS and module 4 then read them from outputs/; publishing again is a no-op."""
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    llm = "smollm2-135m"
+    for kind, n in (("item", data.n_items), ("user", data.n_users)):
+        pf.save_profiles(pd.DataFrame({"id": range(n), "ok": True, "summarization": [f"{kind} {i}" for i in range(n)],
+                                       "reasoning": "r", "reason": None, "raw": None, "prompt_truncated": False}),
+                         "ml-100k", llm, kind, 0)
+    lines = publish.publish_profiles(data, llm, "full", 0, BF16, None)
+    assert [line.split(":")[0] for line in lines] == ["profiles-item", "profiles-user"]
+    items, users = pf.profiles_of(data, llm)
+    assert items[5] == "item 5" and users[7] == "user 7" and "[outputs] profiles: shipped" in capsys.readouterr().out
+
+    conf = settings("full", "03_sns")
+    builder = sns.PromptBuilder(data, conf["context"], llm)
+    pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
+    with (sns.sns_dir("ml-100k", llm, 0) / "negatives.jsonl").open("w") as fh:
+        for u, i in zip(pairs["user"], pairs["item"]):
+            fh.write(json.dumps({"user": int(u), "item": int(i), "ok": True, "text": f"neg {u}", "reasoning": "r",
+                                 "reason": None, "words": 2, "truncated": False, "context": builder.tag}) + "\n")
+    assert "943 records" in publish.publish_sns(data, llm, "full", conf, BF16, None)
+    _, _, gen = pipeline.generate_study_sns(data, llm, 4, context=conf["context"])
+    assert gen["shipped"] == 4 and "0 records copied" in capsys.readouterr().out
+
+    hconf = settings("smoke", "05_hnlmrec")["hnlmrec"]
+    cfg = pipeline.hnlmrec_config(llm, "soft", hconf)
+    folder = run_folder("ml-100k", cfg, 0)
+    (folder / "summary.json").write_text(json.dumps({"steps": 2, "loss_first5_mean": 1.0, "timings": {}}))
+    tag = bank_tag(cfg.infer_budget, cfg.infer_users)
+    np.savez(folder / f"bank_{tag}.npz", users=[0, 1], items=[3, 4], emb=np.eye(2, 384, dtype=np.float32))
+    (folder / f"bank_{tag}.json").write_text(json.dumps({"adapter": "abc", "queries": "q"}))
+    assert "2 vectors of 384" in publish.publish_hnlmrec(data, llm, "soft", hconf, "smoke", 0, BF16, None)
+    summary, bank = pipeline.study_hnlmrec(data, llm, "soft", hconf, 0)
+    assert summary["shipped"] and summary["loss_first5_mean"] == 1.0 and bank.items.tolist() == [3, 4]
+    assert publish.publish_hnlmrec(data, llm, "soft", hconf, "smoke", 0, BF16, None).startswith(
+        "hnlmrec-bank soft: already shipped")
+
+
+def test_study_transfer_uses_a_shipped_bank_without_the_source_run(data, tmp_path, monkeypatch, capsys):
+    """No fine-tuned adapter exists here: the shipped transfer bank of these settings is all notebook 10 needs."""
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    llm, target = "smollm2-135m", first_users(data, 50)
+    conf = settings("smoke", "10_generalisation")
+    cfg = replace(pipeline.hnlmrec_config(llm, "text", conf["hnlmrec"]), infer_users=conf["target_users"])
+    teacher = TeacherConfig(**conf["target_teacher"])
+    summary = {"source_run": "run-x", "queries": 2, "users_embedded": 2, "users": 50, "teacher": {"epochs": 1},
+               "timings": {}}
+    outputs.publish_vectors("transfer-bank", target.name, llm, shipped.transfer_slot("ml-100k", cfg, 0), [0, 1],
+                            [2, 3], np.eye(2, 384, dtype=np.float32),
+                            shipped.transfer_key(data, target, cfg, teacher, 0), BF16, {"summary": summary})
+    got, bank = pipeline.study_transfer(data, target, llm, "text", conf, 0)
+    assert got["shipped"] and not got["finetuned_here"] and got["bank_rows"] == 2 and bank.users.tolist() == [0, 1]
+    assert "transfer-bank text ml-100k->ml-100k-first50: shipped" in capsys.readouterr().out
+    other_split = type(target)(target.name, target.train[::-1].tocsr(), target.valid, target.test, target.items,
+                               target.users, target.reviews, target.stats)
+    with pytest.raises(outputs.ShippedOutputError, match="another training split"):
+        shipped.lookup_transfer(data, other_split, cfg, teacher, 0)
+
+
+@pytest.mark.slow
+def test_verify_reembeds_vectors_with_the_runs_adapter(data, tmp_path, monkeypatch):
+    """A one-step SmolLM2 fine-tune here; its shipped (float16) bank is re-embedded by `verify`: cosine ~1."""
+    from hnlm.semantic.hnlmrec.pipeline import run_finetune
+    monkeypatch.setenv("HNLM_MODEL_CACHE", str(cache_root("models")))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_LLM_DTYPE", "float32")
+    ft = FinetuneConfig(llm="smollm2-135m", max_steps=1, batch_size=2, save_steps=1, max_length=64)
+    cfg = RunConfig(finetune=ft, teacher=TeacherConfig(model="mf", epochs=1), infer_users=2, infer_batch=2)
+    summary = run_finetune(data, cfg)
+    z = np.load(summary["bank"])
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", shipped.hnlmrec_slot(cfg, 0), z["users"],
+                            z["items"], z["emb"], shipped.hnlmrec_key(data, cfg, 0), outputs.made_with("smollm2-135m"))
+    (result,) = verify(2)
+    assert result["regenerated"] == 2 and result["cosine_min"] > 0.999, result["summary"]
