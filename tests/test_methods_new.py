@@ -14,7 +14,7 @@ from hnlm.cf.samplers import DNSMN, PositiveIndex, SamplerContext
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.data import first_users, load_dataset
 from hnlm.methods import get_method, method_names, variant
-from hnlm.methods.dnsmn_guard import GuardedDNSMN
+from hnlm.methods.dnsmn_guard import GuardedDNSMN, GuardSettings
 from hnlm.paths import cache_root
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.hnlmrec.pipeline import TeacherConfig
@@ -132,7 +132,7 @@ def test_vector_is_mixed_into_dnsmn_pick(data, resources):
 
 def guard(user_vectors, item_vectors, **kw):
     return GuardedDNSMN(np.array(user_vectors, np.float32), np.array(item_vectors, np.float32),
-                        candidates=4, top=2, **kw)
+                        GuardSettings(candidates=4, top=2, **kw))
 
 
 def picks(sampler, pick, scores=(4.0, 3.0, 2.0, 1.0), n_users=1):
@@ -194,7 +194,7 @@ def test_teacher_table_is_made_from_training_data_and_cached(data, resources):
     assert len(table.neg) + table.counts["no_candidate_passed_guard"] == data.train.nnz
     again = teacher_table(data, config=TeacherConfig(model="mf", epochs=1, dim=8, batch_size=16384))
     assert np.array_equal(again.teacher.item_emb, table.teacher.item_emb) and np.array_equal(again.neg, table.neg)
-    assert resources.digest("teacher:mf") == Resources(**{"t": again}).digest("t")
+    assert resources.digest("teacher:mf") == Resources(t=again).digest("t")
 
 
 def test_teacher_negatives_use_the_table_for_their_share(data, resources):

@@ -14,14 +14,13 @@ One builder serves module 2's bank ("sns_bank") and module 4's emitted vectors (
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from hnlm.cf.samplers import DNSMN
 from hnlm.methods import Method, register
 from hnlm.methods.classic import settings_of
 from hnlm.methods.hnlmrec import HNLMRecSettings
-from hnlm.semantic.alignment import AlignmentConfig, alignment_for
+from hnlm.semantic.alignment import AlignmentConfig, alignment_config, alignment_for
 
 DNSMN_DEFAULTS = settings_of(DNSMN)()     # DNS(M,N)'s constructor defaults (their one source)
 
@@ -37,20 +36,15 @@ class HNLMRecDNSMNSettings(AlignedDNSMNSettings):
     signal: str = HNLMRecSettings.signal          # CF signal the LLM was fine-tuned with: "text" or "soft"
 
 
-def alignment_part(settings) -> AlignmentConfig:
-    """Module 3's settings out of a method's settings."""
-    return AlignmentConfig(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(AlignmentConfig)})
-
-
 def builder(bank_key, ablation: str | None):
     """build() mixing the bank `bank_key(settings)` (made "random" or "shuffled" for an ablation) into
     DNS(M,N)'s negative."""
     def build(data, settings, resources, seed):
         bank = resources[bank_key(settings)]
         if ablation is not None:
-            bank = getattr(bank, {"random": "randomized", "shuffled": "shuffled"}[ablation])(seed)
+            bank = bank.randomized(seed) if ablation == "random" else bank.shuffled(seed)
         sampler = DNSMN(candidates=settings.candidates, top=settings.top)
-        return sampler, alignment_for(data, bank, alignment_part(settings), seed)
+        return sampler, alignment_for(data, bank, alignment_config(settings), seed)
     return build
 
 

@@ -31,11 +31,12 @@ import torch
 from hnlm.cf.samplers import DNSMN, Negatives, SamplerOptionError, candidate_scores
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.methods import Method, register
-from hnlm.methods.dnsmn_aligned import DNSMN_DEFAULTS
+from hnlm.methods.classic import settings_of
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.sns import item_embeddings
 
 GUARDS = ("soft", "hard")
+DNSMN_DEFAULTS = settings_of(DNSMN)()     # DNS(M,N)'s constructor defaults (their one source)
 
 
 @dataclass
@@ -65,13 +66,15 @@ class GuardedDNSMN(DNSMN):
 
     name = "dnsmn-guard"
 
-    def __init__(self, user_vectors: np.ndarray, item_vectors: np.ndarray, candidates: int = 32, top: int = 5,
-                 guard: str = "soft", weight: float = 0.1, veto: float = 0.1, source: str = "history"):
-        super().__init__(candidates, top)
-        if guard not in GUARDS:
-            raise SamplerOptionError(f"dnsmn-guard: guard must be one of {GUARDS}, got {guard!r} (--set guard=)")
-        self.guard, self.weight, self.veto, self.source = guard, float(weight), float(veto), source
-        self.vetoed = int(np.floor(self.veto * self.candidates)) if guard == "hard" else 0
+    def __init__(self, user_vectors: np.ndarray, item_vectors: np.ndarray, settings: GuardSettings,
+                 source: str = "history"):
+        super().__init__(settings.candidates, settings.top)
+        if settings.guard not in GUARDS:
+            raise SamplerOptionError(f"dnsmn-guard: guard must be one of {GUARDS}, got {settings.guard!r} "
+                                     "(--set guard=)")
+        self.guard, self.weight, self.veto = settings.guard, float(settings.weight), float(settings.veto)
+        self.source = source
+        self.vetoed = int(np.floor(self.veto * self.candidates)) if self.guard == "hard" else 0
         if self.top > self.candidates - self.vetoed:
             raise SamplerOptionError(f"dnsmn-guard: vetoing {self.vetoed} of {self.candidates} candidates leaves "
                                      f"fewer than top={self.top}; lower --set veto= or top=")
@@ -152,8 +155,7 @@ def builder(ablation: str | None):
             bank = NegativeBank(users, np.arange(len(users)), np.zeros(len(users)), "history")
             bank = bank.randomized(seed) if ablation == "random" else bank.shuffled(seed)
             users, source = bank.emb, bank.source
-        return GuardedDNSMN(users, items, settings.candidates, settings.top, settings.guard, settings.weight,
-                            settings.veto, source), None
+        return GuardedDNSMN(users, items, settings, source), None
     return build
 
 

@@ -30,8 +30,7 @@ import torch
 
 from hnlm.cf.samplers import RNS, Negatives, Sampler, TableSampler
 from hnlm.methods import Method, register
-from hnlm.methods.dnsmn_aligned import alignment_part
-from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension
+from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension, alignment_config
 from hnlm.semantic.bank import NegativeBank, user_derangement
 from hnlm.semantic.hnlmrec.pipeline import TeacherConfig
 
@@ -100,7 +99,7 @@ def aligned_builder(ablation: str | None):
                             {"mined_pairs": len(table.neg)})
         if ablation is not None:
             bank = bank.randomized(seed) if ablation == "random" else bank.shuffled(seed)
-        config = alignment_part(settings)
+        config = alignment_config(settings)
         anchors = item_emb if config.train == "anchor" else None   # the catalogue in the teacher's space
         return RNS(), AlignmentExtension(bank, config, anchors, seed=seed)
     return build

@@ -69,13 +69,6 @@ def teacher_table(data, model: str = TeacherConfig.model, config: TeacherConfig 
     return TeacherTable(teacher, users[keep], items[keep], neg[keep], {**counts, "teacher": teacher.meta})
 
 
-def provide_teachers(res: "Resources", data) -> "Resources":
-    """Loaders of "teacher:<model>" for every teacher backbone (trained only when a method asks)."""
-    for model in TEACHER_MODELS:
-        res.provide(f"teacher:{model}", loader=lambda m=model: teacher_table(data, m))
-    return res
-
-
 def content_digest(value) -> str:
     """Changes whenever the vectors, pairs or rows of a resource do."""
     if isinstance(value, NegativeBank):
@@ -123,6 +116,13 @@ class Resources:
         if key not in self._digests:
             self._digests[key] = content_digest(self[key])
         return self._digests[key]
+
+
+def provide_teachers(res: Resources, data) -> Resources:
+    """Loaders of "teacher:<model>" for every teacher backbone (trained only when a method asks)."""
+    for model in TEACHER_MODELS:
+        res.provide(f"teacher:{model}", loader=lambda m=model: teacher_table(data, m))
+    return res
 
 
 def saved_resources(data, llm: str, split_seed: int = 0, sns_budget: str = "per-user:1",
