@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from hnlm.cf.samplers import RNS
 from hnlm.methods import Method, register
-from hnlm.semantic.alignment import AlignmentConfig, alignment_for
+from hnlm.semantic.alignment import AlignmentConfig, alignment_config, alignment_for
 
 
 @dataclass
@@ -15,13 +15,9 @@ class HNLMRecSettings(AlignmentConfig):
     signal: str = "text"      # CF signal the LLM was fine-tuned with: "text" (released code) or "soft" prompt
 
 
-def alignment_part(settings: HNLMRecSettings) -> AlignmentConfig:
-    return AlignmentConfig(**{k: v for k, v in vars(settings).items() if k != "signal"})
-
-
 def build(data, settings, resources, seed):
     bank = resources[f"hnlmrec_bank:{settings.signal}"]
-    return RNS(), alignment_for(data, bank, alignment_part(settings), seed)
+    return RNS(), alignment_for(data, bank, alignment_config(settings), seed)
 
 
 register(Method("hnlmrec", "fine-tuned LLM's emitted hard-negative vectors, aligned and mixed (paper, module 4)",

@@ -25,6 +25,7 @@ keeps its plain ID negative and gets no contrastive term; never a random vector.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,11 @@ class AlignmentConfig:
     lookup: str = "user"         # "pair": exact (user, pos) only; "user": else any negative of the user
     train: str = "anchor"        # how the adapter learns: "anchor" (catalogue) or "joint" (see module doc)
     anchor_weight: float = 1.0
+
+
+def alignment_config(settings) -> AlignmentConfig:
+    """Module 3's part of a method's settings (a dataclass extending AlignmentConfig with its own fields)."""
+    return AlignmentConfig(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(AlignmentConfig)})
 
 
 class AlignmentExtension(Extension):
@@ -166,7 +172,6 @@ def replace_neg(emb, neg):
     """Copy of the trainer's embedding bundle with `neg` replaced (namedtuple or dataclass)."""
     if hasattr(emb, "_replace"):
         return emb._replace(neg=neg)
-    import dataclasses
     return dataclasses.replace(emb, neg=neg)
 
 

@@ -50,22 +50,26 @@ class NegativeBank:
                             {**self.meta, "ablation": "random", "ablation_seed": seed})
 
     def shuffled(self, seed: int = 0) -> "NegativeBank":
-        """Ablation: the vectors permuted across users (keys stay, so coverage is unchanged).
-
-        Rows are permuted until no row keeps a vector of its own user (a derangement at user level)."""
-        rng = np.random.default_rng(seed)
-        perm = rng.permutation(len(self))
-        for _ in range(100):
-            same = np.flatnonzero(self.users[perm] == self.users)
-            if len(same) == 0:
-                break
-            # Swap each offending row with a random other row; repeat until none is left.
-            other = rng.integers(0, len(self), size=len(same))
-            perm[same], perm[other] = perm[other], perm[same].copy()
-        kept = int((self.users[perm] == self.users).sum())
+        """Ablation: the vectors permuted across users (keys stay, so coverage is unchanged)."""
+        perm, kept = user_derangement(self.users, seed)
         return NegativeBank(self.emb[perm], self.users, self.items, f"{self.source}|shuffled-users",
                             {**self.meta, "ablation": "shuffled", "ablation_seed": seed,
                              "rows_left_with_own_user": kept})
+
+
+def user_derangement(users: np.ndarray, seed: int = 0) -> tuple[np.ndarray, int]:
+    """A permutation of the rows under which (nearly) no row keeps a row of its own user, and how many still
+    do: rows are permuted, then each offending row is swapped with a random other row until none is left
+    (at most 100 rounds; a user owning most rows can leave some)."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(users))
+    for _ in range(100):
+        same = np.flatnonzero(users[perm] == users)
+        if len(same) == 0:
+            break
+        other = rng.integers(0, len(users), size=len(same))
+        perm[same], perm[other] = perm[other], perm[same].copy()
+    return perm, int((users[perm] == users).sum())
 
 
 class BankIndex:

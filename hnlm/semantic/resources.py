@@ -5,6 +5,8 @@ Keys:
   "sns_grounded"           frame of module 2's negatives grounded to catalogue items (pools)
   "rlmrec_text:<source>"   (user, item) text embeddings, source "profiles" or "metadata"
   "hnlmrec_bank:<signal>"  NegativeBank of module 4's emitted vectors, CF signal "text" or "soft"
+  "teacher:<model>"        TeacherTable: a CF teacher ("lightgcn" or "mf") and the hard negative it mined for
+                           every training pair (no LLM: the upper bound of methods/teacher_negatives.py)
 
 Values are given directly (the study) or as loaders that read saved artefacts on first use (the CLI), so a
 run loads only what its method needs. A run is reused from disk exactly when its inputs' digests match.
@@ -13,6 +15,7 @@ run loads only what its method needs. A run is reused from disk exactly when its
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -20,10 +23,12 @@ import pandas as pd
 
 from hnlm.errors import MissingInputError
 from hnlm.llm.encoders import get_text_encoder
+from hnlm.paths import artifacts_dir
 from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, load_bank
+from hnlm.semantic.common import Budget, split_seed_of
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, get_teacher, load_bank
+from hnlm.semantic.hnlmrec.queries import MiningConfig, Teacher, mine_hard_negatives
 from hnlm.semantic.rlmrec import text_embeddings
 
 
@@ -34,10 +39,42 @@ def array_digest(*arrays) -> str:
     return h.hexdigest()[:16]
 
 
+TEACHER_MODELS = ("lightgcn", "mf")
+
+
+@dataclass
+class TeacherTable:
+    """A CF teacher trained on the training split and the hard negative it mined for each training pair
+    (`mine_hard_negatives` with MiningConfig's defaults: the best-scored of M uniform non-interacted candidates
+    outside the user's top share, as for HNLMRec's fine-tuning set). Pairs where no candidate passed that guard
+    are left out (`counts`)."""
+
+    teacher: Teacher
+    users: np.ndarray
+    items: np.ndarray
+    neg: np.ndarray
+    counts: dict
+
+
+def teacher_table(data, model: str = TeacherConfig.model, config: TeacherConfig | None = None) -> TeacherTable:
+    """Teacher with TeacherConfig's defaults (`config` overrides them), cached on disk under
+    artifacts/<dataset>/teacher/split-<seed>/<model>/ and retrained when the training split or its settings
+    change; the mining over every training pair (about 20 s on ml-100k) runs each time."""
+    cfg = config or TeacherConfig(model=model)
+    teacher = get_teacher(data, cfg, artifacts_dir(data.name, "teacher", f"split-{split_seed_of(data)}", cfg.model))
+    coo = data.train.tocoo()
+    users, items = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    neg, counts = mine_hard_negatives(data, teacher, users, items, MiningConfig())
+    keep = neg >= 0
+    return TeacherTable(teacher, users[keep], items[keep], neg[keep], {**counts, "teacher": teacher.meta})
+
+
 def content_digest(value) -> str:
     """Changes whenever the vectors, pairs or rows of a resource do."""
     if isinstance(value, NegativeBank):
         return array_digest(value.emb, value.users, value.items)
+    if isinstance(value, TeacherTable):
+        return array_digest(value.teacher.user_emb, value.teacher.item_emb, value.users, value.items, value.neg)
     if isinstance(value, pd.DataFrame):
         return hashlib.sha256(value.to_json().encode()).hexdigest()[:16]
     if isinstance(value, (tuple, list)):
@@ -81,9 +118,17 @@ class Resources:
         return self._digests[key]
 
 
+def provide_teachers(res: Resources, data) -> Resources:
+    """Loaders of "teacher:<model>" for every teacher backbone (trained only when a method asks)."""
+    for model in TEACHER_MODELS:
+        res.provide(f"teacher:{model}", loader=lambda m=model: teacher_table(data, m))
+    return res
+
+
 def saved_resources(data, llm: str, split_seed: int = 0, sns_budget: str = "per-user:1",
                     hnlmrec_run: str | None = None) -> Resources:
-    """Loaders for the artefacts that `hnlm sns`, `hnlm profiles` and `hnlm finetune` saved for `llm`."""
+    """Loaders for the artefacts that `hnlm sns`, `hnlm profiles` and `hnlm finetune` saved for `llm`, and for
+    the CF teachers (trained and cached on first use)."""
     budget = Budget.parse(sns_budget)
     res = Resources()
     res.provide("sns_bank", loader=lambda: sns.load_bank(data, llm, budget, split_seed))
@@ -96,4 +141,4 @@ def saved_resources(data, llm: str, split_seed: int = 0, sns_budget: str = "per-
         res.provide(f"hnlmrec_bank:{signal}",
                     loader=lambda s=signal: load_bank(data, llm, s, run.finetune.budget, run.infer_budget,
                                                       split_seed, run=hnlmrec_run))
-    return res
+    return provide_teachers(res, data)

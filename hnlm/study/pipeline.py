@@ -27,7 +27,7 @@ from hnlm.semantic.common import Budget, select_pairs
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, load_bank, run_finetune
 from hnlm.semantic.hnlmrec.transfer import source_run, transfer_bank
-from hnlm.semantic.resources import Resources
+from hnlm.semantic.resources import Resources, provide_teachers
 from hnlm.semantic.rlmrec import text_embeddings
 from hnlm.study import shipped
 from hnlm.study.experiments import run_grid
@@ -181,13 +181,14 @@ def load_sns(folder: Path):
 
 def semantic_resources(folder: Path, data, llm: str) -> Resources:
     """What LLM-based methods of the CF grid train with: notebook 03's bank and grounding (from the run
-    folder), and RLMRec-Con's text embeddings (loaded only if a method asks for them)."""
+    folder), and RLMRec-Con's text embeddings and the CF teachers' mined negatives (both made only if a
+    method asks for them)."""
     bank, grounded = load_sns(folder)
     res = Resources(sns_bank=bank, sns_grounded=grounded)
     for source in ("profiles", "metadata"):
         res.provide(f"rlmrec_text:{source}",
                     loader=lambda s=source: text_embeddings(data, s, get_text_encoder("minilm"), llm))
-    return res
+    return provide_teachers(res, data)
 
 
 def with_hnlmrec_banks(resources: Resources | None, banks: dict) -> Resources:

@@ -69,6 +69,17 @@ _TRANSFER = {
     "full": {**_CF["full"], "methods": ["rns", "dns"], **_TARGET},
 }
 
+# Methods that try to beat DNS(M,N), the strongest classic sampler (hnlm/methods/dnsmn_aligned.py, dnsmn_guard.py,
+# teacher_negatives.py). They need no LLM output beyond notebook 03's SNS bank: dnsmn-guard reads MiniLM item
+# texts, teacher-* a CF teacher trained on first use (resource "teacher:<model>"). 04 runs them (full: with
+# their ablations) with dns-mn among the baselines, 06 the three main ones on both backbones.
+_BEAT_DNSMN = {
+    "quick": ["sns-dnsmn", "sns-dnsmn-random", "dnsmn-guard", "teacher-negatives", "teacher-aligned"],
+    "full": ["sns-dnsmn", "sns-dnsmn-random", "sns-dnsmn-shuffled", "dnsmn-guard", "dnsmn-guard-random",
+             "dnsmn-guard-shuffled", "teacher-negatives", "teacher-aligned"],
+}
+_BEAT_DNSMN_MAIN = ["sns-dnsmn", "dnsmn-guard", "teacher-negatives"]
+
 NOTEBOOK_SETTINGS = {
     "01_data": {
         "smoke": {"datasets": ["ml-100k", "ml-1m"], "top_items": 5},
@@ -89,12 +100,13 @@ NOTEBOOK_SETTINGS = {
         "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "methods": ["rns", "sns", "sns-random", "sns-grounded"],
                   "baselines": ["rns"], "alpha_sweep": [0.1], **_METADATA},
         "quick": {**_CF["quick"], "backbones": ["lightgcn"],
-                  "methods": ["rns", "dns", "sns", "sns-grounded", "sns-random", "rlmrec-con"],
-                  "baselines": ["rns", "dns"], "alpha_sweep": [0.1], **_METADATA},
+                  "methods": ["rns", "dns", "dns-mn", "sns", "sns-grounded", "sns-random", "rlmrec-con",
+                              *_BEAT_DNSMN["quick"]],
+                  "baselines": ["rns", "dns", "dns-mn"], "alpha_sweep": [0.1], **_METADATA},
         "full": {**_CF["full"], "backbones": ["lightgcn"],
-                 "methods": ["rns", "dns", "mixgcf", "sns", "sns-grounded", "sns-random", "sns-shuffled",
-                             "rlmrec-con"],
-                 "baselines": ["rns", "dns", "mixgcf"], "alpha_sweep": [0.1, 0.5]},
+                 "methods": ["rns", "dns", "dns-mn", "mixgcf", "sns", "sns-grounded", "sns-random", "sns-shuffled",
+                             "rlmrec-con", *_BEAT_DNSMN["full"]],
+                 "baselines": ["rns", "dns", "dns-mn", "mixgcf"], "alpha_sweep": [0.1, 0.5]},
     },
     "05_hnlmrec": {
         "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "methods": ["rns", "sns"], "signals": ["text"],
@@ -107,11 +119,13 @@ NOTEBOOK_SETTINGS = {
     "06_main_results": {
         "smoke": {**_CF["smoke"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "pns"],
                   "semantic_methods": [], "hnlmrec_signals": [], **_METADATA},
-        "quick": {**_CF["quick"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "dns", "mixgcf"],
-                  "semantic_methods": ["sns", "rlmrec-con"], "hnlmrec_signals": ["text", "soft"], **_METADATA, "hnlmrec": _HNLMREC["quick"]},
+        "quick": {**_CF["quick"], "backbones": ["mf", "lightgcn"], "methods": ["rns", "dns", "dns-mn", "mixgcf"],
+                  "semantic_methods": ["sns", "rlmrec-con", *_BEAT_DNSMN_MAIN], "hnlmrec_signals": ["text", "soft"],
+                  **_METADATA, "hnlmrec": _HNLMREC["quick"]},
         "full": {**_CF["full"], "backbones": ["mf", "lightgcn"], "seeds": [0, 1, 2, 3, 4],   # the main table
                  "methods": ["rns", "pns", "dns", "dns-mn", "mixgcf", "dens", "ahns"],
-                 "semantic_methods": ["sns", "sns-grounded", "rlmrec-con"], "hnlmrec_signals": ["text", "soft"],
+                 "semantic_methods": ["sns", "sns-grounded", "rlmrec-con", *_BEAT_DNSMN_MAIN],
+                 "hnlmrec_signals": ["text", "soft"],
                  "hnlmrec": _HNLMREC["full"]},
     },
     "08_popularity": {
