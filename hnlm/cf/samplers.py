@@ -146,6 +146,7 @@ class RNS(Sampler):
     """Uniform over the user's non-positives."""
 
     name = "rns"
+    summary = "uniform over the user's non-positives (random negative sampling)"
 
     def sample(self, users, pos, model, ctx):
         return Negatives(ctx.positives.uniform(users, 1, ctx.generator)[:, 0])
@@ -155,6 +156,7 @@ class PNS(Sampler):
     """Popularity-based: P(i) proportional to (train count + 1) ** beta, positives excluded."""
 
     name = "pns"
+    summary = "popularity-based: P(i) ~ (train count + 1) ** beta"
 
     def __init__(self, beta: float = 0.75):
         self.beta = float(beta)
@@ -179,6 +181,7 @@ class DNS(Sampler):
     """Dynamic negative sampling (Zhang et al. 2013): the highest-scored of M uniform candidates."""
 
     name = "dns"
+    summary = "dynamic negative sampling (Zhang et al. 2013): the highest-scored of M uniform candidates"
 
     def __init__(self, candidates: int = 32):
         self.candidates = int(candidates)
@@ -195,6 +198,7 @@ class DNSMN(Sampler):
     the loss averages over the N hardest of M."""
 
     name = "dns-mn"
+    summary = "DNS(M,N) (Shi et al. 2023): a uniform pick among the top-N of M uniform candidates"
 
     def __init__(self, candidates: int = 32, top: int = 5):
         if not 1 <= int(top) <= int(candidates):
@@ -253,6 +257,7 @@ class MixGCF(Sampler):
     """
 
     name = "mixgcf"
+    summary = "MixGCF (Huang et al. 2021): synthetic negatives by positive and hop mixing"
 
     def __init__(self, candidates: int = 64):
         self.candidates = int(candidates)
@@ -307,6 +312,7 @@ class DENS(Sampler, nn.Module):
     """
 
     name = "dens"
+    summary = "DENS (Lai et al. 2023): disentangled negatives chosen per layer, with a gated factor loss"
 
     def __init__(self, candidates: int = 6, warmup: float = 100, gamma: float = 0.3):
         nn.Module.__init__(self)
@@ -375,6 +381,7 @@ class AHNS(Sampler):
     """
 
     name = "ahns"
+    summary = "AHNS (Lai et al. 2024): the candidate whose score is closest to an adaptive hardness target"
 
     def __init__(self, candidates: int = 32, alpha: float = 1.0, beta: float = 0.1, p: int = -2):
         if float(p) != int(p):

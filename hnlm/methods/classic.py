@@ -1,11 +1,10 @@
 """The classic negative samplers of hnlm.cf.samplers as methods. Each sampler's constructor defaults are its
-settings' defaults (one source); its docstring's first line is its summary."""
+settings' defaults (one source); its `summary` attribute is its one-line description."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import re
 
 from hnlm.cf.samplers import SAMPLERS
 from hnlm.methods import Method, register
@@ -21,10 +20,7 @@ def settings_of(sampler_cls) -> type:
 
 
 def declare(name: str, sampler_cls) -> Method:
-    text = " ".join((inspect.getdoc(sampler_cls) or name).split())
-    summary = re.split(r"(?<!al)\. ", text)[0].rstrip(".")   # first sentence ("et al." is not an end)
-    summary = summary if len(summary) <= 100 else summary[:99].rstrip() + "…"
-    return register(Method(name=name, summary=summary, settings=settings_of(sampler_cls), family="classic",
+    return register(Method(name=name, summary=sampler_cls.summary, settings=settings_of(sampler_cls), family="classic",
                            build=lambda data, settings, resources, seed: (
                                sampler_cls(**dataclasses.asdict(settings)), None)))
 
