@@ -146,7 +146,6 @@ class RNS(Sampler):
     """Uniform over the user's non-positives."""
 
     name = "rns"
-    summary = "uniform over the user's non-positives (random negative sampling)"
 
     def sample(self, users, pos, model, ctx):
         return Negatives(ctx.positives.uniform(users, 1, ctx.generator)[:, 0])
@@ -156,7 +155,6 @@ class PNS(Sampler):
     """Popularity-based: P(i) proportional to (train count + 1) ** beta, positives excluded."""
 
     name = "pns"
-    summary = "popularity-based: P(i) ~ (train count + 1) ** beta"
 
     def __init__(self, beta: float = 0.75):
         self.beta = float(beta)
@@ -181,7 +179,6 @@ class DNS(Sampler):
     """Dynamic negative sampling (Zhang et al. 2013): the highest-scored of M uniform candidates."""
 
     name = "dns"
-    summary = "dynamic negative sampling (Zhang et al. 2013): the highest-scored of M uniform candidates"
 
     def __init__(self, candidates: int = 32):
         self.candidates = int(candidates)

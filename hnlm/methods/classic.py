@@ -1,5 +1,6 @@
 """The classic negative samplers of hnlm.cf.samplers as methods. Each sampler's constructor defaults are its
-settings' defaults (one source); its `summary` attribute is its one-line description."""
+settings' defaults (one source); its `summary` attribute (else its docstring's
+first line) is its one-line description."""
 
 from __future__ import annotations
 
@@ -19,8 +20,14 @@ def settings_of(sampler_cls) -> type:
                                        for p in params])
 
 
+def summary_of(sampler_cls) -> str:
+    """The sampler's `summary` attribute, else the first line of its docstring."""
+    return getattr(sampler_cls, "summary", None) or inspect.getdoc(sampler_cls).splitlines()[0].rstrip(".")
+
+
 def declare(name: str, sampler_cls) -> Method:
-    return register(Method(name=name, summary=sampler_cls.summary, settings=settings_of(sampler_cls), family="classic",
+    return register(Method(name=name, summary=summary_of(sampler_cls), settings=settings_of(sampler_cls),
+                           family="classic",
                            build=lambda data, settings, resources, seed: (
                                sampler_cls(**dataclasses.asdict(settings)), None)))
 
