@@ -1,4 +1,4 @@
-"""Full-ranking metrics against hand-computed cases (DESIGN.md section 4)."""
+"""Full-ranking metrics against hand-computed cases."""
 
 import math
 

@@ -58,7 +58,7 @@ def list_stats(topk: np.ndarray, popularity, head: np.ndarray) -> dict:
 
 def ranking_metrics(topk: np.ndarray, truth: sp.csr_matrix, ks=(10, 20, 50)) -> dict[str, np.ndarray]:
     """Per-user Recall@K and NDCG@K of lists `topk` [U, >=K] against rows of `truth` [U, n_items]
-    (DESIGN.md section 4: recall = hits / |truth|, IDCG over min(|truth|, K)); NaN where |truth| = 0."""
+    (recall = hits / |truth|, IDCG over min(|truth|, K)); NaN where |truth| = 0."""
     topk = np.asarray(topk)
     n_users, depth = topk.shape
     truth = sp.csr_matrix(truth)

@@ -1,4 +1,4 @@
-"""Full-ranking evaluation (DESIGN.md section 4).
+"""Full-ranking evaluation (the study protocol: train items masked, and valid items when testing).
 
 Every item is ranked for every user with at least one target item; the user's training items are masked
 (and validation items when testing). Recall@K = hits / |targets|; NDCG@K with IDCG over min(|targets|, K);
