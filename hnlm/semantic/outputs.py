@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from hnlm.errors import UserFacingError
+from hnlm.llm.models import PACKAGED, default_dtype, resolve_device, sha256_of, smollm_gguf
 from hnlm.paths import outputs_root
 from hnlm.semantic.common import safe_name
 
@@ -95,7 +96,6 @@ def made_with(llm: str | None = None, device: str | None = None, dtype=None) -> 
     """How outputs are made on this machine: dtype and device the LLM layer picks, library versions."""
     import torch
     import transformers
-    from hnlm.llm.models import default_dtype, resolve_device
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name()
@@ -119,7 +119,6 @@ def cpu_name() -> str:
 
 def weights_sha256(llm: str) -> str | None:
     """sha256 of the model weights behind a backend spec (None for a served model: not visible here)."""
-    from hnlm.llm.models import PACKAGED, sha256_of, smollm_gguf
     if llm in PACKAGED:
         return PACKAGED[llm].sha256 or sha256_of([smollm_gguf()])
     folder = Path(llm[3:] if llm.startswith("hf:") else llm)
@@ -209,7 +208,6 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float | None:
 @dataclass
 class Shipped:
     """One shipped output whose file passed its integrity checks."""
-
     manifest_path: Path
     manifest: dict
 
@@ -316,7 +314,6 @@ def key_differences(stored: dict, wanted: dict) -> list[str]:
 @dataclass
 class Lookup:
     """What a lookup found: `shipped` (None on a miss) and a one-line reason for the report."""
-
     shipped: Shipped | None
     reason: str
     rows: list[dict] | None = None

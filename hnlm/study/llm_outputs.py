@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import time
 
+from hnlm.data import first_users, load_dataset
+from hnlm.llm.backends import make_backend
+from hnlm.study import pipeline
+from hnlm.study.settings import settings
+
 STAGES = ("profiles", "sns", "hnlmrec", "transfer")
 TARGET_DATASET = "ml-1m"  # notebook 10 transfers the fine-tuned encoder to this dataset
 
@@ -19,11 +24,6 @@ TARGET_DATASET = "ml-1m"  # notebook 10 transfers the fine-tuned encoder to this
 def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int = 256,
             profile_batch: int = 128) -> dict:
     """Run the LLM stages of the study under `profile`, in order; returns seconds and counts per stage."""
-    from hnlm.data import first_users, load_dataset
-    from hnlm.llm.backends import make_backend
-    from hnlm.study import pipeline
-    from hnlm.study.settings import settings
-
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}: choose from {', '.join(STAGES)}")

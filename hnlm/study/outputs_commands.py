@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
+from hnlm.paths import outputs_root
 from hnlm.semantic.common import safe_name
+from hnlm.study.publish import list_outputs, verify
 
 
 def register(sub) -> None:
     p = sub.add_parser("outputs", help="list or verify the LLM outputs shipped with the repository (outputs/)")
     actions = p.add_subparsers(dest="action", required=True)
     show = actions.add_parser("list", help="what is shipped: kind, records, size, made with, integrity check")
-    verify = actions.add_parser("verify", help="regenerate a random sample of each shipped output on this machine "
+    check = actions.add_parser("verify", help="regenerate a random sample of each shipped output on this machine "
                                                "and print the agreement")
-    verify.add_argument("--sample", type=int, default=8, help="records per output (default 8)")
-    verify.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    for q in (show, verify):
+    check.add_argument("--sample", type=int, default=8, help="records per output (default 8)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    for q in (show, check):
         q.add_argument("--dataset", help="only this dataset (default: all)")
         q.add_argument("--llm", help="only this LLM (default: all)")
     show.set_defaults(func=run_list)
-    verify.set_defaults(func=run_verify)
+    check.set_defaults(func=run_verify)
 
 
 def run_list(args) -> int:
-    import pandas as pd
-    from hnlm.paths import outputs_root
-    from hnlm.study.publish import list_outputs
-
     table = list_outputs(dataset=args.dataset, llm=args.llm)
     if table.empty:
         where = outputs_root() / (args.dataset or "") / (safe_name(args.llm) if args.llm else "")
@@ -38,7 +38,5 @@ def run_list(args) -> int:
 
 
 def run_verify(args) -> int:
-    from hnlm.study.publish import verify
-
     verify(args.sample, dataset=args.dataset, llm=args.llm, seed=args.seed)
     return 0

@@ -19,13 +19,14 @@ import pandas as pd
 from hnlm.data import first_users, load_dataset
 from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
-from hnlm.semantic import outputs
+from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
-from hnlm.semantic import sns
 from hnlm.semantic.common import Budget, select_pairs
-from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, run_folder
-from hnlm.semantic.hnlmrec.queries import MiningConfig, Teacher
+from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, load_base
+from hnlm.semantic.hnlmrec.infer import emit
+from hnlm.semantic.hnlmrec.model import QueryEncoder
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, query_builder, run_folder
+from hnlm.semantic.hnlmrec.queries import MiningConfig, Teacher, inference_queries
 from hnlm.semantic.hnlmrec.transfer import transfer_dir
 from hnlm.study import shipped
 from hnlm.study.llm_outputs import STAGES, TARGET_DATASET
@@ -293,12 +294,6 @@ def verify_vectors(entry: outputs.Shipped, sample: int, seed: int, root) -> dict
 
 
 def reembed(entry: outputs.Shipped, cfg: RunConfig, adapter: Path, teacher: Teacher, sample: int, seed: int) -> dict:
-    from hnlm.semantic.hnlmrec.finetune import load_base
-    from hnlm.semantic.hnlmrec.infer import emit
-    from hnlm.semantic.hnlmrec.model import QueryEncoder
-    from hnlm.semantic.hnlmrec.pipeline import query_builder
-    from hnlm.semantic.hnlmrec.queries import inference_queries
-
     data, _ = _data_of(entry)
     a = entry.arrays()
     rows = _sample(len(a["emb"]), sample, seed)

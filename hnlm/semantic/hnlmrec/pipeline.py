@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hnlm.cf.trainer import TrainConfig, train
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
@@ -34,12 +35,14 @@ from hnlm.semantic.sns import item_embeddings
 
 @dataclass
 class TeacherConfig:
-    model: str = "lightgcn"
+    """The CF teacher whose mined hard negatives are the fine-tuning targets; unset values are TrainConfig's."""
+
+    model: str = TrainConfig.model
     epochs: int = 20           # fixed: evaluated once at the end, never selected on validation
-    lr: float = 5e-3
-    dim: int = 64
-    seed: int = 0
-    batch_size: int = 2048     # larger batches make a teacher on a big dataset (ml-1m) affordable in fast runs
+    lr: float = TrainConfig.lr
+    dim: int = TrainConfig.dim
+    seed: int = TrainConfig.seed
+    batch_size: int = TrainConfig.batch_size   # larger batches make a teacher on ml-1m affordable in fast runs
 
 
 @dataclass
@@ -87,7 +90,6 @@ def run_folder(dataset: str, cfg: "RunConfig", split_seed: int) -> Path:
 def train_teacher(data, cfg: TeacherConfig) -> Teacher:
     """CF teacher on the training split; evaluation only at the last epoch, so no epoch is chosen on
     validation data (its valid score is recorded, never used)."""
-    from hnlm.cf.trainer import TrainConfig, train
     import torch
     tc = TrainConfig(model=cfg.model, epochs=cfg.epochs, lr=cfg.lr, dim=cfg.dim, seed=cfg.seed,
                      batch_size=cfg.batch_size, eval_every=cfg.epochs, patience=cfg.epochs + 1, sampler="rns")

@@ -19,10 +19,20 @@ from pathlib import Path
 from hnlm.errors import MissingInputError
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.hnlmrec.pipeline import (RunConfig, TeacherConfig, bank_tag, get_teacher, query_builder,
-                                            read_bank, run_folder, save_bank_for)
-from hnlm.semantic.hnlmrec.queries import inference_queries
 from hnlm.semantic.common import Budget
+from hnlm.semantic.hnlmrec.finetune import load_base
+from hnlm.semantic.hnlmrec.model import QueryEncoder
+from hnlm.semantic.hnlmrec.pipeline import (
+    RunConfig,
+    TeacherConfig,
+    bank_tag,
+    get_teacher,
+    query_builder,
+    read_bank,
+    run_folder,
+    save_bank_for,
+)
+from hnlm.semantic.hnlmrec.queries import inference_queries
 
 
 def source_run(source: str, cfg: RunConfig, split_seed: int = 0) -> Path:
@@ -48,9 +58,6 @@ def transfer_bank(target, source: str, cfg: RunConfig, teacher: TeacherConfig | 
     """Embeddings that the encoder fine-tuned on `source` (settings `cfg`) emits for `target`'s query pairs
     (cfg.infer_budget, cfg.infer_users), with no further tuning; `teacher` configures the target's own
     teacher (default: cfg.teacher). Returns (bank, summary with counts and timings)."""
-    from hnlm.semantic.hnlmrec.finetune import load_base
-    from hnlm.semantic.hnlmrec.model import QueryEncoder
-
     src = source_run(source, cfg, split_seed)
     folder = transfer_dir(target.name, source, src, split_seed)
     t0 = time.perf_counter()
