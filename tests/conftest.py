@@ -4,15 +4,18 @@ A warm checkout must not make a test pass by reading what an earlier run left in
 (prepared datasets, cached LLM generations or text embeddings, fine-tuning runs, run folders, figures):
 HNLM_ARTIFACTS, HNLM_RUNS, HNLM_FIGURES, HNLM_LLM_CACHE and HNLM_ENCODER_CACHE point into the session's
 temporary root, and subprocesses (CLI calls, notebook kernels) inherit them. The one thing shared between
-sessions is the converted LLM cache (HNLM_MODEL_CACHE, `hnlm.llm.models.model_cache_dir`): a bf16 copy of
-the packaged GGUF weights that depends on nothing a test does, and whose conversion would otherwise dominate
-every run. It does not follow HNLM_ARTIFACTS, so it stays where the environment puts it (default
-`artifacts/models` in the checkout). Hypothesis keeps no example database in the checkout either; a failing
+sessions is the converted LLM cache (HNLM_MODEL_CACHE, `hnlm.llm.models.model_cache_dir`): a copy of the
+packaged GGUF weights that depends on nothing a test does, and whose conversion would otherwise dominate every
+run. It stays where the environment puts it, else in the checkout's `artifacts/models`. Hypothesis keeps no example database in the checkout either; a failing
 property prints the blob that reproduces it.
 """
 
+import os
+
 import pytest
 from hypothesis import settings
+
+from hnlm.paths import PROJECT_ROOT
 
 settings.register_profile("hnlm", database=None, deadline=None, print_blob=True)
 settings.load_profile("hnlm")
@@ -28,4 +31,5 @@ def isolated_artefacts(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         for name, sub in ISOLATED.items():
             mp.setenv(name, str(root / sub))
+        mp.setenv("HNLM_MODEL_CACHE", os.environ.get("HNLM_MODEL_CACHE", str(PROJECT_ROOT / "artifacts" / "models")))
         yield root

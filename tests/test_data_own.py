@@ -306,6 +306,8 @@ def test_one_artefact_root_moves_every_cache(tmp_path, monkeypatch):
     from hnlm.llm.cache import default_cache_path
     from hnlm.llm.models import model_cache_dir
     from hnlm.paths import cache_root
+    for name in ("HNLM_LLM_CACHE", "HNLM_MODEL_CACHE", "HNLM_ENCODER_CACHE"):   # set by the test session
+        monkeypatch.delenv(name, raising=False)
     root = tmp_path / "artifacts"
     assert default_cache_path("m").parent == root / "llm_cache"
     assert model_cache_dir("smollm2-135m") == root / "models" / "smollm2-135m"
