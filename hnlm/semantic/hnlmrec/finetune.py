@@ -63,7 +63,8 @@ class FinetuneConfig:
 
     def encoder_config(self, cf_dim: int, out_dim: int) -> EncoderConfig:
         return EncoderConfig(out_dim=out_dim, cf_signal=self.cf_signal, cf_dim=cf_dim,
-                             soft_tokens=self.soft_tokens, pooling=self.pooling, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+                             soft_tokens=self.soft_tokens, pooling=self.pooling, lora_r=self.lora_r,
+                             lora_alpha=self.lora_alpha,
                              lora_dropout=self.lora_dropout, lora_targets=tuple(self.lora_targets))
 
 
