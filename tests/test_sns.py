@@ -144,3 +144,19 @@ def test_picks_map_numbers_to_item_ids_and_quality_compares_with_the_control(dat
     chance = sum(j in set(held) for j in listing) / 20
     assert q["false_hard_negative_share"] == 1.0 and q["false_hard_negative_chance"] == pytest.approx(chance)
     assert q["distinct_negative_share"] == 0.5 and [len(c) for c in control] == [1, 1]
+
+
+def test_similarity_measures_compare_generated_text_with_the_positives_short_text(data):
+    rng = np.random.default_rng(0)
+    short = rng.standard_normal((data.n_items, 8)).astype(np.float32)
+    short /= np.linalg.norm(short, axis=1, keepdims=True)
+    rec = pd.DataFrame({"user": [0, 1, 2], "item": [int(data.train_items(u)[0]) for u in range(3)],
+                        "text": ["A", "a", "B"]})
+    neg = short[rec["item"]]  # each text embeds exactly as its positive's short text
+    nearest = np.array([5, 5, 6])
+    q = sns.quality(data, rec, neg, short, nearest, nearest, np.array([[5], [5], [6]]))
+    assert q["sim_to_positive_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert q["sim_random_item_to_positive_mean"] < 0.9 and q["sim_other_pairs_negative_to_positive_mean"] < 0.9
+    assert q["distinct_texts_share"] == pytest.approx(2 / 3)
+    assert q["distinct_nearest_items_share"] == pytest.approx(2 / 3)
+    assert sns.short_text(data, 0).startswith(sns.title_of(data, 0))
