@@ -219,7 +219,7 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
     summary = {
         "dataset": data.name, "split_seed": split_seed, "folder": str(folder), "bank": str(bank_path),
         "config": _jsonable(asdict(cfg)), "counts": counts, "embedding_pass_counts": infer_builder.counts,
-        "examples": len(ex), "finetune_quality": quality,
+        "examples": len(ex), "examples_trained": len(ds), "finetune_quality": quality,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "loss_first5_mean": float(np.mean(losses[:5])) if losses else None,
         "loss_last5_mean": float(np.mean(losses[-5:])) if losses else None,
