@@ -46,3 +46,17 @@ def test_shuffled_ablation_moves_every_vector_to_another_user():
     assert (new_owner != shuf.users).all()
     assert shuf.meta["rows_left_with_own_user"] == 0
     np.testing.assert_allclose(np.sort(shuf.emb, axis=0), np.sort(bank.emb, axis=0))
+
+
+def test_rotate_cycles_through_a_users_negatives_across_epochs():
+    bank = make_bank(per_user=3)
+    index = BankIndex(bank, n_items=100)
+    rng = np.random.default_rng(0)
+    seen = []
+    for _ in range(2):  # two epochs, user 1 looked up twice per batch, user 7 unknown
+        rows, exact = index.lookup(np.array([1, 7, 1]), np.array([1, 0, 11]), "rotate", rng)
+        seen += [rows[0], rows[2]]
+        assert rows[1] == -1 and not exact[1]
+        assert exact.tolist()[::2] == [bool(rows[0] == 3), bool(rows[2] == 4)]
+    assert seen == [3, 4, 5, 3]  # user 1's rows in turn, wrapping after K = 3
+    assert all(bank.users[r] == 1 for r in seen)

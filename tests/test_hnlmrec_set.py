@@ -121,3 +121,30 @@ def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
     assert isinstance(ext, AlignmentExtension) and sampler is not None
     np.testing.assert_array_equal(ext.bank.emb, emb)
     assert ext.bank.source == "hnlmrec:smollm2-135m:text" and ext.bank.meta["run"] == "run-abc"
+
+
+def test_long_queries_lose_the_middle_of_their_user_part_and_are_counted(data):
+    from hnlm.llm.models import load_causal_lm
+    _, tok = load_causal_lm("smollm2-135m", device="cpu")
+    teacher = random_teacher(data)
+    free = QueryBuilder(data, teacher, "text")
+    full = free.text(0, int(data.train_items(0)[0]))
+    n_full = len(tok(full)["input_ids"])
+    fitted = QueryBuilder(data, teacher, "text").fit_to(tok, n_full - 10)
+    cut = fitted.text(0, int(data.train_items(0)[0]))
+    assert len(tok(cut)["input_ids"]) <= n_full - 10
+    assert " [...] " in cut
+    tail = full[full.index("Collaborative signal"):]
+    assert cut.endswith(tail)  # CF signal and final cue kept whole
+    assert cut.startswith(full[:full.index("User profile:") + len("User profile:") + 5])
+    assert fitted.counts["truncated_queries"] == 1 and fitted.counts["truncated_tokens"] >= 10
+    short = QueryBuilder(data, teacher, "text").fit_to(tok, n_full)
+    assert short.text(0, int(data.train_items(0)[0])) == full and short.counts["truncated_queries"] == 0
+
+
+def test_items_without_a_profile_are_counted(data):
+    teacher = random_teacher(data)
+    builder = QueryBuilder(data, teacher, "text", item_profiles={1: "A profile."})
+    builder.text(0, 1)
+    builder.text(0, 2)
+    assert builder.counts["item_without_profile_genres_used"] == 1

@@ -61,7 +61,9 @@ def test_finished_run_is_reused_and_transfers_with_the_targets_own_teacher(data,
     from hnlm.semantic.hnlmrec.transfer import transfer_bank
     target = first_users(load_dataset("ml-1m", seed=0), 40)
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
-    ft = FinetuneConfig(llm="smollm2-135m", max_steps=1, batch_size=2, save_steps=1, max_length=64)
+    # 160 tokens: the queries (~190) lose part of their user context, never their CF signal or cue
+    ft = FinetuneConfig(llm="smollm2-135m", max_steps=1, batch_size=2, save_steps=1, max_length=160,
+                        quality_pairs=4, centring_queries=4)
     cfg = RunConfig(finetune=ft, teacher=TeacherConfig(model="mf", epochs=1), infer_users=2, infer_batch=2)
     first = run_finetune(data, cfg)
     again = run_finetune(data, cfg)  # transformers 5 alone would take a second step here
@@ -70,6 +72,9 @@ def test_finished_run_is_reused_and_transfers_with_the_targets_own_teacher(data,
     assert [p.name for p in (folder / "checkpoints").glob("checkpoint-*")] == ["checkpoint-1"]
     assert again["adapter"] == first["adapter"] == adapter_fingerprint(folder / "final")
     assert again["timings"]["s_per_step"] == first["timings"]["s_per_step"] and again["timings"]["queries"] == 2
+    assert first["counts"]["truncated_queries"] > 0 and first["counts"]["held_out_for_quality"] == 4
+    quality = first["finetune_quality"]
+    assert quality["pairs"] == 4 and quality["candidates"] == 50 and -1 <= quality["emitted_mean_pairwise_cosine"] <= 1
 
     teacher = TeacherConfig(model="mf", epochs=1, batch_size=8192)
     bank, summary = transfer_bank(target, "ml-100k", replace(cfg, infer_users=3), teacher)

@@ -1,6 +1,7 @@
 """Module 2 (semantic negatives): budgets, prompts (training data only), title matching, grounding."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from hnlm.data import load_dataset
@@ -91,3 +92,71 @@ def test_negatives_of_another_prompt_context_are_not_reused(tmp_path):
     assert read_negatives(path, "history")["text"].tolist() == ["A"]
     assert read_negatives(path, "profile:qwen2.5-0.5b")["text"].tolist() == ["B"]
     assert read_negatives(path, "profile:smollm2-135m").empty
+
+
+def test_context_tag_changes_with_decoding_and_prompt_variant(data):
+    greedy = sns.PromptBuilder(data, context="history")
+    sampled = sns.PromptBuilder(data, context="history", decoding=sns.sampling_tag(0.8, 0.9, 1))
+    pick = sns.PickPromptBuilder(data, context="history")
+    assert len({greedy.tag, sampled.tag, pick.tag}) == 3
+    assert greedy.tag.startswith("history|sns-") and greedy.tag.endswith("|greedy")
+    assert sampled.tag.endswith("|sample-t0.8-p0.9-s1")
+    assert sns.PromptBuilder(data, context="history").tag == greedy.tag
+
+
+def test_reasoning_comes_before_the_title():
+    assert list(sns.sns_schema()["properties"]) == ["reasoning", "hard_negative_item"]
+    assert list(sns.pick_schema()["properties"]) == ["reasoning", "not_enjoy"]
+
+
+def test_pairs_whose_item_has_no_profile_are_counted(data):
+    builder = sns.PromptBuilder(data, context="history")
+    builder.context, builder.item_profiles = "profile", {1: "A profile."}  # as if module-1 profiles were loaded
+    pairs = pd.DataFrame({"user": [0, 0, 1], "item": [1, 2, 2]})
+    assert builder.profile_fallbacks(pairs) == {"pairs_item_without_profile": 2, "items_without_profile": 1}
+    assert sns.PromptBuilder(data, context="history").profile_fallbacks(pairs)["pairs_item_without_profile"] == 0
+
+
+def test_candidate_lists_come_from_the_training_pool_without_the_users_items(data):
+    builder = sns.PickPromptBuilder(data, context="history")
+    pool = set(sns.training_pool(data).tolist())
+    for user, item in [(0, int(data.train_items(0)[0])), (5, int(data.train_items(5)[1]))]:
+        cands = builder.candidates(user, item)
+        assert len(cands) == sns.PICK_CANDIDATES == len(set(cands.tolist()))
+        assert set(cands.tolist()) <= pool and not set(cands.tolist()) & set(data.train_items(user).tolist())
+        np.testing.assert_array_equal(cands, builder.candidates(user, item))  # seeded by pair
+        text = builder.messages(user, item)[1]["content"]
+        assert f"20. {sns.short_text(data, int(cands[-1]))}" in text
+
+
+def test_picks_map_numbers_to_item_ids_and_quality_compares_with_the_control(data):
+    from types import SimpleNamespace as R
+    builder = sns.PickPromptBuilder(data, context="history")
+    user, item = 0, int(data.train_items(0)[0])
+    cands = builder.candidates(user, item)
+    rec = builder.parse(R(ok=True, value={"reasoning": "r", "not_enjoy": [3, 3, 1, 25]}, reason=None), user, item)
+    assert rec["ok"] and rec["picked"] == [int(cands[2]), int(cands[0])] and rec["out_of_range"] == 1
+    assert not builder.parse(R(ok=False, value=None, reason="invalid json"), user, item)["ok"]
+    held = data.heldout_items(user).tolist()
+    listing = held[:1] + cands.tolist()[:19]
+    frame = pd.DataFrame({"user": [user, user], "candidates": [listing] * 2, "picked": [held[:1], held[:1]]})
+    q, control = sns.pick_quality(data, frame)
+    chance = sum(j in set(held) for j in listing) / 20
+    assert q["false_hard_negative_share"] == 1.0 and q["false_hard_negative_chance"] == pytest.approx(chance)
+    assert q["distinct_negative_share"] == 0.5 and [len(c) for c in control] == [1, 1]
+
+
+def test_similarity_measures_compare_generated_text_with_the_positives_short_text(data):
+    rng = np.random.default_rng(0)
+    short = rng.standard_normal((data.n_items, 8)).astype(np.float32)
+    short /= np.linalg.norm(short, axis=1, keepdims=True)
+    rec = pd.DataFrame({"user": [0, 1, 2], "item": [int(data.train_items(u)[0]) for u in range(3)],
+                        "text": ["A", "a", "B"]})
+    neg = short[rec["item"]]  # each text embeds exactly as its positive's short text
+    nearest = np.array([5, 5, 6])
+    q = sns.quality(data, rec, neg, short, nearest, nearest, np.array([[5], [5], [6]]))
+    assert q["sim_to_positive_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert q["sim_random_item_to_positive_mean"] < 0.9 and q["sim_other_pairs_negative_to_positive_mean"] < 0.9
+    assert q["distinct_texts_share"] == pytest.approx(2 / 3)
+    assert q["distinct_nearest_items_share"] == pytest.approx(2 / 3)
+    assert sns.short_text(data, 0).startswith(sns.title_of(data, 0))

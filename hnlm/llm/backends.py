@@ -139,7 +139,11 @@ class Backend:
 
 class LocalBackend(Backend):
     """Batched, grammar-constrained generation with a transformers causal LM (left padding,
-    length-sorted batches, KV cache, greedy by default)."""
+    length-sorted batches, KV cache, greedy by default).
+
+    Sampled decoding (temperature > 0, top_p): the torch RNG is seeded with `seed` before each batch, so the
+    same prompts with the same batch size and settings give the same outputs; temperature, top_p and seed are
+    part of every cache key."""
 
     def __init__(self, name: str, device: str | None = None, dtype=None, load_in_4bit: bool = False,
                  batch_size: int | None = None, constrained: bool = True, temperature: float = 0.0,
@@ -307,9 +311,11 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None, concurrency: int = 4,
                  max_retries: int = 4, timeout: float = 120.0, backoff: float = 0.5,
-                 temperature: float = 0.0, cache_path: str | Path | None = None, progress: bool = True):
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                 cache_path: str | Path | None = None, progress: bool = True):
         super().__init__(cache_path, progress)
         self.model_name, self.base_url = model, base_url.rstrip("/")
+        self.top_p, self.seed = top_p, seed
         self.api_key = api_key or os.environ.get("HNLM_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
         self.concurrency, self.max_retries, self.timeout, self.backoff = concurrency, max_retries, timeout, backoff
         self.temperature = temperature
@@ -319,7 +325,10 @@ class OpenAIBackend(Backend):
         self.retries = 0
 
     def decoding(self, max_new_tokens):
-        return {"max_tokens": max_new_tokens, "temperature": self.temperature}
+        d = {"max_tokens": max_new_tokens, "temperature": self.temperature}
+        if self.temperature > 0:  # sampled: the server's seed is best effort, but the settings key the cache
+            d.update(top_p=self.top_p, seed=self.seed)
+        return d
 
     def prepare(self, messages_list, max_new_tokens):
         return [Prompt([dict(m) for m in messages]) for messages in messages_list]
@@ -339,6 +348,8 @@ class OpenAIBackend(Backend):
             mode = self.mode
             body = {"model": self.model_name, "messages": messages, "max_tokens": max_tokens,
                     "temperature": self.temperature, "response_format": self._response_format(schema, mode)}
+            if self.temperature > 0:
+                body.update(top_p=self.top_p, seed=self.seed)
             try:
                 resp = client.post(f"{self.base_url}/chat/completions", json=body, headers=headers)
             except (httpx.TimeoutException, httpx.TransportError) as err:

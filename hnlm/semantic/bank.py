@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LOOKUP_RULES = ("pair", "user")
+LOOKUP_RULES = ("pair", "user", "rotate")
 
 
 @dataclass
@@ -73,7 +73,12 @@ def user_derangement(users: np.ndarray, seed: int = 0) -> tuple[np.ndarray, int]
 
 
 class BankIndex:
-    """Vectorised (user, item) -> row lookup, and per-user row lists for the "user" rule."""
+    """Vectorised (user, item) -> row lookup, and per-user row lists for the "user" and "rotate" rules.
+
+    Rules: "pair": the pair's own negative only; "user": the pair's own, else a random one of the user's;
+    "rotate": the user's negatives in turn, whatever the item: the n-th lookup of a user (counted over the
+    index's life, so across epochs) takes row n mod K of the user's K negatives (a bank of K negatives per
+    user, e.g. budget per-user:K, is then cycled through instead of pinning one negative to each pair)."""
 
     def __init__(self, bank: NegativeBank, n_items: int):
         self.n_items = n_items
@@ -85,6 +90,7 @@ class BankIndex:
         n_users = int(bank.users.max()) + 1 if len(bank) else 0
         counts = np.bincount(bank.users, minlength=n_users)
         self.user_start = np.concatenate([[0], np.cumsum(counts)])
+        self.cursor = np.zeros(n_users, dtype=np.int64)  # lookups so far per user ("rotate")
 
     def pair_rows(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Row of each exact pair, -1 where the pair has no negative."""
@@ -96,20 +102,41 @@ class BankIndex:
 
     def user_rows_random(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A random row of each user's negatives, -1 for users without any."""
-        n_known = len(self.user_start) - 1
-        known = users < n_known
+        start, count = self._user_span(users)
+        pick = start + (rng.random(len(users)) * np.maximum(count, 1)).astype(np.int64)
+        return np.where(count > 0, self.user_rows[np.minimum(pick, len(self.user_rows) - 1)], -1)
+
+    def _user_span(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first row in user_rows, number of rows) of each user; 0 rows for users the bank does not know."""
+        known = users < len(self.user_start) - 1
         start = np.zeros(len(users), dtype=np.int64)
         count = np.zeros(len(users), dtype=np.int64)
         start[known] = self.user_start[users[known]]
         count[known] = self.user_start[users[known] + 1] - start[known]
-        pick = start + (rng.random(len(users)) * np.maximum(count, 1)).astype(np.int64)
-        return np.where(count > 0, self.user_rows[np.minimum(pick, len(self.user_rows) - 1)], -1)
+        return start, count
+
+    def user_rows_rotating(self, users: np.ndarray) -> np.ndarray:
+        """The "rotate" rule's row of each lookup (-1 for users without negatives); advances the cursors."""
+        start, count = self._user_span(users)
+        _, inv, n = np.unique(users, return_inverse=True, return_counts=True)
+        order = np.argsort(inv, kind="stable")
+        seen_before = np.empty(len(users), dtype=np.int64)  # earlier lookups of the same user in this batch
+        seen_before[order] = np.arange(len(users)) - np.repeat(np.cumsum(n) - n, n)
+        has = count > 0
+        turn = self.cursor[np.where(has, users, 0)] + seen_before
+        rows = np.where(has, self.user_rows[np.minimum(start + turn % np.maximum(count, 1),
+                                                       max(len(self.user_rows) - 1, 0))], -1)
+        np.add.at(self.cursor, users[has], 1)
+        return rows
 
     def lookup(self, users: np.ndarray, items: np.ndarray, rule: str,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Rows for a batch of pairs and whether each came from the exact pair (else the user's pool)."""
         rows = self.pair_rows(users, items)
         exact = rows >= 0
+        if rule == "rotate":
+            rotated = self.user_rows_rotating(users)
+            return rotated, (rotated >= 0) & (rotated == rows)
         if rule == "user":
             reuse = self.user_rows_random(users, rng)
             rows = np.where(exact, rows, reuse)

@@ -50,6 +50,12 @@ def register_sns(subparsers) -> None:
     p.add_argument("--context", default="profile", choices=["profile", "history"],
                    help="user described by its module-1 profile, or by training titles + demographics")
     p.add_argument("--profiles-llm", default=None, help="LLM whose module-1 profiles to use (default --llm)")
+    p.add_argument("--variant", default="text", choices=["text", "pick"],
+                   help="text: the LLM names a negative; pick: it picks, from a list of real training-pool "
+                        "items, those the user would not enjoy (with a uniform pick of the same list as control)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: sampled (local backends)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
+    p.add_argument("--sampling-seed", type=int, default=0, help="seed of sampled decoding (reproducible runs)")
     p.add_argument("--encoder", default="minilm")
     p.add_argument("--pool", type=int, default=20, help="grounding: nearest non-train items kept per negative")
     p.add_argument("--chunk", type=int, default=32, help="prompts per generate call (appended as they finish)")
@@ -64,21 +70,29 @@ def run_sns(args) -> int:
     data = dataset_from_args(args)
     data.require_item_text("LLM profiles" if args.func is run_profiles else "SNS")
     budget = Budget.parse(args.budget)
-    builder = sns.PromptBuilder(data, args.context, args.profiles_llm or args.llm, seed=args.pair_seed)
+    sampling = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.sampling_seed}
+    decoding = sns.sampling_tag(**sampling)
+    make_builder = sns.PickPromptBuilder if args.variant == "pick" else sns.PromptBuilder
+    builder = make_builder(data, args.context, args.profiles_llm or args.llm, seed=args.pair_seed, decoding=decoding)
     pairs = select_pairs(data, budget, args.pair_seed)
     if args.limit_users is not None:
         pairs = pairs[pairs["user"] < args.limit_users]
     gen = {}
     if not args.no_generate:
-        backend = make_backend(args.llm)
+        backend = make_backend(args.llm, **(sampling if args.temperature > 0 else {}))
         out = sns.sns_dir(data.name, args.llm, args.split_seed)
         gen = sns.generate_negatives(data, backend, pairs, builder, out, chunk=args.chunk)
         gen["backend"] = backend.identity
+    allow_missing = args.allow_missing or args.limit_users is not None
+    if args.variant == "pick":
+        built = sns.build_pick_artifacts(data, args.llm, budget, builder, split_seed=args.split_seed,
+                                         pair_seed=args.pair_seed, allow_missing=allow_missing)
+        print(json.dumps({"folder": built["folder"], "generation": gen, "quality": built["quality"]}, indent=2))
+        return 0
     built = sns.build_artifacts(data, args.llm, budget, get_text_encoder(args.encoder),
                                split_seed=args.split_seed, pair_seed=args.pair_seed, pool=args.pool,
                                extra_meta={**builder.describe(), "generation": gen},
-                               allow_missing=args.allow_missing or args.limit_users is not None,
-                               context=builder.tag)
+                               allow_missing=allow_missing, context=builder.tag)
     print(json.dumps({"folder": built["folder"], "generation": gen, "quality": built["quality"]}, indent=2))
     return 0
 

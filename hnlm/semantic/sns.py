@@ -1,8 +1,11 @@
 """Module 2: semantic negative sampling (SNS).
 
 For a training pair (user, positive item) an LLM is prompted with the user's profile and the item's title
-and profile and returns one hard negative as JSON `{"hard_negative_item": <= 20 words, "reasoning": ...}`
-(schema-constrained, cached and resumable through the LLM layer). Each text is embedded with a text encoder
+and profile and returns one hard negative as JSON `{"reasoning": ..., "hard_negative_item": <= 20 words}`
+(schema-constrained, cached and resumable through the LLM layer; the reasoning comes first so the title is
+written after it). Decoding is greedy or sampled (temperature / top-p with a fixed seed, LocalBackend); the
+sampling settings and a hash of the prompt template and schema are part of every record's context tag, so
+records made with other settings or another prompt are never reused. Each text is embedded with a text encoder
 and stored by (user, item); the grounded variant maps it to the nearest real catalogue item that is not in
 the user's training history. Quality measures are written next to the artefacts.
 
@@ -14,13 +17,19 @@ Artefacts, under artifacts/<dataset>/sns/<llm>/split-<seed>/:
   meta_<budget>.json     budget, LLM / encoder identity, prompt context, train fingerprint
 
 Only training interactions reach prompts and candidate pools; held-out items are read for the quality
-measures alone.
+measures alone. Items without a module-1 profile are described by their genres; such pairs are counted.
+
+Candidate-list variant (`hnlm sns --variant pick`, see the section below): the LLM picks, from
+PICK_CANDIDATES real catalogue items, those the user would not enjoy; its control picks as many items of the
+same list uniformly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,40 +44,59 @@ from hnlm.semantic.profiles import profiles_of
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 MAX_WORDS = 20
-SNS_SCHEMA = {
+SNS_SCHEMA = {  # property order is the order the constrained decoder writes them in: reasoning first
     "type": "object",
     "properties": {
-        "hard_negative_item": {"type": "string"},
         "reasoning": {"type": "string"},
+        "hard_negative_item": {"type": "string"},
     },
-    "required": ["hard_negative_item", "reasoning"],
+    "required": ["reasoning", "hard_negative_item"],
     "additionalProperties": False,
 }
 # Token budgets per string field (the LLM layer forces the closing quote when one is spent).
-FIELD_TOKENS = {"hard_negative_item": 28, "reasoning": 14}
+FIELD_TOKENS = {"reasoning": 24, "hard_negative_item": 28}
 ITEM_PROFILE_WORDS = 60  # item profiles are cut to this many words in the prompt
+RECORD_COLUMNS = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated", "context"]
 
 
 # ---------------------------------------------------------------- prompts
 
-def load_template(domain: str) -> tuple[str, str]:
-    """(system, user) parts of prompts/sns_<domain>.txt, separated by a line '---'."""
-    path = PROMPT_DIR / f"sns_{domain}.txt"
+def load_template(domain: str, prefix: str = "sns") -> tuple[str, str]:
+    """(system, user) parts of prompts/<prefix>_<domain>.txt, separated by a line '---'."""
+    path = PROMPT_DIR / f"{prefix}_{domain}.txt"
     if not path.exists():
-        path = PROMPT_DIR / "sns_item.txt"
+        path = PROMPT_DIR / f"{prefix}_item.txt"
     system, _, user = path.read_text().partition("\n---\n")
     if not user:
         raise DataFormatError(f"{path}: expected a system part, a line '---', then the user part")
     return system.strip(), user.strip()
 
 
-class PromptBuilder:
-    """Messages for one (user, item) pair. context: "profile" (module 1 profiles) or "history"."""
+def sampling_tag(temperature: float, top_p: float, seed: int) -> str:
+    """Decoding part of a record's context tag: "greedy", or the sampling settings."""
+    return "greedy" if temperature <= 0 else f"sample-t{temperature:g}-p{top_p:g}-s{seed}"
 
-    def __init__(self, data, context: str = "profile", profiles_llm: str | None = None, seed: int = 0):
+
+class PromptBuilder:
+    """Messages for one (user, item) pair. context: "profile" (module 1 profiles) or "history";
+    `decoding`: sampling_tag() of the backend's settings (part of the context tag)."""
+
+    template_prefix = "sns"
+    records_file = "negatives.jsonl"
+    columns = RECORD_COLUMNS
+    max_new_tokens = sum(FIELD_TOKENS.values()) + 16
+
+    def json_schema(self) -> dict:
+        return sns_schema()
+
+    def parse(self, result, user: int, item: int) -> dict:
+        return parse_answer(result)
+
+    def __init__(self, data, context: str = "profile", profiles_llm: str | None = None, seed: int = 0,
+                 decoding: str = "greedy"):
         self.data = data
         self.context = context
-        self.system, self.user_template = load_template(domain_of(data.name))
+        self.system, self.user_template = load_template(domain_of(data.name), self.template_prefix)
         self.item_profiles: dict[int, str] = {}
         self.user_profiles: dict[int, str] = {}
         if context == "profile":
@@ -76,8 +104,12 @@ class PromptBuilder:
         elif context != "history":
             raise UserFacingError(f"unknown SNS context {context!r}: use 'profile' or 'history'")
         self.seed = seed
-        # Stored with every record: negatives made from another context are never reused for this one.
-        self.tag = "history" if context == "history" else f"profile:{profiles_llm}"
+        self.items_without_profile: set[int] = set()
+        # Stored with every record: negatives made from another context, prompt or decoding are never reused.
+        base = "history" if context == "history" else f"profile:{profiles_llm}"
+        prompt = json.dumps([self.system, self.user_template, self.json_schema()])
+        prompt = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+        self.tag = f"{base}|{self.template_prefix}-{prompt}|{decoding}"
 
     def user_text(self, user: int) -> str:
         if self.context == "profile":
@@ -88,7 +120,18 @@ class PromptBuilder:
         return history_context(self.data, user, np.random.default_rng([self.seed, user]))
 
     def item_text(self, item: int) -> str:
+        if self.context == "profile" and item not in self.item_profiles:
+            self.items_without_profile.add(item)
         return item_context(self.data, self.item_profiles, item, ITEM_PROFILE_WORDS)
+
+    def profile_fallbacks(self, pairs: pd.DataFrame) -> dict:
+        """Pairs (and distinct items) whose positive item has no module-1 profile, so that its genres stand
+        in for it in the prompt (0 with the "history" context, which uses genres by design)."""
+        if self.context != "profile":
+            return {"pairs_item_without_profile": 0, "items_without_profile": 0}
+        missing = ~pairs["item"].astype(int).isin(list(self.item_profiles))
+        return {"pairs_item_without_profile": int(missing.sum()),
+                "items_without_profile": int(pairs.loc[missing, "item"].nunique())}
 
     def messages(self, user: int, item: int) -> list[dict]:
         text = self.user_template.format(user_profile=self.user_text(user),
@@ -98,7 +141,8 @@ class PromptBuilder:
 
     def describe(self) -> dict:
         return {"context": self.context, "context_tag": self.tag, "item_profiles": len(self.item_profiles),
-                "user_profiles": len(self.user_profiles), "template": f"sns_{domain_of(self.data.name)}"}
+                "user_profiles": len(self.user_profiles),
+                "template": f"{self.template_prefix}_{domain_of(self.data.name)}"}
 
 
 # ---------------------------------------------------------------- generation (cached, resumable)
@@ -107,10 +151,9 @@ def sns_dir(dataset: str, llm: str, split_seed: int) -> Path:
     return artifacts_dir(dataset, "sns", safe_name(llm), f"split-{split_seed}")
 
 
-def read_negatives(path: Path, context: str | None = None) -> pd.DataFrame:
+def read_negatives(path: Path, context: str | None = None, cols: list[str] = RECORD_COLUMNS) -> pd.DataFrame:
     """Generated records (of one prompt context when `context` is a PromptBuilder.tag); a torn last line
     (interrupted write) is ignored."""
-    cols = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated", "context"]
     if not path.exists():
         return pd.DataFrame(columns=cols)
     rows = []
@@ -140,27 +183,32 @@ def parse_answer(result) -> dict:
 
 def generate_negatives(data, backend, pairs: pd.DataFrame, builder: PromptBuilder, out: Path,
                        chunk: int = 32, max_new_tokens: int | None = None, order_seed: int = 0) -> dict:
-    """Generate the pairs missing from out/negatives.jsonl, appending each chunk as it finishes."""
-    path = out / "negatives.jsonl"
-    done = read_negatives(path, builder.tag)
+    """Generate the pairs missing from out/<builder.records_file>, appending each chunk as it finishes."""
+    path = out / builder.records_file
+    done = read_negatives(path, builder.tag, builder.columns)
     have = set(zip(done["user"].astype(int), done["item"].astype(int)))
     todo = [(int(u), int(i)) for u, i in zip(pairs["user"], pairs["item"]) if (int(u), int(i)) not in have]
     # Users in a seeded random order: an interrupted run leaves an unbiased subset of users covered.
     rank = np.random.default_rng(order_seed).permutation(data.n_users)
     todo.sort(key=lambda pair: rank[pair[0]])
-    budget = max_new_tokens or sum(FIELD_TOKENS.values()) + 16
+    budget = max_new_tokens or builder.max_new_tokens
     cached = 0
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        results = backend.generate_json([builder.messages(u, i) for u, i in part], sns_schema(),
+        results = backend.generate_json([builder.messages(u, i) for u, i in part], builder.json_schema(),
                                         max_new_tokens=budget,
                                         desc=f"SNS {start + len(part)}/{len(todo)}")
         with path.open("a") as fh:
             for (u, i), res in zip(part, results):
                 cached += bool(getattr(res, "cached", False))
-                fh.write(json.dumps({"user": u, "item": i, **parse_answer(res), "context": builder.tag}) + "\n")
+                record = {"user": u, "item": i, **builder.parse(res, u, i), "context": builder.tag}
+                fh.write(json.dumps(record) + "\n")
+    fallbacks = builder.profile_fallbacks(pairs)
+    if fallbacks["pairs_item_without_profile"]:
+        print(f"SNS: {fallbacks['pairs_item_without_profile']} pairs ({fallbacks['items_without_profile']} items) "
+              f"have no item profile: their genres stand in for it", file=sys.stderr)
     return {"requested": len(pairs), "already_done": len(pairs) - len(todo), "generated": len(todo),
-            "from_llm_cache": cached}
+            "from_llm_cache": cached, **fallbacks}
 
 
 def sns_schema() -> dict:
@@ -196,6 +244,17 @@ def item_embeddings(data, encoder) -> np.ndarray:
     return encoder.encode([data.item_text(i) for i in range(data.n_items)])
 
 
+def short_text(data, item: int) -> str:
+    """An item as the same kind of short text the LLM writes: title (year) and genres."""
+    cats = data.items.iloc[item].get("categories")
+    return f"{title_of(data, item)}: {cats}" if cats else title_of(data, item)
+
+
+def short_embeddings(data, encoder) -> np.ndarray:
+    """Catalogue items embedded as short texts (the reference of the similarity measures)."""
+    return encoder.encode([short_text(data, i) for i in range(data.n_items)])
+
+
 def ground(neg_emb: np.ndarray, users: np.ndarray, item_emb: np.ndarray, data,
            pool: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Nearest catalogue item of each negative excluding the user's training items (cosine), its
@@ -209,9 +268,16 @@ def ground(neg_emb: np.ndarray, users: np.ndarray, item_emb: np.ndarray, data,
     return nearest, sims[np.arange(len(users)), nearest], top, nearest_any
 
 
-def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, item_emb: np.ndarray, nearest: np.ndarray,
+def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray, nearest: np.ndarray,
             nearest_any: np.ndarray, top: np.ndarray, seed: int = 0) -> dict:
-    """Quality of the valid negatives `rec` (rows aligned with neg_emb); held-out items read here only."""
+    """Quality of the valid negatives `rec` (rows aligned with neg_emb); held-out items read here only.
+
+    Similarities compare like with like: a generated text (a title and a short description) against the
+    positive's short text (title and genres, `short_emb`); its baselines are a random catalogue item's
+    short text, and another pair's generated text (a derangement of the rows), against the same positive.
+    Distinct shares: distinct generated texts (case-folded), and distinct nearest catalogue items (grounding),
+    over valid negatives. false_hard_negative_share (the nearest non-train item is a held-out item of the
+    user) comes with its chance level (a uniform non-train item)."""
     users, items = rec["user"].to_numpy(int), rec["item"].to_numpy(int)
     titles = [norm_title(t) for t in data.items["title"].fillna("")]
     names_train = names_pos = held_near = held_pool = 0
@@ -228,9 +294,11 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, item_emb: np.ndarray, 
         chance_near += len(held) / (data.n_items - len(train))
     n = max(len(rec), 1)
     rng = np.random.default_rng(seed)
-    sim_pos = np.einsum("nd,nd->n", neg_emb, item_emb[items]) if len(rec) else np.zeros(0)
+    sim_pos = np.einsum("nd,nd->n", neg_emb, short_emb[items])
     rand_items = rng.integers(0, data.n_items, size=len(rec))
-    sim_rand = np.einsum("nd,nd->n", item_emb[rand_items], item_emb[items]) if len(rec) else np.zeros(0)
+    sim_rand = np.einsum("nd,nd->n", short_emb[rand_items], short_emb[items])
+    other = (np.arange(len(rec)) + 1 + rng.integers(0, max(len(rec) - 1, 1))) % max(len(rec), 1)
+    sim_other = np.einsum("nd,nd->n", neg_emb[other], short_emb[items])
     return {
         "n_valid": int(len(rec)),
         "names_train_item_share": names_train / n,
@@ -241,7 +309,10 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, item_emb: np.ndarray, 
         "pool_heldout_share": held_pool / n,
         "sim_to_positive_mean": float(sim_pos.mean()) if len(rec) else None,
         "sim_random_item_to_positive_mean": float(sim_rand.mean()) if len(rec) else None,
+        "sim_other_pairs_negative_to_positive_mean": float(sim_other.mean()) if len(rec) > 1 else None,
+        "similarity_reference": "positive's short text (title + genres), as the generated text",
         "distinct_texts_share": rec["text"].str.lower().nunique() / n,
+        "distinct_nearest_items_share": len(set(nearest.tolist())) / n,
     }
 
 
@@ -264,7 +335,7 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, split_seed: int = 0
     neg_emb = encoder.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, encoder.dim), np.float32)
     item_emb = item_embeddings(data, encoder)
     nearest, sim, top, nearest_any = ground(neg_emb, ok["user"].to_numpy(int), item_emb, data, pool)
-    q = quality(data, ok, neg_emb, item_emb, nearest, nearest_any, top, seed=pair_seed)
+    q = quality(data, ok, neg_emb, short_embeddings(data, encoder), nearest, nearest_any, top, seed=pair_seed)
     q.update({"budget_pairs": int(len(pairs)), "not_generated": missing,
               "coverage_users": int(ok["user"].nunique()) / data.n_users,
               "requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
@@ -320,3 +391,118 @@ def load_bank(data, llm: str, budget: Budget, split_seed: int = 0) -> NegativeBa
 
 def load_grounded(data, llm: str, budget: Budget, split_seed: int = 0) -> pd.DataFrame:
     return pd.read_parquet(_artifact(data, llm, budget, split_seed, "grounded_{tag}.parquet"))
+
+
+# ---------------------------------------------------------------- candidate-list variant
+
+PICK_CANDIDATES = 20   # real catalogue items listed per prompt
+PICK_MAX = 5           # the most items the LLM may pick
+PICK_COLUMNS = ["user", "item", "ok", "candidates", "picked", "out_of_range", "reasoning", "reason", "context"]
+
+
+def training_pool(data) -> np.ndarray:
+    """Items with at least one training interaction: candidate lists never show an item known only from
+    valid/test data."""
+    return np.flatnonzero(np.asarray(data.train.sum(axis=0)).ravel() > 0)
+
+
+def pick_schema(n_candidates: int = PICK_CANDIDATES, max_picks: int = PICK_MAX) -> dict:
+    return {"type": "object",
+            "properties": {"reasoning": {"type": "string", "x-max-tokens": FIELD_TOKENS["reasoning"]},
+                           "not_enjoy": {"type": "array", "maxItems": max_picks,
+                                         "items": {"type": "integer", "minimum": 1, "maximum": n_candidates}}},
+            "required": ["reasoning", "not_enjoy"], "additionalProperties": False}
+
+
+class PickPromptBuilder(PromptBuilder):
+    """Prompts of the candidate-list variant: the user, the liked item, and PICK_CANDIDATES numbered items
+    drawn uniformly (seeded by pair) from the training pool minus the user's training items; the answer is
+    the numbers of those the user would not enjoy, stored as item ids."""
+
+    template_prefix = "sns_pick"
+    records_file = "picks.jsonl"
+    columns = PICK_COLUMNS
+    max_new_tokens = FIELD_TOKENS["reasoning"] + 3 * PICK_MAX + 24
+
+    def __init__(self, data, context: str = "profile", profiles_llm: str | None = None, seed: int = 0,
+                 decoding: str = "greedy"):
+        self.pool = training_pool(data)
+        super().__init__(data, context, profiles_llm, seed, decoding)
+
+    def json_schema(self) -> dict:
+        return pick_schema()
+
+    def candidates(self, user: int, item: int) -> np.ndarray:
+        unseen = np.setdiff1d(self.pool, self.data.train_items(user))
+        rng = np.random.default_rng([self.seed, user, item])
+        return rng.choice(unseen, size=min(PICK_CANDIDATES, len(unseen)), replace=False)
+
+    def messages(self, user: int, item: int) -> list[dict]:
+        listing = "\n".join(f"{n}. {short_text(self.data, int(j))}"
+                            for n, j in enumerate(self.candidates(user, item), 1))
+        text = self.user_template.format(user_profile=self.user_text(user), item_title=title_of(self.data, item),
+                                         item_profile=self.item_text(item), candidates=listing, max_picks=PICK_MAX)
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": text}]
+
+    def parse(self, result, user: int, item: int) -> dict:
+        cands = self.candidates(user, item)
+        numbers = (result.value or {}).get("not_enjoy") if result.ok else None
+        if not isinstance(numbers, list):
+            return {"ok": False, "candidates": cands.tolist(), "picked": [], "out_of_range": 0,
+                    "reasoning": None, "reason": result.reason or "invalid"}
+        valid = [n for n in numbers if isinstance(n, int) and 1 <= n <= len(cands)]
+        picked = list(dict.fromkeys(int(cands[n - 1]) for n in valid))  # in order, each once
+        return {"ok": True, "candidates": cands.tolist(), "picked": picked, "out_of_range": len(numbers) - len(valid),
+                "reasoning": str(result.value.get("reasoning", "")), "reason": None}
+
+
+def pick_quality(data, rec: pd.DataFrame, seed: int = 0) -> tuple[dict, list[list[int]]]:
+    """Quality of valid pick records and their control (as many items of the same list picked uniformly).
+
+    false_hard_negative_share: picked items that are held-out items of the user, over all picks; its chance
+    is the held-out share of the lists, weighted by picks; the control's share is measured on its picks.
+    distinct_negative_share: distinct picked items over all picks. Held-out items are read here only."""
+    rng = np.random.default_rng(seed)
+    control, held_llm, held_ctrl, chance, picks = [], 0, 0, 0.0, 0
+    for u, cands, picked in zip(rec["user"], rec["candidates"], rec["picked"]):
+        held = set(data.heldout_items(int(u)).tolist())
+        ctrl = rng.choice(cands, size=len(picked), replace=False).tolist() if len(picked) else []
+        control.append([int(j) for j in ctrl])
+        held_llm += sum(j in held for j in picked)
+        held_ctrl += sum(j in held for j in ctrl)
+        chance += len(picked) * sum(j in held for j in cands) / max(len(cands), 1)
+        picks += len(picked)
+    flat = [j for p in rec["picked"] for j in p]
+    flat_ctrl = [j for p in control for j in p]
+    n = max(picks, 1)
+    return {"n_valid": int(len(rec)), "picks": int(picks), "picks_per_answer": picks / max(len(rec), 1),
+            "answers_without_pick": int(sum(len(p) == 0 for p in rec["picked"])),
+            "false_hard_negative_share": held_llm / n, "false_hard_negative_chance": chance / n,
+            "control_false_hard_negative_share": held_ctrl / n,
+            "distinct_negative_share": len(set(flat)) / n,
+            "control_distinct_negative_share": len(set(flat_ctrl)) / n}, control
+
+
+def build_pick_artifacts(data, llm: str, budget: Budget, builder: PickPromptBuilder, split_seed: int = 0,
+                         pair_seed: int = 0, allow_missing: bool = False) -> dict:
+    """picks_<budget>.parquet (user, item, candidates, picked, control) and quality_pick_<budget>.json."""
+    out = sns_dir(data.name, llm, split_seed)
+    pairs = select_pairs(data, budget, pair_seed)
+    rec = pairs.merge(read_negatives(out / builder.records_file, builder.tag, PICK_COLUMNS),
+                      on=["user", "item"], how="left")
+    missing = int(rec["ok"].isna().sum())
+    if missing and not allow_missing:
+        raise MissingInputError(f"{missing} of {len(rec)} pairs of budget {budget.spec} have no candidate picks "
+                                f"in {out}: run `hnlm sns --variant pick --budget {budget.spec}` first "
+                                f"(or build from what exists with --allow-missing)")
+    rec = rec[rec["ok"].notna()].reset_index(drop=True)
+    ok = rec[rec["ok"].astype(bool)].reset_index(drop=True)
+    q, control = pick_quality(data, ok, seed=pair_seed)
+    q.update({"budget_pairs": int(len(pairs)), "not_generated": missing, "requested": int(len(rec)),
+              "valid_json_rate": len(ok) / max(len(rec), 1), "invalid": int(len(rec) - len(ok)),
+              "numbers_out_of_range": int(ok["out_of_range"].sum()) if len(ok) else 0,
+              "candidates_per_list": PICK_CANDIDATES, "context": builder.tag})
+    pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "candidates": ok["candidates"],
+                  "picked": ok["picked"], "control": control}).to_parquet(out / f"picks_{budget.tag}.parquet")
+    (out / f"quality_pick_{budget.tag}.json").write_text(json.dumps(q, indent=2))
+    return {"quality": q, "folder": str(out)}

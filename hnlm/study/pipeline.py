@@ -75,7 +75,8 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
     item_emb = sns.item_embeddings(data, enc)
     users = ok["user"].to_numpy(int)
     nearest, sim, top, nearest_any = sns.ground(neg_emb, users, item_emb, data, pool)
-    quality = sns.quality(data, ok, neg_emb, item_emb, nearest, nearest_any, top, seed=pair_seed)
+    quality = sns.quality(data, ok, neg_emb, sns.short_embeddings(data, enc), nearest, nearest_any, top,
+                          seed=pair_seed)
     quality.update({"requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
                     "invalid": int(len(rec) - len(ok))})
     covered = "all-users" if limit_users is None else f"first-{limit_users}-users"

@@ -29,7 +29,13 @@ def register(subparsers) -> None:
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--head-lr", type=float, default=d.head_lr, help="learning rate of the head(s)")
     p.add_argument("--tau", type=float, default=d.tau)
+    p.add_argument("--objective", default=d.objective, choices=["infonce", "paper"],
+                   help="infonce: other queries' targets are negatives too; paper: the released objective")
+    p.add_argument("--pooling", default=d.pooling, choices=["mean-centred", "last", "mean"])
+    p.add_argument("--quality-pairs", type=int, default=d.quality_pairs,
+                   help="fine-tuning pairs held out to measure the fine-tuned encoder")
     p.add_argument("--lora-r", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
@@ -55,7 +61,8 @@ def config_from_args(args) -> RunConfig:
     ft = FinetuneConfig(
         llm=args.llm, cf_signal=args.cf_signal, budget=args.budget, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        max_length=args.max_length, tau=args.tau, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        head_lr=args.head_lr, max_length=args.max_length, tau=args.tau, objective=args.objective,
+        pooling=args.pooling, quality_pairs=args.quality_pairs, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=tuple(args.lora_targets.split(",")),
         soft_tokens=args.soft_tokens, load_in_4bit=args.load_in_4bit,
         gradient_checkpointing=args.gradient_checkpointing, save_steps=args.save_steps, seed=args.seed)
@@ -73,6 +80,7 @@ def run(args) -> int:
     summary = run_finetune(data, config_from_args(args), args.split_seed, resume=not args.no_resume)
     if summary is None:  # not the main process of a multi-process launch: it prints and writes nothing
         return 0
-    print(json.dumps({k: summary[k] for k in ("folder", "bank", "examples", "steps", "loss_first5_mean",
-                                             "loss_last5_mean", "counts", "timings")}, indent=2))
+    print(json.dumps({k: summary.get(k) for k in ("folder", "bank", "examples", "steps", "loss_first5_mean",
+                                                 "loss_last5_mean", "finetune_quality", "counts", "timings")},
+                     indent=2))
     return 0

@@ -41,12 +41,17 @@ class FinetuneConfig:
     max_steps: int = 80
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 2e-4                   # LoRA + heads; the paper's 2e-5 is for 5 epochs of an 8B model
+    lr: float = 2e-4                   # LoRA; the paper's 2e-5 is for 5 epochs of an 8B model
+    head_lr: float = 1e-3              # head + soft-prompt projections: new layers start from random weights
     warmup_ratio: float = 0.05
-    max_length: int = 224              # ml-100k queries are ~186-191 tokens: 160 cut every one (session 2)
+    max_length: int = 224              # tokens; longer queries lose the middle of their user part (queries.py)
     tau: float = 0.05
+    objective: str = "infonce"         # "infonce" (other queries' targets as negatives) or "paper" (model.py)
+    pooling: str = "mean-centred"      # "mean-centred", "last" or "mean" (model.py)
+    centring_queries: int = 256        # fine-tuning queries the centring mean is fitted on
+    quality_pairs: int = 64            # training pairs held out of fine-tuning to measure it (finetune_quality)
     lora_r: int = 32
-    lora_alpha: int = 64
+    lora_alpha: int = 32               # = r (scale 1); no measurement favoured another value
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     soft_tokens: int = 1
@@ -58,7 +63,8 @@ class FinetuneConfig:
 
     def encoder_config(self, cf_dim: int, out_dim: int) -> EncoderConfig:
         return EncoderConfig(out_dim=out_dim, cf_signal=self.cf_signal, cf_dim=cf_dim,
-                             soft_tokens=self.soft_tokens, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+                             soft_tokens=self.soft_tokens, pooling=self.pooling, lora_r=self.lora_r,
+                             lora_alpha=self.lora_alpha,
                              lora_dropout=self.lora_dropout, lora_targets=tuple(self.lora_targets))
 
 
@@ -94,14 +100,29 @@ class Collator:
 
 
 class HNLMRecTrainer(Trainer):
-    """Trainer with the HNLMRec contrastive loss and adapter-only checkpoints."""
+    """Trainer with the HNLMRec contrastive loss, a head learning rate and adapter-only checkpoints."""
 
     tau: float = 0.05
+    objective: str = "infonce"
+    head_lr: float = 1e-3
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         q = model(inputs["input_ids"], inputs["attention_mask"], inputs["cf_user"], inputs["cf_item"])
-        loss = contrastive_loss(q, inputs["p"], inputs["n"], self.tau)
+        loss = contrastive_loss(q, inputs["p"], inputs["n"], self.tau, self.objective)
         return (loss, {"q": q}) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        """AdamW with two groups: LoRA at `learning_rate`, head + soft projections at `head_lr` (the
+        scheduler scales both alike)."""
+        if self.optimizer is None:
+            encoder = self.model if model is None else model
+            heads = encoder.head_parameters()
+            head_ids = {id(p) for p in heads}
+            lora = [p for p in encoder.parameters() if p.requires_grad and id(p) not in head_ids]
+            self.optimizer = torch.optim.AdamW([{"params": lora, "lr": self.args.learning_rate},
+                                                {"params": heads, "lr": self.head_lr}],
+                                               lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
+        return self.optimizer
 
     _staging: bool = False
     resumed_from_step: int | None = None  # the step a resume started from (None: started from scratch)
@@ -238,7 +259,46 @@ def training_args(config: FinetuneConfig, output_dir: str) -> TrainingArguments:
 
 def make_trainer(encoder: QueryEncoder, tokenizer, dataset: PairDataset, config: FinetuneConfig,
                  output_dir: str) -> HNLMRecTrainer:
+    """The Trainer; with pooling "mean-centred" the centring mean is fitted first (on the first
+    `centring_queries` queries of `dataset`, with the adapter as it is) unless the encoder has one."""
+    collator = Collator(tokenizer, config.max_length)
+    if config.pooling == "mean-centred" and not bool(encoder.centred):
+        rows = [dataset[i] for i in range(min(config.centring_queries, len(dataset)))]
+        encoder.fit_centring(collator(rows[s:s + config.batch_size]) for s in range(0, len(rows), config.batch_size))
     trainer = HNLMRecTrainer(model=encoder, args=training_args(config, output_dir), train_dataset=dataset,
-                             data_collator=Collator(tokenizer, config.max_length), callbacks=[SkipNonFiniteSteps()])
-    trainer.tau = config.tau
+                             data_collator=collator, callbacks=[SkipNonFiniteSteps()])
+    trainer.tau, trainer.objective, trainer.head_lr = config.tau, config.objective, config.head_lr
     return trainer
+
+
+def mean_pairwise_cosine(x: np.ndarray) -> float:
+    """Mean cosine over the distinct pairs of rows of x (1.0: all collinear)."""
+    x = np.asarray(x, np.float64)
+    x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    n = len(x)
+    if n < 2:
+        raise ValueError("mean_pairwise_cosine needs at least two vectors")
+    total = x.sum(0)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+def finetune_quality(q: np.ndarray, item_emb: np.ndarray, targets: np.ndarray, candidates: np.ndarray) -> dict:
+    """Fine-tuning quality on pairs held out of fine-tuning: emitted vectors q [n, d], catalogue item
+    embeddings [N, d], the teacher's hard negative of each pair (targets [n]) and distractor items of each
+    pair (candidates [n, C], the target not among them).
+
+    rank: 1 + the number of distractors scored above the target by cos(q, item); chance is (C + 2) / 2.
+    Also the mean pairwise cosine of the emitted vectors and, for reference, of their targets."""
+    q = np.asarray(q, np.float64)
+    emb = np.asarray(item_emb, np.float64)
+    emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+    target_score = np.einsum("nd,nd->n", q, emb[targets])
+    distractor_score = np.einsum("nd,ncd->nc", q, emb[candidates])
+    rank = 1 + (distractor_score > target_score[:, None]).sum(1)
+    c = candidates.shape[1]
+    return {"pairs": int(len(q)), "candidates": int(c + 1),
+            "target_rank_mean": float(rank.mean()), "target_rank_chance": (c + 2) / 2,
+            "target_mrr": float((1.0 / rank).mean()), "target_mrr_chance": float(np.mean(1.0 / np.arange(1, c + 2))),
+            "target_top10_share": float((rank <= 10).mean()), "target_top10_chance": min(10, c + 1) / (c + 1),
+            "emitted_mean_pairwise_cosine": mean_pairwise_cosine(q),
+            "target_mean_pairwise_cosine": mean_pairwise_cosine(emb[targets])}

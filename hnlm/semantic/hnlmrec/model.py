@@ -1,14 +1,23 @@
-"""The HNLMRec query encoder: a LoRA-adapted causal LM, mean-pooled, projected into the text-encoder space.
+"""The HNLMRec query encoder: a LoRA-adapted causal LM, pooled, projected into the text-encoder space.
 
-    q = normalize(head(pool_hidden(LM(prompt [+ soft CF tokens]), mask)))
+    q = normalize(head(pool(LM(prompt [+ soft CF tokens]), mask) - pool_mean))
 
 Choices (documented in bench/README.md):
-- Pooling is `hnlm.llm.pooling.pool_hidden` (mean over non-pad tokens) of the backbone's last hidden
-  state, in fine-tuning and inference alike (the released code pooled differently in the two).
+- Pooling (EncoderConfig.pooling) is one rule for fine-tuning and inference alike, since both run this
+  `forward` (the released code pooled differently in the two):
+    "mean-centred" (default): mean over non-pad tokens (`hnlm.llm.pooling.pool_hidden`) minus a fixed mean
+      pooled state `pool_mean`, fitted once on the fine-tuning queries before training (`fit_centring`) and
+      saved with the heads. Mean-pooled states of queries that share one prompt template are nearly collinear
+      (cosine ~0.99): without centring the head sees a large common vector plus a tiny query-specific part.
+    "last": the state of the last non-pad token (the official training code's rule);
+    "mean": uncentred mean (the first release's rule).
 - The head is one linear layer (with bias) from the LLM's hidden size to the text encoder's dimension
-  (MiniLM, 384). Targets p and in-batch negatives n_j are MiniLM item embeddings, so q lives in the same
-  space as module 2's SNS bank and feeds module 3's adapter unchanged. The bias absorbs the common
-  direction that makes raw pooled states nearly collinear, so no separate centring is needed.
+  (MiniLM, 384). Targets p are MiniLM item embeddings, so q lives in the same space as module 2's SNS bank
+  and feeds module 3's adapter unchanged.
+- Objective (`contrastive_loss`): "infonce" (default) scores each query against every target of the batch
+  (its own is the positive, other queries' targets are negatives) and against the batch's interacted items;
+  "paper" is the released objective, which compares a query with interacted items only and so is already
+  low when every q is one shared vector plus a small part of its target (collapse it cannot see).
 - Soft prompt (cf_signal="soft"): the teacher CF user and item embeddings are L2-normalised, each mapped
   by its own linear layer to `soft_tokens` vectors in the LLM input-embedding space, rescaled to the mean
   token-embedding norm, and prepended to the prompt.
@@ -37,8 +46,9 @@ class EncoderConfig:
     cf_signal: str = "text"            # "text", "soft" or "none"
     cf_dim: int = 0                    # teacher CF embedding size (soft prompt only)
     soft_tokens: int = 1               # virtual tokens per CF vector (user, item)
+    pooling: str = "mean-centred"      # "mean-centred", "last" or "mean" (see the module doc)
     lora_r: int = 32
-    lora_alpha: int = 64
+    lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     extra: dict = field(default_factory=dict)
@@ -52,15 +62,41 @@ class EncoderConfig:
     def from_json(cls, d: dict) -> "EncoderConfig":
         d = dict(d)
         d["lora_targets"] = tuple(d["lora_targets"])
+        d.setdefault("pooling", "mean")  # encoders saved before pooling was a setting pooled uncentred means
         return cls(**d)
 
 
-def contrastive_loss(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, tau: float = 0.05) -> torch.Tensor:
-    """-mean_ij log sigmoid((cos(q_i, p_i) - cos(q_i, n_j)) / tau) over in-batch interacted items n_j."""
+OBJECTIVES = ("infonce", "paper")
+POOLINGS = ("mean-centred", "last", "mean")
+SAME_TARGET_COS = 0.9999  # another query's target this close to one's own is the same item: not a negative
+
+
+def contrastive_loss(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, tau: float = 0.05,
+                     objective: str = "infonce") -> torch.Tensor:
+    """The fine-tuning loss of queries q [B, d] with targets p [B, d] and interacted items n [B, d].
+
+    "paper":   -mean_ij log sigmoid((cos(q_i, p_i) - cos(q_i, n_j)) / tau)  (interacted items only);
+    "infonce": -mean_i log softmax_i over [cos(q_i, p_j) for all j] + [cos(q_i, n_j) for all j], / tau;
+               targets of other queries that equal q_i's own target are masked out."""
     q, p, n = (F.normalize(x.float(), dim=-1) for x in (q, p, n))
-    pos = (q * p).sum(-1, keepdim=True)
-    neg = q @ n.T
-    return -F.logsigmoid((pos - neg) / tau).mean()
+    if objective == "paper":
+        pos = (q * p).sum(-1, keepdim=True)
+        return -F.logsigmoid((pos - q @ n.T) / tau).mean()
+    if objective != "infonce":
+        raise ValueError(f"unknown objective {objective!r}: choose from {OBJECTIVES}")
+    to_targets = q @ p.T
+    same = (p @ p.T > SAME_TARGET_COS) & ~torch.eye(len(p), dtype=torch.bool, device=p.device)
+    to_targets = to_targets.masked_fill(same, float("-inf"))
+    logits = torch.cat([to_targets, q @ n.T], dim=1) / tau
+    return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
+
+
+def pool_last(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """State of the last non-pad token of each row (left or right padding): [B,T,H], [B,T] -> [B,H]."""
+    mask = attention_mask.to(hidden.device)
+    positions = torch.arange(mask.shape[1], device=hidden.device).expand_as(mask)
+    last = (positions * mask).argmax(dim=1)
+    return hidden[torch.arange(len(hidden), device=hidden.device), last].to(torch.float32)
 
 
 def backbone_of(lm):
@@ -98,12 +134,22 @@ class QueryEncoder(nn.Module):
             self.register_buffer("emb_norm", table.float().norm(dim=-1).mean().detach(), persistent=False)
         elif config.cf_signal not in ("text", "none"):
             raise ValueError(f"unknown cf_signal {config.cf_signal!r}: text, soft or none")
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {config.pooling!r}: choose from {POOLINGS}")
+        # saved with the heads (trainable_state keeps every non-LM tensor); `centred` says it was fitted
+        self.register_buffer("pool_mean", torch.zeros(hidden))
+        self.register_buffer("centred", torch.tensor(False))
         # the new modules live where the LM does: a reloaded encoder (transfer, emit) never meets a Trainer
         # that would move it, and a 4-bit LM must not be moved as a whole
         device = self.lm.get_input_embeddings().weight.device
         for module in (self.head, self.soft_user, self.soft_item):
             if module is not None:
                 module.to(device)
+        self.pool_mean, self.centred = self.pool_mean.to(device), self.centred.to(device)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The head and soft-prompt projections (trained with their own learning rate)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("lm.") and p.requires_grad]
 
     def soft_tokens(self, cf_user: torch.Tensor, cf_item: torch.Tensor) -> torch.Tensor:
         k, hidden = self.config.soft_tokens, self.head.in_features
@@ -114,16 +160,50 @@ class QueryEncoder(nn.Module):
         return torch.cat(parts, dim=1)
 
     def forward(self, input_ids, attention_mask, cf_user=None, cf_item=None) -> torch.Tensor:
-        embed = self.lm.get_input_embeddings()
-        x = embed(input_ids)
+        return F.normalize(self.head(self.pooled(input_ids, attention_mask, cf_user, cf_item)), dim=-1)
+
+    def hidden_states(self, input_ids, attention_mask, cf_user=None, cf_item=None):
+        """(last hidden states, mask), soft CF tokens prepended when the config has them."""
+        x = self.lm.get_input_embeddings()(input_ids)
         mask = attention_mask
         if self.soft_user is not None:
             soft = self.soft_tokens(cf_user, cf_item).to(x.dtype)
             x = torch.cat([soft, x], dim=1)
             mask = torch.cat([mask.new_ones(len(mask), soft.shape[1]), mask], dim=1)
         out = backbone_of(self.lm)(inputs_embeds=x, attention_mask=mask, use_cache=False)
-        pooled = pool_hidden(out.last_hidden_state, mask)
-        return F.normalize(self.head(pooled.float()), dim=-1)
+        return out.last_hidden_state, mask
+
+    def pooled(self, input_ids, attention_mask, cf_user=None, cf_item=None) -> torch.Tensor:
+        """The pooled state the head reads (the config's pooling rule), float32 [B, hidden]."""
+        hidden, mask = self.hidden_states(input_ids, attention_mask, cf_user, cf_item)
+        if self.config.pooling == "last":
+            return pool_last(hidden, mask)
+        pooled = pool_hidden(hidden, mask)
+        if self.config.pooling == "mean":
+            return pooled
+        if not bool(self.centred):
+            raise RuntimeError("pooling 'mean-centred' needs fit_centring() on the fine-tuning queries first")
+        return pooled - self.pool_mean
+
+    @torch.no_grad()
+    def fit_centring(self, batches) -> int:
+        """Fit `pool_mean` as the mean pooled state over `batches` (collated dicts with input_ids,
+        attention_mask, cf_user, cf_item); returns the number of queries it was fitted on."""
+        was_training = self.training
+        self.eval()
+        total, count = torch.zeros_like(self.pool_mean), 0
+        device = self.pool_mean.device
+        for b in batches:
+            hidden, mask = self.hidden_states(*(b[k].to(device) for k in ("input_ids", "attention_mask",
+                                                                           "cf_user", "cf_item")))
+            total += pool_hidden(hidden, mask).sum(0)
+            count += len(mask)
+        if count == 0:
+            raise ValueError("fit_centring needs at least one query")
+        self.pool_mean.copy_(total / count)
+        self.centred.fill_(True)
+        self.train(was_training)
+        return count
 
     # ------------------------------------------------------------ trainable state (adapter + heads)
 

@@ -8,7 +8,11 @@ Artefacts, under artifacts/<dataset>/hnlmrec/<llm>-<cf_signal>-<budget>/split-<s
   final/              the fine-tuned adapter + heads (QueryEncoder.from_saved)
   bank_<tag>.npz      emitted embeddings per query pair (users, items, emb) for `hnlm train --sampler hnlmrec`
                       (<tag>: the embedding-pass budget, plus -users-N when only the first N users are embedded)
-  summary.json        counts, losses, timings, identities
+  summary.json        counts, losses, timings, identities, and `finetune_quality`: measured on
+                      `quality_pairs` fine-tuning pairs held out of fine-tuning (training pairs, never
+                      valid/test): rank of the teacher's hard negative among it + QUALITY_DISTRACTORS items
+                      the user has not interacted with in training, under the emitted vector, and the mean
+                      pairwise cosine of the emitted vectors (collapse shows as a cosine near 1)
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ from hnlm.cf.trainer import TrainConfig, train
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.hnlmrec.finetune import (FinetuneConfig, PairDataset, load_base, make_trainer)
+from hnlm.semantic.hnlmrec.finetune import (FinetuneConfig, PairDataset, finetune_quality, load_base,
+                                            make_trainer)
 from hnlm.semantic.hnlmrec.queries import (MiningConfig, QueryBuilder, Teacher, build_examples,
                                            inference_queries)
 from hnlm.semantic.hnlmrec.ranks import gather_ranks, processes
 from hnlm.semantic.common import Budget, safe_name, train_fingerprint
 from hnlm.semantic.profiles import profiles_of
 from hnlm.semantic.sns import item_embeddings
+
+
+QUALITY_DISTRACTORS = 49  # distractors per held-out pair in finetune_quality (50 candidates, chance rank 25.5)
 
 
 @dataclass
@@ -115,7 +123,7 @@ def get_teacher(data, cfg: TeacherConfig, folder: Path) -> Teacher:
     return teacher
 
 
-def query_builder(data, teacher: Teacher, cfg: RunConfig) -> QueryBuilder:
+def query_builder(data, teacher: Teacher, cfg: RunConfig, tokenizer) -> QueryBuilder:
     users, items = {}, {}
     if cfg.context == "profile":
         items, users = profiles_of(data, cfg.profiles_llm or cfg.finetune.llm)
@@ -125,19 +133,47 @@ def query_builder(data, teacher: Teacher, cfg: RunConfig) -> QueryBuilder:
                                     f"or use --context history")
     elif cfg.context != "history":
         raise UserFacingError(f"unknown context {cfg.context!r}: history or profile")
-    return QueryBuilder(data, teacher, cfg.finetune.cf_signal, users, items, seed=cfg.pair_seed)
+    builder = QueryBuilder(data, teacher, cfg.finetune.cf_signal, users, items, seed=cfg.pair_seed)
+    return builder.fit_to(tokenizer, cfg.finetune.max_length)
 
 
-def training_set(data, teacher: Teacher, cfg: RunConfig, encoder) -> tuple:
-    """(examples frame, PairDataset, counts) from training interactions only."""
-    builder = query_builder(data, teacher, cfg)
+def pair_dataset(ex, emb: np.ndarray, teacher: Teacher) -> PairDataset:
+    users, items, neg = (ex[c].to_numpy(np.int64) for c in ("user", "item", "neg"))
+    return PairDataset(ex["text"], emb[neg], emb[items], teacher.user_emb[users], teacher.item_emb[items])
+
+
+def training_set(data, teacher: Teacher, cfg: RunConfig, encoder, tokenizer) -> tuple:
+    """(examples frame with a `held_out` column, PairDataset of the rest, item embeddings, counts) from
+    training interactions only; `quality_pairs` examples are held out of fine-tuning to measure it."""
+    builder = query_builder(data, teacher, cfg, tokenizer)
     mining = MiningConfig(**{**asdict(cfg.mining), "seed": cfg.pair_seed})
     ex, counts = build_examples(data, teacher, builder, Budget.parse(cfg.finetune.budget), mining,
                                 cfg.pair_seed)
+    n_held = min(cfg.finetune.quality_pairs, len(ex) // 2)
+    held = np.zeros(len(ex), bool)
+    held[np.random.default_rng([cfg.pair_seed, 1]).choice(len(ex), n_held, replace=False)] = True
+    ex["held_out"] = held
     emb = item_embeddings(data, encoder)
-    users, items, neg = (ex[c].to_numpy(np.int64) for c in ("user", "item", "neg"))
-    ds = PairDataset(ex["text"], emb[neg], emb[items], teacher.user_emb[users], teacher.item_emb[items])
-    return ex, ds, counts
+    counts = {**counts, "held_out_for_quality": int(n_held)}
+    return ex, pair_dataset(ex[~held].reset_index(drop=True), emb, teacher), emb, counts
+
+
+def measure_finetune(data, qe, tok, ex, emb: np.ndarray, teacher: Teacher, cfg: RunConfig) -> dict | None:
+    """`finetune_quality` on the held-out examples (None when there are fewer than two)."""
+    from hnlm.semantic.hnlmrec.infer import emit
+    held = ex[ex["held_out"]].reset_index(drop=True)
+    if len(held) < 2:
+        return None
+    users, items = held["user"].to_numpy(np.int64), held["item"].to_numpy(np.int64)
+    q = emit(qe, tok, held["text"].tolist(), teacher.user_emb[users], teacher.item_emb[items],
+             batch_size=cfg.infer_batch, max_length=cfg.finetune.max_length)
+    rng = np.random.default_rng([cfg.pair_seed, 2])
+    candidates = []
+    for u, neg in zip(users, held["neg"]):
+        pool = np.setdiff1d(np.arange(data.n_items), np.append(data.train_items(int(u)), neg))
+        candidates.append(rng.choice(pool, min(QUALITY_DISTRACTORS, len(pool)), replace=False))
+    width = min(map(len, candidates))
+    return finetune_quality(q, emb, held["neg"].to_numpy(np.int64), np.stack([c[:width] for c in candidates]))
 
 
 def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True) -> dict | None:
@@ -161,8 +197,8 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
         teacher = get_teacher(data, cfg.teacher, folder)
         t_teacher = time.perf_counter() - t0
         encoder = get_text_encoder("minilm")
-        ex, ds, counts = training_set(data, teacher, cfg, encoder)
         lm, tok = load_base(ft)
+        ex, ds, emb, counts = training_set(data, teacher, cfg, encoder, tok)
     if procs.is_main_process:
         ex.to_parquet(folder / "examples.parquet")
 
@@ -184,15 +220,18 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
         return None
     qe.save(folder / "final")
 
+    quality = measure_finetune(data, qe, tok, ex, emb, teacher, cfg)
     t2 = time.perf_counter()
-    qset = inference_queries(data, query_builder(data, teacher, cfg), Budget.parse(cfg.infer_budget),
+    infer_builder = query_builder(data, teacher, cfg, tok)
+    qset = inference_queries(data, infer_builder, Budget.parse(cfg.infer_budget),
                              cfg.pair_seed, max_users=cfg.infer_users)
     bank_path = save_bank_for(data, qe, tok, qset, teacher, folder, cfg, split_seed)
     t_infer = time.perf_counter() - t2
     steps = max(trainer.state.global_step, 1)
     summary = {
         "dataset": data.name, "split_seed": split_seed, "folder": str(folder), "bank": str(bank_path),
-        "config": _jsonable(asdict(cfg)), "counts": counts, "examples": len(ex),
+        "config": _jsonable(asdict(cfg)), "counts": counts, "embedding_pass_counts": infer_builder.counts,
+        "examples": len(ex), "examples_trained": len(ds), "finetune_quality": quality,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "loss_first5_mean": float(np.mean(losses[:5])) if losses else None,
         "loss_last5_mean": float(np.mean(losses[-5:])) if losses else None,
@@ -266,7 +305,7 @@ def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunC
     np.savez(path, users=users, items=items, emb=emb)
     meta = {**key, "dataset": data.name, "split_seed": split_seed, "llm": cfg.finetune.llm,
             "cf_signal": cfg.finetune.cf_signal, "budget": cfg.infer_budget, "users_limit": cfg.infer_users,
-            "train_fingerprint": train_fingerprint(data), "pooling": "pool_hidden (mean, non-pad)",
+            "train_fingerprint": train_fingerprint(data), "pooling": qe.config.pooling,
             **(extra_meta or {})}
     meta_path.write_text(json.dumps(meta, indent=2))
     partial.unlink(missing_ok=True)

@@ -13,6 +13,10 @@ For a training pair (u, i):
   - targets: p = text-encoder embedding of `neg`, in-batch negatives n_j = embeddings of the interacted
     items of the batch.
 Held-out (valid/test) interactions are never read here.
+
+Length rule: with a tokenizer (`QueryBuilder.fit_to`), a query longer than max_length tokens loses tokens
+from the middle of its USER part (replaced by " [...] "); the instruction, the item, the CF signal and the
+final cue are never cut. Truncated queries and the tokens cut are counted (`QueryBuilder.counts`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hnlm.errors import DataFormatError, MissingInputError
+from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
 from hnlm.semantic.common import (Budget, cut_words, domain_of, history_context, item_context, select_pairs,
                                   title_of)
 
@@ -110,7 +114,9 @@ class QueryBuilder:
         self.template = load_template(domain_of(data.name))
         self.user_profiles = user_profiles or {}
         self.item_profiles = item_profiles or {}
-        self.counts = {"user_profile": 0, "user_history": 0}
+        self.counts = {"user_profile": 0, "user_history": 0, "item_without_profile_genres_used": 0,
+                       "truncated_queries": 0, "truncated_tokens": 0}
+        self.tokenizer, self.max_length = None, None
         item = teacher.item_emb / np.linalg.norm(teacher.item_emb, axis=1, keepdims=True).clip(1e-12)
         self._item_unit = item
 
@@ -121,7 +127,14 @@ class QueryBuilder:
         self.counts["user_history"] += 1
         return history_context(self.data, user, np.random.default_rng([self.seed, user]))
 
+    def fit_to(self, tokenizer, max_length: int) -> "QueryBuilder":
+        """Make every query fit `max_length` tokens of `tokenizer` (see the module doc's length rule)."""
+        self.tokenizer, self.max_length = tokenizer, max_length
+        return self
+
     def item_text(self, item: int) -> str:
+        if self.item_profiles and item not in self.item_profiles:
+            self.counts["item_without_profile_genres_used"] += 1
         return item_context(self.data, self.item_profiles, item, ITEM_PROFILE_WORDS)
 
     def cf_text(self, user: int, item: int) -> str:
@@ -140,8 +153,34 @@ class QueryBuilder:
                 f"unseen items it places closest to it: {names}.")
 
     def text(self, user: int, item: int) -> str:
-        return self.template.format(user_profile=self.user_text(user), item_title=title_of(self.data, item),
-                                    item_profile=self.item_text(item), cf_signal=self.cf_text(user, item))
+        parts = {"user_profile": self.user_text(user), "item_title": title_of(self.data, item),
+                 "item_profile": self.item_text(item), "cf_signal": self.cf_text(user, item)}
+        text = self.template.format(**parts)
+        if self.tokenizer is None or self._length(text) <= self.max_length:
+            return text
+        return self._cut_user_part(parts, self._length(text))
+
+    def _length(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])  # as the collator counts (special tokens included)
+
+    def _cut_user_part(self, parts: dict, n: int) -> str:
+        ids = self.tokenizer(parts["user_profile"], add_special_tokens=False)["input_ids"]
+        excess = n - self.max_length
+        for _ in range(8):
+            keep = len(ids) - excess - 4  # 4: room for the " [...] " marker
+            if keep < 2:
+                break
+            head = keep // 2
+            user = self.tokenizer.decode(ids[:head]) + " [...] " + self.tokenizer.decode(ids[len(ids) - keep + head:])
+            text = self.template.format(**{**parts, "user_profile": user})
+            n2 = self._length(text)
+            if n2 <= self.max_length:
+                self.counts["truncated_queries"] += 1
+                self.counts["truncated_tokens"] += len(ids) - keep
+                return text
+            excess += n2 - self.max_length
+        raise UserFacingError(f"HNLMRec queries do not fit max_length={self.max_length} tokens even with their user "
+                              f"part cut to a few tokens: raise --max-length")
 
 
 def build_examples(data, teacher: Teacher, builder: QueryBuilder, budget: Budget, mining: MiningConfig,

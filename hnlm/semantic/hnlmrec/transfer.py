@@ -63,11 +63,11 @@ def transfer_bank(target, source: str, cfg: RunConfig, teacher: TeacherConfig | 
     t0 = time.perf_counter()
     target_teacher = get_teacher(target, teacher or cfg.teacher, folder)
     t_teacher = time.perf_counter() - t0
-    builder = query_builder(target, target_teacher, cfg)
-    qset = inference_queries(target, builder, Budget.parse(cfg.infer_budget), cfg.pair_seed,
-                             max_users=cfg.infer_users)
     t1 = time.perf_counter()
     lm, tok = load_base(cfg.finetune)
+    builder = query_builder(target, target_teacher, cfg, tok)
+    qset = inference_queries(target, builder, Budget.parse(cfg.infer_budget), cfg.pair_seed,
+                             max_users=cfg.infer_users)
     encoder = QueryEncoder.from_saved(lm, src / "final")
     save_bank_for(target, encoder, tok, qset, target_teacher, folder, cfg, split_seed,
                   adapter_dir=src / "final", extra_meta={"source_dataset": source, "source_run": str(src)})

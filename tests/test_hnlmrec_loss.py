@@ -1,0 +1,91 @@
+"""The fine-tuning objective and quality measure, on tiny fixed tensors: the paper's objective is content
+with collinear outputs, InfoNCE over the batch's targets separates them; the measure sees the difference."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hnlm.semantic.hnlmrec.finetune import finetune_quality, mean_pairwise_cosine
+from hnlm.semantic.hnlmrec.model import contrastive_loss, pool_last
+
+B, D, H = 8, 16, 32
+
+
+def batch():
+    """Targets p and interacted items n sharing a common direction (as MiniLM item embeddings do), and
+    encoder inputs that are one large shared vector plus a small per-query part (as pooled LLM states)."""
+    g = torch.Generator().manual_seed(0)
+    common = F.normalize(torch.randn(D, generator=g), dim=0)
+    p = F.normalize(common + 0.8 * F.normalize(torch.randn(B, D, generator=g), dim=1), dim=1)
+    n = F.normalize(common + 0.8 * F.normalize(torch.randn(B, D, generator=g), dim=1), dim=1)
+    x = 3 * torch.randn(H, generator=g) + 0.3 * torch.randn(B, H, generator=g)
+    return x, p, n
+
+
+def train_linear_encoder(objective, steps=80):
+    x, p, n = batch()
+    torch.manual_seed(1)
+    head = torch.nn.Linear(H, D)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = contrastive_loss(F.normalize(head(x), dim=1), p, n, 0.05, objective)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return F.normalize(head(x), dim=1), p, n
+
+
+def test_paper_objective_leaves_outputs_collinear_and_infonce_separates_them():
+    q_paper, p, n = train_linear_encoder("paper")
+    q_nce, _, _ = train_linear_encoder("infonce")
+    assert mean_pairwise_cosine(p.numpy()) < 0.7
+    # the paper's loss is already low (about 0.05) while the outputs are one vector
+    assert float(contrastive_loss(q_paper, p, n, 0.05, "paper")) < 0.1
+    assert mean_pairwise_cosine(q_paper.numpy()) > 0.95
+    assert mean_pairwise_cosine(q_nce.numpy()) < 0.5
+    # each separated output is closest to its own target
+    assert (torch.argmax(q_nce @ p.T, dim=1) == torch.arange(B)).all()
+    # InfoNCE sees the collapse: at the collinear outputs it is far above its value at the separated ones
+    assert float(contrastive_loss(q_paper, p, n, 0.05, "infonce")) > \
+        10 * float(contrastive_loss(q_nce, p, n, 0.05, "infonce"))
+
+
+def test_infonce_ignores_another_query_with_the_same_target():
+    _, p, n = batch()
+    p = p.clone()
+    p[1] = p[0]
+    q = p.clone()
+    q[1] = q[0]  # two queries sharing one target: their outputs may coincide without penalty
+    alone = contrastive_loss(q[[0, 2, 3]], p[[0, 2, 3]], n[[0, 2, 3]], 0.05)
+    assert float(contrastive_loss(q, p, n, 0.05)) < float(alone) + 0.5
+    with pytest.raises(ValueError, match="objective"):
+        contrastive_loss(q, p, n, 0.05, "other")
+
+
+def test_last_token_pooling_skips_padding_on_either_side():
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    torch.testing.assert_close(pool_last(hidden, right), torch.stack([hidden[0, 1], hidden[1, 3]]))
+    torch.testing.assert_close(pool_last(hidden, left), torch.stack([hidden[0, 3], hidden[1, 3]]))
+
+
+def test_quality_measure_separates_a_collapsed_encoder_from_a_good_one():
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((200, D))
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    targets = rng.choice(200, size=30, replace=False)
+    candidates = np.stack([rng.choice(np.setdiff1d(np.arange(200), [t]), 19, replace=False) for t in targets])
+    good = items[targets] + 0.3 * rng.standard_normal((30, D))
+    good /= np.linalg.norm(good, axis=1, keepdims=True)
+    collapsed = np.ones((30, D)) + 0.03 * items[targets]
+    collapsed /= np.linalg.norm(collapsed, axis=1, keepdims=True)
+    g = finetune_quality(good, items, targets, candidates)
+    c = finetune_quality(collapsed, items, targets, candidates)
+    assert g["candidates"] == 20 and g["target_rank_chance"] == 10.5
+    assert g["target_rank_mean"] < 2 < c["target_rank_mean"]
+    assert g["emitted_mean_pairwise_cosine"] < 0.2 and c["emitted_mean_pairwise_cosine"] > 0.99
+    assert abs(g["target_mean_pairwise_cosine"]) < 0.2
+    assert mean_pairwise_cosine(np.eye(3)) == 0.0
