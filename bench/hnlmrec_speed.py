@@ -38,7 +38,8 @@ def ours(model_name, texts, steps, batch, max_length):
     enc = QueryEncoder(lm, cfg.encoder_config(64, 384))
     rng = np.random.default_rng(0)
     n = len(texts)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
     ds = PairDataset(texts, unit(rng.standard_normal((n, 384))), unit(rng.standard_normal((n, 384))),
                      rng.standard_normal((n, 64)), rng.standard_normal((n, 64)))
     step_times = []

@@ -20,9 +20,23 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hnlm.paths import figures_dir  # noqa: E402
-from hnlm.plot_style import (COLUMN_WIDTH, FULL_WIDTH, PANEL_HEIGHT, RC, ablation_handles, apply,  # noqa: E402,F401
-                             category_styles, display_name, family_handles, figure, legend_above, method_order,
-                             series_styles, value_limits, zoom_note)
+from hnlm.plot_style import (  # noqa: E402,F401
+    COLUMN_WIDTH,
+    FULL_WIDTH,
+    PANEL_HEIGHT,
+    RC,
+    ablation_handles,
+    apply,
+    category_styles,
+    display_name,
+    family_handles,
+    figure,
+    legend_above,
+    method_order,
+    series_styles,
+    value_limits,
+    zoom_note,
+)
 
 STYLE = RC          # kept for callers of the former names
 set_style = apply

@@ -6,8 +6,8 @@ HNLM_ARTIFACTS, HNLM_RUNS, HNLM_FIGURES, HNLM_LLM_CACHE and HNLM_ENCODER_CACHE p
 temporary root, and subprocesses (CLI calls, notebook kernels) inherit them. The one thing shared between
 sessions is the converted LLM cache (HNLM_MODEL_CACHE, `hnlm.llm.models.model_cache_dir`): a copy of the
 packaged GGUF weights that depends on nothing a test does, and whose conversion would otherwise dominate every
-run. It stays where the environment puts it, else in the checkout's `artifacts/models`. Hypothesis keeps no example database in the checkout either; a failing
-property prints the blob that reproduces it.
+run. It stays where the environment puts it, else in the checkout's `artifacts/models`. Hypothesis keeps no
+example database in the checkout either; a failing property prints the blob that reproduces it.
 """
 
 import os

@@ -85,7 +85,8 @@ def test_dns_picks_the_best_candidate(ml100k):
     # and it is harder than a uniform negative on average
     uniform = cands[:, 0]
     with torch.no_grad():
-        s = lambda items: (ctx_a.user_emb[users] * ctx_a.item_emb[items]).sum(-1).mean()
+        def s(items):
+            return (ctx_a.user_emb[users] * ctx_a.item_emb[items]).sum(-1).mean()
         assert s(chosen) > s(uniform)
 
 

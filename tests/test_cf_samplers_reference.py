@@ -34,7 +34,7 @@ def fixed_layers(scale=1.0, seed=0):
 
 def make_ctx(user, item, epoch=0, seed=0):
     data = tiny_data(train=TRAIN, valid={}, test={}, n_users=N_USERS, n_items=N_ITEMS)
-    layers = [(user[:, l], item[:, l]) for l in range(LAYERS)]
+    layers = [(user[:, k], item[:, k]) for k in range(LAYERS)]
     return SamplerContext(PositiveIndex(data.train, "cpu"), torch.ones(N_ITEMS), torch.Generator().manual_seed(seed),
                           epoch=epoch, user_emb=user.mean(1), item_emb=item.mean(1), layers=layers)
 
@@ -63,7 +63,7 @@ def test_mixgcf_matches_reference():
     user, item = fixed_layers()
     seed = torch.rand(len(USERS), 1, LAYERS, 1, generator=torch.Generator().manual_seed(3))
     indices, ref_emb = reference_mixgcf(user, item, USERS, CANDS, POS, seed)
-    assert len({tuple(indices[:, l].tolist()) for l in range(LAYERS)}) > 1, "inputs must pick per layer"
+    assert len({tuple(indices[:, k].tolist()) for k in range(LAYERS)}) > 1, "inputs must pick per layer"
     negs = MixGCF.synthesise(USERS, POS, CANDS, seed[:, 0], make_ctx(user, item))
     assert torch.equal(negs.items, CANDS.gather(1, indices[:, :1])[:, 0])
     torch.testing.assert_close(negs.emb, ref_emb)
@@ -161,7 +161,7 @@ def test_dens_inputs_discriminate():
     sampler = make_dens()
     picks = [reference_dens(sampler.gates, e, 100, 0.3, user, item, USERS, CANDS, POS)[0] for e in (0, 40, 150)]
     assert not torch.equal(picks[0], picks[2]) and not torch.equal(picks[1], picks[2])
-    assert len({tuple(picks[0][:, l].tolist()) for l in range(LAYERS)}) > 1
+    assert len({tuple(picks[0][:, k].tolist()) for k in range(LAYERS)}) > 1
 
 
 def test_dens_without_gate_term():

@@ -14,8 +14,15 @@ from hnlm.data import Filters, load_dataset
 from hnlm.data.checks import DatasetWarning
 from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.data.splitfiles import write_lightgcn
-from hnlm.errors import (DataFormatError, DatasetConflictError, DegenerateDatasetError, MissingInputError,
-                         MissingItemTextError, UnknownDatasetError, UserFacingError)
+from hnlm.errors import (
+    DataFormatError,
+    DatasetConflictError,
+    DegenerateDatasetError,
+    MissingInputError,
+    MissingItemTextError,
+    UnknownDatasetError,
+    UserFacingError,
+)
 from tests.test_data_loaders import write_lines
 
 # the tiny data here sets off warnings on purpose; the tests that are about them catch them with pytest.warns

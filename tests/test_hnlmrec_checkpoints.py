@@ -22,7 +22,8 @@ def config(steps):
 
 def dataset():
     rng = np.random.default_rng(0)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
     return PairDataset(TEXTS, unit(rng.standard_normal((4, 384))), unit(rng.standard_normal((4, 384))),
                        rng.standard_normal((4, 8)), rng.standard_normal((4, 8)))
 

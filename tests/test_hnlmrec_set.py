@@ -99,6 +99,7 @@ def test_teacher_ignores_validation(data):
 def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
     """`hnlm train --sampler hnlmrec` finds the run's bank (fingerprinted) and wraps it in module 3."""
     import json
+
     from hnlm.errors import MissingInputError
     from hnlm.methods import variant
     from hnlm.semantic.alignment import AlignmentExtension

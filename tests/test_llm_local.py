@@ -114,7 +114,7 @@ def test_kill_and_resume(tmp_path):
     lines = [json.loads(line) for line in cache.read_text().splitlines()]
     keys = [rec["key"] for rec in lines]
     assert len(keys) == len(set(keys)) == 4  # nothing lost, nothing duplicated
-    assert cache.read_bytes().startswith(b"".join(l + b"\n" for l in before.splitlines()[:len(done)]))
+    assert cache.read_bytes().startswith(b"".join(line + b"\n" for line in before.splitlines()[:len(done)]))
     # The records made before the kill equal those of an uninterrupted run (batch 1, greedy).
     fresh = make_backend("smollm2-135m", batch_size=1, progress=False, cache_path=tmp_path / "fresh.jsonl")
     key = done[0]["key"]

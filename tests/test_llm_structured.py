@@ -8,8 +8,14 @@ import torch
 
 from hnlm.llm.cache import JsonlCache, call_key
 from hnlm.llm.pooling import Centerer, pool_hidden
-from hnlm.llm.structured import (_JsonTracker, extract_json_text, field_budgets, parse_and_validate,
-                                 parse_reply, strip_extensions)
+from hnlm.llm.structured import (
+    _JsonTracker,
+    extract_json_text,
+    field_budgets,
+    parse_and_validate,
+    parse_reply,
+    strip_extensions,
+)
 
 SCHEMA = {"type": "object",
           "properties": {"summarization": {"type": "string", "x-max-tokens": 40, "x-max-words": 5},

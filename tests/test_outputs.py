@@ -12,9 +12,8 @@ from hnlm.cli import main
 from hnlm.data import first_users, load_dataset
 from hnlm.llm.backends import make_backend
 from hnlm.paths import cache_root
-from hnlm.semantic import outputs
+from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
-from hnlm.semantic import sns
 from hnlm.semantic.common import Budget, select_pairs
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, run_folder

@@ -83,6 +83,7 @@ def test_grounding_excludes_training_items(data):
 def test_negatives_of_another_prompt_context_are_not_reused(tmp_path):
     """A negative generated from training titles must not stand in for one generated from a profile."""
     import json
+
     from hnlm.semantic.sns import read_negatives
     path = tmp_path / "negatives.jsonl"
     rows = [{"user": 0, "item": 5, "ok": True, "text": "A", "context": "history"},

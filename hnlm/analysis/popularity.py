@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-
 HEAD_SHARE = 0.2  # share of the catalogue that is "head" (notebook 08, the evaluator's long-tail share)
 
 

@@ -218,7 +218,7 @@ def layer_rows(layers, side: int, index: torch.Tensor) -> torch.Tensor:
 
 def chosen_rows(layers, chosen: torch.Tensor) -> torch.Tensor:
     """Layer l's item embedding of the item chosen at layer l, chosen [B, L+1] -> [B, L+1, d] (with graph)."""
-    return torch.stack([item[chosen[:, l]] for l, (_, item) in enumerate(layers)], dim=1)
+    return torch.stack([item[chosen[:, k]] for k, (_, item) in enumerate(layers)], dim=1)
 
 
 class MixGCF(Sampler):

@@ -21,6 +21,7 @@ from hnlm.cf.losses import pairwise_loss
 from hnlm.cf.models import build_model, l2_penalty
 from hnlm.cf.samplers import PositiveIndex, SamplerContext, get_sampler
 
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one CF run (the one source of their defaults; the CLI and study profiles override)."""

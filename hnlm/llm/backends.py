@@ -151,6 +151,7 @@ class LocalBackend(Backend):
                  cache_path: str | Path | None = None, progress: bool = True):
         super().__init__(cache_path, progress)
         import torch
+
         from hnlm.llm.models import default_dtype, model_identity, resolve_device
         self.name, self.device = name, resolve_device(device)
         self.dtype = dtype or default_dtype(self.device)
@@ -168,6 +169,7 @@ class LocalBackend(Backend):
     def tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
+
             from hnlm.llm.models import model_source
             self._tokenizer = AutoTokenizer.from_pretrained(model_source(self.name))
             self._tokenizer.padding_side = "left"
@@ -186,6 +188,7 @@ class LocalBackend(Backend):
         if self.max_context:
             return self.max_context
         from transformers import AutoConfig
+
         from hnlm.llm.models import model_source
         cfg = AutoConfig.from_pretrained(model_source(self.name))
         return int(getattr(cfg, "max_position_embeddings", 4096) or 4096)

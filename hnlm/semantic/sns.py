@@ -38,8 +38,16 @@ import pandas as pd
 from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import (Budget, domain_of, history_context, item_context, safe_name, select_pairs,
-                                  title_of, train_fingerprint)
+from hnlm.semantic.common import (
+    Budget,
+    domain_of,
+    history_context,
+    item_context,
+    safe_name,
+    select_pairs,
+    title_of,
+    train_fingerprint,
+)
 from hnlm.semantic.profiles import profiles_of
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
@@ -316,22 +324,29 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray,
     }
 
 
+def generated_records(data, llm: str, budget: Budget, split_seed: int, pair_seed: int, records: pd.DataFrame,
+                      allow_missing: bool, command: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(every generated record of the budget's pairs, the valid ones, pairs never generated). Missing pairs
+    (an interrupted run) are an error unless allowed, and are counted apart from invalid answers."""
+    pairs = select_pairs(data, budget, pair_seed)
+    rec = pairs.merge(records, on=["user", "item"], how="left")
+    missing = int(rec["ok"].isna().sum())
+    if missing and not allow_missing:
+        raise MissingInputError(f"{missing} of {len(rec)} pairs of budget {budget.spec} have no generated output "
+                                f"in {sns_dir(data.name, llm, split_seed)}: run `{command} --budget {budget.spec}` "
+                                f"first (or build from what exists with --allow-missing)")
+    rec = rec[rec["ok"].notna()].reset_index(drop=True)
+    return rec, rec[rec["ok"].astype(bool)].reset_index(drop=True), missing
+
+
 def build_artifacts(data, llm: str, budget: Budget, encoder, split_seed: int = 0, pair_seed: int = 0,
                     pool: int = 20, extra_meta: dict | None = None, allow_missing: bool = False,
                     context: str | None = None) -> dict:
     """Embed, ground and measure the negatives of a budget; write bank / grounded / quality / meta."""
     out = sns_dir(data.name, llm, split_seed)
     pairs = select_pairs(data, budget, pair_seed)
-    allrec = read_negatives(out / "negatives.jsonl", context)
-    rec = pairs.merge(allrec, on=["user", "item"], how="left")
-    missing = int(rec["ok"].isna().sum())
-    if missing and not allow_missing:
-        raise MissingInputError(f"{missing} of {len(rec)} pairs of budget {budget.spec} have no generated "
-                                f"negative in {out}: run `hnlm sns --budget {budget.spec}` first "
-                                f"(or build from what exists with --allow-missing)")
-    # Pairs never generated (an interrupted run) are counted apart from invalid answers.
-    rec = rec[rec["ok"].notna()].reset_index(drop=True)
-    ok = rec[rec["ok"].astype(bool)].reset_index(drop=True)
+    rec, ok, missing = generated_records(data, llm, budget, split_seed, pair_seed,
+                                         read_negatives(out / "negatives.jsonl", context), allow_missing, "hnlm sns")
     neg_emb = encoder.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, encoder.dim), np.float32)
     item_emb = item_embeddings(data, encoder)
     nearest, sim, top, nearest_any = ground(neg_emb, ok["user"].to_numpy(int), item_emb, data, pool)
@@ -488,15 +503,9 @@ def build_pick_artifacts(data, llm: str, budget: Budget, builder: PickPromptBuil
     """picks_<budget>.parquet (user, item, candidates, picked, control) and quality_pick_<budget>.json."""
     out = sns_dir(data.name, llm, split_seed)
     pairs = select_pairs(data, budget, pair_seed)
-    rec = pairs.merge(read_negatives(out / builder.records_file, builder.tag, PICK_COLUMNS),
-                      on=["user", "item"], how="left")
-    missing = int(rec["ok"].isna().sum())
-    if missing and not allow_missing:
-        raise MissingInputError(f"{missing} of {len(rec)} pairs of budget {budget.spec} have no candidate picks "
-                                f"in {out}: run `hnlm sns --variant pick --budget {budget.spec}` first "
-                                f"(or build from what exists with --allow-missing)")
-    rec = rec[rec["ok"].notna()].reset_index(drop=True)
-    ok = rec[rec["ok"].astype(bool)].reset_index(drop=True)
+    rec, ok, missing = generated_records(data, llm, budget, split_seed, pair_seed,
+                                         read_negatives(out / builder.records_file, builder.tag, PICK_COLUMNS),
+                                         allow_missing, "hnlm sns --variant pick")
     q, control = pick_quality(data, ok, seed=pair_seed)
     q.update({"budget_pairs": int(len(pairs)), "not_generated": missing, "requested": int(len(rec)),
               "valid_json_rate": len(ok) / max(len(rec), 1), "invalid": int(len(rec) - len(ok)),

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hnlm.cf.trainer import TrainConfig
 from hnlm.errors import MissingInputError
 from hnlm.paths import PROJECT_ROOT, figures_dir
 from hnlm.plots import save_figure
-from hnlm.cf.trainer import TrainConfig
 from hnlm.study.settings import DEFAULT_PROFILE
 from hnlm.study.settings import settings as profile_settings
 

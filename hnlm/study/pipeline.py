@@ -19,9 +19,8 @@ from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.methods import variant
-from hnlm.semantic import outputs
+from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
-from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import Budget, select_pairs
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig

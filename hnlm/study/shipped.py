@@ -16,8 +16,7 @@ import numpy as np
 
 from hnlm.llm.models import model_identity
 from hnlm.llm.structured import field_budgets
-from hnlm.semantic import outputs
-from hnlm.semantic import sns
+from hnlm.semantic import outputs, sns
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import Budget, domain_of, safe_name, train_fingerprint
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag

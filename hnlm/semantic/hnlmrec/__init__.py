@@ -6,5 +6,5 @@ Public API:
   FinetuneConfig, make_trainer, load_base             (finetune.py: Hugging Face Trainer)
   emit                                               (infer.py: batched, resumable embedding pass)
   RunConfig, run_finetune, load_bank                  (pipeline.py: `hnlm finetune`)
-  transfer_bank                                      (transfer.py: an encoder fine-tuned on one dataset, applied to another)
+  transfer_bank                                      (transfer.py: a fine-tuned encoder applied to another dataset)
 """

@@ -28,15 +28,12 @@ from hnlm.cf.trainer import TrainConfig, train
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.hnlmrec.finetune import (FinetuneConfig, PairDataset, finetune_quality, load_base,
-                                            make_trainer)
-from hnlm.semantic.hnlmrec.queries import (MiningConfig, QueryBuilder, Teacher, build_examples,
-                                           inference_queries)
-from hnlm.semantic.hnlmrec.ranks import gather_ranks, processes
 from hnlm.semantic.common import Budget, safe_name, train_fingerprint
+from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, PairDataset, finetune_quality, load_base, make_trainer
+from hnlm.semantic.hnlmrec.queries import MiningConfig, QueryBuilder, Teacher, build_examples, inference_queries
+from hnlm.semantic.hnlmrec.ranks import gather_ranks, processes
 from hnlm.semantic.profiles import profiles_of
 from hnlm.semantic.sns import item_embeddings
-
 
 QUALITY_DISTRACTORS = 49  # distractors per held-out pair in finetune_quality (50 candidates, chance rank 25.5)
 
@@ -179,10 +176,11 @@ def measure_finetune(data, qe, tok, ex, emb: np.ndarray, teacher: Teacher, cfg: 
 def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True) -> dict | None:
     """The run's summary; None in the processes other than the main one of a multi-process launch (see
     hnlmrec.ranks: they train, the main process writes)."""
+    from transformers import TrainerState
+
     from hnlm.llm.encoders import get_text_encoder
     from hnlm.semantic.hnlmrec.infer import adapter_fingerprint
     from hnlm.semantic.hnlmrec.model import QueryEncoder
-    from transformers import TrainerState
 
     ft = cfg.finetune
     procs = processes()

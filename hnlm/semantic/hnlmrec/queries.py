@@ -28,8 +28,7 @@ import numpy as np
 import pandas as pd
 
 from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
-from hnlm.semantic.common import (Budget, cut_words, domain_of, history_context, item_context, select_pairs,
-                                  title_of)
+from hnlm.semantic.common import Budget, cut_words, domain_of, history_context, item_context, select_pairs, title_of
 
 PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 NEIGHBOURS = 3            # teacher-nearest items named in the text CF signal
