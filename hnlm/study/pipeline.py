@@ -8,6 +8,7 @@ the covered pairs are built here with module 2's own functions and kept in the r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -201,13 +202,18 @@ def with_hnlmrec_banks(resources: Resources | None, banks: dict) -> Resources:
 
 # ------------------------------------------------------------------------------ module 4 (HNLMRec)
 
-def hnlmrec_config(llm: str, signal: str, conf: dict):
-    """Module 4's RunConfig from a profile's "hnlmrec" block (one place, so 05 and 10 share one run)."""
-    ft = FinetuneConfig(llm=llm, cf_signal=signal, budget=conf["budget"], max_steps=conf["max_steps"],
-                        batch_size=conf["batch_size"], save_steps=conf["save_steps"])
-    return RunConfig(finetune=ft, teacher=TeacherConfig(epochs=conf["teacher_epochs"]), context=conf["context"],
-                     infer_budget=conf["infer_budget"], infer_users=conf.get("infer_users"),
-                     infer_batch=conf["infer_batch"])
+def hnlmrec_config(llm: str, signal: str, conf: dict) -> RunConfig:
+    """Module 4's RunConfig from a profile's "hnlmrec" block (one place, so 05 and 10 share one run): its keys
+    override FinetuneConfig's and RunConfig's fields of the same names ("teacher_epochs": TeacherConfig's)."""
+    ft = FinetuneConfig(llm=llm, cf_signal=signal, **fields_in(FinetuneConfig, conf))
+    teacher = TeacherConfig(**({"epochs": conf["teacher_epochs"]} if "teacher_epochs" in conf else {}))
+    return RunConfig(finetune=ft, teacher=teacher, **fields_in(RunConfig, conf))
+
+
+def fields_in(config_cls, conf: dict) -> dict:
+    """The entries of `conf` that name plain fields of a settings dataclass."""
+    names = {f.name for f in dataclasses.fields(config_cls)} - {"finetune", "teacher", "mining", "llm", "cf_signal"}
+    return {k: v for k, v in conf.items() if k in names}
 
 
 def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
@@ -220,15 +226,15 @@ def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) 
     if found.shipped is not None:
         outputs.report(stage, found.shipped.line())
         bank = shipped.shipped_bank(found.shipped, f"hnlmrec:{llm}:{signal}",
-                                    {"llm": llm, "cf_signal": signal, "budget": conf["budget"],
-                                     "infer_budget": conf["infer_budget"], "infer_users": cfg.infer_users})
+                                    {"llm": llm, "cf_signal": signal, "budget": cfg.finetune.budget,
+                                     "infer_budget": cfg.infer_budget, "infer_users": cfg.infer_users})
         summary = {**found.shipped.manifest["summary"], "folder": str(found.shipped.path.parent),
                    "bank": str(found.shipped.path), "shipped": True}
         return summary, bank
     summary = run_finetune(data, cfg, split_seed)
     outputs.report(stage, f"{'cached' if summary.get('finetune_reused') else 'fine-tuned'} in {summary['folder']} "
                           f"({found.reason})")
-    bank = load_bank(data, llm, signal, conf["budget"], conf["infer_budget"], split_seed,
+    bank = load_bank(data, llm, signal, cfg.finetune.budget, cfg.infer_budget, split_seed,
                      run=Path(summary["folder"]).name, infer_users=cfg.infer_users)
     return {**summary, "loss_history": loss_history(summary["folder"]), "shipped": False}, bank
 

@@ -49,11 +49,10 @@ _METADATA = {"method_settings": {"rlmrec-con": {"text": "metadata"}}}
 # budgets differ, so a cache made once (on a GPU: ~1 min; on 2 CPU cores: hours) serves both. The
 # embedding pass costs about 0.2-0.7 s per query for smollm2-135m on 2 CPU cores, so smoke embeds the first
 # 32 users only (infer_users; the other users' pairs keep their ID negative and are counted by module 3).
-_HNLMREC_FULL = {"budget": "per-user:1", "max_steps": 240, "batch_size": 8, "save_steps": 60, "teacher_epochs": 20,
-                 "context": "history", "infer_budget": "per-user:1", "infer_users": None, "infer_batch": 16}
+_HNLMREC_FULL = {"max_steps": 240, "save_steps": 60}    # FinetuneConfig / RunConfig / TeacherConfig overrides
 _HNLMREC = {
-    "smoke": {"budget": "per-user:1", "max_steps": 2, "batch_size": 4, "save_steps": 2, "teacher_epochs": 2,
-              "context": "history", "infer_budget": "per-user:1", "infer_users": 32, "infer_batch": 32},
+    "smoke": {"max_steps": 2, "batch_size": 4, "save_steps": 2, "teacher_epochs": 2, "infer_users": 32,
+              "infer_batch": 32},
     "quick": _HNLMREC_FULL,
     "full": _HNLMREC_FULL,
 }
