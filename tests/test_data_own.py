@@ -296,6 +296,14 @@ def test_hf_model_unavailable_offline_is_one_line(monkeypatch):
         load_causal_lm("./no-such-folder", device="cpu")
 
 
+def test_finetune_refuses_an_unavailable_llm_before_any_training(capsys):
+    """`hnlm finetune --llm` with a model that cannot be loaded offline fails in one line, before the teacher."""
+    from hnlm.cli import main
+    assert main(["finetune", "--llm", "hf:nobody/no-such-model-anywhere", "--max-steps", "1"]) == 2
+    err = capsys.readouterr()
+    assert "not in the local Hugging Face cache" in err.err and "teacher" not in err.out + err.err
+
+
 # ---------------------------------------------------------------- command-line options, artefact root
 
 def test_dataset_options_reach_load_dataset(tmp_path):

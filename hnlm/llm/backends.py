@@ -381,8 +381,9 @@ class OpenAIBackend(Backend):
             self.retries += 1
             if attempt <= self.max_retries:
                 time.sleep(self.backoff * 2 ** (attempt - 1) * (1 + random.random() / 4))
-        raise BackendUnavailable(f"{self.base_url} failed after {self.max_retries} retries: {last}. "
-                                 f"Results already generated are kept in {self.cache.path}")
+        kept = (f"answers already generated are kept in {self.cache.path}" if self.cache.path.exists()
+                else "no answer had been generated yet")
+        raise BackendUnavailable(f"{self.base_url} failed after {self.max_retries} retries: {last}; {kept}")
 
     def run(self, prompts, schema, budgets, max_new_tokens, on_done, bar):
         import httpx

@@ -182,6 +182,20 @@ def model_source(name: str) -> str:
     return name
 
 
+def require_model(name: str) -> None:
+    """Fail now, with the fix, when `name` cannot be loaded offline (before any long work that needs it)."""
+    if name in PACKAGED:
+        return
+    source = model_source(name)
+    if Path(source).exists():
+        return
+    if source.startswith((".", "/", "~")):
+        raise MissingInputError(f"model folder {source} does not exist; pass an existing folder, a Hugging Face "
+                                f"id (hf:ORG/NAME) or a packaged name ({', '.join(PACKAGED)})")
+    if not hub_cached(source):
+        raise hub_unavailable_error(name, source, MissingInputError("this tool does not download models"))
+
+
 def hub_cached(repo_id: str) -> bool:
     """Whether a Hugging Face id has its config.json in the local hub cache (no network)."""
     from huggingface_hub import try_to_load_from_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from hnlm.data.options import add_dataset_options, dataset_from_args
+from hnlm.llm.models import require_model
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, run_finetune
 from hnlm.semantic.hnlmrec.queries import MiningConfig
@@ -74,6 +75,7 @@ def config_from_args(args) -> RunConfig:
 
 
 def run(args) -> int:
+    require_model(args.llm)    # before the teacher trains: an unavailable LLM fails in seconds, not minutes
     with processes().main_process_first():  # under `accelerate launch`, one process prepares the dataset
         data = dataset_from_args(args)
     data.require_item_text("HNLMRec fine-tuning")
