@@ -73,8 +73,32 @@ def test_summary_table_and_comparison():
                 runs[["method", "seed", "recall@20"]].itertuples(index=False)}
     cmp = significance.compare(runs, "recall@20", "new", "dns", per_user)
     assert cmp["relative_gain"] == pytest.approx((0.36 - 0.33) / 0.33)
-    assert cmp["over_seeds"]["n"] == 3 and cmp["over_users"]["n"] == 5
-    assert cmp["over_users"]["mean_diff"] == pytest.approx(0.03)
+    assert cmp["over_seeds"]["n"] == 3 and cmp["bootstrap"]["users"] == 5 and cmp["bootstrap"]["seeds"] == 3
+    assert cmp["bootstrap"]["mean_diff"] == pytest.approx(0.03)
+    low, high = cmp["relative_gain_ci"]
+    assert low <= cmp["relative_gain"] <= high
+
+
+def test_bootstrap_counts_seed_variance_that_a_per_user_test_hides():
+    """Seeds that disagree (+0.1, -0.1, +0.1 for every user): averaged over seeds every user gains 0.033, which a
+    per-user test would call certain; resampling seeds too gives an interval that holds 0 and a large p."""
+    signs = np.array([1.0, -1.0, 1.0])[:, None]
+    a, b = 0.3 + 0.1 * signs * np.ones((3, 50)), np.full((3, 50), 0.3)
+    boot = significance.paired_bootstrap(a, b)
+    assert boot["mean_diff"] == pytest.approx(0.1 / 3)
+    assert boot["ci_low"] < 0 < boot["ci_high"] and boot["p"] > 0.2
+    assert significance.paired_test(a.mean(0), b.mean(0))["note"]       # zero variance over users: no honest t
+
+
+def test_bootstrap_of_a_consistent_gain():
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0.2, 0.4, size=(5, 200))
+    a = b + 0.02 + rng.normal(0, 0.01, size=b.shape)
+    boot = significance.paired_bootstrap(a, b)
+    assert boot["ci_low"] > 0.015 and boot["ci_high"] < 0.025 and boot["p"] == pytest.approx(2 / 2000)
+    assert boot["ci_low"] < boot["mean_diff"] < boot["ci_high"]
+    one = significance.paired_bootstrap(a[:1], b[:1])
+    assert np.isnan(one["p"]) and one["note"]
 
 
 # ------------------------------------------------------------------------------------- popularity

@@ -49,7 +49,8 @@ def _alignment_counts_ok(rows, runs, train_pairs):
 def _comparisons_ok(rows, n_seeds, n_users):
     for c in rows:
         assert c["t_p"] is None or 0 <= c["t_p"] <= 1  # None: no variance over seeds
-        assert 0 <= c["wilcoxon_p"] <= 1 and c["baseline_mean"] >= 0
+        assert 0 < c["bootstrap_p"] <= 1 and c["baseline_mean"] >= 0
+        assert c["gain_ci_low"] <= c["relative_gain"] <= c["gain_ci_high"]
         assert c["mean"] > c["baseline_mean"] or c["relative_gain"] <= 0
         if "users" in c:
             assert c["users"] == n_users and c["seeds"] == n_seeds

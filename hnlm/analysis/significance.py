@@ -1,4 +1,5 @@
-"""Mean +- std over seeds, paired tests (t-test and Wilcoxon) over seeds and over per-user metric vectors.
+"""Mean +- std over seeds; paired tests over seeds (t-test, Wilcoxon); a two-level paired bootstrap over seeds
+and users (a user of several runs is not independent evidence, so seeds are resampled too).
 
 Runs come as a long frame: one row per (method, backbone, seed) with metric columns ("recall@20", ...).
 """
@@ -45,6 +46,33 @@ def paired_test(a, b) -> dict:
     return {**out, "t_stat": float(t_stat), "t_p": float(t_p)}
 
 
+BOOTSTRAP_SAMPLES = 2000
+
+
+def paired_bootstrap(a_by_seed: np.ndarray, b_by_seed: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> dict:
+    """Mean difference a - b of per-user metric vectors [seeds, users] (same users, runs paired by seed), with a
+    95% percentile interval and a two-sided p-value from a two-level bootstrap: resample the seeds, then the users
+    within each drawn seed. Both sources of variance enter; a per-user test on seed-averaged vectors would treat
+    the users of a few runs as independent evidence and overstate certainty. Users with a NaN are dropped."""
+    a_by_seed, b_by_seed = np.asarray(a_by_seed, float), np.asarray(b_by_seed, float)
+    diff = a_by_seed - b_by_seed
+    diff = diff[:, ~np.isnan(diff).any(axis=0)]
+    n_seeds, n_users = diff.shape
+    out = {"seeds": int(n_seeds), "users": int(n_users), "mean_diff": float(diff.mean()) if diff.size else np.nan,
+           "ci_low": np.nan, "ci_high": np.nan, "p": np.nan}
+    if n_seeds < 2 or n_users < 2:
+        return {**out, "note": "the bootstrap needs at least 2 seeds and 2 users"}
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, n_seeds, size=(samples, n_seeds))
+    user_draws = rng.integers(0, n_users, size=(samples, n_seeds, n_users), dtype=np.int32)
+    stats_ = diff[seed_draws[..., None], user_draws].mean(axis=(1, 2))
+    low, high = np.percentile(stats_, [2.5, 97.5])
+    tail = min((stats_ <= 0).mean(), (stats_ >= 0).mean())
+    return {**out, "ci_low": float(low), "ci_high": float(high), "p": float(min(1.0, 2 * max(tail, 1 / samples))),
+            "note": None}
+
+
 def summarise(runs: pd.DataFrame, metrics: list[str], by=("method", "backbone")) -> pd.DataFrame:
     """Mean, std (ddof 1) and seed count of each metric per group."""
     by = [c for c in by if c in runs]
@@ -76,8 +104,8 @@ def best_method(runs: pd.DataFrame, metric: str, among: list[str]) -> str:
 
 def compare(runs: pd.DataFrame, metric: str, method: str, baseline: str, per_user: dict | None = None) -> dict:
     """`method` vs `baseline` on one metric: relative gain of the means, paired tests over seeds (runs
-    matched by seed) and, when `per_user` maps (method, seed) -> per-user vector, over users (each user's
-    value averaged over the common seeds)."""
+    matched by seed) and, when `per_user` maps (method, seed) -> per-user vector, the two-level paired
+    bootstrap over seeds and users with a 95% interval of the difference and of the relative gain."""
     a = runs[runs["method"] == method].set_index("seed")[metric]
     b = runs[runs["method"] == baseline].set_index("seed")[metric]
     seeds = sorted(set(a.index) & set(b.index))
@@ -88,7 +116,8 @@ def compare(runs: pd.DataFrame, metric: str, method: str, baseline: str, per_use
            "relative_gain": (float(a.loc[seeds].mean()) - mean_b) / mean_b if seeds and mean_b else np.nan,
            "over_seeds": over_seeds}
     if per_user is not None:
-        ua = np.nanmean([np.asarray(per_user[(method, s)], float) for s in seeds], axis=0)
-        ub = np.nanmean([np.asarray(per_user[(baseline, s)], float) for s in seeds], axis=0)
-        out["over_users"] = paired_test(ua, ub)
+        ua = np.array([np.asarray(per_user[(method, s)], float) for s in seeds])
+        ub = np.array([np.asarray(per_user[(baseline, s)], float) for s in seeds])
+        out["bootstrap"] = boot = paired_bootstrap(ua, ub)
+        out["relative_gain_ci"] = [boot["ci_low"] / mean_b, boot["ci_high"] / mean_b] if mean_b else [np.nan] * 2
     return out

@@ -20,8 +20,8 @@ def strongest(runs: pd.DataFrame, metric: str, among) -> str:
 
 def compare_table(runs: pd.DataFrame, results: list[dict], metrics, methods, best_of=(), baselines=(),
                   select_on: str | None = None) -> pd.DataFrame:
-    """One row per (backbone, metric, method, baseline): means, relative gain, paired t-test over seeds and
-    Wilcoxon over users. Baselines are the strongest of `best_of` (on validation `select_on`, default the
+    """One row per (backbone, metric, method, baseline): means, relative gain with its 95% interval, paired
+    t-test over seeds and the two-level paired bootstrap over seeds and users (hnlm.analysis.significance). Baselines are the strongest of `best_of` (on validation `select_on`, default the
     first metric) plus every name in `baselines`; a method is never compared with itself."""
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     select_on = select_on or metrics[0]
@@ -35,9 +35,11 @@ def compare_table(runs: pd.DataFrame, results: list[dict], metrics, methods, bes
                     if method == base:
                         continue
                     c = compare(part, metric, method, base, vectors)
+                    boot = c["bootstrap"]
                     rows.append({"backbone": backbone, "metric": metric, "method": method, "baseline": base,
                                  "baseline_chosen_on_valid": base in chosen, "mean": c["mean"],
                                  "baseline_mean": c["baseline_mean"], "relative_gain": c["relative_gain"],
-                                 "seeds": len(c["seeds"]), "t_p": c["over_seeds"]["t_p"],
-                                 "users": c["over_users"]["n"], "wilcoxon_p": c["over_users"]["wilcoxon_p"]})
+                                 "gain_ci_low": c["relative_gain_ci"][0], "gain_ci_high": c["relative_gain_ci"][1],
+                                 "seeds": len(c["seeds"]), "t_p": c["over_seeds"]["t_p"], "users": boot["users"],
+                                 "bootstrap_p": boot["p"]})
     return pd.DataFrame(rows)
