@@ -21,8 +21,9 @@ def strongest(runs: pd.DataFrame, metric: str, among) -> str:
 def compare_table(runs: pd.DataFrame, results: list[dict], metrics, methods, best_of=(), baselines=(),
                   select_on: str | None = None) -> pd.DataFrame:
     """One row per (backbone, metric, method, baseline): means, relative gain with its 95% interval, paired
-    t-test over seeds and the two-level paired bootstrap over seeds and users (hnlm.analysis.significance). Baselines are the strongest of `best_of` (on validation `select_on`, default the
-    first metric) plus every name in `baselines`; a method is never compared with itself."""
+    t-test over seeds and the two-level paired bootstrap over seeds and users (hnlm.analysis.significance).
+    Baselines are the strongest of `best_of` (on validation `select_on`, default the first metric) plus every
+    name in `baselines`; a method is never compared with itself."""
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     select_on = select_on or metrics[0]
     rows = []
