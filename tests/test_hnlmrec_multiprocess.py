@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 LAUNCH_TIMEOUT_S = 1200  # two model loads, a teacher epoch and 2 steps on a busy 2-core machine
 SMALLEST = ["--llm", "smollm2-135m", "--max-steps", "2", "--batch-size", "2", "--save-steps", "2",
-            "--teacher", "mf", "--teacher-epochs", "1", "--max-length", "32", "--lora-r", "2", "--lora-alpha", "4",
-            "--infer-users", "2", "--infer-batch", "2"]
+            "--teacher", "mf", "--teacher-epochs", "1", "--max-length", "160", "--lora-r", "2", "--lora-alpha", "4",
+            "--infer-users", "2", "--infer-batch", "2", "--pooling", "last", "--quality-pairs", "4"]
 
 
 def launch(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -65,6 +65,6 @@ def test_two_processes_agree_and_the_main_one_writes(tmp_path):
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in checkpoint.iterdir()}  # both ranks wrote RNG
     # sharded: an epoch is ceil(examples / (2 ranks x batch 2)) steps (one process alone would take twice as many)
     epoch = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"][-1]["epoch"]
-    assert epoch == pytest.approx(2 / math.ceil(printed["examples"] / 4), rel=1e-3)
+    assert epoch == pytest.approx(2 / math.ceil(summary["examples_trained"] / 4), rel=1e-3)  # held-out pairs excluded
     assert sorted(p.name for p in folder.glob("bank_*.npz")) == ["bank_per-user-1-users-2.npz"]
     assert (folder / "final").is_dir() and summary["adapter"]

@@ -81,7 +81,12 @@ def test_contrastive_loss_hand_computed():
     margins = [(1 - 0) / tau, (1 + 1) / tau,      # q_1: cos to p_1 is 1; to n_1 0, to n_2 -1
                (c - 1) / tau, (c - 0) / tau]      # q_2: cos to p_2 is 1/sqrt2; to n_1 1, to n_2 0
     expected = sum(math.log1p(math.exp(-m)) for m in margins) / 4
-    assert float(contrastive_loss(q, p, n, tau)) == pytest.approx(expected, rel=1e-6)
+    assert float(contrastive_loss(q, p, n, tau, objective="paper")) == pytest.approx(expected, rel=1e-6)
+    # InfoNCE: each query against every target and every interacted item, its own target the right class
+    rows = [([1, c, 0, -1], 0),                   # q_1: cos to p_1, p_2, n_1, n_2
+            ([0, c, 1, 0], 1)]                    # q_2
+    infonce = sum(math.log(sum(math.exp(v / tau) for v in row)) - row[k] / tau for row, k in rows) / 2
+    assert float(contrastive_loss(q, p, n, tau, objective="infonce")) == pytest.approx(infonce, rel=1e-6)
 
 
 @pytest.mark.slow

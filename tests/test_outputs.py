@@ -284,7 +284,7 @@ def test_verify_reembeds_vectors_with_the_runs_adapter(data, tmp_path, monkeypat
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
     monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("HNLM_LLM_DTYPE", "float32")
-    ft = FinetuneConfig(llm="smollm2-135m", max_steps=1, batch_size=2, save_steps=1, max_length=64)
+    ft = FinetuneConfig(llm="smollm2-135m", max_steps=1, batch_size=2, save_steps=1, max_length=160)
     cfg = RunConfig(finetune=ft, teacher=TeacherConfig(model="mf", epochs=1), infer_users=2, infer_batch=2)
     summary = run_finetune(data, cfg)
     z = np.load(summary["bank"])

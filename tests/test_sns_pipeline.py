@@ -33,7 +33,7 @@ def test_generate_resume_build_and_load(tmp_path, monkeypatch):
     assert len(records) == 2 and records["ok"].sum() >= 1  # schema-constrained decoding
     assert all(len(str(t).split()) <= sns.MAX_WORDS for t in records.loc[records["ok"].astype(bool), "text"])
 
-    with pytest.raises(Exception, match="no generated negative"):
+    with pytest.raises(Exception, match="have no generated output"):
         sns.build_artifacts(data, "smollm2-135m", budget, get_text_encoder("minilm"))
     built = sns.build_artifacts(data, "smollm2-135m", budget, get_text_encoder("minilm"), pool=5,
                                 allow_missing=True)

@@ -297,11 +297,11 @@ def reembed(entry: outputs.Shipped, cfg: RunConfig, adapter: Path, teacher: Teac
     data, _ = _data_of(entry)
     a = entry.arrays()
     rows = _sample(len(a["emb"]), sample, seed)
-    qset = inference_queries(data, query_builder(data, teacher, cfg), Budget.parse(cfg.infer_budget), cfg.pair_seed,
-                             max_users=cfg.infer_users).set_index(["user", "item"])
+    lm, tok = load_base(cfg.finetune)
+    qset = inference_queries(data, query_builder(data, teacher, cfg, tok), Budget.parse(cfg.infer_budget),
+                             cfg.pair_seed, max_users=cfg.infer_users).set_index(["user", "item"])
     keys = list(zip(a["users"][rows].tolist(), a["items"][rows].tolist()))
     texts = [qset.loc[k, "text"] for k in keys]
-    lm, tok = load_base(cfg.finetune)
     encoder = QueryEncoder.from_saved(lm, adapter)
     users, items = a["users"][rows], a["items"][rows]
     fresh = emit(encoder, tok, texts, teacher.user_emb[users], teacher.item_emb[items], batch_size=cfg.infer_batch,
