@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from hnlm.semantic.hnlmrec.finetune import PairDataset
 from hnlm.semantic.hnlmrec.queries import Teacher
 
 
@@ -10,3 +11,14 @@ def random_teacher(data, dim=8, seed=0):
     rng = np.random.default_rng(seed)
     return Teacher(rng.standard_normal((data.n_users, dim)).astype(np.float32),
                    rng.standard_normal((data.n_items, dim)).astype(np.float32), {})
+
+
+def random_pairs(texts, out_dim=384, cf_dim=8, seed=0):
+    """A PairDataset of `texts` with random unit targets and interacted items and random CF vectors."""
+    rng = np.random.default_rng(seed)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    n = len(texts)
+    return PairDataset(texts, unit(rng.standard_normal((n, out_dim))), unit(rng.standard_normal((n, out_dim))),
+                       rng.standard_normal((n, cf_dim)), rng.standard_normal((n, cf_dim)))

@@ -2,11 +2,11 @@
 
 import shutil
 
-import numpy as np
 import pytest
 
-from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, PairDataset, load_base, make_trainer
+from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, load_base, make_trainer
 from hnlm.semantic.hnlmrec.model import TRAINABLE_FILE, QueryEncoder
+from tests.hnlmrec_helpers import random_pairs
 
 pytestmark = pytest.mark.slow
 
@@ -21,11 +21,7 @@ def config(steps):
 
 
 def dataset():
-    rng = np.random.default_rng(0)
-    def unit(x):
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-    return PairDataset(TEXTS, unit(rng.standard_normal((4, 384))), unit(rng.standard_normal((4, 384))),
-                       rng.standard_normal((4, 8)), rng.standard_normal((4, 8)))
+    return random_pairs(TEXTS)
 
 
 def test_killed_checkpoint_is_skipped_and_resume_says_its_step(tmp_path, capsys):

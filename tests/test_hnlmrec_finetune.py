@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, PairDataset, load_base, make_trainer
+from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, load_base, make_trainer
 from hnlm.semantic.hnlmrec.infer import emit
 from hnlm.semantic.hnlmrec.model import QueryEncoder, contrastive_loss
+from tests.hnlmrec_helpers import random_pairs
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +25,7 @@ def config(tmp_path, steps):
 
 
 def dataset():
-    rng = np.random.default_rng(0)
-    def unit(x):
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-    return PairDataset(TEXTS, unit(rng.standard_normal((4, 384))), unit(rng.standard_normal((4, 384))),
-                       rng.standard_normal((4, 8)), rng.standard_normal((4, 8)))
+    return random_pairs(TEXTS)
 
 
 def batch_of(trainer, ds):
