@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hnlm.errors import UserFacingError
-from hnlm.study.llm_outputs import STAGES, prepare
+from hnlm.study.llm_outputs import STAGES, prepare, units
 from hnlm.study.publish import publish_study
 from hnlm.study.runner import run_study
 from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES
@@ -23,8 +23,8 @@ def register(sub) -> None:
                         "notebooks reuse, e.g. on a GPU machine; no notebooks")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="with --llm-only")
     p.add_argument("--publish", action="store_true",
-                   help="with --llm-only: then copy the finished outputs into the tracked outputs/ folder with "
-                        "manifests (`hnlm outputs list` shows them)")
+                   help="with --llm-only: copy each output into the tracked outputs/ folder with its manifest as "
+                        "soon as it is made (`hnlm outputs list` shows them; commit them)")
     p.set_defaults(func=run)
 
 
@@ -32,9 +32,13 @@ def run(args) -> int:
     if args.publish and not args.llm_only:
         raise UserFacingError("--publish goes with --llm-only: hnlm study --llm-only --publish --profile full")
     if args.llm_only:
-        prepare(args.profile, args.dataset, args.llm, args.stages)
-        if args.publish:
-            publish_study(args.profile, args.dataset, args.llm, args.stages)
+        if not args.publish:
+            prepare(args.profile, args.dataset, args.llm, args.stages)
+            return 0
+        for stage, signal in units(args.profile, args.stages):  # ship each output as soon as it is made
+            signals = [signal] if signal else None
+            prepare(args.profile, args.dataset, args.llm, [stage], signals=signals)
+            publish_study(args.profile, args.dataset, args.llm, [stage], signals=signals)
         return 0
     report = run_study(args.profile, args.dataset, args.llm, notebooks=args.notebooks, seeds=args.seeds,
                        out_dir=args.out_dir, stop_on_error=args.stop_on_error)

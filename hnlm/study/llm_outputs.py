@@ -22,8 +22,9 @@ TARGET_DATASET = "ml-1m"  # notebook 10 transfers the fine-tuned encoder to this
 
 
 def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int = 256,
-            profile_batch: int = 128) -> dict:
-    """Run the LLM stages of the study under `profile`, in order; returns seconds and counts per stage."""
+            profile_batch: int = 128, signals=None) -> dict:
+    """Run the LLM stages of the study under `profile`, in order; returns seconds and counts per stage.
+    `signals` limits the fine-tuning stages (hnlmrec, transfer) to these CF signals (default: the profile's)."""
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}: choose from {', '.join(STAGES)}")
@@ -45,12 +46,20 @@ def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int 
         elif stage == "hnlmrec":
             conf = settings(profile, "05_hnlmrec")
             info = {s: pipeline.study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"])[0]["folder"]
-                    for s in conf["signals"]}
+                    for s in signals or conf["signals"]}
         else:
             conf = settings(profile, "10_generalisation")
             target = first_users(load_dataset(TARGET_DATASET, seed=conf["split_seed"]), conf["target_first_users"])
             info = {s: pipeline.study_transfer(data, target, llm, s, conf, conf["split_seed"])[0]["folder"]
-                    for s in conf["signals"]}
+                    for s in signals or conf["signals"]}
         report[stage] = {"seconds": round(time.perf_counter() - t0, 1), **info}
         print(f"[llm-only] {stage}: {report[stage]}", flush=True)
     return report
+
+
+def units(profile: str, stages=STAGES) -> list[tuple[str, str | None]]:
+    """The study's LLM work as (stage, CF signal or None) units in run order: what `--publish` ships one at a
+    time, so that an interrupted run keeps every output it finished."""
+    signal_conf = {"hnlmrec": "05_hnlmrec", "transfer": "10_generalisation"}
+    return [(stage, signal) for stage in STAGES if stage in stages
+            for signal in (settings(profile, signal_conf[stage])["signals"] if stage in signal_conf else [None])]

@@ -39,9 +39,11 @@ def incomplete(what: str, profile: str, dataset: str, llm: str, stage: str) -> M
                              f"--llm {llm} --stages {stage}` first")
 
 
-def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Path | None = None) -> list[str]:
-    """Publish every finished LLM output of `stages` under `profile`; returns one report line per output.
-    An output already shipped with the same key is left as it is."""
+def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Path | None = None,
+                  signals=None) -> list[str]:
+    """Publish every finished LLM output of `stages` under `profile` (fine-tuning stages: of `signals`, default
+    the profile's); returns one report line per output. An output already shipped with the same key is left
+    as it is."""
     seed = settings(profile, "01_data")["split_seed"]
     data = load_dataset(dataset, seed=seed)
     info = outputs.made_with(llm)
@@ -52,11 +54,13 @@ def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Pat
         lines.append(publish_sns(data, llm, profile, settings(profile, "03_sns"), info, root))
     if "hnlmrec" in stages:
         conf = settings(profile, "05_hnlmrec")
-        lines += [publish_hnlmrec(data, llm, s, conf["hnlmrec"], profile, seed, info, root) for s in conf["signals"]]
+        lines += [publish_hnlmrec(data, llm, s, conf["hnlmrec"], profile, seed, info, root)
+                  for s in signals or conf["signals"]]
     if "transfer" in stages:
         conf = settings(profile, "10_generalisation")
         target = first_users(load_dataset(TARGET_DATASET, seed=seed), conf["target_first_users"])
-        lines += [publish_transfer(data, target, llm, s, conf, profile, seed, info, root) for s in conf["signals"]]
+        lines += [publish_transfer(data, target, llm, s, conf, profile, seed, info, root)
+                  for s in signals or conf["signals"]]
     for line in lines:
         print(f"[publish] {line}", flush=True)
     return lines
