@@ -1,5 +1,7 @@
-"""Where a notebook's results land: the run folder always, the tracked results folder only under `full`."""
+"""Where a notebook's results land: the run folder always, the tracked results folder only under `full`; and how
+`hnlm study` relays a notebook's printed lines and progress bars to the terminal."""
 
+import io
 import json
 
 import pandas as pd
@@ -7,6 +9,7 @@ import pytest
 
 from hnlm.paths import PROJECT_ROOT
 from hnlm.study import start
+from hnlm.study.runner import IndentedStream
 
 TABLE = pd.DataFrame({"method": ["rns", "dns"], "recall@20": [0.31, 0.33]})
 
@@ -43,3 +46,11 @@ def test_fast_profiles_write_the_run_folder_only(tmp_path, results, profile):
     assert {p.name for p in (tmp_path / "runs").iterdir()} == {"06_main_results.json", "06_main_table.csv",
                                                               "06_curves.csv"}
 
+
+def test_relayed_lines_and_redrawn_progress_bars_keep_their_indent():
+    out = io.StringIO()
+    relay = IndentedStream(out, indent="  ")
+    for chunk in ["[outputs] sns: shipped\nCF runs:   0%|", "\rCF runs:  50%|", "\rCF runs: 100%|\n", "done", "\n"]:
+        relay.write(chunk)
+    assert out.getvalue() == ("  [outputs] sns: shipped\n  CF runs:   0%|\r  CF runs:  50%|\r  CF runs: 100%|\n"
+                              "  done\n")
