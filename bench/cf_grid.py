@@ -93,10 +93,15 @@ def run_grouped(data, configs, group_size: int, products: str) -> tuple[list[dic
     return results, time.perf_counter() - t0
 
 
+def paired_runs(configs, first: list[dict], second: list[dict]) -> list[dict]:
+    """Per run: (first, second) best epoch and test metrics."""
+    return [{"sampler": c.sampler, "seed": c.seed, "best_epoch": (a["best_epoch"], b["best_epoch"]),
+             **{m: (a["test"][m], b["test"][m]) for m in METRICS}} for c, a, b in zip(configs, first, second)]
+
+
 def peer_agreement(configs, ours: list[dict], peer: list[dict]) -> dict:
-    """Ours vs RecBole per (sampler, seed), and per sampler the relative difference of the seed means."""
-    runs = [{"sampler": c.sampler, "seed": c.seed, "best_epoch": (o["best_epoch"], p["best_epoch"]),
-             **{m: (o["test"][m], p["test"][m]) for m in METRICS}} for c, o, p in zip(configs, ours, peer)]
+    """Ours vs RecBole per (sampler, seed), and per sampler the means over the seeds."""
+    runs = paired_runs(configs, ours, peer)
     means = {}
     for s in dict.fromkeys(c.sampler for c in configs):
         rows = [r for r in runs if r["sampler"] == s]
@@ -170,10 +175,7 @@ def main(argv=None) -> int:
                        "epochs_run": [r["epochs_run"] for r in results], "speedup": alone_s / seconds}
         if way != "alone":
             report[way]["agreement"] = agreement(alone, results)
-            report[way]["runs"] = [{"sampler": c.sampler, "seed": c.seed,
-                                    "best_epoch": (a["best_epoch"], g["best_epoch"]),
-                                    **{m: (a["test"][m], g["test"][m]) for m in METRICS}}
-                                   for c, a, g in zip(configs, alone, results)]
+            report[way]["runs"] = paired_runs(configs, alone, results)
         if matched:   # ours alone on exactly RecBole's runs; a grouped way only as a whole grid
             rate = (len(matched) / sum(alone_each[k] for k in matched) * 3600 if way == "alone"
                     else report[way]["runs_per_hour"])
