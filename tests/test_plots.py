@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from hnlm import plot_style, plots
 from hnlm.errors import UserFacingError
+from hnlm.methods import get_method  # the registry loads every method's module: at collection, not in a test
 
 CLASSIC = ["rns", "pns", "dns", "dns-mn", "mixgcf", "dens", "ahns"]
 LLM = ["sns", "sns-grounded", "sns-random", "sns-shuffled", "rlmrec-con", "hnlmrec-text", "hnlmrec-soft"]
@@ -119,13 +120,14 @@ def test_methods_are_styled_by_family_and_ablations_are_dashed_and_hatched():
 
 
 def test_labels_take_their_methods_family_deterministically_and_stay_distinct():
-    # families and ablations come from the method declarations: "dnsmn-guard" is LLM-based (it reads LLM
-    # vectors) though its name shows no LLM, "teacher-negatives" a classic sampler
+    # families and ablations come from the method declarations: "dnsmn-guard" (a text-embedding guard) is
+    # declared LLM-based though its name shows no LLM, "teacher-negatives" a classic sampler
     names = ["sns", "hnlmrec-text@qwen2.5-0.5b", "hnlmrec-text@smollm2-135m", "dnsmn-guard", "teacher-negatives",
              "rns", "sns-dnsmn-shuffled"]
     styles = plot_style.method_styles(names)
     assert styles == plot_style.method_styles(list(reversed(names)))
     assert [plot_style.method_family(n) for n in names] == ["llm"] * 4 + ["classic"] * 2 + ["llm"]
+    assert get_method("dnsmn-guard").family == "llm" and get_method("sns-dnsmn-shuffled").ablation_of
     assert styles["sns-dnsmn-shuffled"].hatch and styles["teacher-negatives"].color in plot_style.PALETTES["classic"]
     assert len({(s.color, s.linestyle) for s in styles.values()}) == len(names)
     many = plot_style.method_styles([f"sns@llm-{i}" for i in range(20)])  # more than one palette: line styles differ
