@@ -212,6 +212,8 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
         trainer.state = TrainerState.load_from_json(str(done / "trainer_state.json"))
         runtime = None
     t_train = time.perf_counter() - t1
+    # A resumed run trains only the steps after its checkpoint: speeds are per step trained in this process.
+    start_step = getattr(trainer, "resumed_from_step", None) or 0
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     ranks = gather_ranks(qe, losses)
     if not procs.is_main_process:
@@ -225,7 +227,7 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
                              cfg.pair_seed, max_users=cfg.infer_users)
     bank_path = save_bank_for(data, qe, tok, qset, teacher, folder, cfg, split_seed)
     t_infer = time.perf_counter() - t2
-    steps = max(trainer.state.global_step, 1)
+    steps = max(trainer.state.global_step - start_step, 1)
     summary = {
         "dataset": data.name, "split_seed": split_seed, "folder": str(folder), "bank": str(bank_path),
         "config": _jsonable(asdict(cfg)), "counts": counts, "embedding_pass_counts": infer_builder.counts,
@@ -233,11 +235,11 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "loss_first5_mean": float(np.mean(losses[:5])) if losses else None,
         "loss_last5_mean": float(np.mean(losses[-5:])) if losses else None,
-        "steps": trainer.state.global_step, "train_runtime_s": runtime, "finetune_reused": done is not None,
+        "steps": trainer.state.global_step, "resumed_from_step": start_step, "train_runtime_s": runtime,
+        "finetune_reused": done is not None,
         "nonfinite_steps_skipped": skipped_steps(trainer), "processes": procs.num_processes, "ranks": ranks,
         "timings": {"teacher_s": t_teacher, "finetune_s": t_train, "s_per_step": t_train / steps,
-                    "examples_per_s": (trainer.state.global_step * ft.batch_size * ft.grad_accum
-                                       * procs.num_processes / t_train),
+                    "examples_per_s": steps * ft.batch_size * ft.grad_accum * procs.num_processes / t_train,
                     "embedding_pass_s": t_infer, "queries": len(qset),
                     "total_s": time.perf_counter() - t0},
         "device": str(next(qe.head.parameters()).device),
