@@ -24,8 +24,8 @@ SETTINGS = dict(model="lightgcn", dim=64, layers=3, batch_size=8192, lr=2e-2, l2
 
 
 def resources(data, methods):
-    """The study's qwen2.5-0.5b outputs for split 0 (loaded only for the methods that need them)."""
-    return saved_resources(data, "qwen2.5-0.5b", 0)
+    """The study's qwen2.5-0.5b outputs for `data`'s split (loaded only for the methods that need them)."""
+    return saved_resources(data, "qwen2.5-0.5b")
 
 
 def run(data, method, epochs, res, seed=0, max_anchors=0):

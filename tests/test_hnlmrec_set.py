@@ -115,7 +115,7 @@ def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
     method = variant("hnlmrec")
     with pytest.raises(MissingInputError, match="hnlm finetune"):
         method.build(data, saved_resources(data, "smollm2-135m"), 0)
-    folder = run_dir(data.name, "smollm2-135m", "text", "per-user:1", 0) / "run-abc"
+    folder = run_dir(data.name, "smollm2-135m", "text", "per-user:1", "0") / "run-abc"
     folder.mkdir()
     users = np.arange(data.n_users)
     items = np.array([data.train_items(u)[0] for u in users])
@@ -127,6 +127,42 @@ def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
     assert isinstance(ext, AlignmentExtension) and sampler is not None
     np.testing.assert_array_equal(ext.bank.emb, emb)
     assert ext.bank.source == "hnlmrec:smollm2-135m:text" and ext.bank.meta["run"] == "run-abc"
+
+
+def test_a_finished_run_is_refused_for_another_split(data, tmp_path, monkeypatch):
+    """A run's folder is named by split id (the random split's keeps its name), so the temporal split with the
+    same seed finds none; under one name, the fingerprint its bank and summary record must be the data's."""
+    import dataclasses
+    import json
+    import re
+
+    from hnlm.errors import MissingInputError
+    from hnlm.semantic.common import OtherSplitError, train_fingerprint
+    from hnlm.semantic.hnlmrec.pipeline import RunConfig, finished_summary, load_bank, run_dir
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
+    folder = run_dir(data.name, "smollm2-135m", "text", "per-user:1", "0") / "run-abc"
+    assert folder == tmp_path / "ml-100k/hnlmrec/smollm2-135m-text-per-user-1/split-0/run-abc"
+    folder.mkdir()
+    np.savez(folder / "bank_per-user-1.npz", users=[0], items=[data.train_items(0)[0]], emb=np.ones((1, 4), np.float32))
+    (folder / "bank_per-user-1.json").write_text(json.dumps({"adapter": "x", "train_fingerprint":
+                                                             train_fingerprint(data)}))
+    cfg = RunConfig()
+    summary = {"steps": cfg.finetune.max_steps, "teacher": {"train_fingerprint": train_fingerprint(data)}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    args = ("smollm2-135m", "text", "per-user:1", "per-user:1")
+    assert len(load_bank(data, *args)) == 1 and finished_summary(data, folder, cfg)["finetune_reused"]
+
+    temporal = load_dataset("ml-100k", seed=0, split="temporal")
+    with pytest.raises(MissingInputError, match=r"split-0-temporal/run-<hash>/bank_per-user-1.npz is missing: run "
+                                                r"`hnlm finetune .*--split-seed 0 --split temporal` first"):
+        load_bank(temporal, *args)
+    other = dataclasses.replace(data, train=data.train[::-1].tocsr())  # same split id, other training pairs
+    regenerate = re.escape(f"`rm -r {folder} && hnlm finetune --dataset ml-100k --llm smollm2-135m --cf-signal text")
+    with pytest.raises(OtherSplitError, match=re.escape(f"{folder / 'bank_per-user-1.npz'} was made from another "
+                                                        f"training split") + f".*{regenerate}.*--split-seed 0`$"):
+        load_bank(other, *args)
+    with pytest.raises(OtherSplitError, match=re.escape(f"{folder / 'summary.json'} was made from another")):
+        finished_summary(other, folder, cfg)
 
 
 def test_long_queries_lose_the_middle_of_their_user_part_and_are_counted(data):

@@ -123,7 +123,7 @@ def test_profiles_against_transformers_serve(server, tmp_path, monkeypatch, caps
     assert rc == 0 and again["generated"] == 0 and again["cached"] == 2
     seconds = time.monotonic() - started
 
-    frame = pd.read_json(pf.profiles_path("ml-100k", llm, "item", 0), lines=True)
+    frame = pd.read_json(pf.profiles_path("ml-100k", llm, "item", "0"), lines=True)
     assert frame["id"].tolist() == [0, 1]
     assert again["failed"] == int((~frame["ok"]).sum())
     # Nothing passes unchecked: each cached record's verdict is the validator's verdict on the raw reply.

@@ -3,6 +3,8 @@ teacher_negatives.py): each and its ablations trains one epoch on the first 100 
 mixed into DNS(M,N)'s own pick; the semantic guard changes the top-N exactly as documented; the teacher's mined
 table is made from training data only and never gives a training positive."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -16,10 +18,16 @@ from hnlm.data import first_users, load_dataset
 from hnlm.methods import get_method, method_names, variant
 from hnlm.methods.commands import result_path
 from hnlm.methods.dnsmn_guard import GuardedDNSMN, GuardSettings
-from hnlm.paths import artifacts_dir, cache_root
+from hnlm.paths import artifacts_dir, artifacts_root, cache_root
+from hnlm.semantic import profiles as pf
+from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.hnlmrec.pipeline import TeacherConfig
+from hnlm.semantic.common import split_id_of
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, run_dir
+from hnlm.semantic.hnlmrec.transfer import transfer_dir
 from hnlm.semantic.resources import Resources, teacher_dir, teacher_table
+from hnlm.semantic.sns import sns_dir
+from hnlm.study import shipped
 
 NEW = ["sns-dnsmn", "hnlmrec-dnsmn", "dnsmn-guard", "teacher-negatives", "teacher-aligned"]
 ALL_NEW = [f"{m}{s}" for m in NEW for s in ("", "-random", "-shuffled")]
@@ -198,14 +206,38 @@ def test_teacher_table_is_made_from_training_data_and_cached(data, resources):
     assert resources.digest("teacher:mf") == Resources(t=again).digest("t")
 
 
+def llm_output_names(data, llm: str = "qwen2.5-0.5b") -> list:
+    """Where `data`'s profiles, SNS artefacts, fine-tuning runs and transfers are stored, and its shipped slots."""
+    split, run = split_id_of(data), RunConfig()
+    source_run = run_dir("ml-1m", llm, "text", "per-user:1", split) / "run-x"
+    return [pf.profiles_path(data.name, llm, "user", split), sns_dir(data.name, llm, split),
+            run_dir(data.name, llm, "text", "per-user:1", split), transfer_dir(data.name, "ml-1m", source_run, split),
+            pf.profiles_slot(split), shipped.hnlmrec_slot(run, split), shipped.transfer_slot("ml-1m", run, split)]
+
+
 def test_a_temporal_split_names_its_artefacts_apart_from_the_random_one():
     random, temporal = load_dataset("ml-100k", seed=0), load_dataset("ml-100k", seed=0, split="temporal")
     cfg = TrainConfig(model="mf", seed=1)
-    # the default random split keeps the names its stored teachers and runs are under
+    # the default random split keeps the names its stored teachers, runs and LLM outputs are under
     assert teacher_dir(random, "mf") == artifacts_dir("ml-100k", "teacher", "split-0", "mf")
     assert result_path(random, cfg, "rns").name == "mf_rns_split0_seed1.json"
     assert teacher_dir(temporal, "mf") == artifacts_dir("ml-100k", "teacher", "split-0-temporal", "mf")
     assert result_path(temporal, cfg, "rns").name == "mf_rns_split0-temporal_seed1.json"
+    root = artifacts_root() / "ml-100k"
+    assert llm_output_names(random) == [
+        root / "profiles/qwen2.5-0.5b/users_split-0.jsonl", root / "sns/qwen2.5-0.5b/split-0",
+        root / "hnlmrec/qwen2.5-0.5b-text-per-user-1/split-0",
+        root / "hnlmrec-transfer/ml-1m-qwen2.5-0.5b-text-per-user-1-run-x/split-0",
+        "split-0", "text_per-user-1_per-user-1_split-0", "from-ml-1m_text_per-user-1_per-user-1_split-0"]
+    assert llm_output_names(temporal) == [
+        root / "profiles/qwen2.5-0.5b/users_split-0-temporal.jsonl", root / "sns/qwen2.5-0.5b/split-0-temporal",
+        root / "hnlmrec/qwen2.5-0.5b-text-per-user-1/split-0-temporal",
+        root / "hnlmrec-transfer/ml-1m-qwen2.5-0.5b-text-per-user-1-run-x/split-0-temporal",
+        "split-0-temporal", "text_per-user-1_per-user-1_split-0-temporal",
+        "from-ml-1m_text_per-user-1_per-user-1_split-0-temporal"]
+    builder = sns.PromptBuilder(random, "history", "qwen2.5-0.5b")  # its slots: the prompt context, then the split
+    assert re.fullmatch(r"history_sns-[0-9a-f]{8}_greedy_split-0", shipped.sns_slot(builder, split_id_of(random)))
+    assert shipped.sns_slot(builder, split_id_of(temporal)).endswith("_greedy_split-0-temporal")
 
 
 def test_teacher_negatives_use_the_table_for_their_share(data, resources):

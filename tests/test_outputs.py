@@ -14,7 +14,7 @@ from hnlm.llm.backends import make_backend
 from hnlm.paths import cache_root
 from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
-from hnlm.semantic.common import Budget, select_pairs
+from hnlm.semantic.common import Budget, OtherSplitError, select_pairs
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, run_folder
 from hnlm.study import pipeline, publish, shipped
@@ -115,7 +115,8 @@ def test_damaged_outputs_are_errors_naming_file_and_command(tmp_path):
     with pytest.raises(outputs.ShippedOutputError, match="holds 1 records, its manifest says 2"):
         outputs.find("profiles-item", "ml-100k", "m", "split-0", tmp_path).rows()
     rewrite(found, good)
-    with pytest.raises(outputs.ShippedOutputError, match="another training split"):
+    with pytest.raises(OtherSplitError, match=f"{found.path} was made from another training split .fingerprint f1, "
+                                              r"this data's is f2.*hnlm study --llm-only --publish.*--stages profiles"):
         outputs.lookup("profiles-item", "ml-100k", "m", "split-0", {**KEY, "split": "f2"}, {(0,): "p0"}, root=tmp_path)
 
     outputs.publish_vectors("hnlmrec-bank", "ml-100k", "m", "text_split-0", [0, 1], [3, 4],
@@ -195,11 +196,11 @@ def test_study_sns_and_hnlmrec_use_shipped_outputs_without_a_model(data, tmp_pat
     shas = shipped.sns_prompt_hashes(builder, pairs)
     records = [{"user": u, "item": i, "ok": True, "text": f"neg {u}", "reasoning": "r", "reason": None, "words": 2,
                 "truncated": False, "prompt_sha": sha} for (u, i), sha in shas.items()]
-    outputs.publish_records("sns-negatives", "ml-100k", llm, shipped.sns_slot(builder, 0), records,
+    outputs.publish_records("sns-negatives", "ml-100k", llm, shipped.sns_slot(builder, "0"), records,
                             shipped.sns_key(data, backend, builder, 0), BF16)
     _, _, gen = pipeline.generate_study_sns(data, llm, 2, context="history")
     assert gen["shipped"] == 2 and gen["generated"] == 0
-    cached = sns.read_negatives(sns.sns_dir("ml-100k", llm, 0) / "negatives.jsonl", builder.tag)
+    cached = sns.read_negatives(sns.sns_dir("ml-100k", llm, "0") / "negatives.jsonl", builder.tag)
     assert sorted(cached["text"]) == ["neg 0", "neg 1"]
     assert "2 records copied" in capsys.readouterr().out
     pipeline.generate_study_sns(data, llm, 2, context="history")
@@ -209,7 +210,7 @@ def test_study_sns_and_hnlmrec_use_shipped_outputs_without_a_model(data, tmp_pat
     cfg = pipeline.hnlmrec_config(llm, "text", conf)
     emb = np.eye(3, 384, dtype=np.float32)
     summary = {"examples": 8, "steps": 2, "loss_history": [1.0, 0.5], "timings": {"s_per_step": 1.0}}
-    outputs.publish_vectors("hnlmrec-bank", "ml-100k", llm, shipped.hnlmrec_slot(cfg, 0), [0, 1, 2], [5, 6, 7], emb,
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", llm, shipped.hnlmrec_slot(cfg, "0"), [0, 1, 2], [5, 6, 7], emb,
                             shipped.hnlmrec_key(data, cfg, 0), BF16,
                             {"summary": summary, "bank_meta": {"adapter": "abc", "run": "run-x"}})
     got, bank = pipeline.study_hnlmrec(data, llm, "text", conf, 0)
@@ -230,7 +231,7 @@ def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tm
     for kind, n in (("item", data.n_items), ("user", data.n_users)):
         pf.save_profiles(pd.DataFrame({"id": range(n), "ok": True, "summarization": [f"{kind} {i}" for i in range(n)],
                                        "reasoning": "r", "reason": None, "raw": None, "prompt_truncated": False}),
-                         "ml-100k", llm, kind, 0)
+                         "ml-100k", llm, kind, "0")
     lines = publish.publish_profiles(data, llm, "full", 0, BF16, None)
     assert [line.split(":")[0] for line in lines] == ["profiles-item", "profiles-user"]
     items, users = pf.profiles_of(data, llm)
@@ -239,7 +240,7 @@ def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tm
     conf = settings("full", "03_sns")
     builder = sns.PromptBuilder(data, conf["context"], llm)
     pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
-    with (sns.sns_dir("ml-100k", llm, 0) / "negatives.jsonl").open("w") as fh:
+    with (sns.sns_dir("ml-100k", llm, "0") / "negatives.jsonl").open("w") as fh:
         for u, i in zip(pairs["user"], pairs["item"]):
             fh.write(json.dumps({"user": int(u), "item": int(i), "ok": True, "text": f"neg {u}", "reasoning": "r",
                                  "reason": None, "words": 2, "truncated": False, "context": builder.tag}) + "\n")
@@ -249,7 +250,7 @@ def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tm
 
     hconf = settings("smoke", "05_hnlmrec")["hnlmrec"]
     cfg = pipeline.hnlmrec_config(llm, "soft", hconf)
-    folder = run_folder("ml-100k", cfg, 0)
+    folder = run_folder("ml-100k", cfg, "0")
     (folder / "summary.json").write_text(json.dumps({"steps": 2, "loss_first5_mean": 1.0, "timings": {}}))
     tag = bank_tag(cfg.infer_budget, cfg.infer_users)
     np.savez(folder / f"bank_{tag}.npz", users=[0, 1], items=[3, 4], emb=np.eye(2, 384, dtype=np.float32))
@@ -271,7 +272,7 @@ def test_study_transfer_uses_a_shipped_bank_without_the_source_run(data, tmp_pat
     teacher = TeacherConfig(**conf["target_teacher"])
     summary = {"source_run": "run-x", "queries": 2, "users_embedded": 2, "users": 50, "teacher": {"epochs": 1},
                "timings": {}}
-    outputs.publish_vectors("transfer-bank", target.name, llm, shipped.transfer_slot("ml-100k", cfg, 0), [0, 1],
+    outputs.publish_vectors("transfer-bank", target.name, llm, shipped.transfer_slot("ml-100k", cfg, "0"), [0, 1],
                             [2, 3], np.eye(2, 384, dtype=np.float32),
                             shipped.transfer_key(data, target, cfg, teacher, 0), BF16, {"summary": summary})
     got, bank = pipeline.study_transfer(data, target, llm, "text", conf, 0)
@@ -279,7 +280,7 @@ def test_study_transfer_uses_a_shipped_bank_without_the_source_run(data, tmp_pat
     assert "transfer-bank text ml-100k->ml-100k-first50: shipped" in capsys.readouterr().out
     other_split = type(target)(target.name, target.train[::-1].tocsr(), target.valid, target.test, target.items,
                                target.users, target.reviews, target.stats)
-    with pytest.raises(outputs.ShippedOutputError, match="another training split"):
+    with pytest.raises(OtherSplitError, match="another training split"):
         shipped.lookup_transfer(data, other_split, cfg, teacher, 0)
 
 
@@ -295,7 +296,7 @@ def test_verify_reembeds_vectors_with_the_runs_adapter(data, tmp_path, monkeypat
     cfg = RunConfig(finetune=ft, teacher=TeacherConfig(model="mf", epochs=1), infer_users=2, infer_batch=2)
     summary = run_finetune(data, cfg)
     z = np.load(summary["bank"])
-    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", shipped.hnlmrec_slot(cfg, 0), z["users"],
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", shipped.hnlmrec_slot(cfg, "0"), z["users"],
                             z["items"], z["emb"], shipped.hnlmrec_key(data, cfg, 0), outputs.made_with("smollm2-135m"))
     (result,) = verify(2)
     assert result["regenerated"] == 2 and result["cosine_min"] > 0.999, result["summary"]

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from hnlm.data import load_dataset
 from hnlm.errors import MissingInputError
 from hnlm.semantic import profiles as pf
-from hnlm.semantic.common import title_of
+from hnlm.semantic.common import split_id_of, title_of
 
 
 @pytest.fixture(scope="module")
@@ -78,27 +78,32 @@ def test_generate_save_and_load_profiles(data, tmp_path, monkeypatch):
     users, ucounts = pf.generate_profiles(data, backend, "user", limit=2, schema=schema,
                                           item_profiles=item_profiles)
     assert ucounts["failed"] == 0 and users["ok"].all()
-    pf.save_profiles(items, "ml-100k", "smollm2-135m", "item", 0)
-    pf.save_profiles(users, "ml-100k", "smollm2-135m", "user", 0)
-    ip, up = pf.load_profiles("ml-100k", "smollm2-135m", 0)
+    pf.save_profiles(items, "ml-100k", "smollm2-135m", "item", "0")
+    pf.save_profiles(users, "ml-100k", "smollm2-135m", "user", "0")
+    ip, up = pf.load_profiles(data, "smollm2-135m")
     assert set(ip) == {0, 1, 2} and set(up) == {0, 1} and ip[0] == items["summarization"][0]
-    pf.save_profiles(items.iloc[:1].assign(summarization="new"), "ml-100k", "smollm2-135m", "item", 0)
-    merged, _ = pf.load_profiles("ml-100k", "smollm2-135m", 0)
+    pf.save_profiles(items.iloc[:1].assign(summarization="new"), "ml-100k", "smollm2-135m", "item", "0")
+    merged, _ = pf.load_profiles(data, "smollm2-135m")
     assert set(merged) == {0, 1, 2} and merged[0] == "new"      # a limited run merges by id, loses nothing
     _, again = pf.generate_profiles(data, backend, "item", limit=3, schema=schema)
     assert again["cached"] == 3 and again["generated"] == 0
     with pytest.raises(Exception, match="hnlm profiles --dataset ml-100k"):
-        pf.load_profiles("ml-100k", "no-such-llm", 0)
+        pf.load_profiles(data, "no-such-llm")
 
 
 def test_profiles_of_another_split_never_reach_a_run(data, tmp_path, monkeypatch):
-    """Profiles made from split 0's training data hold split 1's held-out items: a split-1 run must not
-    read them (it asks for its own split's profiles and fails loudly when they do not exist)."""
+    """Profiles made from split 0's training data hold split 1's held-out items, and those of the temporal split
+    with seed 0: such runs must not read them (they ask for their own split's profiles, named by split id, and
+    fail loudly when they do not exist; profile files record no fingerprint)."""
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
     rows = pd.DataFrame({"id": [0, 1], "ok": [True, True], "summarization": ["a", "b"], "reasoning": ["", ""],
                          "reason": [None, None]})
     for kind in ("item", "user"):
-        pf.save_profiles(rows, "ml-100k", "test-llm", kind, 0)
+        pf.save_profiles(rows, "ml-100k", "test-llm", kind, split_id_of(data))
+    assert (tmp_path / "ml-100k/profiles/test-llm/items_split-0.jsonl").exists()  # the name the random split has
     assert pf.profiles_of(data, "test-llm")[0] == {0: "a", 1: "b"}
     with pytest.raises(MissingInputError, match="split-seed 1"):
         pf.profiles_of(load_dataset("ml-100k", seed=1), "test-llm")
+    with pytest.raises(MissingInputError, match=r"items_split-0-temporal.jsonl; run: hnlm profiles --dataset ml-100k "
+                                                r"--llm test-llm --split-seed 0 --split temporal$"):
+        pf.profiles_of(load_dataset("ml-100k", seed=0, split="temporal"), "test-llm")

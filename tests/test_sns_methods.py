@@ -1,14 +1,18 @@
 """`hnlm train --sampler sns|sns-grounded|sns-random|sns-shuffled` through the CLI, on artefacts built by
 module 2 from a negatives file (written here, so no LLM runs: generation is tested in test_sns_pipeline)."""
 
+import dataclasses
 import json
 
+import pandas as pd
 import pytest
 
 from hnlm.cli import main
 from hnlm.data import load_dataset
+from hnlm.errors import MissingInputError
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.semantic import sns
+from hnlm.semantic.common import OtherSplitError, split_id_of, train_fingerprint
 from hnlm.semantic.sns import Budget
 
 TEXTS = ["Batman Forever: a loud superhero sequel", "Sleepless in Seattle, a romantic comedy",
@@ -22,7 +26,7 @@ def artefacts(tmp_path_factory):
     mp.setenv("HNLM_ARTIFACTS", str(root))
     data = load_dataset("ml-100k", seed=0)
     pairs = sns.select_pairs(data, Budget(1), seed=0)
-    out = sns.sns_dir(data.name, "test-llm", 0)
+    out = sns.sns_dir(data.name, "test-llm", "0")
     with (out / "negatives.jsonl").open("w") as fh:
         for n, (u, i) in enumerate(zip(pairs["user"], pairs["item"])):
             ok = n % 10 != 9  # every tenth answer invalid, as an LLM might produce
@@ -32,6 +36,29 @@ def artefacts(tmp_path_factory):
     built = sns.build_artifacts(data, "test-llm", Budget(1), get_text_encoder("minilm"), pool=10)
     yield root, built
     mp.undo()
+
+
+def test_artefacts_are_refused_for_another_split(tmp_path, monkeypatch):
+    """Named by split id (the random split's folder keeps its name), so the temporal split with the same seed
+    finds none; under one name, the fingerprint in meta_<budget>.json must be the data's."""
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
+    data = load_dataset("ml-100k", seed=0)
+    out = sns.sns_dir(data.name, "test-llm", split_id_of(data))
+    assert out == tmp_path / "ml-100k/sns/test-llm/split-0"
+    pd.DataFrame({"user": [0], "item": [data.train_items(0)[0]], "pool": [[1, 2]]}).to_parquet(
+        out / "grounded_per-user-1.parquet")
+    (out / "meta_per-user-1.json").write_text(json.dumps({"train_fingerprint": train_fingerprint(data)}))
+    assert len(sns.load_grounded(data, "test-llm", Budget(1))) == 1
+    temporal = load_dataset("ml-100k", seed=0, split="temporal")
+    with pytest.raises(MissingInputError, match=r"split-0-temporal/grounded_per-user-1.parquet is missing: run `hnlm "
+                                                r"sns --dataset ml-100k --llm test-llm --budget per-user:1 "
+                                                r"--split-seed 0 --split temporal` first"):
+        sns.load_grounded(temporal, "test-llm", Budget(1))
+    other = dataclasses.replace(data, train=data.train[::-1].tocsr())  # same split id, other training pairs
+    with pytest.raises(OtherSplitError, match=f"{out}/grounded_per-user-1.parquet was made from another training "
+                                              r"split .*`hnlm sns --dataset ml-100k --llm test-llm --budget "
+                                              r"per-user:1 --split-seed 0`$"):
+        sns.load_grounded(other, "test-llm", Budget(1))
 
 
 def test_quality_counts_invalid_answers(artefacts):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hnlm.data import load_dataset
+from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.semantic import sns
@@ -24,7 +25,7 @@ def test_generate_resume_build_and_load(tmp_path, monkeypatch):
     pairs = pairs[pairs["user"] < 2]
     builder = sns.PromptBuilder(data, context="history")
     backend = make_backend("smollm2-135m", batch_size=2, progress=False)
-    out = sns.sns_dir(data.name, "smollm2-135m", 0)
+    out = sns.sns_dir(data.name, "smollm2-135m", "0")
     first = sns.generate_negatives(data, backend, pairs, builder, out, chunk=2)
     assert first["generated"] == 2
     again = sns.generate_negatives(data, backend, pairs, builder, out, chunk=2)
@@ -51,8 +52,8 @@ def test_generate_resume_build_and_load(tmp_path, monkeypatch):
     for u, pool in zip(grounded["user"], grounded["pool"]):
         assert len(pool) == 5 and not set(pool) & set(data.train_items(int(u)).tolist())
 
-    other_split = load_dataset("ml-100k", seed=1)
-    with pytest.raises(Exception, match="another training split"):
+    other_split = load_dataset("ml-100k", seed=1)  # its own split's folder holds nothing
+    with pytest.raises(MissingInputError, match="split-1/bank_per-user-1.npz is missing"):
         sns.load_bank(other_split, "smollm2-135m", budget)
 
 

@@ -88,7 +88,7 @@ def run_train(args) -> int:
     data = dataset_from_args(args)
     if spec.declaration.family == "llm":
         data.require_item_text(f"method {spec.method}")
-    resources = saved_resources(data, args.llm, args.split_seed, args.sns_budget, args.hnlmrec_run)
+    resources = saved_resources(data, args.llm, args.sns_budget, args.hnlmrec_run)
     sampler, extension = spec.build(data, resources, cfg.seed)
     result = train(data, cfg, extension=extension, sampler=sampler, progress=not args.no_progress)
     result.update({"method": spec.method, "settings": dataclasses.asdict(spec.settings()),

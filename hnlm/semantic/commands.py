@@ -10,7 +10,7 @@ from hnlm.llm.backends import LocalBackend, make_backend
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.semantic import profiles as pf
 from hnlm.semantic import sns
-from hnlm.semantic.common import Budget, select_pairs
+from hnlm.semantic.common import Budget, select_pairs, split_id_of
 
 
 def register(subparsers) -> None:
@@ -80,19 +80,18 @@ def run_sns(args) -> int:
     gen = {}
     if not args.no_generate:
         backend = make_backend(args.llm, **(sampling if args.temperature > 0 else {}))
-        out = sns.sns_dir(data.name, args.llm, args.split_seed)
+        out = sns.sns_dir(data.name, args.llm, split_id_of(data))
         gen = sns.generate_negatives(data, backend, pairs, builder, out, chunk=args.chunk)
         gen["backend"] = backend.identity
     allow_missing = args.allow_missing or args.limit_users is not None
     if args.variant == "pick":
-        built = sns.build_pick_artifacts(data, args.llm, budget, builder, split_seed=args.split_seed,
-                                         pair_seed=args.pair_seed, allow_missing=allow_missing)
+        built = sns.build_pick_artifacts(data, args.llm, budget, builder, pair_seed=args.pair_seed,
+                                         allow_missing=allow_missing)
         print(json.dumps({"folder": built["folder"], "generation": gen, "quality": built["quality"]}, indent=2))
         return 0
-    built = sns.build_artifacts(data, args.llm, budget, get_text_encoder(args.encoder),
-                               split_seed=args.split_seed, pair_seed=args.pair_seed, pool=args.pool,
-                               extra_meta={**builder.describe(), "generation": gen},
-                               allow_missing=allow_missing, context=builder.tag)
+    built = sns.build_artifacts(data, args.llm, budget, get_text_encoder(args.encoder), pair_seed=args.pair_seed,
+                                pool=args.pool, extra_meta={**builder.describe(), "generation": gen},
+                                allow_missing=allow_missing, context=builder.tag)
     print(json.dumps({"folder": built["folder"], "generation": gen, "quality": built["quality"]}, indent=2))
     return 0
 
@@ -105,27 +104,27 @@ def run_profiles(args) -> int:
         backend.batch_size = args.batch_size
     schema = pf.profile_schema(args.summary_tokens or pf.SUMMARY_TOKENS,
                                args.reasoning_tokens or pf.REASONING_TOKENS)
-    all_counts, item_profiles = [], None
+    all_counts, item_profiles, split = [], None, split_id_of(data)
     folder = pf.profiles_dir(args.dataset, args.llm)
     if args.kind in ("both", "item"):
         frame, counts = pf.generate_profiles(data, backend, "item", args.limit, args.split_seed, schema=schema)
-        pf.save_profiles(frame, args.dataset, args.llm, "item", args.split_seed)
+        pf.save_profiles(frame, args.dataset, args.llm, "item", split)
         item_profiles = {int(i): s for i, s, ok in zip(frame["id"], frame["summarization"], frame["ok"]) if ok}
         all_counts.append(counts)
     if args.kind in ("both", "user"):
         if item_profiles is None:
-            path = pf.profiles_path(args.dataset, args.llm, "item", args.split_seed)
+            path = pf.profiles_path(args.dataset, args.llm, "item", split)
             item_profiles = pf.read_profiles(path) if path.exists() else {}
         frame, counts = pf.generate_profiles(data, backend, "user", args.limit, args.split_seed,
                                              item_profiles=item_profiles, schema=schema)
-        pf.save_profiles(frame, args.dataset, args.llm, "user", args.split_seed)
+        pf.save_profiles(frame, args.dataset, args.llm, "user", split)
         all_counts.append(counts)
     for c in all_counts:
         print(f"{c['kind']} profiles: {c['requested']} requested, {c['generated']} generated, "
               f"{c['cached']} cached, {c['failed']} failed, {c['truncated_prompts']} truncated prompts")
     summary = {"dataset": args.dataset, "llm": args.llm, "identity": backend.identity,
                "split_seed": args.split_seed, "counts": all_counts, "folder": str(folder)}
-    (folder / f"counts_split-{args.split_seed}.json").write_text(json.dumps(summary, indent=1))
+    (folder / f"counts_split-{split}.json").write_text(json.dumps(summary, indent=1))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=1)

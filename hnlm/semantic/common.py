@@ -74,6 +74,26 @@ def split_id_of(data) -> str:
     return str(seed) if mode == "random" else f"{seed}-{mode}"
 
 
+def split_options(data) -> str:
+    """The command-line options that select `data`'s split, for the commands that error messages suggest (a
+    published split comes with its files: no option selects it)."""
+    mode = data.stats.get("split_mode", "random")
+    return f"--split-seed {split_seed_of(data)}" + (" --split temporal" if mode == "temporal" else "")
+
+
+class OtherSplitError(UserFacingError):
+    """A frozen file (a cached artefact or a shipped output) was made from another training split."""
+
+
+def check_split(path, made_from: str | None, fingerprint: str, regenerate: str, advice: str = "") -> None:
+    """The one check of a frozen file's training split: `made_from`, the fingerprint the file records, must
+    be `fingerprint` (`train_fingerprint` of the data at hand), else a one-line error naming the file and the
+    command that regenerates it (`advice` adds what else may be done)."""
+    if made_from != fingerprint:
+        raise OtherSplitError(f"{path} was made from another training split (fingerprint {made_from}, this "
+                              f"data's is {fingerprint}); regenerate it with `{regenerate}`{advice}")
+
+
 def safe_name(name: str) -> str:
     """A model spec or LLM name as a folder name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)

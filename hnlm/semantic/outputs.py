@@ -33,7 +33,7 @@ import numpy as np
 from hnlm.errors import UserFacingError
 from hnlm.llm.models import PACKAGED, default_dtype, resolve_device, sha256_of, smollm_gguf
 from hnlm.paths import outputs_root
-from hnlm.semantic.common import safe_name
+from hnlm.semantic.common import check_split, safe_name
 
 FORMAT = 1
 REGENERATE_VAR = "HNLM_REGENERATE"   # set: loaders ignore shipped outputs and make them on this machine
@@ -45,7 +45,7 @@ STAGE_OF = {"profiles-item": "profiles", "profiles-user": "profiles", "sns-negat
 
 
 class ShippedOutputError(UserFacingError):
-    """A shipped output is damaged or was made from another training split."""
+    """A shipped output is damaged (one made from another training split raises common.OtherSplitError)."""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -231,10 +231,15 @@ class Shipped:
         return f"shipped {self.path} ({n} records, made with {describe(self.made_with)})"
 
 
+def other_ways(path: Path, manifest: dict) -> str:
+    """What the error about a shipped output says besides its regenerating command."""
+    return (f" (on a GPU: minutes), or delete {path.parent / (manifest['slot'] + '.manifest.json')} to use or "
+            f"rebuild artifacts/ instead")
+
+
 def damaged(path: Path, manifest: dict, what: str) -> ShippedOutputError:
-    return ShippedOutputError(f"shipped output {path} {what}; regenerate it with `{regenerate_command(manifest)}` "
-                              f"(on a GPU: minutes), or delete {path.parent / (manifest['slot'] + '.manifest.json')} "
-                              f"to use or rebuild artifacts/ instead")
+    return ShippedOutputError(f"shipped output {path} {what}; regenerate it with `{regenerate_command(manifest)}`"
+                              + other_ways(path, manifest))
 
 
 def read_manifest(mpath: Path) -> dict:
@@ -333,17 +338,16 @@ def lookup(kind: str, dataset: str, llm: str, slot: str, key: dict, prompts: dic
            id_fields: tuple[str, ...] = ("id",), root: Path | None = None) -> Lookup:
     """The shipped output of `slot` if its key equals `key` (by content; the dtype it was made with is only
     reported) and, for generations, every record id in `prompts` ({id tuple: prompt_sha}) is shipped with that
-    prompt hash; then `rows` holds those records in the order of `prompts`. Damaged files and other training
-    splits raise ShippedOutputError."""
+    prompt hash; then `rows` holds those records in the order of `prompts`. Damaged files raise
+    ShippedOutputError, files of another training split common.OtherSplitError."""
     none = not_shipped(kind, dataset, llm, slot, root)
     if none is not None:
         return none
     shipped = find(kind, dataset, llm, slot, root)
     stored = shipped.manifest["key"]
-    if "split" in key and stored.get("split") != key["split"]:
-        raise damaged(shipped.path, shipped.manifest,
-                      f"was made from another training split (fingerprint {stored.get('split')}, this data's is "
-                      f"{key['split']})")
+    if "split" in key:
+        check_split(f"shipped output {shipped.path}", stored.get("split"), key["split"],
+                    regenerate_command(shipped.manifest), other_ways(shipped.path, shipped.manifest))
     diff = key_differences(stored, key)
     if diff:
         return Lookup(None, f"shipped {shipped.path.name} does not fit: {'; '.join(diff)}")

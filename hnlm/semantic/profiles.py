@@ -10,9 +10,11 @@ own training reviews of the listed items. Valid/test interactions never reach a 
 
 Summaries are capped at SUMMARY_WORDS words (checked after parsing); token budgets per field keep the
 full ml-100k run feasible on a 2-core CPU (see bench/README.md). Files, under
-artifacts/<dataset>/profiles/<llm>/: items_split-<seed>.jsonl and users_split-<seed>.jsonl (one row per
-item/user: id, ok, summarization, reasoning, reason) and counts_split-<seed>.json. Profiles shipped with the
-repository (outputs/, hnlm.semantic.outputs) are used first when their prompts match these prompts exactly.
+artifacts/<dataset>/profiles/<llm>/: items_split-<split id>.jsonl and users_split-<split id>.jsonl (one row
+per item/user: id, ok, summarization, reasoning, reason) and counts_split-<split id>.json, where the split id
+(`split_id_of`) is the seed, and the kind unless random. These files record no training-split fingerprint: the
+split id in their names is what keeps another split's profiles out. Profiles shipped with the repository
+(outputs/, hnlm.semantic.outputs) are used first when their prompts match these prompts exactly.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ from hnlm.llm.backends import make_backend
 from hnlm.llm.structured import field_budgets
 from hnlm.paths import artifacts_dir
 from hnlm.semantic import outputs
-from hnlm.semantic.common import cut_words, domain_of, safe_name, split_seed_of, title_of, train_fingerprint
+from hnlm.semantic.common import (
+    cut_words,
+    domain_of,
+    safe_name,
+    split_id_of,
+    split_options,
+    split_seed_of,
+    title_of,
+    train_fingerprint,
+)
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 SUMMARY_WORDS = 100
@@ -172,14 +183,19 @@ def profiles_dir(dataset: str, llm: str) -> Path:
     return artifacts_dir(dataset, "profiles", safe_name(llm))
 
 
-def profiles_path(dataset: str, llm: str, kind: str, split_seed: int) -> Path:
-    """The one place that names a profile file (`kind` "item" or "user")."""
-    return profiles_dir(dataset, llm) / f"{kind}s_split-{split_seed}.jsonl"
+def profiles_path(dataset: str, llm: str, kind: str, split_id: str) -> Path:
+    """The one place that names a profile file (`kind` "item" or "user"; `split_id` from `split_id_of`)."""
+    return profiles_dir(dataset, llm) / f"{kind}s_split-{split_id}.jsonl"
 
 
-def save_profiles(frame: pd.DataFrame, dataset: str, llm: str, kind: str, split_seed: int) -> Path:
+def profiles_slot(split_id: str) -> str:
+    """The slot of shipped profiles (hnlm.semantic.outputs) of the split `split_id` (from `split_id_of`)."""
+    return f"split-{split_id}"
+
+
+def save_profiles(frame: pd.DataFrame, dataset: str, llm: str, kind: str, split_id: str) -> Path:
     """Merge `frame` by id into the saved profiles (its rows win), so a limited run never loses any."""
-    path = profiles_path(dataset, llm, kind, split_seed)
+    path = profiles_path(dataset, llm, kind, split_id)
     if path.exists():
         old = pd.read_json(path, lines=True)
         if len(old):
@@ -198,14 +214,15 @@ def read_profiles(path: Path) -> dict[int, str]:
     return {int(i): str(s) for i, s in zip(ok["id"], ok["summarization"])}
 
 
-def load_profiles(dataset: str, llm: str, split_seed: int) -> tuple[dict[int, str], dict[int, str]]:
-    """(item_profiles, user_profiles): summaries of the valid profiles by integer id (failures absent)."""
+def load_profiles(data, llm: str) -> tuple[dict[int, str], dict[int, str]]:
+    """(item_profiles, user_profiles) saved for `data`'s split: summaries of the valid profiles by integer id
+    (failures absent)."""
     out = []
     for kind in ("item", "user"):
-        path = profiles_path(dataset, llm, kind, split_seed)
+        path = profiles_path(data.name, llm, kind, split_id_of(data))
         if not path.exists():
-            raise MissingInputError(f"no {kind} profiles at {path}; run: hnlm profiles --dataset {dataset} "
-                                    f"--llm {llm} --split-seed {split_seed}")
+            raise MissingInputError(f"no {kind} profiles at {path}; run: hnlm profiles --dataset {data.name} "
+                                    f"--llm {llm} {split_options(data)}")
         out.append(read_profiles(path))
     return out[0], out[1]
 
@@ -215,11 +232,10 @@ def profiles_of(data, llm: str | None) -> tuple[dict[int, str], dict[int, str]]:
     this split's held-out items)."""
     if llm is None:
         raise UserFacingError("user/item profiles need the LLM that wrote them (--profiles-llm)")
-    split_seed = split_seed_of(data)
-    found = shipped_profiles(data, llm, split_seed)
+    found = shipped_profiles(data, llm, split_seed_of(data))
     if not isinstance(found, outputs.Lookup):
         return found
-    items, users = load_profiles(data.name, llm, split_seed)
+    items, users = load_profiles(data, llm)
     outputs.report("profiles", f"cached {profiles_dir(data.name, llm)} ({found.reason})")
     return items, users
 
@@ -245,10 +261,11 @@ def prompt_hashes(data, kind: str, ids, split_seed: int, item_profiles: dict[int
 
 def lookup_shipped(data, backend, llm: str, kind: str, ids, split_seed: int,
                    item_profiles: dict[int, str] | None = None) -> outputs.Lookup:
-    none = outputs.not_shipped(f"profiles-{kind}", data.name, llm, f"split-{split_seed}")
+    slot = profiles_slot(split_id_of(data))
+    none = outputs.not_shipped(f"profiles-{kind}", data.name, llm, slot)
     if none is not None:
         return none
-    return outputs.lookup(f"profiles-{kind}", data.name, llm, f"split-{split_seed}",
+    return outputs.lookup(f"profiles-{kind}", data.name, llm, slot,
                           shipped_key(data, backend, kind, split_seed),
                           prompt_hashes(data, kind, ids, split_seed, item_profiles))
 
@@ -276,7 +293,7 @@ def study_profiles(data, backend, llm: str, kind: str, limit: int | None, split_
                   "made_with": found.shipped.made_with}
         return frame, counts, summaries(found.shipped.rows())
     frame, counts = generate_profiles(data, backend, kind, limit, split_seed, item_profiles=item_profiles)
-    path = save_profiles(frame, data.name, llm, kind, split_seed)
+    path = save_profiles(frame, data.name, llm, kind, split_id_of(data))
     outputs.report(f"profiles-{kind}", f"{counts['cached']} cached in the LLM cache, generated "
                                        f"{counts['generated']} ({found.reason}); saved to {path}")
     return frame, {**counts, "shipped": 0}, read_profiles(path)
@@ -284,7 +301,7 @@ def study_profiles(data, backend, llm: str, kind: str, limit: int | None, split_
 
 def shipped_profiles(data, llm: str, split_seed: int) -> tuple[dict, dict] | outputs.Lookup:
     """(item, user) summaries from complete shipped profile files whose prompts match, else the miss."""
-    none = outputs.not_shipped("profiles-item", data.name, llm, f"split-{split_seed}")
+    none = outputs.not_shipped("profiles-item", data.name, llm, profiles_slot(split_id_of(data)))
     if none is not None:
         return none
     backend = make_backend(llm, progress=False)

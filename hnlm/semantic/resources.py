@@ -131,14 +131,13 @@ def provide_teachers(res: Resources, data) -> Resources:
     return res
 
 
-def saved_resources(data, llm: str, split_seed: int = 0, sns_budget: str = "per-user:1",
-                    hnlmrec_run: str | None = None) -> Resources:
-    """Loaders for the artefacts that `hnlm sns`, `hnlm profiles` and `hnlm finetune` saved for `llm`, and for
-    the CF teachers (trained and cached on first use)."""
+def saved_resources(data, llm: str, sns_budget: str = "per-user:1", hnlmrec_run: str | None = None) -> Resources:
+    """Loaders for the artefacts that `hnlm sns`, `hnlm profiles` and `hnlm finetune` saved for `llm` on `data`'s
+    split, and for the CF teachers (trained and cached on first use)."""
     budget = Budget.parse(sns_budget)
     res = Resources()
-    res.provide("sns_bank", loader=lambda: sns.load_bank(data, llm, budget, split_seed))
-    res.provide("sns_grounded", loader=lambda: sns.load_grounded(data, llm, budget, split_seed))
+    res.provide("sns_bank", loader=lambda: sns.load_bank(data, llm, budget))
+    res.provide("sns_grounded", loader=lambda: sns.load_grounded(data, llm, budget))
     for source in ("profiles", "metadata"):
         res.provide(f"rlmrec_text:{source}",
                     loader=lambda s=source: text_embeddings(data, s, get_text_encoder("minilm"), llm))
@@ -146,5 +145,5 @@ def saved_resources(data, llm: str, split_seed: int = 0, sns_budget: str = "per-
     for signal in ("text", "soft"):
         res.provide(f"hnlmrec_bank:{signal}",
                     loader=lambda s=signal: load_bank(data, llm, s, run.finetune.budget, run.infer_budget,
-                                                      split_seed, run=hnlmrec_run))
+                                                      run=hnlmrec_run))
     return provide_teachers(res, data)

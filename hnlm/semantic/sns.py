@@ -9,12 +9,13 @@ records made with other settings or another prompt are never reused. Each text i
 and stored by (user, item); the grounded variant maps it to the nearest real catalogue item that is not in
 the user's training history. Quality measures are written next to the artefacts.
 
-Artefacts, under artifacts/<dataset>/sns/<llm>/split-<seed>/:
+Artefacts, under artifacts/<dataset>/sns/<llm>/split-<split id>/ (`split_id_of`: the seed, and the kind unless
+random):
   negatives.jsonl        every generated pair (append-only; a rerun only generates missing pairs)
   bank_<budget>.npz      users, items, emb (text embeddings of the valid negatives of that budget)
   grounded_<budget>.parquet  user, item, nearest catalogue item (train items excluded), its similarity, pool
   quality_<budget>.json  valid-JSON rate, train-item / held-out (false hard negative) shares, similarities
-  meta_<budget>.json     budget, LLM / encoder identity, prompt context, train fingerprint
+  meta_<budget>.json     budget, LLM / encoder identity, prompt context, train fingerprint (checked on loading)
 
 Only training interactions reach prompts and candidate pools; held-out items are read for the quality
 measures alone. Items without a module-1 profile are described by their genres; such pairs are counted.
@@ -40,11 +41,15 @@ from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import (
     Budget,
+    check_split,
     domain_of,
     history_context,
     item_context,
     safe_name,
     select_pairs,
+    split_id_of,
+    split_options,
+    split_seed_of,
     title_of,
     train_fingerprint,
 )
@@ -155,8 +160,9 @@ class PromptBuilder:
 
 # ---------------------------------------------------------------- generation (cached, resumable)
 
-def sns_dir(dataset: str, llm: str, split_seed: int) -> Path:
-    return artifacts_dir(dataset, "sns", safe_name(llm), f"split-{split_seed}")
+def sns_dir(dataset: str, llm: str, split_id: str) -> Path:
+    """The folder of one LLM's SNS artefacts on the split `split_id` (from `split_id_of`)."""
+    return artifacts_dir(dataset, "sns", safe_name(llm), f"split-{split_id}")
 
 
 def read_negatives(path: Path, context: str | None = None, cols: list[str] = RECORD_COLUMNS) -> pd.DataFrame:
@@ -324,8 +330,8 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray,
     }
 
 
-def generated_records(data, llm: str, budget: Budget, split_seed: int, pair_seed: int, records: pd.DataFrame,
-                      allow_missing: bool, command: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def generated_records(data, llm: str, budget: Budget, pair_seed: int, records: pd.DataFrame, allow_missing: bool,
+                      command: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(every generated record of the budget's pairs, the valid ones, pairs never generated). Missing pairs
     (an interrupted run) are an error unless allowed, and are counted apart from invalid answers."""
     pairs = select_pairs(data, budget, pair_seed)
@@ -333,20 +339,20 @@ def generated_records(data, llm: str, budget: Budget, split_seed: int, pair_seed
     missing = int(rec["ok"].isna().sum())
     if missing and not allow_missing:
         raise MissingInputError(f"{missing} of {len(rec)} pairs of budget {budget.spec} have no generated output "
-                                f"in {sns_dir(data.name, llm, split_seed)}: run `{command} --budget {budget.spec}` "
-                                f"first (or build from what exists with --allow-missing)")
+                                f"in {sns_dir(data.name, llm, split_id_of(data))}: run `{command} --budget "
+                                f"{budget.spec} {split_options(data)}` first (or build from what exists with "
+                                f"--allow-missing)")
     rec = rec[rec["ok"].notna()].reset_index(drop=True)
     return rec, rec[rec["ok"].astype(bool)].reset_index(drop=True), missing
 
 
-def build_artifacts(data, llm: str, budget: Budget, encoder, split_seed: int = 0, pair_seed: int = 0,
-                    pool: int = 20, extra_meta: dict | None = None, allow_missing: bool = False,
-                    context: str | None = None) -> dict:
+def build_artifacts(data, llm: str, budget: Budget, encoder, pair_seed: int = 0, pool: int = 20,
+                    extra_meta: dict | None = None, allow_missing: bool = False, context: str | None = None) -> dict:
     """Embed, ground and measure the negatives of a budget; write bank / grounded / quality / meta."""
-    out = sns_dir(data.name, llm, split_seed)
+    out = sns_dir(data.name, llm, split_id_of(data))
     pairs = select_pairs(data, budget, pair_seed)
-    rec, ok, missing = generated_records(data, llm, budget, split_seed, pair_seed,
-                                         read_negatives(out / "negatives.jsonl", context), allow_missing, "hnlm sns")
+    rec, ok, missing = generated_records(data, llm, budget, pair_seed, read_negatives(out / "negatives.jsonl", context),
+                                         allow_missing, "hnlm sns")
     neg_emb = encoder.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, encoder.dim), np.float32)
     item_emb = item_embeddings(data, encoder)
     nearest, sim, top, nearest_any = ground(neg_emb, ok["user"].to_numpy(int), item_emb, data, pool)
@@ -363,7 +369,7 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, split_seed: int = 0
                   "nearest": nearest.astype(int), "similarity": sim.astype(float),
                   "pool": [list(map(int, p)) for p in top]}).to_parquet(out / f"grounded_{tag}.parquet")
     meta = {"dataset": data.name, "llm": llm, "budget": budget.spec, "pair_seed": pair_seed,
-            "split_seed": split_seed, "train_fingerprint": train_fingerprint(data),
+            "split_seed": split_seed_of(data), "train_fingerprint": train_fingerprint(data),
             "encoder": getattr(encoder, "identity", type(encoder).__name__), "grounding_pool": pool,
             **(extra_meta or {})}
     (out / f"quality_{tag}.json").write_text(json.dumps(q, indent=2))
@@ -373,39 +379,38 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, split_seed: int = 0
 
 # ---------------------------------------------------------------- loading for training
 
-def _artifact(data, llm: str, budget: Budget, split_seed: int, name: str) -> Path:
-    out = sns_dir(data.name, llm, split_seed)
+def _artifact(data, llm: str, budget: Budget, name: str) -> Path:
+    """An artefact of `data`'s split, checked against its training split (the fingerprint in meta_<budget>)."""
+    out = sns_dir(data.name, llm, split_id_of(data))
     path = out / name.format(tag=budget.tag)
+    command = f"hnlm sns --dataset {data.name} --llm {llm} --budget {budget.spec} {split_options(data)}"
     if not path.exists():
-        raise MissingInputError(f"{path} is missing: run `hnlm sns --dataset {data.name} --llm {llm} "
-                                f"--budget {budget.spec}` first")
+        raise MissingInputError(f"{path} is missing: run `{command}` first")
     meta = json.loads((out / f"meta_{budget.tag}.json").read_text())
-    if meta["train_fingerprint"] != train_fingerprint(data):
-        raise UserFacingError(f"{out} was built for another training split (fingerprint "
-                              f"{meta['train_fingerprint']}); regenerate it for this split")
+    check_split(path, meta["train_fingerprint"], train_fingerprint(data), command)
     return path
 
 
-def load_meta(data, llm: str, budget: Budget, split_seed: int = 0) -> dict:
-    _artifact(data, llm, budget, split_seed, "bank_{tag}.npz")
-    out = sns_dir(data.name, llm, split_seed)
+def load_meta(data, llm: str, budget: Budget) -> dict:
+    _artifact(data, llm, budget, "bank_{tag}.npz")
+    out = sns_dir(data.name, llm, split_id_of(data))
     meta = json.loads((out / f"meta_{budget.tag}.json").read_text())
     meta["quality"] = json.loads((out / f"quality_{budget.tag}.json").read_text())
     return meta
 
 
-def load_bank(data, llm: str, budget: Budget, split_seed: int = 0) -> NegativeBank:
+def load_bank(data, llm: str, budget: Budget) -> NegativeBank:
     """The text-embedding bank of a budget, for `AlignmentExtension`."""
-    z = np.load(_artifact(data, llm, budget, split_seed, "bank_{tag}.npz"))
-    meta = load_meta(data, llm, budget, split_seed)
+    z = np.load(_artifact(data, llm, budget, "bank_{tag}.npz"))
+    meta = load_meta(data, llm, budget)
     q = meta.pop("quality")
     return NegativeBank(z["emb"], z["users"], z["items"], source=f"sns:{llm}:{budget.spec}",
                         meta={"budget": budget.spec, "llm": llm, "encoder": meta["encoder"],
                               "valid_json_rate": q["valid_json_rate"], "context": meta.get("context")})
 
 
-def load_grounded(data, llm: str, budget: Budget, split_seed: int = 0) -> pd.DataFrame:
-    return pd.read_parquet(_artifact(data, llm, budget, split_seed, "grounded_{tag}.parquet"))
+def load_grounded(data, llm: str, budget: Budget) -> pd.DataFrame:
+    return pd.read_parquet(_artifact(data, llm, budget, "grounded_{tag}.parquet"))
 
 
 # ---------------------------------------------------------------- candidate-list variant
@@ -498,12 +503,12 @@ def pick_quality(data, rec: pd.DataFrame, seed: int = 0) -> tuple[dict, list[lis
             "control_distinct_negative_share": len(set(flat_ctrl)) / n}, control
 
 
-def build_pick_artifacts(data, llm: str, budget: Budget, builder: PickPromptBuilder, split_seed: int = 0,
-                         pair_seed: int = 0, allow_missing: bool = False) -> dict:
+def build_pick_artifacts(data, llm: str, budget: Budget, builder: PickPromptBuilder, pair_seed: int = 0,
+                         allow_missing: bool = False) -> dict:
     """picks_<budget>.parquet (user, item, candidates, picked, control) and quality_pick_<budget>.json."""
-    out = sns_dir(data.name, llm, split_seed)
+    out = sns_dir(data.name, llm, split_id_of(data))
     pairs = select_pairs(data, budget, pair_seed)
-    rec, ok, missing = generated_records(data, llm, budget, split_seed, pair_seed,
+    rec, ok, missing = generated_records(data, llm, budget, pair_seed,
                                          read_negatives(out / builder.records_file, builder.tag, PICK_COLUMNS),
                                          allow_missing, "hnlm sns --variant pick")
     q, control = pick_quality(data, ok, seed=pair_seed)

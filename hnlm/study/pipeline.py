@@ -23,7 +23,7 @@ from hnlm.methods import variant
 from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget, select_pairs
+from hnlm.semantic.common import Budget, select_pairs, split_id_of
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, load_bank, run_finetune
 from hnlm.semantic.hnlmrec.transfer import source_run, transfer_bank
@@ -58,12 +58,12 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
 
     budget = Budget.parse("per-user:1")
     pairs, builder, gen = generate_study_sns(data, llm, limit_users, split_seed, pair_seed, chunk, context)
-    folder = sns.sns_dir(data.name, llm, split_seed)
+    folder = sns.sns_dir(data.name, llm, split_id_of(data))
     enc = get_text_encoder(encoder)
     if limit_users is None and official:  # the complete budget: module 2's official artefacts
-        built = sns.build_artifacts(data, llm, budget, enc, split_seed, pair_seed, pool, context=builder.tag,
+        built = sns.build_artifacts(data, llm, budget, enc, pair_seed, pool, context=builder.tag,
                                     extra_meta={**builder.describe(), "generation": gen})
-        bank, grounded = sns.load_bank(data, llm, budget, split_seed), sns.load_grounded(data, llm, budget, split_seed)
+        bank, grounded = sns.load_bank(data, llm, budget), sns.load_grounded(data, llm, budget)
         quality = built["quality"]
         records = pairs.merge(sns.read_negatives(folder / "negatives.jsonl", builder.tag),
                               on=["user", "item"])
@@ -98,7 +98,7 @@ def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int 
         pairs = pairs[pairs["user"] < limit_users]
     builder = sns.PromptBuilder(data, context, llm, seed=pair_seed)
     backend = make_backend(llm)
-    folder = sns.sns_dir(data.name, llm, split_seed)
+    folder = sns.sns_dir(data.name, llm, split_id_of(data))
     found = shipped.lookup_sns(data, backend, llm, builder, pairs, split_seed)
     if found.shipped is not None:
         copied = shipped.copy_into_cache(found.rows, folder, builder.tag)
@@ -231,11 +231,11 @@ def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) 
         summary = {**found.shipped.manifest["summary"], "folder": str(found.shipped.path.parent),
                    "bank": str(found.shipped.path), "shipped": True}
         return summary, bank
-    summary = run_finetune(data, cfg, split_seed)
+    summary = run_finetune(data, cfg)
     outputs.report(stage, f"{'cached' if summary.get('finetune_reused') else 'fine-tuned'} in {summary['folder']} "
                           f"({found.reason})")
-    bank = load_bank(data, llm, signal, cfg.finetune.budget, cfg.infer_budget, split_seed,
-                     run=Path(summary["folder"]).name, infer_users=cfg.infer_users)
+    bank = load_bank(data, llm, signal, cfg.finetune.budget, cfg.infer_budget, run=Path(summary["folder"]).name,
+                     infer_users=cfg.infer_users)
     return {**summary, "loss_history": loss_history(summary["folder"]), "shipped": False}, bank
 
 
@@ -257,12 +257,12 @@ def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed
         return {**found.shipped.manifest["summary"], "finetuned_here": False, "bank_rows": len(bank),
                 "shipped": True}, bank
     try:
-        source_run(source.name, cfg, split_seed)
+        source_run(source.name, cfg, split_id_of(target))  # the source run transfer_bank reads
         finetuned_here = False
     except MissingInputError:
-        run_finetune(source, cfg, split_seed)
+        run_finetune(source, cfg)
         finetuned_here = True
-    bank, summary = transfer_bank(target, source.name, target_cfg, teacher, split_seed)
+    bank, summary = transfer_bank(target, source.name, target_cfg, teacher)
     outputs.report(stage, f"embedded in {summary['folder']} ({found.reason})")
     return {**summary, "finetuned_here": finetuned_here, "bank_rows": len(bank), "shipped": False}, bank
 

@@ -21,7 +21,7 @@ from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
 from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
-from hnlm.semantic.common import Budget, select_pairs
+from hnlm.semantic.common import Budget, select_pairs, split_id_of
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, load_base
 from hnlm.semantic.hnlmrec.infer import emit
 from hnlm.semantic.hnlmrec.model import QueryEncoder
@@ -68,7 +68,7 @@ def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Pat
 
 def publish_profiles(data, llm, profile, seed, info, root) -> list[str]:
     backend = make_backend(llm, progress=False)
-    lines, item_profiles = [], None
+    lines, item_profiles, split_id = [], None, split_id_of(data)
     for kind in ("item", "user"):
         n = data.n_items if kind == "item" else data.n_users
         found = pf.lookup_shipped(data, backend, llm, kind, range(n), seed, item_profiles)
@@ -76,7 +76,7 @@ def publish_profiles(data, llm, profile, seed, info, root) -> list[str]:
             item_profiles = pf.summaries(found.rows) if kind == "item" else item_profiles
             lines.append(f"profiles-{kind}: already {found.shipped.line()}")
             continue
-        path = pf.profiles_path(data.name, llm, kind, seed)
+        path = pf.profiles_path(data.name, llm, kind, split_id)
         frame = pd.read_json(path, lines=True) if path.exists() else pd.DataFrame(columns=["id"])
         if set(frame["id"].astype(int)) != set(range(n)):
             raise incomplete(f"{path} holds {len(frame)} of {n} {kind} profiles", profile, data.name, llm, "profiles")
@@ -85,7 +85,7 @@ def publish_profiles(data, llm, profile, seed, info, root) -> list[str]:
         rows = [{"id": int(r.id), "ok": bool(r.ok), "summarization": r.summarization, "reasoning": r.reasoning,
                  "reason": r.reason, "raw": None if r.ok else r.raw, "prompt_truncated": bool(r.prompt_truncated),
                  "prompt_sha": shas[(int(r.id),)]} for r in frame.itertuples()]
-        mpath = outputs.publish_records(f"profiles-{kind}", data.name, llm, f"split-{seed}", rows,
+        mpath = outputs.publish_records(f"profiles-{kind}", data.name, llm, pf.profiles_slot(split_id), rows,
                                         pf.shipped_key(data, backend, kind, seed), info,
                                         {"profile": profile, "split_seed": seed}, root)
         lines.append(f"profiles-{kind}: {len(rows)} records -> {mpath}")
@@ -104,7 +104,7 @@ def publish_sns(data, llm, profile, conf, info, root) -> str:
     found = shipped.lookup_sns(data, backend, llm, builder, pairs, conf["split_seed"])
     if found.shipped is not None:
         return f"sns-negatives: already {found.shipped.line()}"
-    folder = sns.sns_dir(data.name, llm, conf["split_seed"])
+    folder = sns.sns_dir(data.name, llm, split_id_of(data))
     done = pairs.merge(sns.read_negatives(folder / "negatives.jsonl", builder.tag), on=["user", "item"])
     if len(done) != len(pairs):
         raise incomplete(f"{folder / 'negatives.jsonl'} holds {len(done)} of {len(pairs)} pairs", profile, data.name,
@@ -112,7 +112,7 @@ def publish_sns(data, llm, profile, conf, info, root) -> str:
     shas = shipped.sns_prompt_hashes(builder, pairs)
     rows = [{"user": int(r.user), "item": int(r.item), **{f: _plain(getattr(r, f)) for f in shipped.NEGATIVE_FIELDS},
              "prompt_sha": shas[(int(r.user), int(r.item))]} for r in done.itertuples()]
-    mpath = outputs.publish_records("sns-negatives", data.name, llm, shipped.sns_slot(builder, conf["split_seed"]),
+    mpath = outputs.publish_records("sns-negatives", data.name, llm, shipped.sns_slot(builder, split_id_of(data)),
                                     rows, shipped.sns_key(data, backend, builder, conf["split_seed"]), info,
                                     {"profile": profile, "split_seed": conf["split_seed"]}, root)
     return f"sns-negatives: {len(rows)} records -> {mpath}"
@@ -137,12 +137,13 @@ def publish_hnlmrec(data, llm, signal, conf, profile, seed, info, root) -> str:
     found = shipped.lookup_hnlmrec(data, cfg, seed)
     if found.shipped is not None:
         return f"hnlmrec-bank {signal}: already {found.shipped.line()}"
-    folder = run_folder(data.name, cfg, seed)
+    split_id = split_id_of(data)
+    folder = run_folder(data.name, cfg, split_id)
     bank_meta, (users, items, emb) = _bank_files(folder, bank_tag(cfg.infer_budget, cfg.infer_users),
                                                  f"{signal} fine-tuning run", profile, data.name, llm, "hnlmrec")
     summary = {**json.loads((folder / "summary.json").read_text()), "loss_history": loss_history(folder),
                "run": folder.name}
-    mpath = outputs.publish_vectors("hnlmrec-bank", data.name, llm, shipped.hnlmrec_slot(cfg, seed), users, items,
+    mpath = outputs.publish_vectors("hnlmrec-bank", data.name, llm, shipped.hnlmrec_slot(cfg, split_id), users, items,
                                     emb, shipped.hnlmrec_key(data, cfg, seed), info,
                                     {"profile": profile, "split_seed": seed, "summary": summary,
                                      "bank_meta": {**bank_meta, "run": folder.name}}, root)
@@ -156,14 +157,15 @@ def publish_transfer(source, target, llm, signal, conf, profile, seed, info, roo
     found = shipped.lookup_transfer(source, target, target_cfg, teacher, seed)
     if found.shipped is not None:
         return f"transfer-bank {signal}: already {found.shipped.line()}"
-    src = run_folder(source.name, cfg, seed)
-    folder = transfer_dir(target.name, source.name, src, seed)
+    split_id = split_id_of(target)  # transfer_bank's source run and folder
+    src = run_folder(source.name, cfg, split_id)
+    folder = transfer_dir(target.name, source.name, src, split_id)
     bank_meta, (users, items, emb) = _bank_files(folder, bank_tag(target_cfg.infer_budget, target_cfg.infer_users),
                                                  f"transfer to {target.name}", profile, source.name, llm, "transfer")
     summary = {"source": source.name, "target": target.name, "source_run": str(src), "folder": str(folder),
                "queries": len(users), "users_embedded": int(len(np.unique(users))), "users": target.n_users,
                "teacher": Teacher.load(folder / "teacher.npz").meta, "timings": {}}
-    slot = shipped.transfer_slot(source.name, target_cfg, seed)
+    slot = shipped.transfer_slot(source.name, target_cfg, split_id)
     key = shipped.transfer_key(source, target, target_cfg, teacher, seed)
     mpath = outputs.publish_vectors("transfer-bank", target.name, llm, slot, users, items, emb, key,
                                     info, {"profile": profile, "split_seed": seed, "source_dataset": source.name,
@@ -283,22 +285,23 @@ def verify_vectors(entry: outputs.Shipped, sample: int, seed: int, root) -> dict
     """Re-embed sampled query pairs with the run's LoRA adapter (kept in artifacts/, never shipped)."""
     m = entry.manifest
     cfg = run_config(m["key"]["settings"])
-    split_seed = m["key"]["split_seed"]
+    data, _ = _data_of(entry)
+    split_id = split_id_of(data)  # a transfer target's, as transfer_bank names its source run
     source = m.get("source_dataset", m["dataset"])
-    adapter = run_folder(source, cfg, split_seed) / "final"
+    adapter = run_folder(source, cfg, split_id) / "final"
     if m["kind"] == "transfer-bank":
-        teacher_path = transfer_dir(m["dataset"], source, adapter.parent, split_seed) / "teacher.npz"
+        teacher_path = transfer_dir(m["dataset"], source, adapter.parent, split_id) / "teacher.npz"
     else:
         teacher_path = adapter.parent / "teacher.npz"
     if not (adapter / "hnlmrec_config.json").exists() or not teacher_path.exists():
         summary = (f"not re-embedded: the LoRA adapter {adapter} or the teacher {teacher_path} is absent here "
                    f"(adapters are not shipped); make them with `{outputs.regenerate_command(m)}` to compare vectors")
         return {"sampled": 0, "regenerated": 0, "summary": summary}
-    return reembed(entry, cfg, adapter, Teacher.load(teacher_path), sample, seed)
+    return reembed(entry, data, cfg, adapter, Teacher.load(teacher_path), sample, seed)
 
 
-def reembed(entry: outputs.Shipped, cfg: RunConfig, adapter: Path, teacher: Teacher, sample: int, seed: int) -> dict:
-    data, _ = _data_of(entry)
+def reembed(entry: outputs.Shipped, data, cfg: RunConfig, adapter: Path, teacher: Teacher, sample: int,
+            seed: int) -> dict:
     a = entry.arrays()
     rows = _sample(len(a["emb"]), sample, seed)
     lm, tok = load_base(cfg.finetune)

@@ -4,6 +4,7 @@ SNS negatives, module 4 emitted-vector banks, and their transfer to another data
 SNS negatives are keyed by their prompts (one hash per (user, item) record), schema, decoding budgets and
 template; vector banks by the fine-tuning run's settings (what `settings_key` hashes), the embedding pass,
 the query template and the training splits, because their inputs (teacher rankings) are made inside the run.
+Slots end in "split-<split id>" (`split_id_of`: the seed, and the kind unless random), as artefact folders do.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hnlm.llm.models import model_identity
 from hnlm.llm.structured import field_budgets
 from hnlm.semantic import outputs, sns
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget, domain_of, safe_name, train_fingerprint
+from hnlm.semantic.common import Budget, domain_of, safe_name, split_id_of, train_fingerprint
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag
 from hnlm.semantic.hnlmrec.queries import PROMPT_DIR as QUERY_PROMPT_DIR
 
@@ -30,8 +31,8 @@ def weights_identity(llm: str) -> str:
 
 # ------------------------------------------------------------------------------------------ SNS negatives
 
-def sns_slot(builder, split_seed: int) -> str:
-    return f"{safe_name(builder.tag)}_split-{split_seed}"
+def sns_slot(builder, split_id: str) -> str:
+    return f"{safe_name(builder.tag)}_split-{split_id}"
 
 
 def sns_key(data, backend, builder, split_seed: int) -> dict:
@@ -51,10 +52,11 @@ def sns_prompt_hashes(builder, pairs) -> dict:
 
 
 def lookup_sns(data, backend, llm: str, builder, pairs, split_seed: int) -> outputs.Lookup:
-    none = outputs.not_shipped("sns-negatives", data.name, llm, sns_slot(builder, split_seed))
+    slot = sns_slot(builder, split_id_of(data))
+    none = outputs.not_shipped("sns-negatives", data.name, llm, slot)
     if none is not None:
         return none
-    return outputs.lookup("sns-negatives", data.name, llm, sns_slot(builder, split_seed),
+    return outputs.lookup("sns-negatives", data.name, llm, slot,
                           sns_key(data, backend, builder, split_seed), sns_prompt_hashes(builder, pairs),
                           id_fields=("user", "item"))
 
@@ -91,10 +93,10 @@ def query_template(dataset: str) -> Path:
     return path if path.exists() else QUERY_PROMPT_DIR / "hnlmrec_item.txt"
 
 
-def hnlmrec_slot(cfg: RunConfig, split_seed: int) -> str:
+def hnlmrec_slot(cfg: RunConfig, split_id: str) -> str:
     ft = cfg.finetune
     bank = bank_tag(cfg.infer_budget, cfg.infer_users)
-    return f"{ft.cf_signal}_{Budget.parse(ft.budget).tag}_{bank}_split-{split_seed}"
+    return f"{ft.cf_signal}_{Budget.parse(ft.budget).tag}_{bank}_split-{split_id}"
 
 
 def hnlmrec_key(data, cfg: RunConfig, split_seed: int) -> dict:
@@ -104,8 +106,8 @@ def hnlmrec_key(data, cfg: RunConfig, split_seed: int) -> dict:
             "split": train_fingerprint(data), "split_seed": split_seed}
 
 
-def transfer_slot(source: str, cfg: RunConfig, split_seed: int) -> str:
-    return f"from-{source}_{hnlmrec_slot(cfg, split_seed)}"
+def transfer_slot(source: str, cfg: RunConfig, split_id: str) -> str:
+    return f"from-{source}_{hnlmrec_slot(cfg, split_id)}"
 
 
 def transfer_key(source, target, cfg: RunConfig, teacher: TeacherConfig, split_seed: int) -> dict:
@@ -125,13 +127,13 @@ def shipped_bank(found: outputs.Shipped, source: str, meta: dict) -> NegativeBan
 
 
 def lookup_hnlmrec(data, cfg: RunConfig, split_seed: int) -> outputs.Lookup:
-    return outputs.lookup("hnlmrec-bank", data.name, cfg.finetune.llm, hnlmrec_slot(cfg, split_seed),
+    return outputs.lookup("hnlmrec-bank", data.name, cfg.finetune.llm, hnlmrec_slot(cfg, split_id_of(data)),
                           hnlmrec_key(data, cfg, split_seed))
 
 
 def lookup_transfer(source, target, cfg: RunConfig, teacher: TeacherConfig, split_seed: int) -> outputs.Lookup:
     return outputs.lookup("transfer-bank", target.name, cfg.finetune.llm,
-                          transfer_slot(source.name, cfg, split_seed),
+                          transfer_slot(source.name, cfg, split_id_of(target)),
                           transfer_key(source, target, cfg, teacher, split_seed))
 
 

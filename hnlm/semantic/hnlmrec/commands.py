@@ -79,7 +79,7 @@ def run(args) -> int:
     with processes().main_process_first():  # under `accelerate launch`, one process prepares the dataset
         data = dataset_from_args(args)
     data.require_item_text("HNLMRec fine-tuning")
-    summary = run_finetune(data, config_from_args(args), args.split_seed, resume=not args.no_resume)
+    summary = run_finetune(data, config_from_args(args), resume=not args.no_resume)
     if summary is None:  # not the main process of a multi-process launch: it prints and writes nothing
         return 0
     print(json.dumps({k: summary.get(k) for k in ("folder", "bank", "examples", "steps", "loss_first5_mean",

@@ -1,14 +1,16 @@
 """`hnlm finetune` end to end: teacher CF -> fine-tuning set -> LoRA fine-tuning -> embedding pass -> bank.
 
-Artefacts, under artifacts/<dataset>/hnlmrec/<llm>-<cf_signal>-<budget>/split-<seed>/run-<settings hash>/
-(one folder per settings, so a smoke run and a full run never share checkpoints):
+Artefacts, under artifacts/<dataset>/hnlmrec/<llm>-<cf_signal>-<budget>/split-<split id>/run-<settings hash>/
+(`split_id_of`: the seed, and the kind unless random; one folder per settings, so a smoke run and a full run never
+share checkpoints):
   teacher.npz         teacher CF embeddings (training split, fixed epochs, no validation selection)
   examples.parquet    fine-tuning examples (user, item, neg, text)
   checkpoints/        Trainer checkpoints (adapter + heads + optimiser state): resumable
   final/              the fine-tuned adapter + heads (QueryEncoder.from_saved)
   bank_<tag>.npz      emitted embeddings per query pair (users, items, emb) for `hnlm train --sampler hnlmrec`
                       (<tag>: the embedding-pass budget, plus -users-N when only the first N users are embedded)
-  summary.json        counts, losses, timings, identities, and `finetune_quality`: measured on
+  summary.json        counts, losses, timings, identities (the teacher's training-split fingerprint, checked
+                      before a finished run is reused), and `finetune_quality`: measured on
                       `quality_pairs` fine-tuning pairs held out of fine-tuning (training pairs, never
                       valid/test): rank of the teacher's hard negative among it + QUALITY_DISTRACTORS items
                       the user has not interacted with in training, under the emitted vector, and the mean
@@ -28,7 +30,15 @@ from hnlm.cf.trainer import TrainConfig, train
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget, safe_name, train_fingerprint
+from hnlm.semantic.common import (
+    Budget,
+    check_split,
+    safe_name,
+    split_id_of,
+    split_options,
+    split_seed_of,
+    train_fingerprint,
+)
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, PairDataset, finetune_quality, load_base, make_trainer
 from hnlm.semantic.hnlmrec.queries import MiningConfig, QueryBuilder, Teacher, build_examples, inference_queries
 from hnlm.semantic.hnlmrec.ranks import gather_ranks, processes
@@ -63,10 +73,19 @@ class RunConfig:
     pair_seed: int = 0
 
 
-def run_dir(dataset: str, llm: str, cf_signal: str, budget: str, split_seed: int) -> Path:
-    """Parent of every run of these (llm, signal, budget, split); runs differ by their settings hash."""
+def run_dir(dataset: str, llm: str, cf_signal: str, budget: str, split_id: str) -> Path:
+    """Parent of every run of these (llm, signal, budget, split: `split_id` from `split_id_of`); runs differ by
+    their settings hash."""
     tag = f"{safe_name(llm)}-{cf_signal}-{Budget.parse(budget).tag}"
-    return artifacts_dir(dataset, "hnlmrec", tag, f"split-{split_seed}")
+    return artifacts_dir(dataset, "hnlmrec", tag, f"split-{split_id}")
+
+
+def finetune_command(data, llm: str, cf_signal: str, budget: str, infer_budget: str,
+                     infer_users: int | None = None) -> str:
+    """The `hnlm finetune` command that makes a run's bank on `data`'s split (its other settings: defaults)."""
+    users = f" --infer-users {infer_users}" if infer_users is not None else ""
+    return (f"hnlm finetune --dataset {data.name} --llm {llm} --cf-signal {cf_signal} --budget {budget} "
+            f"--infer-budget {infer_budget}{users} {split_options(data)}")
 
 
 def settings_key(cfg: "RunConfig") -> str:
@@ -85,9 +104,9 @@ def bank_tag(infer_budget: str, infer_users: int | None = None) -> str:
     return tag if infer_users is None else f"{tag}-users-{infer_users}"
 
 
-def run_folder(dataset: str, cfg: "RunConfig", split_seed: int) -> Path:
+def run_folder(dataset: str, cfg: "RunConfig", split_id: str) -> Path:
     ft = cfg.finetune
-    folder = run_dir(dataset, ft.llm, ft.cf_signal, ft.budget, split_seed) / f"run-{settings_key(cfg)}"
+    folder = run_dir(dataset, ft.llm, ft.cf_signal, ft.budget, split_id) / f"run-{settings_key(cfg)}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -173,7 +192,7 @@ def measure_finetune(data, qe, tok, ex, emb: np.ndarray, teacher: Teacher, cfg: 
     return finetune_quality(q, emb, held["neg"].to_numpy(np.int64), np.stack([c[:width] for c in candidates]))
 
 
-def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True) -> dict | None:
+def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
     """The run's summary; None in the processes other than the main one of a multi-process launch (see
     hnlmrec.ranks: they train, the main process writes)."""
     from transformers import TrainerState
@@ -184,8 +203,8 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
 
     ft = cfg.finetune
     procs = processes()
-    folder = run_folder(data.name, cfg, split_seed)
-    done_before = finished_summary(folder, cfg) if resume else None
+    folder = run_folder(data.name, cfg, split_id_of(data))
+    done_before = finished_summary(data, folder, cfg) if resume else None
     if done_before is not None:
         return done_before if procs.is_main_process else None
     if procs.is_main_process:
@@ -225,11 +244,11 @@ def run_finetune(data, cfg: RunConfig, split_seed: int = 0, resume: bool = True)
     infer_builder = query_builder(data, teacher, cfg, tok)
     qset = inference_queries(data, infer_builder, Budget.parse(cfg.infer_budget),
                              cfg.pair_seed, max_users=cfg.infer_users)
-    bank_path = save_bank_for(data, qe, tok, qset, teacher, folder, cfg, split_seed)
+    bank_path = save_bank_for(data, qe, tok, qset, teacher, folder, cfg)
     t_infer = time.perf_counter() - t2
     steps = max(trainer.state.global_step - start_step, 1)
     summary = {
-        "dataset": data.name, "split_seed": split_seed, "folder": str(folder), "bank": str(bank_path),
+        "dataset": data.name, "split_seed": split_seed_of(data), "folder": str(folder), "bank": str(bank_path),
         "config": _jsonable(asdict(cfg)), "counts": counts, "embedding_pass_counts": infer_builder.counts,
         "examples": len(ex), "examples_trained": len(ds), "finetune_quality": quality,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
@@ -259,13 +278,18 @@ def skipped_steps(trainer) -> list[int]:
     return [s for cb in trainer.callback_handler.callbacks if isinstance(cb, SkipNonFiniteSteps) for s in cb.skipped]
 
 
-def finished_summary(folder: Path, cfg: RunConfig) -> dict | None:
+def finished_summary(data, folder: Path, cfg: RunConfig) -> dict | None:
     """The summary of a run that finished with these settings and already holds the bank asked for, without
-    loading the LLM: a run made elsewhere (e.g. on a GPU, copied without its checkpoints) is reused as is."""
+    loading the LLM: a run made elsewhere (e.g. on a GPU, copied without its checkpoints) is reused as is, unless
+    its teacher was trained on another training split than `data`'s (an error)."""
     path, bank = folder / "summary.json", folder / f"bank_{bank_tag(cfg.infer_budget, cfg.infer_users)}.npz"
     if not (path.exists() and bank.exists()):
         return None
     summary = json.loads(path.read_text())
+    ft = cfg.finetune
+    command = finetune_command(data, ft.llm, ft.cf_signal, ft.budget, cfg.infer_budget, cfg.infer_users)
+    check_split(path, summary.get("teacher", {}).get("train_fingerprint"), train_fingerprint(data),
+                f"rm -r {folder} && {command}")
     if cfg.finetune.max_steps > 0 and summary.get("steps") != cfg.finetune.max_steps:
         return None
     return {**summary, "folder": str(folder), "bank": str(bank), "finetune_reused": True}
@@ -286,7 +310,7 @@ def _earlier_finetune_timings(folder: Path) -> dict:
 
 
 def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunConfig,
-                  split_seed: int, adapter_dir: Path | None = None, extra_meta: dict | None = None) -> Path:
+                  adapter_dir: Path | None = None, extra_meta: dict | None = None) -> Path:
     """Emit one embedding per query of `qset` into `folder`/bank_<tag>.npz, reused while the adapter
     (default: `folder`/final) and the queries are unchanged; an interrupted pass resumes."""
     from hnlm.semantic.hnlmrec.infer import adapter_fingerprint, emit, queries_fingerprint
@@ -303,7 +327,7 @@ def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunC
     emb = emit(qe, tok, qset["text"].tolist(), teacher.user_emb[users], teacher.item_emb[items],
                batch_size=cfg.infer_batch, max_length=cfg.finetune.max_length, partial=partial)
     np.savez(path, users=users, items=items, emb=emb)
-    meta = {**key, "dataset": data.name, "split_seed": split_seed, "llm": cfg.finetune.llm,
+    meta = {**key, "dataset": data.name, "split_seed": split_seed_of(data), "llm": cfg.finetune.llm,
             "cf_signal": cfg.finetune.cf_signal, "budget": cfg.infer_budget, "users_limit": cfg.infer_users,
             "train_fingerprint": train_fingerprint(data), "pooling": qe.config.pooling,
             **(extra_meta or {})}
@@ -312,38 +336,36 @@ def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunC
     return path
 
 
-def read_bank(data, folder: Path, tag: str, source: str, meta: dict) -> NegativeBank:
-    """A bank written by `save_bank_for`, checked against `data`'s training split."""
+def read_bank(data, folder: Path, tag: str, source: str, meta: dict, regenerate: str) -> NegativeBank:
+    """A bank written by `save_bank_for`, checked against `data`'s training split (`regenerate`: the command
+    that makes it again)."""
     path, meta_path = folder / f"bank_{tag}.npz", folder / f"bank_{tag}.json"
     stored = json.loads(meta_path.read_text())
-    if stored["train_fingerprint"] != train_fingerprint(data):
-        raise UserFacingError(f"{path} was built for another training split; rerun the embedding pass")
+    check_split(path, stored.get("train_fingerprint"), train_fingerprint(data), regenerate)
     z = np.load(path)
     return NegativeBank(z["emb"], z["users"], z["items"], source=source,
                         meta={**meta, "adapter": stored["adapter"], "queries": stored.get("queries"),
                               "run": folder.name})
 
 
-def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str,
-              split_seed: int = 0, run: str | None = None, infer_users: int | None = None) -> NegativeBank:
-    """The emitted embeddings of a finished run, for module 3's AlignmentExtension.
+def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str, run: str | None = None,
+              infer_users: int | None = None) -> NegativeBank:
+    """The emitted embeddings of a finished run on `data`'s split, for module 3's AlignmentExtension.
 
     `run` names the settings hash (run-<hash>); without it the most recently finished run of these
     (llm, signal, budget, split) is used, and its folder name is recorded in the bank's meta."""
-    parent = run_dir(data.name, llm, cf_signal, budget, split_seed)
+    parent = run_dir(data.name, llm, cf_signal, budget, split_id_of(data))
     tag = bank_tag(infer_budget, infer_users)
     done = sorted(parent.glob(f"run-*/bank_{tag}.json"), key=lambda p: p.stat().st_mtime)
     if run is not None:
         done = [p for p in done if p.parent.name in (run, f"run-{run}")]
     folder = done[-1].parent if done else parent / (f"run-{run}" if run else "run-<hash>")
+    command = finetune_command(data, llm, cf_signal, budget, infer_budget, infer_users)
     if not (folder / f"bank_{tag}.npz").exists() or not (folder / f"bank_{tag}.json").exists():
-        users = f" --infer-users {infer_users}" if infer_users is not None else ""
-        raise MissingInputError(f"{folder / f'bank_{tag}.npz'} is missing: run `hnlm finetune --dataset "
-                                f"{data.name} --llm {llm} --cf-signal {cf_signal} --budget {budget} "
-                                f"--infer-budget {infer_budget}{users} --split-seed {split_seed}` first")
+        raise MissingInputError(f"{folder / f'bank_{tag}.npz'} is missing: run `{command}` first")
     return read_bank(data, folder, tag, f"hnlmrec:{llm}:{cf_signal}",
                      {"llm": llm, "cf_signal": cf_signal, "budget": budget, "infer_budget": infer_budget,
-                      "infer_users": infer_users})
+                      "infer_users": infer_users}, f"rm -r {folder} && {command}")
 
 
 def _peak_gpu_gb() -> float | None:

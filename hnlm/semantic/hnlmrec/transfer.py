@@ -6,7 +6,8 @@ on another dataset, so the target's CF signal comes from a teacher trained on th
 (fixed epochs, no validation selection, as for the source). Query texts are built the same way from the
 target's training data; valid/test interactions are never read.
 
-Artefacts, under artifacts/<target>/hnlmrec-transfer/<source>-<run tag>/split-<seed>/:
+The source run is the one on the split with the target's split id (`split_id_of`: the seed, and the kind unless
+random). Artefacts, under artifacts/<target>/hnlmrec-transfer/<source>-<run tag>/split-<split id>/:
   teacher.npz        the target's teacher
   bank_<tag>.npz     emitted embeddings per target query pair (+ .json: adapter, queries, source run)
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from hnlm.errors import MissingInputError
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget
+from hnlm.semantic.common import Budget, split_id_of
 from hnlm.semantic.hnlmrec.finetune import load_base
 from hnlm.semantic.hnlmrec.model import QueryEncoder
 from hnlm.semantic.hnlmrec.pipeline import (
@@ -35,9 +36,10 @@ from hnlm.semantic.hnlmrec.pipeline import (
 from hnlm.semantic.hnlmrec.queries import inference_queries
 
 
-def source_run(source: str, cfg: RunConfig, split_seed: int = 0) -> Path:
-    """The finished fine-tuning run of `cfg` on `source` (its final/ adapter), or a clear error."""
-    folder = run_folder(source, cfg, split_seed)
+def source_run(source: str, cfg: RunConfig, split_id: str) -> Path:
+    """The finished fine-tuning run of `cfg` on `source`'s split `split_id` (its final/ adapter), or a clear
+    error."""
+    folder = run_folder(source, cfg, split_id)
     if not (folder / "final" / "hnlmrec_config.json").exists():
         ft = cfg.finetune
         raise MissingInputError(f"{folder / 'final'} is missing: fine-tune on {source} first (notebook "
@@ -46,20 +48,21 @@ def source_run(source: str, cfg: RunConfig, split_seed: int = 0) -> Path:
     return folder
 
 
-def transfer_dir(target: str, source: str, source_folder: Path, split_seed: int) -> Path:
+def transfer_dir(target: str, source: str, source_folder: Path, split_id: str) -> Path:
     run_tag = f"{source_folder.parent.parent.name}-{source_folder.name}"  # <llm-signal-budget>-run-<hash>
-    folder = artifacts_dir(target, "hnlmrec-transfer", f"{source}-{run_tag}", f"split-{split_seed}")
+    folder = artifacts_dir(target, "hnlmrec-transfer", f"{source}-{run_tag}", f"split-{split_id}")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
-def transfer_bank(target, source: str, cfg: RunConfig, teacher: TeacherConfig | None = None,
-                  split_seed: int = 0) -> tuple[NegativeBank, dict]:
+def transfer_bank(target, source: str, cfg: RunConfig,
+                  teacher: TeacherConfig | None = None) -> tuple[NegativeBank, dict]:
     """Embeddings that the encoder fine-tuned on `source` (settings `cfg`) emits for `target`'s query pairs
     (cfg.infer_budget, cfg.infer_users), with no further tuning; `teacher` configures the target's own
     teacher (default: cfg.teacher). Returns (bank, summary with counts and timings)."""
-    src = source_run(source, cfg, split_seed)
-    folder = transfer_dir(target.name, source, src, split_seed)
+    split_id = split_id_of(target)
+    src = source_run(source, cfg, split_id)
+    folder = transfer_dir(target.name, source, src, split_id)
     t0 = time.perf_counter()
     target_teacher = get_teacher(target, teacher or cfg.teacher, folder)
     t_teacher = time.perf_counter() - t0
@@ -69,14 +72,15 @@ def transfer_bank(target, source: str, cfg: RunConfig, teacher: TeacherConfig | 
     qset = inference_queries(target, builder, Budget.parse(cfg.infer_budget), cfg.pair_seed,
                              max_users=cfg.infer_users)
     encoder = QueryEncoder.from_saved(lm, src / "final")
-    save_bank_for(target, encoder, tok, qset, target_teacher, folder, cfg, split_seed,
-                  adapter_dir=src / "final", extra_meta={"source_dataset": source, "source_run": str(src)})
+    save_bank_for(target, encoder, tok, qset, target_teacher, folder, cfg, adapter_dir=src / "final",
+                  extra_meta={"source_dataset": source, "source_run": str(src)})
     t_infer = time.perf_counter() - t1
     ft = cfg.finetune
     bank = read_bank(target, folder, bank_tag(cfg.infer_budget, cfg.infer_users),
                      f"hnlmrec-transfer:{source}->{target.name}:{ft.llm}:{ft.cf_signal}",
                      {"llm": ft.llm, "cf_signal": ft.cf_signal, "source_dataset": source,
-                      "source_run": src.name, "infer_budget": cfg.infer_budget, "infer_users": cfg.infer_users})
+                      "source_run": src.name, "infer_budget": cfg.infer_budget, "infer_users": cfg.infer_users},
+                     f"rm -r {folder} && hnlm study --llm-only --dataset {source} --llm {ft.llm} --stages transfer")
     summary = {"source": source, "target": target.name, "source_run": str(src), "folder": str(folder),
                "queries": len(qset), "users_embedded": int(qset["user"].nunique()), "users": target.n_users,
                "context_counts": dict(builder.counts), "teacher": target_teacher.meta,
