@@ -1,6 +1,8 @@
-"""RecBole 1.2.1 side of bench/cf_vs_recbole.py. Runs INSIDE bench/.venv-recbole (not the project env):
-trains BPR or LightGCN on the benchmark files written by the driver (our exact split), times every training
-epoch and every full-ranking evaluation, and writes a JSON summary."""
+"""RecBole 1.2.1 side of bench/cf_vs_recbole.py and bench/cf_grid.py. Runs INSIDE bench/.venv-recbole (not the
+project env): trains BPR or LightGCN on the benchmark files written by the driver (our exact split), with
+uniform negatives or, with --candidates M, RecBole's dynamic negative sampling (the best-scored of M uniform
+candidates, as our DNS), times every training epoch and every full-ranking evaluation, and writes a JSON
+summary."""
 
 import argparse
 import json
@@ -38,6 +40,7 @@ def main():
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--reg", type=float, default=1e-4)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--candidates", type=int, default=0, help="dynamic negative sampling over M candidates (0: uniform)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", required=True)
     a = p.parse_args()
@@ -47,8 +50,8 @@ def main():
     cfg = {
         "data_path": a.data_dir, "dataset": a.dataset, "benchmark_filename": ["train", "valid", "test"],
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "load_col": {"inter": ["user_id", "item_id"]},
-        "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False,
-                                  "candidate_num": 0},
+        "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1, "alpha": 1.0,
+                                  "dynamic": a.candidates > 0, "candidate_num": a.candidates},
         "eval_args": {"group_by": "user", "order": "RO", "mode": "full"},
         "metrics": ["Recall", "NDCG"], "topk": [10, 20, 50], "valid_metric": "recall@20",
         "epochs": a.epochs, "stopping_step": a.patience, "eval_step": 1,
@@ -81,7 +84,8 @@ def main():
     test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
     test_s = time.perf_counter() - t0
     best = max(range(len(valid_scores)), key=lambda i: valid_scores[i]) + 1
-    out = {"model": a.model, "n_users": dataset.user_num - 1, "n_items": dataset.item_num - 1,
+    out = {"model": a.model, "candidates": a.candidates,
+           "n_users": dataset.user_num - 1, "n_items": dataset.item_num - 1,
            "train_inter": len(train_data.dataset), "epochs_run": len(train_s), "best_epoch": best,
            "train_s_per_epoch": sum(train_s) / len(train_s), "train_s": train_s,
            "eval_s_mean": sum(valid_s) / len(valid_s), "valid_s": valid_s, "test_eval_s": test_s,

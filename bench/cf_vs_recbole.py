@@ -41,12 +41,20 @@ def write_recbole_files(data, folder: Path, name: str) -> None:
         (d / f"{name}.{part}.inter").write_text("user_id:token\titem_id:token\n" + "\n".join(lines) + "\n")
 
 
-def run_recbole(model: str, args, data_dir: Path, name: str, out: Path) -> dict:
+def require_recbole(skip_flag: str = "") -> None:
+    if not RECBOLE_PY.exists():
+        skip = f" (or pass {skip_flag})" if skip_flag else ""
+        sys.exit(f"RecBole env missing: run bench/cf_recbole_setup.sh first{skip}")
+
+
+def run_recbole(model: str, data_dir: Path, name: str, out: Path, *, epochs: int, patience: int, lr: float,
+                batch_size: int, dim: int, layers: int, reg: float, seed: int, candidates: int = 0) -> dict:
+    """One RecBole run in its own env and process (bench/cf_recbole_run.py); candidates > 0: dynamic sampling."""
+    settings = {"model": model, "epochs": epochs, "patience": patience, "lr": lr, "batch-size": batch_size,
+                "dim": dim, "layers": layers, "reg": reg, "seed": seed, "candidates": candidates,
+                "threads": torch.get_num_threads()}
     cmd = [str(RECBOLE_PY), str(BENCH / "cf_recbole_run.py"), "--data-dir", str(data_dir), "--dataset", name,
-           "--model", model, "--epochs", str(args.epochs), "--patience", str(args.patience), "--lr", str(args.lr),
-           "--batch-size", str(args.batch_size), "--dim", str(args.dim), "--layers", str(args.layers),
-           "--reg", str(args.l2 if model == "LightGCN" else 0.0), "--seed", str(args.seed),
-           "--threads", str(torch.get_num_threads()), "--out", str(out)]
+           "--out", str(out), *[x for k, v in settings.items() for x in (f"--{k}", str(v))]]
     subprocess.run(cmd, check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
     return json.loads(out.read_text())
 
@@ -77,7 +85,10 @@ def section_peer(args, data, out_dir: Path) -> list[dict]:
         ours = run_ours(ours_name, data, args)
         print(f"[peer] {ours_name}: ours {ours['timings']['train_s_per_epoch']:.3f} s/epoch, best epoch "
               f"{ours['best_epoch']}, R@20 {ours['test']['recall@20']:.4f}; RecBole {peer_name} ...", flush=True)
-        peer = run_recbole(peer_name, args, out_dir / "recbole_data", name, out_dir / f"recbole_{peer_name}.json")
+        peer = run_recbole(peer_name, out_dir / "recbole_data", name, out_dir / f"recbole_{peer_name}.json",
+                           epochs=args.epochs, patience=args.patience, lr=args.lr, batch_size=args.batch_size,
+                           dim=args.dim, layers=args.layers, reg=args.l2 if peer_name == "LightGCN" else 0.0,
+                           seed=args.seed)
         # medians: robust to one-off costs (lazy imports in the first optimiser step) and load spikes
         rows.append({"model": ours_name, "ours": {
             "train_s_per_epoch": float(np.median([h["train_s"] for h in ours["history"]])),
@@ -153,8 +164,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if "peer" in args.sections and not RECBOLE_PY.exists():
-        sys.exit("RecBole env missing: run bench/cf_recbole_setup.sh first")
+    if "peer" in args.sections:
+        require_recbole()
     data = load_dataset(args.dataset, seed=args.split_seed)
     report = {"args": vars(args), "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()}
     if "peer" in args.sections:

@@ -3,7 +3,8 @@
 One artefact root, HNLM_ARTIFACTS (default: artifacts/ in the checkout), holds everything the tool writes:
 prepared datasets and runs (artifacts/<dataset>/...), the LLM answer cache (llm_cache/), converted models
 (models/) and text-encoder vectors (encoders/). Each cache may be put elsewhere on its own with
-HNLM_LLM_CACHE, HNLM_MODEL_CACHE or HNLM_ENCODER_CACHE. Figures go to HNLM_FIGURES (default: figures/).
+HNLM_LLM_CACHE, HNLM_MODEL_CACHE or HNLM_ENCODER_CACHE. Figures go to HNLM_FIGURES (default: figures/), the
+full study's result tables (tracked) to HNLM_RESULTS (default: results/; see hnlm.study.context).
 The LLM outputs that ship with the repository (tracked, never written by a run) live in HNLM_OUTPUTS
 (default: outputs/ in the checkout; see hnlm.semantic.outputs).
 """
@@ -38,5 +39,11 @@ def outputs_root() -> Path:
 
 def figures_dir() -> Path:
     path = Path(os.environ.get("HNLM_FIGURES", PROJECT_ROOT / "figures"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_dir() -> Path:
+    path = Path(os.environ.get("HNLM_RESULTS", PROJECT_ROOT / "results"))
     path.mkdir(parents=True, exist_ok=True)
     return path

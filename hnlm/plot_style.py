@@ -1,13 +1,12 @@
 """The one look of every study figure: paper-column sizes and fonts, a fixed style per method, outside legends
 and zoomed value axes. `hnlm.plots` draws with it; nothing else sets colours or rcParams.
 
-Methods are grouped by family so the split shows at a glance:
-- classic samplers (rns, pns, dns, dns-mn, mixgcf, dens, ahns and any name not matched below): cool colours
-  (greys, blues, teal, purples);
-- LLM-based methods (names containing "sns", "llm", "hnlmrec" or "rlmrec"): warm colours (reds, oranges,
-  gold, magenta, brown);
-- ablations (names ending in "-random" or "-shuffled", before any "@llm" or ":option" suffix): dashed lines
-  and hatched bars, in their family's colours.
+Methods are grouped by the family their declaration gives (`hnlm.methods.Method.family`; a label such as
+"hnlmrec-text@smollm2-135m" is mapped to its method by `hnlm.methods.method_of`), so the split shows at a glance:
+- classic samplers: cool colours (greys, blues, teal, purples);
+- LLM-based methods: warm colours (reds, oranges, gold, magenta, brown);
+- ablations (methods declared as the ablation of another): dashed lines and hatched bars, in their family's
+  colours.
 Known methods keep fixed styles in every figure. Any other name takes a free slot of its family's palette,
 starting at a slot chosen by a CRC-32 of the name, so its style depends only on the set of names drawn.
 """
@@ -41,8 +40,6 @@ RC = {
     "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType fonts embedded: editable text, accepted by publishers
 }
 
-LLM_MARKERS = ("sns", "llm", "hnlmrec", "rlmrec")
-ABLATION_SUFFIXES = ("-random", "-shuffled")
 FAMILY_LABELS = {"classic": "classic sampler", "llm": "LLM-based"}
 FAMILY_COLOURS = {"classic": "#08519c", "llm": "#d95f02"}  # one typical colour of each family, for legends
 ABLATION_LABEL = "ablation"
@@ -114,14 +111,21 @@ def base_name(method: str) -> str:
     return method
 
 
+def _declaration(method: str):
+    # imported here: the method registry loads every method's module (torch, transformers), which figures
+    # that draw no method should not pay for
+    from hnlm.methods import method_of
+    return method_of(method)
+
+
 def method_family(method: str) -> str:
-    """"llm" for LLM-based methods (name contains sns/llm/hnlmrec/rlmrec), else "classic"."""
-    name = base_name(method).lower()
-    return "llm" if any(marker in name for marker in LLM_MARKERS) else "classic"
+    """The family ("classic" or "llm") of the method a label stands for, as the method registry declares it."""
+    return _declaration(method).family
 
 
 def is_ablation(method: str) -> bool:
-    return base_name(method).lower().endswith(ABLATION_SUFFIXES)
+    """Whether the label's method is declared as the ablation of another."""
+    return _declaration(method).ablation_of is not None
 
 
 def display_name(value) -> str:

@@ -8,6 +8,7 @@ from cf_helpers import tiny_data
 from hnlm.cf.extension import Extension
 from hnlm.cf.group import GroupError, train_group
 from hnlm.cf.trainer import TrainConfig, train
+from hnlm.errors import DegenerateDatasetError
 
 FAST = {"dim": 8, "layers": 2, "batch_size": 128, "lr": 0.05, "epochs": 4, "patience": 10, "device": "cpu"}
 HARD = [("rns", {}), ("dns", {"candidates": 8}), ("dns-mn", {"candidates": 8, "top": 3})]
@@ -109,3 +110,9 @@ def test_group_refuses_runs_that_cannot_share(data):
     ext = NoisyShift()
     with pytest.raises(GroupError, match="same extension"):
         train_group(data, configs("mf", samplers=[("rns", {})]), extensions=[ext, ext], progress=False)
+
+
+def test_group_refuses_a_split_without_targets():
+    empty_valid = tiny_data({0: [0, 1], 1: [2, 3]}, {}, {0: [4], 1: [5]}, 2, 8)
+    with pytest.raises(DegenerateDatasetError, match="'valid'"):
+        train_group(empty_valid, configs("mf", samplers=[("rns", {})]), progress=False)

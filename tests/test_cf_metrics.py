@@ -93,8 +93,14 @@ def test_a_user_without_hits_scores_zero_and_the_summary_drops_per_user_data(cas
     assert summary["split"] == "valid" and summary["n_users"] == 2 and summary["hit@1"] == res["hit@1"]
 
 
-def test_no_user_with_a_target_gives_empty_lists():
-    data = tiny_data(train={0: [0]}, valid={}, test={}, n_users=1, n_items=3)
-    res = evaluate(fixed_scores_model([[1, 2, 3]]), data, "test", ks=(2,))
-    assert res["n_users"] == 0 and res["users"] == [] and res["per_user"] == {}
-    assert (res["coverage@2"], res["mean_popularity@2"], res["longtail_share@2"]) == (0.0, 0.0, 0.0)
+def test_split_without_targets_keeps_every_key_as_nan():
+    # nobody has a valid item: the ranking metrics exist (NaN) with a users count of 0, not missing keys
+    data = tiny_data(train={0: [0], 1: [1]}, valid={}, test={0: [2]}, n_users=2, n_items=4)
+    model = fixed_scores_model([[4, 3, 2, 1], [1, 2, 3, 4]])
+    res = evaluate(model, data, "valid", ks=(2,))
+    assert res["n_users"] == 0 and res["users"] == []
+    for name in ("recall@2", "ndcg@2", "hit@2", "precision@2", "mean_popularity@2", "longtail_share@2"):
+        assert math.isnan(res[name]), name
+        assert len(res["per_user"].get(name, [])) == 0
+    assert set(res["per_user"]) == {"recall@2", "ndcg@2", "hit@2", "precision@2"}
+    assert res["coverage@2"] == 0.0

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from hnlm.cf import samplers
 from hnlm.cf.models import LightGCN
 from hnlm.cf.samplers import SAMPLERS, PositiveIndex, SamplerContext, get_sampler
 from hnlm.data import load_dataset
@@ -185,3 +186,16 @@ def test_only_training_positives_shape_the_draws():
     draws = ctx.positives.uniform(torch.zeros(4000, dtype=torch.long), 1, ctx.generator)[:, 0]
     counts = np.bincount(draws.numpy(), minlength=6)
     assert counts[:4].sum() == 0 and abs(counts[4] - counts[5]) < 300
+
+
+def test_layer_scores_product_and_gather_agree(monkeypatch):
+    # the two ways of layer_scores (one user x layer-table product read at the candidates, or gathered
+    # candidate rows) must give the same scores, in the reference's [pairs, candidates, layers] layout
+    g = torch.Generator().manual_seed(0)
+    user_vecs = torch.randn(30, 8, generator=g)
+    item_layers = [torch.randn(50, 8, generator=g) for _ in range(4)]
+    users, cands = torch.randint(0, 30, (40,), generator=g), torch.randint(0, 50, (40, 7), generator=g)
+    expected = torch.stack([(user_vecs[users, None] * item[cands]).sum(-1) for item in item_layers], dim=2)
+    for ratio in (0, 10 ** 6):   # 0: always gather; 10 ** 6: always the product
+        monkeypatch.setattr(samplers, "PRODUCT_VS_GATHER", ratio)
+        torch.testing.assert_close(samplers.layer_scores(user_vecs, item_layers, users, cands), expected)

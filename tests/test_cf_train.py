@@ -12,6 +12,8 @@ from hnlm.cf.models import MF
 from hnlm.cf.trainer import TrainConfig, save_result, train
 from hnlm.cli import main
 from hnlm.data import load_dataset
+from hnlm.errors import DegenerateDatasetError
+from tests.cf_helpers import tiny_data
 
 FAST = dict(dim=32, batch_size=4096, lr=5e-3, eval_every=1, patience=3, device="cpu")
 
@@ -77,6 +79,12 @@ class ShiftNegatives(Extension):
 
     def counts(self):
         return {"shift": {"calls": self.calls}}
+
+
+def test_train_refuses_a_split_without_targets():
+    no_test = tiny_data({0: [0, 1], 1: [2, 3]}, {0: [4], 1: [5]}, {}, 2, 8)
+    with pytest.raises(DegenerateDatasetError, match="'test'"):
+        train(no_test, TrainConfig(model="mf", epochs=1, **FAST), progress=False)
 
 
 def test_extension_is_trained_and_counted(ml100k):

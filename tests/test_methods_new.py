@@ -14,11 +14,12 @@ from hnlm.cf.samplers import DNSMN, PositiveIndex, SamplerContext
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.data import first_users, load_dataset
 from hnlm.methods import get_method, method_names, variant
+from hnlm.methods.commands import result_path
 from hnlm.methods.dnsmn_guard import GuardedDNSMN, GuardSettings
-from hnlm.paths import cache_root
+from hnlm.paths import artifacts_dir, cache_root
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.hnlmrec.pipeline import TeacherConfig
-from hnlm.semantic.resources import Resources, teacher_table
+from hnlm.semantic.resources import Resources, teacher_dir, teacher_table
 
 NEW = ["sns-dnsmn", "hnlmrec-dnsmn", "dnsmn-guard", "teacher-negatives", "teacher-aligned"]
 ALL_NEW = [f"{m}{s}" for m in NEW for s in ("", "-random", "-shuffled")]
@@ -195,6 +196,16 @@ def test_teacher_table_is_made_from_training_data_and_cached(data, resources):
     again = teacher_table(data, config=TeacherConfig(model="mf", epochs=1, dim=8, batch_size=16384))
     assert np.array_equal(again.teacher.item_emb, table.teacher.item_emb) and np.array_equal(again.neg, table.neg)
     assert resources.digest("teacher:mf") == Resources(t=again).digest("t")
+
+
+def test_a_temporal_split_names_its_artefacts_apart_from_the_random_one():
+    random, temporal = load_dataset("ml-100k", seed=0), load_dataset("ml-100k", seed=0, split="temporal")
+    cfg = TrainConfig(model="mf", seed=1)
+    # the default random split keeps the names its stored teachers and runs are under
+    assert teacher_dir(random, "mf") == artifacts_dir("ml-100k", "teacher", "split-0", "mf")
+    assert result_path(random, cfg, "rns").name == "mf_rns_split0_seed1.json"
+    assert teacher_dir(temporal, "mf") == artifacts_dir("ml-100k", "teacher", "split-0-temporal", "mf")
+    assert result_path(temporal, cfg, "rns").name == "mf_rns_split0-temporal_seed1.json"
 
 
 def test_teacher_negatives_use_the_table_for_their_share(data, resources):

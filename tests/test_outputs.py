@@ -87,6 +87,13 @@ def test_lookup_is_by_content_and_reports_the_dtype(tmp_path):
     assert absent.shipped is None and absent.reason.startswith("none shipped")
 
 
+def test_regenerate_ignores_what_is_shipped(tmp_path, monkeypatch):
+    ship(tmp_path)
+    monkeypatch.setenv(outputs.REGENERATE_VAR, "1")
+    miss = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, {(0,): "p0"}, root=tmp_path)
+    assert miss.shipped is None and "HNLM_REGENERATE" in miss.reason
+
+
 def rewrite(found, data: bytes):
     """Replace a shipped file's bytes and make its manifest agree on the sha256 (a bad publish, not a bit flip)."""
     found.path.write_bytes(data)

@@ -9,6 +9,8 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from hnlm import plot_style, plots
+from hnlm.errors import UserFacingError
+from hnlm.methods import get_method  # the registry loads every method's module: at collection, not in a test
 
 CLASSIC = ["rns", "pns", "dns", "dns-mn", "mixgcf", "dens", "ahns"]
 LLM = ["sns", "sns-grounded", "sns-random", "sns-shuffled", "rlmrec-con", "hnlmrec-text", "hnlmrec-soft"]
@@ -117,16 +119,24 @@ def test_methods_are_styled_by_family_and_ablations_are_dashed_and_hatched():
         assert (styles[m].linestyle != "-") == ablation and (styles[m].hatch is not None) == ablation, m
 
 
-def test_unknown_methods_get_their_family_deterministically_and_stay_distinct():
-    names = ["sns", "hnlmrec-text@qwen2.5-0.5b", "hnlmrec-text@smollm2-135m", "my-llm-sampler", "new-sampler",
-             "rns", "gpt-sns-x-shuffled"]
+def test_labels_take_their_methods_family_deterministically_and_stay_distinct():
+    # families and ablations come from the method declarations: "dnsmn-guard" (a text-embedding guard) is
+    # declared LLM-based though its name shows no LLM, "teacher-negatives" a classic sampler
+    names = ["sns", "hnlmrec-text@qwen2.5-0.5b", "hnlmrec-text@smollm2-135m", "dnsmn-guard", "teacher-negatives",
+             "rns", "sns-dnsmn-shuffled"]
     styles = plot_style.method_styles(names)
     assert styles == plot_style.method_styles(list(reversed(names)))
     assert [plot_style.method_family(n) for n in names] == ["llm"] * 4 + ["classic"] * 2 + ["llm"]
-    assert styles["gpt-sns-x-shuffled"].hatch and styles["new-sampler"].color in plot_style.PALETTES["classic"]
+    assert get_method("dnsmn-guard").family == "llm" and get_method("sns-dnsmn-shuffled").ablation_of
+    assert styles["sns-dnsmn-shuffled"].hatch and styles["teacher-negatives"].color in plot_style.PALETTES["classic"]
     assert len({(s.color, s.linestyle) for s in styles.values()}) == len(names)
-    many = plot_style.method_styles([f"llm-{i}" for i in range(20)])  # more than one palette: line styles differ
+    many = plot_style.method_styles([f"sns@llm-{i}" for i in range(20)])  # more than one palette: line styles differ
     assert len({(s.color, s.linestyle) for s in many.values()}) == 20
+
+
+def test_a_label_of_no_method_is_refused():
+    with pytest.raises(UserFacingError, match="'my-sampler' names no method"):
+        plot_style.method_styles(["rns", "my-sampler"])
 
 
 def test_display_names_use_paper_spelling():

@@ -72,11 +72,12 @@ def test_evaluate_equals_brute_force(case):
     res = evaluate(fixed_scores_model(scores), case_data(cells), split, ks=ks)
     ref = brute_force(cells, scores, ks, split)
     assert res["users"] == ref["users"] and res["n_users"] == len(ref["users"])
-    if not ref["users"]:
-        return  # nobody to average over (the evaluator then reports no ranking metric at all)
     for k in ks:
         for metric in ("recall", "ndcg"):
             name = f"{metric}@{k}"
+            if not ref["users"]:  # nobody to average over: the metric is there, NaN
+                assert math.isnan(res[name]) and len(res["per_user"][name]) == 0, name
+                continue
             np.testing.assert_allclose(res["per_user"][name], ref[name], atol=1e-6, err_msg=name)
             assert res[name] == pytest.approx(np.mean(ref[name]), abs=1e-6), name
             assert all(0.0 <= v <= 1.0 + 1e-6 for v in res["per_user"][name]), name

@@ -5,6 +5,10 @@ Every item is ranked for every user with at least one target item; the user's tr
 Hit@K = any hit; Precision@K = hits / K; all averaged over users with at least one target item. Also item
 coverage, mean training popularity and long-tail share of the top-K lists (long tail = items outside the
 head, `hnlm.analysis.popularity.head_mask`).
+
+A split where no user has a target item still gives every key: the metrics averaged over users (and the
+list statistics) are NaN with `n_users` 0, never a missing key. Training cannot select or report on such a
+split, so `train` refuses it up front (`require_targets`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import scipy.sparse as sp
 import torch
 
 from hnlm.analysis.popularity import HEAD_SHARE, head_mask
+from hnlm.errors import DegenerateDatasetError
+
+RANK_METRICS = ("recall", "ndcg", "hit", "precision")
 
 
 def _rows(m: sp.csr_matrix, users: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +51,11 @@ def rank_metrics(top: torch.Tensor, target: torch.Tensor, n_target: torch.Tensor
 @torch.no_grad()
 def evaluate(model, data, split: str = "valid", ks=(10, 20, 50), batch_size: int = 1024,
              embeddings: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
-    """Metrics of `model` on `split` ("valid" or "test"). `embeddings` skips the propagation."""
+    """Metrics of `model` on `split` ("valid" or "test"). `embeddings` skips the propagation.
+
+    Keys: split, n_users, users, `<metric>@<k>` for RANK_METRICS and the list statistics (coverage,
+    mean_popularity, longtail_share), per_user (a vector per ranking metric). With no user holding a target
+    item in `split`, n_users is 0 and every metric but coverage (0) is NaN."""
     _check_split(split)
     if embeddings is None:
         was_training = model.training
@@ -57,6 +68,17 @@ def evaluate(model, data, split: str = "valid", ks=(10, 20, 50), batch_size: int
 def _check_split(split: str) -> None:
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
+
+
+def require_targets(data) -> None:
+    """Raise unless both valid and test hold a target item for some user (training selects its epoch on
+    valid and reports test: NaN there would silently pick the first epoch)."""
+    for split in ("valid", "test"):
+        if getattr(data, split).nnz == 0:
+            raise DegenerateDatasetError(
+                f"dataset {data.name!r}: no user has an item in split {split!r}, so its ranking metrics are "
+                f"undefined; split the data so that users keep held-out items (a published split needs its "
+                f"{split} file)")
 
 
 @torch.no_grad()
@@ -99,9 +121,11 @@ def evaluate_many(data, embeddings: list[tuple[torch.Tensor, torch.Tensor]], spl
 
 def _result(split, users, per_user, tops, pop, head, n_items, kmax, ks) -> dict:
     top_all = torch.cat(tops) if tops else torch.zeros(0, kmax, dtype=torch.long)
-    per_user = {k: torch.cat(v).numpy().astype(np.float64) for k, v in per_user.items()}
+    names = [f"{m}@{k}" for k in ks for m in RANK_METRICS]
+    per_user = {n: torch.cat(per_user[n]).numpy().astype(np.float64) if n in per_user else np.zeros(0)
+                for n in names}
     result = {"split": split, "n_users": int(len(users)), "users": users.tolist(),
-              **{k: float(v.mean()) if len(v) else 0.0 for k, v in per_user.items()},
+              **{k: float(v.mean()) if len(v) else np.nan for k, v in per_user.items()},
               **_list_stats(top_all, pop.cpu(), head.cpu(), n_items, ks)}
     result["per_user"] = per_user
     return result
@@ -112,8 +136,8 @@ def _list_stats(top: torch.Tensor, pop: torch.Tensor, head: torch.Tensor, n_item
     for k in ks:
         t = top[:, :k]
         out[f"coverage@{k}"] = float((torch.bincount(t.reshape(-1), minlength=n_items) > 0).sum() / n_items)
-        out[f"mean_popularity@{k}"] = float(pop[t].float().mean()) if t.numel() else 0.0
-        out[f"longtail_share@{k}"] = float((~head[t]).float().mean()) if t.numel() else 0.0
+        out[f"mean_popularity@{k}"] = float(pop[t].float().mean()) if t.numel() else np.nan
+        out[f"longtail_share@{k}"] = float((~head[t]).float().mean()) if t.numel() else np.nan
     return out
 
 

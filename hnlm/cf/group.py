@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hnlm.cf.evaluate import evaluate_many
+from hnlm.cf.evaluate import evaluate_many, require_targets
 from hnlm.cf.models import LightGCN
 from hnlm.cf.samplers import DNS, DNSMN, Negatives
 from hnlm.cf.trainer import (
@@ -142,6 +142,7 @@ def train_group(data, configs: list[TrainConfig], samplers: list | None = None, 
     _distinct(extensions, "extension")
     cfg = configs[0]
     ks = check_config(cfg)
+    require_targets(data)
     device = resolve_device(cfg.device)
     torch.set_num_threads(torch.get_num_threads())   # as train() does (MKL dynamic threading off)
     members, shared = [], None

@@ -216,9 +216,63 @@ def layer_rows(layers, side: int, index: torch.Tensor) -> torch.Tensor:
     return torch.stack([layer[side][index] for layer in layers], dim=index.dim())
 
 
+class DistinctRows(NamedTuple):
+    """The per-layer rows of the K distinct ids of an index, layer-major: table [(L+1) * K, d] (with graph),
+    and `where`, each entry's distinct id. A row-wise map (a linear gate) then runs once per distinct id and
+    layer on `table`, not once per entry."""
+
+    table: torch.Tensor
+    where: torch.Tensor
+    n_distinct: int
+
+    @classmethod
+    def of(cls, layers, side: int, index: torch.Tensor) -> "DistinctRows":
+        """From the (user, item) layers, side 0 (users) or 1 (items)."""
+        distinct, where = torch.unique(index, return_inverse=True)
+        return cls(torch.cat([layer[side].index_select(0, distinct) for layer in layers]), where, len(distinct))
+
+    def rows(self, table: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of a layer-major table (`table` or a row-wise map of it) at distinct ids [..., L+1], one per
+        layer (default: every entry's own id at every layer): [..., L+1, d]."""
+        n_layers = table.shape[0] // self.n_distinct
+        if ids is None:
+            ids = self.where[..., None].expand(*self.where.shape, n_layers)
+        at = ids + torch.arange(n_layers, device=ids.device) * self.n_distinct
+        return table.index_select(0, at.reshape(-1)).view(*ids.shape, -1)
+
+
 def chosen_rows(layers, chosen: torch.Tensor) -> torch.Tensor:
     """Layer l's item embedding of the item chosen at layer l, chosen [B, L+1] -> [B, L+1, d] (with graph)."""
     return torch.stack([item[chosen[:, k]] for k, (_, item) in enumerate(layers)], dim=1)
+
+
+# A multiply-add inside one dense matrix product costs about 1/32 of gathering one float of a candidate's row
+# and scoring it (CPU time, one thread, ml-100k: 64-candidate rows of 4 layers, 2,048 pairs, ~150 ms gathered
+# vs ~25 ms for the 943 x 6,728 product; memory-bound gathers against a compute-bound product).
+PRODUCT_VS_GATHER = 32
+SELECTION_CHUNK = 256   # pairs per DENS selection step: its [pairs, M, L+1, d] buffers then stay in cache
+
+
+@torch.no_grad()
+def layer_scores(user_vecs, item_layers, users, cands) -> torch.Tensor:
+    """<user_vecs[users[b]], item_layers[l][cands[b, m]]> for every pair b, candidate m, layer l: [B, M, L+1].
+
+    Two ways to the same numbers (up to float rounding): one product of the batch's U distinct users with
+    every layer's whole item table ([U, (L+1) * n_items]) read at the candidates, or gathering the
+    candidates' rows of each layer ([B, M, d] each). The product is taken when its multiply-adds per layer
+    and dimension (U * n_items) are at most PRODUCT_VS_GATHER times the gathered rows (B * M): on ml-100k,
+    MixGCF's 64 candidates take it; large catalogues gather."""
+    distinct, where = torch.unique(users, return_inverse=True)
+    n_items, n_layers = item_layers[0].shape[0], len(item_layers)
+    if len(distinct) * n_items <= PRODUCT_VS_GATHER * cands.numel():
+        scores = user_vecs[distinct] @ torch.cat(item_layers).T                     # [U, (L+1) * n_items]
+        first = torch.arange(n_layers, device=cands.device) * n_items                # layer l's first column
+        at = (where * (n_layers * n_items))[:, None, None] + cands[:, :, None] + first
+        return scores.view(-1).index_select(0, at.view(-1)).view(at.shape)
+    u = user_vecs[users].unsqueeze(2)                                                # [B, d, 1]
+    rows = cands.reshape(-1)
+    return torch.stack([torch.bmm(item.index_select(0, rows).view(*cands.shape, -1), u).squeeze(2)
+                        for item in item_layers], dim=2)
 
 
 class MixGCF(Sampler):
@@ -245,7 +299,9 @@ class MixGCF(Sampler):
       our LightGCN's layer combination, so u is the pooled user embedding in the hop-mixing score.
     - Selection cost: since a_l is shared by the candidates and 1 - a_l > 0, argmax_m <u, n'_{m,l}> =
       argmax_m <u, n_{m,l}>, so the [B, M, L+1, d] mixes are never built; only the L+1 chosen mixes are.
-      Same choice up to float rounding on exact near-ties.
+      The scores <u, n_{m,l}> come from `layer_scores` (one product of the batch's users with the layer
+      tables where that is cheaper than gathering candidate rows). Same choice up to float rounding on
+      exact near-ties.
     - L2: the trainer regularises the layer-0 free embedding of m*_0 (it computes L2 from item ids); the
       reference regularises the layer-0 mix a_0 p_0 + (1 - a_0) n_{m*_0, 0}. Weight 1e-4; kept to leave
       the trainer interface unchanged.
@@ -267,11 +323,9 @@ class MixGCF(Sampler):
     @staticmethod
     def synthesise(users, pos, cands, mix, ctx) -> Negatives:
         """Hop-mixed negatives from given candidates [B, M] and mixing weights mix [B, L+1, 1]."""
-        with torch.no_grad():  # selection only; the gradient flows through the chosen mixes
-            u = ctx.user_emb.detach()[users].unsqueeze(2)
-            best = torch.stack([torch.bmm(item.detach()[cands], u).squeeze(2).argmax(1)
-                                for _, item in ctx.layers], dim=1)            # [B, L+1]
-        chosen = cands.gather(1, best)                                        # item chosen at each layer
+        # selection only (no autograd); the gradient flows through the chosen mixes
+        scores = layer_scores(ctx.user_emb.detach(), [item.detach() for _, item in ctx.layers], users, cands)
+        chosen = cands.gather(1, scores.max(1).indices)                       # [B, L+1]: item chosen per layer
         n = chosen_rows(ctx.layers, chosen)
         p = layer_rows(ctx.layers, 1, pos)                                    # [B, L+1, d]
         return Negatives(chosen[:, 0], (mix * p + (1 - mix) * n).mean(1))
@@ -299,9 +353,12 @@ class DENS(Sampler, nn.Module):
     warmup = 100 epochs (`--warmup`), gamma = 0.3 (`--gamma`); pooling = mean (`--pool`), K = 1.
 
     Deliberate differences from the reference, with the reason:
-    - The neg gate's linear map runs once per distinct candidate item of the batch (then gathered), not
-      once per (pair, candidate): the map is row-wise, so the values are the same; it bounds the work by
-      the catalogue size.
+    - The gates' linear maps on embeddings (item, user, neg) run once per distinct positive, user and
+      candidate item of the batch and layer (then gathered), not once per pair or (pair, candidate): the
+      maps are row-wise, so the values are the same; it bounds the work by the catalogue size. The loss
+      reuses the neg map of the selection for the chosen candidates.
+    - Selection scores as <s_l, (keep - g_n) * n_{m,l}> (= the reference's <s_l, keep * n - r(n)> up to
+      float rounding), computed without autograd in chunks of pairs; same choice except on exact near-ties.
     - softplus(x) instead of log(1 + exp(x)): equal where the latter is finite, and it does not overflow.
     - Candidates come from a vectorised exclusion sampler (same distribution as the reference's loop).
     - The reference's `--alpha` is only read by commented-out code, so it is not an option here.
@@ -327,24 +384,39 @@ class DENS(Sampler, nn.Module):
 
     def select(self, users, pos, cands, ctx) -> Negatives:
         """Per-layer choice among given candidates [B, M], the pooled negative and the gate loss."""
-        g = self.gates
-        s, p = layer_rows(ctx.layers, 0, users), layer_rows(ctx.layers, 1, pos)        # [B, L+1, d]
-        relevant_p = p * torch.sigmoid(g["item"](p) + g["user"](s))
+        g, n_layers = self.gates, len(ctx.layers)
+        users_d, pos_d, cands_d = (DistinctRows.of(ctx.layers, side, ids)
+                                   for side, ids in ((0, users), (1, pos), (1, cands)))
+        s, p = users_d.rows(users_d.table), pos_d.rows(pos_d.table)                      # [B, L+1, d]
+        relevant_p = p * torch.sigmoid(pos_d.rows(g["item"](pos_d.table)) + users_d.rows(g["user"](users_d.table)))
         pos_shift = g["pos"](relevant_p)                                                # reused by the loss
-        with torch.no_grad():
-            distinct, where = torch.unique(cands, return_inverse=True)
-            n_distinct = torch.stack([item.detach()[distinct] for _, item in ctx.layers], dim=1)
-            n = n_distinct[where]                                                       # [B, M, L+1, d]
-            relevant_n = n * torch.sigmoid(g["neg"](n_distinct)[where] + pos_shift.detach()[:, None])
-            keep = 1.0 - min(1.0, ctx.epoch / self.warmup)
-            scores = (s.detach()[:, None] * (keep * n - relevant_n)).sum(-1)           # [B, M, L+1]
-            chosen = cands.gather(1, scores.argmax(1))                                  # [B, L+1]
-        neg = chosen_rows(ctx.layers, chosen)
+        neg_shift = g["neg"](cands_d.table)                                             # reused by the loss
+        keep = 1.0 - min(1.0, ctx.epoch / self.warmup)
+        ids = cands_d.where[:, :, None].expand(*cands.shape, n_layers)                  # [B, M, L+1]
+        scores = self.selection_scores(s.detach(), pos_shift.detach(), cands_d, neg_shift.detach(), ids, keep)
+        best = scores.max(1).indices                                                    # [B, L+1]
+        chosen, chosen_ids = cands.gather(1, best), cands_d.where.gather(1, best)
+        neg = cands_d.rows(cands_d.table, chosen_ids)
         loss = None
         if self.gamma > 0:
-            relevant_neg = neg * torch.sigmoid(g["neg"](neg) + pos_shift)
+            relevant_neg = neg * torch.sigmoid(cands_d.rows(neg_shift, chosen_ids) + pos_shift)
             loss = self.gamma * self.factor_loss(ctx.user_emb[users], p, relevant_p, neg, relevant_neg)
         return Negatives(chosen[:, 0], neg.mean(1), loss)
+
+    @staticmethod
+    @torch.no_grad()
+    def selection_scores(s, pos_shift, cands_d, neg_shift, ids, keep: float) -> torch.Tensor:
+        """<s_l, keep * n_{m,l} - r(n_{m,l})> = -<s_l, (g_n - keep) * n_{m,l}> for every pair, candidate and
+        layer: [B, M, L+1], from the distinct candidates' rows and W_neg n + b (`neg_shift`), ids [B, M, L+1]
+        their distinct ids. The [B, M, L+1, d] terms are built in place in two buffers, SELECTION_CHUNK
+        pairs at a time so that the buffers stay in cache."""
+        out = []
+        for start in range(0, len(ids), SELECTION_CHUNK):
+            part = slice(start, start + SELECTION_CHUNK)
+            gate = cands_d.rows(neg_shift, ids[part])                                   # [C, M, L+1, d]
+            gate.add_(pos_shift[part, None]).sigmoid_().sub_(keep).mul_(cands_d.rows(cands_d.table, ids[part]))
+            out.append(gate.mul_(s[part, None]).sum(-1).neg_())
+        return torch.cat(out)
 
     @staticmethod
     def factor_loss(u, p, relevant_p, n, relevant_n) -> torch.Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hnlm.cf.evaluate import evaluate, metric_summary
+from hnlm.cf.evaluate import RANK_METRICS, evaluate, metric_summary, require_targets
 from hnlm.cf.extension import Batch, BatchEmb
 from hnlm.cf.losses import pairwise_loss
 from hnlm.cf.models import build_model, l2_penalty
@@ -68,7 +68,7 @@ def _state(modules) -> list[dict]:
 
 def check_config(cfg: TrainConfig) -> list[int]:
     """The cut-offs to evaluate (cfg.ks plus the validation metric's K); raises on an unknown metric."""
-    if cfg.metric.split("@")[0] not in ("recall", "ndcg", "hit", "precision"):
+    if cfg.metric.split("@")[0] not in RANK_METRICS:
         raise ValueError(f"unknown validation metric {cfg.metric!r}")
     return sorted({int(k) for k in cfg.ks} | {int(cfg.metric.split("@")[1])})
 
@@ -153,6 +153,7 @@ def train(data, config: TrainConfig | None = None, extension=None, sampler=None,
     """
     cfg = config or TrainConfig()
     ks = check_config(cfg)
+    require_targets(data)
     device = resolve_device(cfg.device)
     # Same thread count, but set explicitly: torch then turns MKL's dynamic threading off, which otherwise
     # may change the BLAS reduction order under machine load (last-bit drift that flips DNS argmaxes).

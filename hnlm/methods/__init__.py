@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -72,6 +73,18 @@ def get_method(name: str) -> Method:
         raise UserFacingError(f"unknown method {name!r}: choose one of {', '.join(_REGISTRY)} "
                               "(`hnlm methods` lists them)")
     return _REGISTRY[name]
+
+
+def method_of(label: str) -> Method:
+    """The method a results label stands for: a method name ("dns-mn"), or one followed by the study's label
+    parts: "-<signal>" ("hnlmrec-text"), "@<llm>" ("sns@smollm2-135m"), ":<option>" or " <setting>=<value>"
+    (`Variant.name`). The longest method name that fits wins ("sns-random" is not "sns")."""
+    name = re.split(r"[@: ]", str(label), maxsplit=1)[0].lower()
+    for method in sorted(_REGISTRY, key=len, reverse=True):
+        if name == method or name.startswith(method + "-"):
+            return _REGISTRY[method]
+    raise UserFacingError(f"{label!r} names no method: a method label starts with a method name "
+                          f"({', '.join(_REGISTRY)}; `hnlm methods` lists them)")
 
 
 def method_names(family: str | None = None) -> list[str]:

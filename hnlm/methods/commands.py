@@ -12,6 +12,7 @@ from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.errors import UserFacingError
 from hnlm.methods import describe_methods, get_method, variant
 from hnlm.paths import artifacts_dir
+from hnlm.semantic.common import split_id_of
 from hnlm.semantic.resources import saved_resources
 
 TRAIN_OPTIONS = {"model": str, "seed": int, "epochs": int, "dim": int, "layers": int, "batch_size": int, "lr": float,
@@ -75,6 +76,12 @@ def train_config(args) -> TrainConfig:
     return TrainConfig(**overrides)
 
 
+def result_path(data, cfg: TrainConfig, method: str) -> Path:
+    """Default result file: artifacts/<dataset>/runs/<model>_<method>_split<split id>_seed<seed>.json, the
+    split id from `split_id_of` (its seed, and its kind unless random)."""
+    return artifacts_dir(data.name, "runs") / f"{cfg.model}_{method}_split{split_id_of(data)}_seed{cfg.seed}.json"
+
+
 def run_train(args) -> int:
     spec = variant(args.method, **dict(parse_setting(args.method, t) for t in args.set))
     cfg = train_config(args)
@@ -86,8 +93,7 @@ def run_train(args) -> int:
     result = train(data, cfg, extension=extension, sampler=sampler, progress=not args.no_progress)
     result.update({"method": spec.method, "settings": dataclasses.asdict(spec.settings()),
                    "resources": {k: resources.digest(k) for k in spec.needs()}, "split_seed": args.split_seed})
-    out = Path(args.json) if args.json else (
-        artifacts_dir(data.name, "runs") / f"{cfg.model}_{spec.method}_split{args.split_seed}_seed{cfg.seed}.json")
+    out = Path(args.json) if args.json else result_path(data, cfg, spec.method)
     save_result(result, out)
     print(json.dumps({"json": str(out), "best_epoch": result["best_epoch"],
                       "test": {k: round(v, 4) for k, v in result["test"].items()

@@ -66,6 +66,14 @@ def split_seed_of(data) -> int:
     return int(data.stats.get("split_seed", 0) or 0)
 
 
+def split_id_of(data) -> str:
+    """The split in artefact names: its seed for the default random split (the names in use, kept as they
+    are), seed and kind for any other ("0-temporal"), so that two kinds of split with one seed never share a
+    folder or file."""
+    seed, mode = split_seed_of(data), data.stats.get("split_mode", "random")
+    return str(seed) if mode == "random" else f"{seed}-{mode}"
+
+
 def safe_name(name: str) -> str:
     """A model spec or LLM name as a folder name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)

@@ -36,6 +36,7 @@ from hnlm.paths import outputs_root
 from hnlm.semantic.common import safe_name
 
 FORMAT = 1
+REGENERATE_VAR = "HNLM_REGENERATE"   # set: loaders ignore shipped outputs and make them on this machine
 GENERATION_KINDS = ("profiles-item", "profiles-user", "sns-negatives")
 VECTOR_KINDS = ("hnlmrec-bank", "transfer-bank")
 KINDS = GENERATION_KINDS + VECTOR_KINDS
@@ -320,7 +321,10 @@ class Lookup:
 
 
 def not_shipped(kind: str, dataset: str, llm: str, slot: str, root: Path | None = None) -> Lookup | None:
-    """The miss when nothing is shipped for this slot (checked before building any prompt), else None."""
+    """The miss when nothing is shipped for this slot (checked before building any prompt) or when
+    HNLM_REGENERATE is set (`hnlm study --regenerate`: make every LLM output here instead), else None."""
+    if os.environ.get(REGENERATE_VAR):
+        return Lookup(None, f"shipped outputs ignored ({REGENERATE_VAR} is set)")
     where = manifest_path(dataset, llm, kind, slot, root)
     return None if where.exists() else Lookup(None, f"none shipped ({where} absent)")
 

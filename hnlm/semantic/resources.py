@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,7 +27,7 @@ from hnlm.llm.encoders import get_text_encoder
 from hnlm.paths import artifacts_dir
 from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget, split_seed_of
+from hnlm.semantic.common import Budget, split_id_of
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, get_teacher, load_bank
 from hnlm.semantic.hnlmrec.queries import MiningConfig, Teacher, mine_hard_negatives
 from hnlm.semantic.rlmrec import text_embeddings
@@ -56,12 +57,17 @@ class TeacherTable:
     counts: dict
 
 
+def teacher_dir(data, model: str) -> Path:
+    """artifacts/<dataset>/teacher/split-<split id>/<model>/ (`split_id_of`: seed, and kind unless random)."""
+    return artifacts_dir(data.name, "teacher", f"split-{split_id_of(data)}", model)
+
+
 def teacher_table(data, model: str = TeacherConfig.model, config: TeacherConfig | None = None) -> TeacherTable:
     """Teacher with TeacherConfig's defaults (`config` overrides them), cached on disk under
-    artifacts/<dataset>/teacher/split-<seed>/<model>/ and retrained when the training split or its settings
-    change; the mining over every training pair (about 20 s on ml-100k) runs each time."""
+    `teacher_dir` and retrained when the training split or its settings change; the mining over every training
+    pair (about 20 s on ml-100k) runs each time."""
     cfg = config or TeacherConfig(model=model)
-    teacher = get_teacher(data, cfg, artifacts_dir(data.name, "teacher", f"split-{split_seed_of(data)}", cfg.model))
+    teacher = get_teacher(data, cfg, teacher_dir(data, cfg.model))
     coo = data.train.tocoo()
     users, items = coo.row.astype(np.int64), coo.col.astype(np.int64)
     neg, counts = mine_hard_negatives(data, teacher, users, items, MiningConfig())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from hnlm.errors import UserFacingError
+from hnlm.semantic.outputs import REGENERATE_VAR
 from hnlm.study.llm_outputs import STAGES, prepare, units
 from hnlm.study.publish import publish_study
 from hnlm.study.runner import run_study
@@ -25,10 +28,15 @@ def register(sub) -> None:
     p.add_argument("--publish", action="store_true",
                    help="with --llm-only: copy each output into the tracked outputs/ folder with its manifest as "
                         "soon as it is made (`hnlm outputs list` shows them; commit them)")
+    p.add_argument("--regenerate", action="store_true",
+                   help=f"ignore the shipped LLM outputs (outputs/) and make every one on this machine, reusing "
+                        f"only artifacts/ (sets {REGENERATE_VAR}; hours on a CPU)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.regenerate:
+        os.environ[REGENERATE_VAR] = "1"    # notebook kernels inherit it
     if args.publish and not args.llm_only:
         raise UserFacingError("--publish goes with --llm-only: hnlm study --llm-only --publish --profile full")
     if args.llm_only:

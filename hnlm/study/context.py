@@ -3,7 +3,10 @@
 A notebook's only setup is `run = start("06_main_results", dataset, llm, profile, seeds, out_dir)`; the
 result JSON goes to `<out_dir>/<notebook>.json` (default out_dir: runs/<profile>/<dataset>/, git-ignored;
 override the root with HNLM_RUNS), tables as CSV beside it, figures to figures/ (full profile) or
-figures/<profile>/ (smoke, quick) so a fast pass never overwrites the paper figures.
+figures/<profile>/ (smoke, quick) so a fast pass never overwrites the paper figures. Under the full profile the
+result JSON and tables are also written to results/<dataset>/ (tracked, HNLM_RESULTS moves it), so every
+reported number has a committed source and two studies can be diffed; smoke and quick write to runs/ only.
+Per-epoch curves of every run (`tracked=False`) and the CF run folders (per-user vectors) stay in runs/.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pandas as pd
 
 from hnlm.cf.trainer import TrainConfig
 from hnlm.errors import MissingInputError
-from hnlm.paths import PROJECT_ROOT, figures_dir
+from hnlm.paths import PROJECT_ROOT, figures_dir, results_dir
 from hnlm.plots import save_figure
 from hnlm.study.settings import DEFAULT_PROFILE
 from hnlm.study.settings import settings as profile_settings
@@ -45,8 +48,8 @@ def to_jsonable(obj):
         return obj.item()
     if isinstance(obj, pd.DataFrame):
         return to_jsonable(obj.to_dict(orient="records"))
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, Path):  # relative inside the checkout, so tracked results name no machine's folders
+        return str(obj.relative_to(PROJECT_ROOT)) if obj.is_relative_to(PROJECT_ROOT) else str(obj)
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
@@ -79,18 +82,30 @@ class NotebookRun:
                 "seeds": self.seeds, "settings": self.settings,
                 "wall_s": round(time.time() - self.started, 2)}
 
-    def save_json(self, result: dict, name: str | None = None) -> Path:
-        """Write `{"meta": ..., **result}`; atomically, so a reader never sees half a file."""
-        path = self.out_dir / f"{name or self.notebook}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(to_jsonable({"meta": self.meta(), **result}), indent=2))
-        tmp.replace(path)
-        return path
+    @property
+    def tracked_dir(self) -> Path | None:
+        """Where the full study's result tables are also written (results/<dataset>/); None for smoke/quick."""
+        return results_dir() / self.dataset if self.profile == "full" else None
 
-    def save_csv(self, frame: pd.DataFrame, name: str) -> Path:
-        path = self.out_dir / f"{name}.csv"
-        frame.to_csv(path, index=False)
-        return path
+    def write_result(self, filename: str, text: str, tracked: bool = True) -> Path:
+        """Write one result file into the run folder and, if `tracked`, the tracked folder; atomically, so a
+        reader never sees half a file. Returns the run folder's copy."""
+        tracked_dir = self.tracked_dir if tracked else None
+        for folder in [self.out_dir] + ([tracked_dir] if tracked_dir else []):
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f"{filename}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(folder / filename)
+        return self.out_dir / filename
+
+    def save_json(self, result: dict, name: str | None = None) -> Path:
+        """Write `{"meta": ..., **result}` (tables only: curves of every run go to an untracked CSV)."""
+        text = json.dumps(to_jsonable({"meta": self.meta(), **result}), indent=2)
+        return self.write_result(f"{name or self.notebook}.json", text)
+
+    def save_csv(self, frame: pd.DataFrame, name: str, tracked: bool = True) -> Path:
+        """`tracked=False` for bulky tables that stay in the run folder (per-epoch curves of every run)."""
+        return self.write_result(f"{name}.csv", frame.to_csv(index=False), tracked)
 
     def load_json(self, name: str) -> dict:
         """A result written earlier in this run folder (e.g. 06's runs, read by 08 and 09)."""

@@ -2,12 +2,15 @@
 
 Executed notebooks go to `<runs>/<profile>/<dataset>/executed/` (git-ignored). Papermill runs them on the
 project's own kernel `hnlm` (registered for the current interpreter when missing), so a fresh machine can
-never fail with NoSuchKernel or pick up another Python.
+never fail with NoSuchKernel or pick up another Python. What a notebook prints (the `[outputs] ...` lines, the
+"CF runs" progress bar, warnings) reaches the terminal as it runs, indented under the notebook's name; tables
+and figures stay in the executed notebook.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -58,15 +61,37 @@ def notebook_path(name: str) -> Path:
     return path
 
 
+class IndentedStream:
+    """Relays a kernel's stdout or stderr to `stream`, indenting each line; a carriage return (a progress bar
+    redrawing its line) starts a line too, so the bar keeps its indent."""
+
+    def __init__(self, stream, indent: str = "    "):
+        self.stream, self.indent, self.at_line_start = stream, indent, True
+
+    def write(self, text: str) -> None:
+        for piece in re.split(r"([\r\n])", text):
+            if piece in ("\r", "\n"):
+                self.stream.write(piece)
+                self.at_line_start = True
+            elif piece:
+                self.stream.write(self.indent + piece if self.at_line_start else piece)
+                self.at_line_start = False
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def run_notebook(name: str, parameters: dict, executed_dir: Path, kernel: str) -> float:
-    """Execute one notebook; returns its wall time. Papermill's error names the failing cell."""
+    """Execute one notebook, relaying what it prints; returns its wall time. Papermill's error names the
+    failing cell."""
     import papermill
 
     executed_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     papermill.execute_notebook(str(notebook_path(name)), str(executed_dir / f"{name}.ipynb"),
                                parameters=parameters, kernel_name=kernel, cwd=str(NOTEBOOK_DIR),
-                               progress_bar=False, log_output=False)
+                               progress_bar=False, log_output=False,
+                               stdout_file=IndentedStream(sys.stdout), stderr_file=IndentedStream(sys.stderr))
     return time.perf_counter() - t0
 
 
