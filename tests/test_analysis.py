@@ -178,6 +178,15 @@ def test_bootstrap_drops_users_with_a_nan_and_needs_two_of_each():
     assert np.isnan(one_user["ci_low"]) and np.isnan(one_user["ci_high"])
 
 
+def test_a_missing_value_given_as_none_is_dropped_like_nan():
+    """Metric lists built by hand (a run without the metric gives None) are read as floats on both sides."""
+    over_seeds = significance.paired_test([0.3, None, 0.5, 0.6], [0.2, 0.1, None, 0.45])
+    assert over_seeds["n"] == 2 and over_seeds["mean_diff"] == pytest.approx(0.125)
+    boot = significance.paired_bootstrap([[0.5, None, 0.7, 0.8], [0.6, 0.1, 0.9, 0.7]],
+                                         [[0.5, 0.5, None, 0.6], [0.5, 0.5, 0.5, 0.5]])
+    assert (boot["seeds"], boot["users"]) == (2, 2) and boot["mean_diff"] == pytest.approx(0.125)
+
+
 def test_tables_keep_the_run_order_and_show_one_seed_without_spread():
     runs = pd.concat([_runs(), pd.DataFrame([{"method": "solo", "backbone": "mf", "seed": 0, "recall@20": 0.2}])])
     summary = significance.summarise(runs, ["recall@20"])
