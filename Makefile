@@ -34,10 +34,11 @@ test: $(STAMP)
 	$(PY) -m ruff check hnlm tests bench notebooks
 	$(PY) -m pytest -q -ra
 
-# A developer tool, so not in requirements.txt: installed on first use. One BLAS thread per worker keeps
-# forked workers safe and the machine usable; settings in pyproject.toml [tool.mutmut], work in mutants/.
+# A developer tool, so not in requirements.txt: the target installs its pinned version (a no-op once there).
+# One BLAS thread per worker keeps forked workers safe and the machine usable; settings in pyproject.toml
+# [tool.mutmut], work in mutants/.
 mutation: $(STAMP)
-	test -x $(VENV)/bin/mutmut || $(PY) -m pip install -q $(MUTMUT)
+	$(PY) -m pip install -q $(MUTMUT)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 19 $(VENV)/bin/mutmut run --max-children $(MUTATION_WORKERS) $(MUTANTS)
 	$(VENV)/bin/mutmut results
 
