@@ -1,5 +1,6 @@
 # Two entry points: `make study` (run the whole study) and `make test` (run every test).
 # Both create or update .venv first, so a fresh clone needs nothing but Python 3.11 and pip.
+# `make mutation` mutation-tests the core maths (tests/README.md); MUTANTS='hnlm.cf.losses.*' narrows it.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,8 +8,11 @@ PROFILE ?= full
 DATASET ?= ml-100k
 LLM ?= qwen2.5-0.5b
 STAMP := $(VENV)/.installed
+MUTMUT := mutmut==3.8.1
+MUTANTS ?=
+MUTATION_WORKERS ?= 1
 
-.PHONY: study test venv clean-artifacts
+.PHONY: study test mutation venv clean-artifacts
 
 venv: $(STAMP)
 
@@ -29,6 +33,14 @@ study: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check hnlm tests bench notebooks
 	$(PY) -m pytest -q -ra
+
+# A developer tool, so not in requirements.txt: the target installs its pinned version (a no-op once there).
+# One BLAS thread per worker keeps forked workers safe and the machine usable; settings in pyproject.toml
+# [tool.mutmut], work in mutants/.
+mutation: $(STAMP)
+	$(PY) -m pip install -q $(MUTMUT)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 19 $(VENV)/bin/mutmut run --max-children $(MUTATION_WORKERS) $(MUTANTS)
+	$(VENV)/bin/mutmut results
 
 clean-artifacts:
 	rm -rf artifacts runs

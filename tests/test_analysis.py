@@ -1,5 +1,7 @@
 """Analysis helpers on hand-computed cases and on the real ml-100k split."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,6 +101,126 @@ def test_bootstrap_of_a_consistent_gain():
     assert boot["ci_low"] < boot["mean_diff"] < boot["ci_high"]
     one = significance.paired_bootstrap(a[:1], b[:1])
     assert np.isnan(one["p"]) and one["note"]
+
+
+def test_paired_test_reports_the_means_and_scipy_statistics():
+    a, b = np.array([0.30, 0.35, 0.31, 0.40, 0.28]), np.array([0.29, 0.30, 0.32, 0.33, 0.27])
+    out = significance.paired_test(a, b)
+    assert out["mean_a"] == pytest.approx(0.328) and out["mean_b"] == pytest.approx(0.302)
+    assert out["t_stat"] == pytest.approx(stats.ttest_rel(a, b).statistic)
+    assert out["wilcoxon_stat"] == pytest.approx(stats.wilcoxon(a, b).statistic) and out["note"] is None
+    nan_in_b = significance.paired_test([0.1, 0.2, 0.3, 0.5], [0.2, np.nan, 0.1, 0.4])
+    assert nan_in_b["n"] == 3 and nan_in_b["mean_b"] == pytest.approx(0.7 / 3)
+
+
+def test_paired_test_notes_say_why_a_p_value_is_missing_or_set():
+    same = significance.paired_test([0.1, 0.2], [0.1, 0.2])
+    assert (same["t_stat"], same["t_p"], same["wilcoxon_stat"], same["wilcoxon_p"]) == (0.0, 1.0, 0.0, 1.0)
+    assert same["note"] == "identical samples: p = 1 by rule" and same["mean_diff"] == 0.0
+    assert significance.paired_test([0.4, 0.5], [0.1, 0.2])["note"] == (
+        "zero variance of the differences: t-test undefined (t_p NaN)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # no pairs: NaN means, without numpy's empty-mean warning
+        empty = significance.paired_test([], [])
+        assert np.isnan(significance.paired_bootstrap(np.full((2, 2), np.nan), np.zeros((2, 2)))["mean_diff"])
+    assert empty["n"] == 0 and np.isnan(empty["mean_a"]) and np.isnan(empty["mean_b"])
+    assert np.isnan(empty["mean_diff"]) and np.isnan(empty["wilcoxon_stat"])
+    assert empty["note"] == "0 pair(s): a paired test needs at least 2"
+    with pytest.raises(ValueError, match=r"differ in shape: \(2,\) vs \(3,\)"):
+        significance.paired_test([1, 2], [1, 2, 3])
+
+
+def test_boolean_per_user_hits_count_as_zero_and_one():
+    hits, misses = np.array([[True, True, False], [True, False, True]]), np.zeros((2, 3), bool)
+    assert significance.paired_bootstrap(hits, misses)["mean_diff"] == pytest.approx(4 / 6)
+    assert significance.paired_test(hits[0], misses[0])["mean_diff"] == pytest.approx(2 / 3)
+    assert significance.paired_test(misses[0], hits[1])["mean_diff"] == pytest.approx(-2 / 3)
+
+
+def _bootstrap_by_loops(diff, samples, seed):
+    """The two-level bootstrap written out: per sample, the drawn seeds, then the drawn users of each."""
+    rng = np.random.default_rng(seed)
+    n_seeds, n_users = diff.shape
+    seed_draws = rng.integers(0, n_seeds, size=(samples, n_seeds))
+    user_draws = rng.integers(0, n_users, size=(samples, n_seeds, n_users), dtype=np.int32)
+    means = np.array([np.mean([[diff[seed_draws[s, j], user_draws[s, j, k]] for k in range(n_users)]
+                               for j in range(n_seeds)]) for s in range(samples)])
+    below, above = (means <= 0).mean(), (means >= 0).mean()
+    return np.percentile(means, [2.5, 97.5]), min(1.0, 2 * max(min(below, above), 1 / samples))
+
+
+def test_bootstrap_equals_the_loop_over_samples_seeds_and_users():
+    rng = np.random.default_rng(3)
+    b = rng.uniform(0.2, 0.4, size=(3, 7))
+    a = b + rng.normal(0.005, 0.02, size=b.shape)
+    boot = significance.paired_bootstrap(a, b, samples=300, seed=5)
+    (low, high), p = _bootstrap_by_loops(a - b, 300, 5)
+    assert (boot["ci_low"], boot["ci_high"], boot["p"]) == pytest.approx((low, high, p))
+    assert significance.paired_bootstrap(a, b) == significance.paired_bootstrap(a, b, seed=0)
+
+
+def test_bootstrap_of_two_seeds_that_disagree_completely():
+    """Every user gains 0 on seed 0 and 1 on seed 1: a resample's mean is the share of seed-1 draws, 0, 1/2 or 1
+    with probabilities 1/4, 1/2, 1/4, so the interval is [0, 1] and p = 2 * P(mean <= 0) = 1/2."""
+    a, b = np.array([[0.2, 0.3], [1.2, 1.3]]), np.array([[0.2, 0.3], [0.2, 0.3]])
+    boot = significance.paired_bootstrap(a, b)
+    assert (boot["ci_low"], boot["ci_high"]) == (0.0, 1.0) and boot["p"] == pytest.approx(0.5, abs=0.06)
+    assert boot["mean_diff"] == pytest.approx(0.5) and boot["note"] is None
+    assert significance.paired_bootstrap(b, b)["p"] == 1.0     # every resample exactly 0
+
+
+def test_bootstrap_drops_users_with_a_nan_and_needs_two_of_each():
+    a, b = np.array([[0.5, np.nan, 0.7], [0.6, 0.1, 0.9]]), np.full((2, 3), 0.5)
+    boot = significance.paired_bootstrap(a, b)
+    assert boot["users"] == 2 and boot["seeds"] == 2 and boot["mean_diff"] == pytest.approx(0.7 / 4)
+    one_user = significance.paired_bootstrap(a[:, :1], b[:, :1])
+    assert np.isnan(one_user["p"]) and one_user["note"] == "the bootstrap needs at least 2 seeds and 2 users"
+    assert np.isnan(one_user["ci_low"]) and np.isnan(one_user["ci_high"])
+
+
+def test_a_missing_value_given_as_none_is_dropped_like_nan():
+    """Metric lists built by hand (a run without the metric gives None) are read as floats on both sides."""
+    over_seeds = significance.paired_test([0.3, None, 0.5, 0.6], [0.2, 0.1, None, 0.45])
+    assert over_seeds["n"] == 2 and over_seeds["mean_diff"] == pytest.approx(0.125)
+    boot = significance.paired_bootstrap([[0.5, None, 0.7, 0.8], [0.6, 0.1, 0.9, 0.7]],
+                                         [[0.5, 0.5, None, 0.6], [0.5, 0.5, 0.5, 0.5]])
+    assert (boot["seeds"], boot["users"]) == (2, 2) and boot["mean_diff"] == pytest.approx(0.125)
+
+
+def test_tables_keep_the_run_order_and_show_one_seed_without_spread():
+    runs = pd.concat([_runs(), pd.DataFrame([{"method": "solo", "backbone": "mf", "seed": 0, "recall@20": 0.2}])])
+    summary = significance.summarise(runs, ["recall@20"])
+    assert summary["method"].tolist() == ["rns", "dns", "new", "solo"]
+    table = significance.mean_std_table(runs, ["recall@20"], digits=2)
+    assert table["recall@20"].tolist() == ["0.30 ± 0.01", "0.33 ± 0.01", "0.36 ± 0.01", "0.20 ± 0.00"]
+    assert table["seeds"].tolist() == [3, 3, 3, 1] and list(table.columns) == ["method", "backbone", "recall@20",
+                                                                               "seeds"]
+    by_method = significance.summarise(runs.drop(columns="backbone"), ["recall@20"])
+    assert list(by_method.columns) == ["method", "recall@20 mean", "recall@20 std", "seeds"]
+    two_backbones = pd.concat([runs, runs.assign(backbone="mf", **{"recall@20": runs["recall@20"] + 0.1})])
+    pooled = significance.mean_std_table(two_backbones, ["recall@20"], by=("method",))
+    assert pooled["seeds"].tolist() == [6, 6, 6, 2] and list(pooled.columns) == ["method", "recall@20", "seeds"]
+    with pytest.raises(ValueError, match="none of"):
+        significance.best_method(runs, "recall@20", ["absent"])
+
+
+def test_compare_pairs_runs_by_seed_and_guards_a_zero_baseline():
+    runs = _runs()
+    runs = runs[~((runs["method"] == "new") & (runs["seed"] == 2))]        # "new" lacks seed 2
+    per_user = {(m, s): np.full(4, v) + np.arange(4) * 0.01 for m, s, v in
+                runs[["method", "seed", "recall@20"]].itertuples(index=False)}
+    cmp = significance.compare(runs, "recall@20", "new", "dns", per_user)
+    assert (cmp["method"], cmp["baseline"], cmp["metric"]) == ("new", "dns", "recall@20")
+    assert cmp["seeds"] == [0, 1] and cmp["over_seeds"]["n"] == 2
+    assert cmp["mean"] == pytest.approx(0.355) and cmp["baseline_mean"] == pytest.approx(0.335)
+    assert cmp["relative_gain_ci"] == pytest.approx([cmp["bootstrap"]["ci_low"] / 0.335,
+                                                     cmp["bootstrap"]["ci_high"] / 0.335])
+    zero = runs.assign(**{"recall@20": np.where(runs["method"] == "dns", 0.0, runs["recall@20"])})
+    cmp0 = significance.compare(zero, "recall@20", "new", "dns", per_user)
+    assert np.isnan(cmp0["relative_gain"]) and len(cmp0["relative_gain_ci"]) == 2
+    assert np.isnan(cmp0["relative_gain_ci"]).all()
+    alone = significance.compare(runs, "recall@20", "new", "absent")
+    assert alone["seeds"] == [] and np.isnan(alone["mean"]) and np.isnan(alone["relative_gain"])
 
 
 # ------------------------------------------------------------------------------------- popularity

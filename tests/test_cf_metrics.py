@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from hnlm.cf.evaluate import evaluate
+from hnlm.cf.evaluate import evaluate, metric_summary
 from tests.cf_helpers import fixed_scores_model, tiny_data
 
 L2 = math.log2
@@ -78,8 +78,19 @@ def test_list_statistics():
 
 def test_split_name_checked(case):
     data, model = case
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="split must be 'valid' or 'test', not 'train'"):
         evaluate(model, data, "train")
+
+
+def test_a_user_without_hits_scores_zero_and_the_summary_drops_per_user_data(case):
+    data, model = case
+    res = evaluate(model, data, "valid", ks=(1,))
+    # valid: user 0 ranks item 1 first (its valid item 2 is second); user 2's top item ties, so only K = 1 misses
+    assert res["per_user"]["hit@1"][0] == 0.0 and res["per_user"]["recall@1"][0] == 0.0
+    assert res["per_user"]["ndcg@1"][0] == 0.0 and res["split"] == "valid"
+    summary = metric_summary(res)
+    assert "per_user" not in summary and "users" not in summary
+    assert summary["split"] == "valid" and summary["n_users"] == 2 and summary["hit@1"] == res["hit@1"]
 
 
 def test_split_without_targets_keeps_every_key_as_nan():

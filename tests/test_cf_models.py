@@ -1,9 +1,12 @@
 """LightGCN propagation and its gradient equal a dense reference on a tiny graph."""
 
+import warnings
+
 import numpy as np
+import pytest
 import torch
 
-from hnlm.cf.models import MF, LightGCN
+from hnlm.cf.models import MF, LightGCN, build_model
 from tests.cf_helpers import tiny_data
 
 
@@ -67,3 +70,36 @@ def test_losses_by_hand():
     assert torch.isclose(info_nce(a, a, tau=0.5), expected)
     negs = torch.tensor([[[0.0, 1.0]], [[1.0, 0.0]]])
     assert torch.isclose(info_nce(a, a, negs, tau=0.5), expected)
+
+
+def test_several_runs_propagate_at_once_as_each_alone():
+    data = graph()
+    torch.manual_seed(1)
+    model = LightGCN(4, 5, 3, data.train, layers=2)
+    users, items = torch.randn(2, 4, 3), torch.randn(2, 5, 3)
+    together = model.combine(model.layers_from(users, items))
+    for run in range(2):
+        alone = model.combine(model.layers_from(users[run], items[run]))
+        assert torch.allclose(together[0][run], alone[0], atol=1e-6)
+        assert torch.allclose(together[1][run], alone[1], atol=1e-6)
+
+
+def test_models_by_name_share_a_graph_and_keep_it_on_their_device():
+    data = graph()
+    mf, gcn = build_model("mf", data, 3, 2), build_model("lightgcn", data, 3, 2)
+    assert type(mf) is MF and (gcn.n_layers, gcn.embedding_dim, gcn.n_users, gcn.n_items) == (2, 3, 4, 5)
+    with pytest.raises(ValueError, match="unknown CF model 'ngcf'"):
+        build_model("ngcf", data, 3, 2)
+    other = LightGCN(4, 5, 3, data.train)
+    other.share_graph(gcn)
+    assert other.adj is gcn.adj and other._adj_cpu is gcn._adj_cpu and other.n_layers == 3
+    before = gcn.adj
+    gcn.to(torch.device("cpu"))
+    assert gcn.adj is not before and gcn.adj.device == gcn.user_emb.weight.device
+    assert torch.equal(gcn.adj.to_dense(), before.to_dense())
+
+
+def test_the_graph_filters_only_torch_sparse_warnings():
+    with pytest.warns(UserWarning, match="still shown"):
+        LightGCN(4, 5, 3, graph().train)
+        warnings.warn("still shown", UserWarning)

@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 
 from hnlm.data import load_dataset
-from hnlm.data.prepare import kcore
-from hnlm.data.split import split_interactions
+from hnlm.data.prepare import filter_interactions, kcore, reindex
+from hnlm.data.sources import RawData
+from hnlm.data.split import split_interactions, split_sizes
+from hnlm.errors import DataFormatError, EmptyDatasetError
 
 
 def random_interactions(seed=0, n_users=60, n_items=40, n=900):
@@ -62,6 +64,93 @@ def test_split_seed_changes_random_split():
     a, _ = split_interactions(inter, seed=0)
     b, _ = split_interactions(inter, seed=1)
     assert (a != b).any()
+
+
+DAY0 = 946684800  # 2000-01-01 00:00 UTC
+
+
+def raw(rows):
+    inter = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]).assign(review="")
+    return RawData(inter, pd.DataFrame({"item": []}), pd.DataFrame({"user": []}))
+
+
+def test_filters_apply_in_order_with_inclusive_start_exclusive_end_and_latest_duplicate():
+    rows = [("u1", "a", 4.0, DAY0), ("u1", "a", 5.0, DAY0 + 50), ("u1", "b", 4.0, DAY0 + 10),
+            ("u1", "c", 3.0, DAY0 + 20), ("u2", "a", 4.0, DAY0 + 5), ("u2", "b", 5.0, DAY0 - 1),
+            ("u2", "b", 4.0, DAY0 + 100), ("u3", "a", 5.0, DAY0 + 2 * 86400), ("u3", "b", 5.0, DAY0 + 2 * 86400 - 1)]
+    inter, steps = filter_interactions(raw(rows), 4, "2000-01-01", "2000-01-03", 2)
+    assert [(s["step"], s["interactions"], s["users"], s["items"]) for s in steps] == [
+        ("loaded", 9, 3, 3), ("rating >= 4", 8, 3, 2), ("date in [2000-01-01, 2000-01-03)", 6, 3, 2),
+        ("duplicates collapsed", 5, 3, 2), ("2-core", 4, 2, 2)]
+    assert steps[3]["collapsed"] == 1
+    # sorted by time; the repeated (u1, a) keeps its later rating; u3 (one item left) falls out of the 2-core
+    assert list(zip(inter["user"], inter["item"], inter["rating"])) == [
+        ("u2", "a", 4.0), ("u1", "b", 4.0), ("u1", "a", 5.0), ("u2", "b", 4.0)]
+    assert inter.index.tolist() == [0, 1, 2, 3] and list(inter.columns) == ["user", "item", "rating", "timestamp",
+                                                                            "review"]
+    only_end, steps = filter_interactions(raw(rows), None, None, "2000-01-01", None)
+    assert list(zip(only_end["user"], only_end["item"])) == [("u2", "b")] and len(steps) == 3
+
+
+def test_a_repeated_pair_keeps_its_latest_row_and_file_order_breaks_time_ties():
+    rng = np.random.default_rng(0)
+    rows = list(zip(rng.integers(0, 5, 60).astype(str), rng.integers(0, 5, 60).astype(str), np.arange(60.0),
+                    rng.integers(0, 3, 60)))
+    latest = {}
+    for user, item, rating, stamp in rows:
+        if (user, item) not in latest or stamp >= latest[user, item][1]:
+            latest[user, item] = (rating, stamp)
+    inter, _ = filter_interactions(raw(rows), None, None, None, None)
+    assert dict(zip(zip(inter["user"], inter["item"]), inter["rating"])) == {k: r for k, (r, _) in latest.items()}
+
+
+def test_data_without_ratings_or_times_loads_and_refuses_filters_it_cannot_support():
+    id_only = raw([("u1", "a", np.nan, 0), ("u1", "b", np.nan, 0), ("u2", "a", np.nan, 0)])
+    inter, steps = filter_interactions(id_only, None, None, None, 0)
+    assert len(inter) == 3 and [s["step"] for s in steps] == ["loaded", "duplicates collapsed"]
+    with pytest.raises(DataFormatError, match="no ratings"):
+        filter_interactions(id_only, 3, None, None, None)
+    with pytest.raises(DataFormatError, match="no timestamps"):
+        filter_interactions(id_only, None, None, "2001-01-01", None)
+    with pytest.raises(EmptyDatasetError, match="2 items; 2-core: 0 interactions"):
+        filter_interactions(id_only, None, None, None, 2)
+
+
+def test_reindex_maps_sorted_ids_and_builds_side_tables():
+    inter = pd.DataFrame({"user": ["u2", "u10", "u2"], "item": ["b", "a", "a"], "rating": [1.0, 2.0, 3.0]})
+    items = pd.DataFrame({"item": ["a", "a", "z", "b"], "title": ["A", "A again", "Z", None]})
+    out, item_table, user_table = reindex(inter, items, pd.DataFrame({"user": []}))
+    assert out["user"].tolist() == [1, 0, 1] and out["item"].tolist() == [1, 0, 0]   # "u10" < "u2"
+    assert out["rating"].tolist() == [1.0, 2.0, 3.0] and inter["user"].tolist() == ["u2", "u10", "u2"]
+    assert item_table.to_dict("list") == {"original_id": ["a", "b"], "title": ["A", ""]}
+    assert user_table.to_dict("list") == {"original_id": ["u10", "u2"]}
+    _, _, no_side = reindex(inter, items, pd.DataFrame({"age": [30]}))
+    assert no_side.to_dict("list") == {"original_id": ["u10", "u2"]}
+    _, _, with_age = reindex(inter, items, pd.DataFrame({"user": ["u2", "u10"], "age": [30, 40]}))
+    assert with_age.to_dict("list") == {"original_id": ["u10", "u2"], "age": ["40", "30"]}
+
+
+def test_split_sizes_round_each_heldout_share_and_keep_small_users_in_train():
+    assert [split_sizes(n, (0.8, 0.1, 0.1)) for n in (1, 2, 3, 10, 15, 25)] == [
+        (1, 0, 0), (2, 0, 0), (1, 1, 1), (8, 1, 1), (11, 2, 2), (21, 2, 2)]   # round(2.5) = 2: to even
+    assert split_sizes(20, (0.7, 0.2, 0.1)) == (14, 4, 2)
+
+
+def test_temporal_split_breaks_time_ties_by_item_and_reports_its_counts():
+    items = [9, 3, 5, 1, 7, 0, 2, 8, 4, 6]
+    inter = pd.DataFrame({"user": [0] * 10 + [1, 1], "item": items + [4, 2], "timestamp": [7] * 10 + [1, 2]})
+    part, counts = split_interactions(inter, seed=4, mode="temporal")
+    assert dict(zip(items, part[:10].tolist())) == {**{i: 0 for i in range(8)}, 8: 1, 9: 2}
+    assert part[10:].tolist() == [0, 0]
+    assert counts == {"split_mode": "temporal", "split_seed": 4, "split_ratios": [0.8, 0.1, 0.1],
+                      "users_train_only": 1, "train": 10, "valid": 1, "test": 1}
+    assert np.issubdtype(part.dtype, np.integer)
+    wide = split_interactions(inter, mode="temporal", ratios=(0.6, 0.3, 0.1))[1]
+    assert (wide["train"], wide["valid"], wide["test"]) == (8, 3, 1)
+    default, _ = split_interactions(inter)
+    assert (default == split_interactions(inter, seed=0, mode="random")[0]).all()
+    with pytest.raises(ValueError, match="split mode"):
+        split_interactions(inter, mode="by-user")
 
 
 def test_ml100k_counts_and_split():

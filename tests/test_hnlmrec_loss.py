@@ -1,6 +1,8 @@
 """The fine-tuning objective and quality measure, on tiny fixed tensors: the paper's objective is content
 with collinear outputs, InfoNCE over the batch's targets separates them; the measure sees the difference."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -64,12 +66,41 @@ def test_infonce_ignores_another_query_with_the_same_target():
         contrastive_loss(q, p, n, 0.05, "other")
 
 
+def log_sum_exp(*xs):
+    return math.log(sum(math.exp(x) for x in xs))
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def test_both_objectives_by_hand():
+    """Cosines q.p = [[1, .6], [0, .8]] and q.n = [[0, -1], [1, 0]], tau 0.5; inputs need not be unit length."""
+    q = torch.tensor([[3.0, 0.0], [0.0, 2.0]])
+    p = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    n = torch.tensor([[0.0, 2.0], [-1.0, 0.0]])
+    infonce = ((log_sum_exp(2, 1.2, 0, -2) - 2) + (log_sum_exp(0, 1.6, 2, 0) - 1.6)) / 2
+    assert float(contrastive_loss(q, p, n, 0.5)) == pytest.approx(infonce, rel=1e-6)
+    # paper: softplus(-(cos(q_i, p_i) - cos(q_i, n_j)) / tau) over all i, j
+    paper = (softplus(-2) + softplus(-4) + softplus(0.4) + softplus(-1.6)) / 4
+    assert float(contrastive_loss(q, p, n, 0.5, "paper")) == pytest.approx(paper, rel=1e-6)
+    assert float(contrastive_loss(q, p, n)) == float(contrastive_loss(q, p, n, 0.05, "infonce"))
+
+
+def test_infonce_masks_the_same_target_of_another_query_by_hand():
+    q, p, n = torch.eye(2), torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    # row 0: [1, masked, 0, 0] / .5; row 1: [masked, 0, 1, 1] / .5, its positive is column 1
+    expected = ((log_sum_exp(2, 0, 0) - 2) + log_sum_exp(0, 2, 2)) / 2
+    assert float(contrastive_loss(q, p, n, 0.5)) == pytest.approx(expected, rel=1e-6)
+
+
 def test_last_token_pooling_skips_padding_on_either_side():
     hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
     right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     torch.testing.assert_close(pool_last(hidden, right), torch.stack([hidden[0, 1], hidden[1, 3]]))
     torch.testing.assert_close(pool_last(hidden, left), torch.stack([hidden[0, 3], hidden[1, 3]]))
+    assert pool_last(hidden.to(torch.bfloat16), right).dtype == torch.float32
 
 
 def test_quality_measure_separates_a_collapsed_encoder_from_a_good_one():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hnlm.llm.cache import JsonlCache, call_key
-from hnlm.llm.pooling import Centerer, pool_hidden
+from hnlm.llm.pooling import Centerer, l2_normalise, pool_hidden
 from hnlm.llm.structured import (
     _JsonTracker,
     extract_json_text,
@@ -138,3 +138,39 @@ def test_centerer_makes_cosine_meaningful():
     assert np.allclose(cov, np.eye(16), atol=1e-2)
     restored = Centerer.from_state_dict(c.state_dict())
     assert np.allclose(restored.transform(x), z * 0 + c.transform(x))
+
+
+def test_mean_pooling_by_hand_in_float32_and_zero_for_an_all_padding_row():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]],
+                          dtype=torch.bfloat16)
+    out = pool_hidden(hidden, torch.tensor([[1, 1, 0], [0, 0, 1]]))
+    assert out.dtype == torch.float32 and out.tolist() == [[2.0, 3.0], [9.0, 10.0]]
+    assert pool_hidden(hidden, torch.zeros(2, 3)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_whitening_keeps_the_largest_directions_and_the_state_round_trips():
+    rng = np.random.default_rng(1)
+    x = 7 + rng.standard_normal((4000, 4)) * [0.5, 5.0, 1.0, 3.0]
+    c = Centerer(whiten=True, dim=2).fit(x)
+    z = c.transform(x)
+    assert z.shape == (4000, 2) and z.dtype == np.float32
+    assert np.allclose(np.cov(z, rowvar=False), np.eye(2), atol=1e-4)   # unit variance up to eps / variance
+    # the kept directions are the two largest variances, in order: axis 1, then axis 3
+    assert abs(np.corrcoef(z[:, 0], x[:, 1])[0, 1]) > 0.99 and abs(np.corrcoef(z[:, 1], x[:, 3])[0, 1]) > 0.99
+    restored = Centerer.from_state_dict(c.state_dict())
+    assert (restored.whiten, restored.eps, restored.dim) == (True, 1e-5, 2)
+    assert np.array_equal(restored.transform(x), z)
+    t = c.transform(torch.tensor(x[:3], dtype=torch.bfloat16))
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.shape == (3, 2)
+    plain = Centerer().fit(x)
+    assert plain.proj is None and np.allclose(plain.transform(x), x - x.mean(0), atol=1e-4)
+    assert np.allclose(Centerer().fit_transform(x), plain.transform(x))
+    with pytest.raises(ValueError, match="at least two"):
+        Centerer().fit(x[:1])
+    with pytest.raises(RuntimeError, match="before fit"):
+        Centerer().transform(x)
+
+
+def test_l2_normalise_scales_rows_to_unit_length_and_leaves_zero_rows():
+    assert np.allclose(l2_normalise(np.array([[0.3, 0.4, 0.0], [0.0, 0.0, 0.0], [0.0, 2.0, 0.0]])),
+                       [[0.6, 0.8, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])

@@ -234,8 +234,9 @@ def test_hinge_hand_computed_with_margin():
     pos, neg = torch.tensor([1.0, 0.2]), torch.tensor([0.5, 0.4])
     # max(0, m - pos + neg): m = 0.3 -> 0 and 0.5; m = 1.0 -> 0.5 and 1.2
     assert float(losses.hinge(pos, neg)) == pytest.approx(0.25, rel=1e-6)
+    assert float(losses.pairwise_loss("hinge", pos, neg)) == pytest.approx(0.25, rel=1e-6)
     assert float(losses.pairwise_loss("hinge", pos, neg, margin=1.0)) == pytest.approx(0.85, rel=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
         losses.pairwise_loss("mse", pos, neg)
 
 
@@ -250,5 +251,20 @@ def test_info_nce_hand_computed():
     # explicit negatives [B, N, d]: anchor 0 against its own two negatives only
     negatives = torch.tensor([[[0.0, 5.0], [-1.0, 0.0]]])
     logits = [1 / 0.5, 0.0, -1 / 0.5]
+    expected = -logits[0] + math.log(sum(math.exp(x) for x in logits))
+    assert float(losses.info_nce(anchor[:1], positive[:1], negatives, tau=0.5)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_info_nce_normalises_each_row_at_the_default_temperature():
+    """Rows that are not unit length and not axis-aligned, so normalising along the wrong axis shows;
+    cosines: anchor 0 vs positives [1/sqrt2, 1], anchor 1 vs positives [0, 1/sqrt2]; tau = 0.2."""
+    anchor, positive = torch.tensor([[1.0, 1.0], [0.0, 2.0]]), torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    c = 1 / math.sqrt(2)
+    row0 = -5 * c + math.log(math.exp(5 * c) + math.exp(5))
+    row1 = -5 * c + math.log(1 + math.exp(5 * c))
+    assert float(losses.info_nce(anchor, positive)) == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    # anchor 0 against its own negatives (3, 4) and (1, 0): cosines 1.4 / sqrt2 and 1 / sqrt2
+    negatives = torch.tensor([[[3.0, 4.0], [1.0, 0.0]]])
+    logits = [c / 0.5, 1.4 * c / 0.5, c / 0.5]
     expected = -logits[0] + math.log(sum(math.exp(x) for x in logits))
     assert float(losses.info_nce(anchor[:1], positive[:1], negatives, tau=0.5)) == pytest.approx(expected, rel=1e-6)
