@@ -1,13 +1,17 @@
-"""`hnlm study`: run the numbered notebooks through papermill (what `make study` calls)."""
+"""`hnlm study`: run the numbered notebooks through papermill (what `make study` calls); `hnlm study report`:
+the README's results section from the tracked result files."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from hnlm.errors import UserFacingError
+from hnlm.paths import results_dir
 from hnlm.semantic.outputs import REGENERATE_VAR
 from hnlm.study.llm_outputs import STAGES, prepare, units
 from hnlm.study.publish import publish_study
+from hnlm.study.report import RESULTS_BEGIN, RESULTS_END, render_report, write_between_markers
 from hnlm.study.runner import run_study
 from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES
 
@@ -32,6 +36,28 @@ def register(sub) -> None:
                    help=f"ignore the shipped LLM outputs (outputs/) and make every one on this machine, reusing "
                         f"only artifacts/ (sets {REGENERATE_VAR}; hours on a CPU)")
     p.set_defaults(func=run)
+    register_report(p.add_subparsers(dest="study_command", metavar="[report]"))  # none: run the notebooks
+
+
+def register_report(actions) -> None:
+    p = actions.add_parser("report", help="print the README's results section (markdown) from the tracked result "
+                                          "files of a full study, results/<dataset>/")
+    p.add_argument("--results", type=Path, help="folder holding <dataset>/ (default: the tracked results/)")
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--write", type=Path, metavar="FILE",
+                   help=f"replace the block between {RESULTS_BEGIN} and {RESULTS_END} in FILE instead of printing")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args) -> int:
+    folder = (args.results or results_dir()) / args.dataset
+    markdown = render_report(folder, args.dataset)
+    if args.write:
+        write_between_markers(args.write, markdown)
+        print(f"{args.write}: results block rewritten from {folder}")
+    else:
+        print(markdown)
+    return 0
 
 
 def run(args) -> int:
