@@ -18,7 +18,7 @@ from hnlm.semantic.common import Budget, OtherSplitError, select_pairs
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, run_folder
 from hnlm.study import pipeline, publish, shipped
-from hnlm.study.publish import verify
+from hnlm.study.publish import shared_prefix_share, verify
 from hnlm.study.settings import settings
 
 KEY = {"model": "m:abc", "schema": {"type": "object"}, "decoding": {"max_new_tokens": 40},
@@ -181,7 +181,39 @@ def test_verify_regenerates_a_sample_with_a_fresh_cache(data, tmp_path, monkeypa
     (result, vectors) = sorted(verify(2), key=lambda r: r["kind"], reverse=True)
     assert result["regenerated"] == 2 and result["exact_text_share"] == 1.0
     assert result["field_matches"] == {"ok": 2, "summarization": 2, "reasoning": 2}
+    assert result["shared_prefix_shares"] == [1.0, 1.0]
     assert "not re-embedded: the LoRA adapter" in vectors["summary"]
+
+
+@pytest.mark.slow
+def test_verify_rebuilds_sns_prompts_and_skips_sampled_decoding(data, tmp_path, monkeypatch):
+    """Shipped SNS records (history context) are regenerated from prompts equal to the shipped ones; records
+    made with sampled decoding are reported, not compared."""
+    monkeypatch.setenv("HNLM_MODEL_CACHE", str(cache_root("models")))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_LLM_DTYPE", "float32")
+    llm = "smollm2-135m"
+    pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
+    pairs = pairs[pairs["user"] < 2]
+    backend = make_backend(llm, progress=False)
+    for decoding in ("greedy", "sample-t0.7-p0.9-s0"):
+        builder = sns.PromptBuilder(data, "history", llm, decoding=decoding)
+        records = [{"user": u, "item": i, "ok": True, "text": f"neg {u}", "reasoning": "r", "reason": None,
+                    "words": 2, "truncated": False, "prompt_sha": sha}
+                   for (u, i), sha in shipped.sns_prompt_hashes(builder, pairs).items()]
+        outputs.publish_records("sns-negatives", "ml-100k", llm, shipped.sns_slot(builder, "0"), records,
+                                shipped.sns_key(data, backend, builder, 0), BF16)
+    greedy, sampled = sorted(verify(2), key=lambda r: "sample" in r["slot"])
+    assert greedy["regenerated"] == 2 and greedy["prompts_changed"] == 0
+    assert sampled["regenerated"] == 0 and "sampled decoding (sample-t0.7-p0.9-s0)" in sampled["summary"]
+
+
+def test_shared_prefix_share_is_the_identical_start_over_the_longer_text():
+    assert shared_prefix_share("abcd", "abcd") == 1.0
+    assert shared_prefix_share("abXYZW", "abcd") == 2 / 6
+    assert shared_prefix_share("ab", "abcd") == 0.5
+    assert shared_prefix_share(None, "abcd") == 0.0 and shared_prefix_share(None, None) == 1.0
 
 
 

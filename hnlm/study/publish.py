@@ -9,6 +9,7 @@ random sample of shipped records on this machine (a fresh, temporary LLM cache) 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -231,8 +232,8 @@ def generation_prompts(entry: outputs.Shipped, rows: list[dict], root):
     m = entry.manifest
     data, seed = _data_of(entry)
     if m["kind"] == "sns-negatives":
-        context = m["key"]["context"]
-        kind, _, profiles_llm = context.partition(":")
+        base = sns_context(m)[0]  # "history" or "profile:<llm>"
+        kind, _, profiles_llm = base.partition(":")
         builder = sns.PromptBuilder(data, kind, profiles_llm or None, seed=m["key"].get("prompt_seed", 0))
         return ([builder.messages(r["user"], r["item"]) for r in rows], sns.sns_schema(),
                 sum(sns.FIELD_TOKENS.values()) + 16, "text")
@@ -248,7 +249,19 @@ def generation_prompts(entry: outputs.Shipped, rows: list[dict], root):
     return [prompts.messages(kind, r["id"]) for r in rows], pf.profile_schema(), None, "summarization"
 
 
+def sns_context(manifest: dict) -> tuple[str, str]:
+    """(prompt context, decoding) of shipped SNS negatives, from their context tag
+    "<history | profile:<llm>>|<template>-<prompt hash>|<greedy | sample-...>" (sns.PromptBuilder.tag)."""
+    parts = manifest["key"]["context"].split("|")
+    return parts[0], parts[-1]
+
+
 def verify_generations(entry: outputs.Shipped, sample: int, seed: int, root) -> dict:
+    if entry.manifest["kind"] == "sns-negatives" and sns_context(entry.manifest)[1] != "greedy":
+        decoding = sns_context(entry.manifest)[1]
+        return {"sampled": 0, "regenerated": 0,
+                "summary": f"not regenerated: made with sampled decoding ({decoding}), whose draws depend on the "
+                           f"batch they were made in; verify compares greedy generations only"}
     rows = entry.rows()
     picked = [rows[i] for i in _sample(len(rows), sample, seed)]
     messages, schema, max_new_tokens, main = generation_prompts(entry, picked, root)
@@ -262,14 +275,28 @@ def verify_generations(entry: outputs.Shipped, sample: int, seed: int, root) -> 
     fresh = [sns.parse_answer(res) if main == "text" else
              {"ok": res.ok, **{f: (res.value or {}).get(f) for f in (main, "reasoning")}} for res in results]
     agree = {f: sum(new[f] == old[f] for new, (_, old) in zip(fresh, todo)) for f in fields}
+    prefix = [shared_prefix_share(new[main], old[main]) for new, (_, old) in zip(fresh, todo)]
     now = outputs.made_with(entry.manifest["llm"])
     n = len(todo)
     share = (agree[main] / n) if n else None
     summary = (f"{n} of {len(picked)} sampled records regenerated ({len(picked) - n} prompts changed since shipping); "
                f"exact {main} {agree[main]}/{n}, " + ", ".join(f"{f} {agree[f]}/{n}" for f in fields if f != main)
+               + (f"; {main} identical for the first {np.mean(prefix):.0%} of its characters on average (median "
+                  f"{np.median(prefix):.0%}) before the texts diverge" if n else "")
                + f"; shipped made with {outputs.describe(entry.made_with)}, regenerated with {outputs.describe(now)}")
     return {"sampled": len(picked), "regenerated": n, "prompts_changed": len(picked) - n, "exact_text_share": share,
-            "field_matches": agree, "made_with": entry.made_with, "now": now, "summary": summary}
+            "field_matches": agree, "shared_prefix_shares": prefix, "made_with": entry.made_with, "now": now,
+            "summary": summary}
+
+
+def shared_prefix_share(new: str | None, old: str | None) -> float:
+    """How much of the shipped text `old` a regeneration reproduces before it first differs (1.0: identical).
+    Greedy decoding diverges once a near-tie between two tokens flips, which a different batch shape (padding,
+    kernel blocking) can cause in bf16; a late divergence says the model and prompt are the same."""
+    new, old = new or "", old or ""
+    if new == old:
+        return 1.0
+    return len(os.path.commonprefix([new, old])) / max(len(old), len(new))
 
 
 def run_config(settings_dict: dict) -> RunConfig:
