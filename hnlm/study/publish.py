@@ -257,8 +257,8 @@ def sns_context(manifest: dict) -> tuple[str, str]:
 
 
 def verify_generations(entry: outputs.Shipped, sample: int, seed: int, root) -> dict:
-    if entry.manifest["kind"] == "sns-negatives" and sns_context(entry.manifest)[1] != "greedy":
-        decoding = sns_context(entry.manifest)[1]
+    decoding = sns_context(entry.manifest)[1] if entry.manifest["kind"] == "sns-negatives" else "greedy"
+    if decoding != "greedy":
         return {"sampled": 0, "regenerated": 0,
                 "summary": f"not regenerated: made with sampled decoding ({decoding}), whose draws depend on the "
                            f"batch they were made in; verify compares greedy generations only"}
