@@ -1,6 +1,8 @@
 """Module 3 (semantic alignment) on the real CF trainer: the adapter trains, mixing follows the formula,
 missing negatives are counted and skipped, any embedding dimension works."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,11 @@ from hnlm.cf.models import build_model
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.data import load_dataset
 from hnlm.data.interactions import Interactions
-from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension
+from hnlm.errors import UserFacingError
+from hnlm.llm.encoders import MiniLMEncoder
+from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension, alignment_config, alignment_for
 from hnlm.semantic.bank import NegativeBank
+from tests.cf_helpers import tiny_data
 
 N_USERS = 60
 STUDY_WEIGHT = 1e-3  # the contrastive weight the study uses (hnlm.study.profiles): small, so checked tightly
@@ -158,3 +163,30 @@ def test_repeated_rows_match_the_per_pair_computation(small, mode):
         torch.testing.assert_close(a, b)
     for a, b in zip(fast[4], ref[4]):
         torch.testing.assert_close(a, b)
+
+
+def test_alignment_config_takes_module_3_fields_from_a_method_settings():
+    @dataclasses.dataclass
+    class Settings(AlignmentConfig):
+        candidates: int = 8
+    settings = Settings(alpha=0.3, weight=0.5, tau=0.1, hidden=(4,), lookup="pair", train="joint",
+                        anchor_weight=2.0, candidates=16)
+    assert alignment_config(settings) == AlignmentConfig(0.3, 0.5, 0.1, (4,), "pair", "joint", 2.0)
+    assert type(alignment_config(settings)) is AlignmentConfig
+
+
+def test_alignment_for_anchors_only_the_anchor_adapter_in_the_catalogue_space(small):
+    bank = bank_for(small, [0, 1], dim=24)
+    joint = AlignmentConfig(alpha=0.3, train="joint")
+    ext = alignment_for(small, bank, joint, seed=7)
+    assert ext.bank is bank and ext.config is joint and ext.seed == 7 and not hasattr(ext, "item_text")
+    with pytest.raises(UserFacingError, match="bank test has dimension 24, not the catalogue text space \\(384\\)"):
+        alignment_for(small, bank, AlignmentConfig(train="anchor"), seed=7)
+
+
+def test_anchor_catalogue_is_the_minilm_text_of_every_item():
+    data = tiny_data({0: [0, 1], 1: [2]}, {}, {}, 2, 3, name="catalogue")
+    bank = NegativeBank(np.zeros((1, 384), np.float32), [0], [0], "test")
+    ext = alignment_for(data, bank, AlignmentConfig(), seed=0)
+    expected = MiniLMEncoder(cache=False).encode([data.item_text(i) for i in range(3)])
+    assert ext.item_text.shape == (3, 384) and np.allclose(ext.item_text.numpy(), expected, atol=1e-6)

@@ -3,13 +3,19 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.data import load_dataset
 from hnlm.data.interactions import Interactions
+from hnlm.errors import MissingInputError, UserFacingError
+from hnlm.llm.encoders import MiniLMEncoder
 from hnlm.semantic import rlmrec
+from hnlm.semantic.common import split_id_of
+from hnlm.semantic.profiles import save_profiles
+from tests.cf_helpers import tiny_data
 
 
 def test_unique_first():
@@ -86,3 +92,28 @@ def test_max_anchors_is_off_by_default_and_caps_the_infonce():
     assert rlmrec.RLMRecConfig().max_anchors == 0                 # exact RLMRec-Con unless asked
     torch.testing.assert_close(losses[0], losses[10_000])          # a cap above the batch changes nothing
     assert not torch.isclose(losses[0], losses[16])
+
+
+def test_text_embeddings_encode_the_chosen_texts_in_id_order():
+    """3 users and 4 items; the real MiniLM (uncached) encodes metadata texts or saved profiles."""
+    data = tiny_data({0: [0, 1], 1: [2], 2: [3, 1]}, {}, {}, 3, 4, name="rlmrec-text")
+    encoder = MiniLMEncoder(cache=False)
+    users, items = rlmrec.metadata_texts(data)
+    got = rlmrec.text_embeddings(data, "metadata", encoder)
+    assert np.array_equal(got[0], encoder.encode(users)) and np.array_equal(got[1], encoder.encode(items))
+
+    def save(kind, ids):
+        frame = pd.DataFrame({"id": ids, "ok": True, "summarization": [f"{kind} {i} profile" for i in ids]})
+        save_profiles(frame, data.name, "test-llm", kind, split_id_of(data))
+    save("item", [0, 1, 2, 3])
+    save("user", [0, 2])
+    with pytest.raises(MissingInputError, match=r"lack users \[1\] / items \[\]"):
+        rlmrec.text_embeddings(data, "profiles", encoder, "test-llm")
+    save("user", [1])
+    got = rlmrec.text_embeddings(data, "profiles", encoder, "test-llm")
+    assert np.array_equal(got[0], encoder.encode([f"user {u} profile" for u in range(3)]))
+    assert np.array_equal(got[1], encoder.encode([f"item {i} profile" for i in range(4)]))
+    with pytest.raises(UserFacingError, match="profiles-llm"):
+        rlmrec.text_embeddings(data, "profiles", encoder)
+    with pytest.raises(ValueError, match="metadata"):
+        rlmrec.text_embeddings(data, "titles", encoder)

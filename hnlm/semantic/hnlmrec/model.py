@@ -108,16 +108,13 @@ def backbone_of(lm):
 class QueryEncoder(nn.Module):
     """LoRA LM + pooling + head (+ soft CF prompt). `forward` returns L2-normalised q [B, out_dim]."""
 
-    def __init__(self, lm, config: EncoderConfig, adapter_dir: str | Path | None = None):
+    def __init__(self, lm, config: EncoderConfig):
         super().__init__()
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import LoraConfig, get_peft_model
         self.config = config
-        if adapter_dir is not None:
-            self.lm = PeftModel.from_pretrained(lm, str(adapter_dir), is_trainable=True)
-        else:
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=list(config.lora_targets), bias="none")
-            self.lm = get_peft_model(lm, lora)
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=list(config.lora_targets), bias="none")
+        self.lm = get_peft_model(lm, lora)
         for name, p in self.lm.named_parameters():
             if "lora_" in name:
                 p.data = p.data.float()  # bf16 would swallow small updates
