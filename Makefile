@@ -11,6 +11,10 @@ STAMP := $(VENV)/.installed
 MUTMUT := mutmut==3.8.1
 MUTANTS ?=
 MUTATION_WORKERS ?= 1
+# TEST_WORKERS=2 runs the tests on 2 pytest-xdist workers; tests sharing a session fixture (the notebooks, the
+# fine-tuned run) share an xdist_group, and --dist loadgroup keeps each group on one worker.
+TEST_WORKERS ?= 1
+TEST_PARALLEL := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
 .PHONY: study test mutation venv clean-artifacts
 
@@ -32,7 +36,7 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check hnlm tests bench notebooks
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra $(TEST_PARALLEL)
 
 # A developer tool, so not in requirements.txt: the target installs its pinned version (a no-op once there).
 # One BLAS thread per worker keeps forked workers safe and the machine usable; settings in pyproject.toml

@@ -2,9 +2,12 @@
 (LightGCN, RecBole), sanity checks, and one clear error for each bad input."""
 
 import argparse
+import fcntl
 import gzip
 import importlib.util
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +332,22 @@ def test_one_artefact_root_moves_every_cache(tmp_path, monkeypatch):
     assert cache_root("encoders") == root / "encoders"
     monkeypatch.setenv("HNLM_LLM_CACHE", str(tmp_path / "elsewhere"))
     assert default_cache_path("m").parent == tmp_path / "elsewhere"
+
+
+def test_a_model_conversion_under_way_elsewhere_is_waited_for_not_repeated(tmp_path, monkeypatch):
+    """Two test workers (or launched processes) needing the converted LLM at once: one converts, the other waits
+    on the lock and then uses that copy instead of replacing a folder the first may be loading."""
+    from hnlm.llm.models import converted_folder
+    monkeypatch.setenv("HNLM_MODEL_CACHE", str(tmp_path))
+    target = tmp_path / "smollm2-135m"
+    with (tmp_path / ".smollm2-135m.lock").open("w") as lock, ThreadPoolExecutor(1) as pool:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is converting
+        waiting = pool.submit(converted_folder, "smollm2-135m")
+        time.sleep(0.5)
+        assert not waiting.done()
+        target.mkdir()
+        (target / "config.json").write_text("{}")
+        (target / "model.safetensors").write_bytes(b"theirs")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        assert waiting.result(timeout=60) == target
+    assert (target / "model.safetensors").read_bytes() == b"theirs"

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hnlm.cli import main
 from hnlm.data import load_dataset
 from hnlm.data.prepare import filter_interactions, kcore, reindex
 from hnlm.data.sources import RawData
@@ -193,20 +194,20 @@ def test_training_views_hide_heldout():
         assert train and held and not train & held
 
 
-def test_cli_stats_prints_paper_table():
-    out = subprocess.run([sys.executable, "-m", "hnlm", "data", "stats", "ml-100k"], capture_output=True,
-                         text=True, check=True).stdout
-    assert "| ml-100k | 943 | 1,682 | 100,000 | 6.3047% |" in out
+def test_cli_stats_prints_paper_table(capsys):
+    assert main(["data", "stats", "ml-100k"]) == 0
+    assert "| ml-100k | 943 | 1,682 | 100,000 | 6.3047% |" in capsys.readouterr().out
 
 
-def test_cli_reports_bad_input_without_traceback(tmp_path):
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    """One real `python -m hnlm` process (exit status and stderr as a shell sees them); the lenient case runs
+    the same main() in this process, where any exception but the one-line error would fail the test."""
     broken = tmp_path / "Toys.json"
     broken.write_text('{"reviewerID": "A", "asin": "B", "overall": 5, "unixReviewTime": 1}\n{oops\n')
     proc = subprocess.run([sys.executable, "-m", "hnlm", "data", "stats", "toys", "--reviews", str(broken)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert f"{broken}:2" in proc.stderr and "Traceback" not in proc.stderr
-    lenient = subprocess.run([sys.executable, "-m", "hnlm", "data", "stats", "toys", "--reviews", str(broken),
-                              "--lenient"], capture_output=True, text=True)
     # lenient skips the line; the single remaining interaction cannot survive 10-core: counts per step
-    assert lenient.returncode == 2 and "10-core: 0 interactions" in lenient.stderr
+    assert main(["data", "stats", "toys", "--reviews", str(broken), "--lenient"]) == 2
+    assert "10-core: 0 interactions" in capsys.readouterr().err

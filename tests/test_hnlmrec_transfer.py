@@ -53,19 +53,16 @@ def test_transfer_needs_a_finished_source_run(data, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_finished_run_is_reused_and_transfers_with_the_targets_own_teacher(data, tmp_path, monkeypatch):
+@pytest.mark.xdist_group("finetuned_run")
+def test_finished_run_is_reused_and_transfers_with_the_targets_own_teacher(data, finetuned_run, monkeypatch):
     """A finished fine-tuning run reloads without another step; its encoder then emits for ml-1m query
     pairs, whose CF signal comes from a teacher trained on ml-1m's training split; a rerun reuses the bank."""
     from hnlm.semantic.hnlmrec.infer import adapter_fingerprint
     from hnlm.semantic.hnlmrec.pipeline import run_finetune
     from hnlm.semantic.hnlmrec.transfer import transfer_bank
     target = first_users(load_dataset("ml-1m", seed=0), 40)
-    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
-    # 160 tokens: the queries (~190) lose part of their user context, never their CF signal or cue
-    ft = FinetuneConfig(llm="smollm2-135m", max_steps=1, batch_size=2, save_steps=1, max_length=160,
-                        quality_pairs=4, centring_queries=4)
-    cfg = RunConfig(finetune=ft, teacher=TeacherConfig(model="mf", epochs=1), infer_users=2, infer_batch=2)
-    first = run_finetune(data, cfg)
+    root, cfg, first = finetuned_run.artefacts, finetuned_run.config, finetuned_run.summary
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(root))
     again = run_finetune(data, cfg)  # transformers 5 alone would take a second step here
     folder = Path(first["folder"])
     assert first["steps"] == again["steps"] == 1 and again["finetune_reused"] and not first["finetune_reused"]
@@ -81,12 +78,12 @@ def test_finished_run_is_reused_and_transfers_with_the_targets_own_teacher(data,
     assert bank.users.tolist() == [0, 1, 2] and bank.dim == 384 and summary["queries"] == 3
     assert all(int(i) in set(target.train_items(int(u)).tolist()) for u, i in zip(bank.users, bank.items))
     np.testing.assert_allclose(np.linalg.norm(bank.emb, axis=1), 1.0, atol=1e-4)
-    own = Teacher.load(next(tmp_path.glob("ml-1m-first40/hnlmrec-transfer/*/split-0/teacher.npz")))
+    own = Teacher.load(next(root.glob("ml-1m-first40/hnlmrec-transfer/*/split-0/teacher.npz")))
     assert own.meta["train_fingerprint"] == train_fingerprint(target) and own.user_emb.shape[0] == 40
     assert bank.meta["adapter"] == first["adapter"] and bank.meta["source_dataset"] == "ml-100k"
     assert summary["context_counts"]["user_history"] == 3
 
-    path = next(tmp_path.glob("ml-1m-first40/hnlmrec-transfer/*/split-0/bank_per-user-1-users-3.npz"))
+    path = next(root.glob("ml-1m-first40/hnlmrec-transfer/*/split-0/bank_per-user-1-users-3.npz"))
     stamp = path.stat().st_mtime_ns
     reused, _ = transfer_bank(target, "ml-100k", replace(cfg, infer_users=3), teacher)
     assert path.stat().st_mtime_ns == stamp

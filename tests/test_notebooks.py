@@ -253,6 +253,7 @@ def smoke_study(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("notebooks")  # under pytest-xdist one worker runs them all, so smoke_study runs once
 @pytest.mark.parametrize("name", STUDY_NOTEBOOKS)
 def test_notebook_runs_on_smoke_profile(smoke_study, name):
     report, out_dir, fig_dir = smoke_study

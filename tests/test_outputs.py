@@ -317,17 +317,14 @@ def test_study_transfer_uses_a_shipped_bank_without_the_source_run(data, tmp_pat
 
 
 @pytest.mark.slow
-def test_verify_reembeds_vectors_with_the_runs_adapter(data, tmp_path, monkeypatch):
-    """A one-step SmolLM2 fine-tune here; its shipped (float16) bank is re-embedded by `verify`: cosine ~1."""
-    from hnlm.semantic.hnlmrec.pipeline import run_finetune
-    monkeypatch.setenv("HNLM_MODEL_CACHE", str(cache_root("models")))
-    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+@pytest.mark.xdist_group("finetuned_run")
+def test_verify_reembeds_vectors_with_the_runs_adapter(data, finetuned_run, tmp_path, monkeypatch):
+    """The shared one-step SmolLM2 fine-tune's bank, shipped (float16), is re-embedded by `verify`: cosine ~1."""
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(finetuned_run.artefacts))  # where the run's adapter is
     monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
-    monkeypatch.setenv("HNLM_LLM_DTYPE", "float32")
-    ft = FinetuneConfig(llm="smollm2-135m", max_steps=1, batch_size=2, save_steps=1, max_length=160)
-    cfg = RunConfig(finetune=ft, teacher=TeacherConfig(model="mf", epochs=1), infer_users=2, infer_batch=2)
-    summary = run_finetune(data, cfg)
-    z = np.load(summary["bank"])
+    monkeypatch.setenv("HNLM_LLM_DTYPE", "float32")  # as the run was made
+    cfg = finetuned_run.config
+    z = np.load(finetuned_run.summary["bank"])
     outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", shipped.hnlmrec_slot(cfg, "0"), z["users"],
                             z["items"], z["emb"], shipped.hnlmrec_key(data, cfg, 0), outputs.made_with("smollm2-135m"))
     (result,) = verify(2)

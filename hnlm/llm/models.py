@@ -3,6 +3,7 @@ Hugging Face ids or local folders."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -146,11 +147,25 @@ def _load_gguf(path: Path, dtype: torch.dtype):
 
 
 def converted_folder(name: str) -> Path:
-    """The cached bf16 safetensors copy of a packaged model, converting it on first use."""
+    """The cached bf16 safetensors copy of a packaged model, converting it on first use. Processes that need it
+    at once (test workers, a multi-process launch) take turns on a lock file: one converts, the others then find
+    its copy, and none replaces a folder another is loading."""
     target = model_cache_dir(name)
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _is_converted(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / f".{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        if not _is_converted(target):
+            _convert(name, target)
+    return target
+
+
+def _is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _convert(name: str, target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp = Path(tmp)
         gguf = joined_qwen_gguf(tmp) if name == QWEN.name else smollm_gguf()
@@ -170,7 +185,6 @@ def converted_folder(name: str) -> Path:
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)  # atomic on one filesystem: a half-written folder is never used
-    return target
 
 
 def model_source(name: str) -> str:
