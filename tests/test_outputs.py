@@ -352,6 +352,8 @@ def test_adapters_ship_in_float16_and_load_from_the_run_then_the_shipped_file(da
         assert stored[name].dtype == (torch.float16 if half else t.dtype), name
         assert torch.equal(stored[name], t.half() if half else t), name
     assert main(["outputs", "add-adapters"]) == 0 and json.loads(mpath.read_text())["adapter"] == entry
+    listed = publish.list_outputs().iloc[0]
+    assert listed["check"] == "ok" and listed["adapter_kib"] == round(entry["bytes"] / 1024, 1)
 
     assert adapters.find_adapter("ml-100k", cfg, "0").folder == run / "final"
     (run / "final").rename(run / "moved")

@@ -36,7 +36,10 @@ def run_list(args) -> int:
         return 0
     with pd.option_context("display.max_colwidth", 200, "display.width", 250):
         print(table.to_string(index=False))
-    print(f"{len(table)} outputs, {table['kib'].sum() / 1024:.2f} MiB")
+    adapters = table["adapter_kib"].gt(0)
+    print(f"{len(table)} outputs, {table['kib'].sum() / 1024:.2f} MiB; {adapters.sum()} adapters (float16), "
+          f"{table['adapter_kib'].sum() / 1024:.2f} MiB; {(table['kib'] + table['adapter_kib']).sum() / 1024:.2f} MiB "
+          f"in all")
     return 1 if table["check"].ne("ok").any() else 0
 
 

@@ -218,10 +218,10 @@ def fields_in(config_cls, conf: dict) -> dict:
 
 
 def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
-    """The shipped bank of these settings when there is one, else the run's shipped adapter re-embeds it when the
-    run is not here, else fine-tune (resumable; a finished run with the same settings is reused by module 4's own
-    cache of checkpoints and banks); returns (summary with its
-    "loss_history", NegativeBank of emitted embeddings)."""
+    """The shipped bank of these settings when there is one; else, when the run is not here but its adapter is
+    shipped (the bank's queries changed), the bank embedded again with that adapter; else fine-tune (resumable; a
+    finished run with the same settings is reused by module 4's own cache of checkpoints and banks); returns
+    (summary with its "loss_history", NegativeBank of emitted embeddings)."""
     cfg = hnlmrec_config(llm, signal, conf)
     found = shipped.lookup_hnlmrec(data, cfg, split_seed)
     stage = f"hnlmrec-bank {signal}"

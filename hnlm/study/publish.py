@@ -23,7 +23,7 @@ from hnlm.llm.backends import make_backend
 from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
 from hnlm.semantic.common import Budget, select_pairs, split_id_of
-from hnlm.semantic.hnlmrec.adapters import Adapter, attach_adapter, run_adapter, split_of_slot
+from hnlm.semantic.hnlmrec.adapters import Adapter, attach_adapter, check_adapter_file, run_adapter, split_of_slot
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, load_base
 from hnlm.semantic.hnlmrec.infer import emit
 from hnlm.semantic.hnlmrec.model import CONFIG_FILE, QueryEncoder
@@ -167,9 +167,8 @@ def add_adapter(bank: outputs.Shipped) -> str | None:
     cfg = run_config(m["key"]["settings"])
     final = run_folder(m["dataset"], cfg, split_of_slot(m["slot"])) / "final"
     if not (final / CONFIG_FILE).exists():
-        raise MissingInputError(f"{final} (the adapter of shipped {bank.path.name}) is missing here: add the "
-                                f"adapter where that run finished, or publish the bank again with "
-                                f"`{outputs.regenerate_command(m)}`")
+        raise MissingInputError(f"{final} (the adapter of the run that made shipped {bank.path.name}) is not here: "
+                                f"run this where that run's artifacts are (HNLM_ARTIFACTS)")
     entry = attach_adapter(bank.manifest_path, final)
     return f"adapter {entry['file']} added ({entry['bytes'] / 2**20:.1f} MiB, float16, from {final})"
 
@@ -212,20 +211,26 @@ def publish_transfer(source, target, llm, signal, conf, profile, seed, info, roo
 # ------------------------------------------------------------------------------------------ listing
 
 def list_outputs(root: Path | None = None, dataset: str | None = None, llm: str | None = None) -> pd.DataFrame:
-    """One row per shipped output: kind, dataset, llm, slot, records, size, made with, and its check."""
+    """One row per shipped output: kind, dataset, llm, slot, records, size (and its adapter's), made with, and
+    its check (the adapter's too)."""
     rows = []
     for entry in outputs.shipped_entries(root, dataset, llm):
         m = entry.manifest
+        adapter = m.get("adapter")
         try:
             outputs.check_file(entry.manifest_path, m)
             (entry.rows() if m["kind"] in outputs.GENERATION_KINDS else entry.arrays())
+            if adapter:
+                check_adapter_file(entry.manifest_path, m)
             status = "ok"
         except outputs.ShippedOutputError as err:
             status = f"DAMAGED: {err}"
         rows.append({"kind": m["kind"], "dataset": m["dataset"], "llm": m["llm"], "slot": m["slot"],
                      "records": m["records"], "kib": round(m["bytes"] / 1024, 1),
+                     "adapter_kib": round(adapter["bytes"] / 1024, 1) if adapter else 0.0,
                      "made_with": outputs.describe(m["made_with"]), "check": status})
-    return pd.DataFrame(rows, columns=["kind", "dataset", "llm", "slot", "records", "kib", "made_with", "check"])
+    return pd.DataFrame(rows, columns=["kind", "dataset", "llm", "slot", "records", "kib", "adapter_kib", "made_with",
+                                       "check"])
 
 
 # ------------------------------------------------------------------------------------------ verification

@@ -110,6 +110,12 @@ def shipped_adapter(dataset: str, cfg: RunConfig, split_id: str, root: Path | No
     return None
 
 
+def check_adapter_file(mpath: Path, manifest: dict) -> Path:
+    """The adapter file a bank's manifest names, after its sha256 check (ShippedOutputError when damaged)."""
+    entry = manifest["adapter"]
+    return outputs.check_file(mpath, {**manifest, "file": entry["file"], "sha256": entry["sha256"]})
+
+
 def restore_adapter(bank: outputs.Shipped, target: Path) -> Path:
     """The shipped adapter of `bank` as a float32 final/-style folder at `target` (kept while the shipped file is
     the same)."""
@@ -120,8 +126,7 @@ def restore_adapter(bank: outputs.Shipped, target: Path) -> Path:
     marker = target / RESTORED_FROM
     if marker.exists() and marker.read_text() == entry["sha256"]:
         return target
-    path = bank.manifest_path.parent / entry["file"]
-    outputs.check_file(bank.manifest_path, {**bank.manifest, "file": entry["file"], "sha256": entry["sha256"]})
+    path = check_adapter_file(bank.manifest_path, bank.manifest)
     parts = {"lora": {}, "heads": {}}
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
