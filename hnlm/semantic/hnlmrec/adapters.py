@@ -14,7 +14,7 @@ its rounding would show.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hnlm.errors import MissingInputError
@@ -35,7 +35,7 @@ class Adapter:
     for a shipped one the bank it ships with (whose manifest holds the run's summary)."""
     folder: Path
     source: str
-    bank: outputs.Shipped | None = None
+    bank: outputs.Shipped | None = field(default=None, repr=False)
 
 
 def split_of_slot(slot: str) -> str:
