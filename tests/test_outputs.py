@@ -2,7 +2,9 @@
 
 import io
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -286,12 +288,94 @@ def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tm
     (folder / "summary.json").write_text(json.dumps({"steps": 2, "loss_first5_mean": 1.0, "timings": {}}))
     tag = bank_tag(cfg.infer_budget, cfg.infer_users)
     np.savez(folder / f"bank_{tag}.npz", users=[0, 1], items=[3, 4], emb=np.eye(2, 384, dtype=np.float32))
-    (folder / f"bank_{tag}.json").write_text(json.dumps({"adapter": "abc", "queries": "q"}))
-    assert "2 vectors of 384" in publish.publish_hnlmrec(data, llm, "soft", hconf, "smoke", 0, BF16, None)
+    (folder / f"bank_{tag}.json").write_text(json.dumps({"adapter": made_up_final(folder / "final"), "queries": "q"}))
+    line = publish.publish_hnlmrec(data, llm, "soft", hconf, "smoke", 0, BF16, None)
+    assert "2 vectors of 384" in line and ".adapter." in line
     summary, bank = pipeline.study_hnlmrec(data, llm, "soft", hconf, 0)
     assert summary["shipped"] and summary["loss_first5_mean"] == 1.0 and bank.items.tolist() == [3, 4]
     assert publish.publish_hnlmrec(data, llm, "soft", hconf, "smoke", 0, BF16, None).startswith(
         "hnlmrec-bank soft: already shipped")
+
+
+def made_up_final(folder, seed=0) -> str:
+    """A fine-tuning run's final/ folder as QueryEncoder.save lays it out, with made-up float32 tensors; returns
+    its adapter fingerprint."""
+    import torch
+    from safetensors.torch import save_file
+
+    from hnlm.semantic.hnlmrec.infer import adapter_fingerprint
+    from hnlm.semantic.hnlmrec.model import CONFIG_FILE, TRAINABLE_FILE, EncoderConfig
+    g = torch.Generator().manual_seed(seed)
+    (folder / "adapter").mkdir(parents=True)
+    save_file({"base_model.model.layers.0.q_proj.lora_A.weight": torch.randn(4, 16, generator=g),
+               "base_model.model.layers.0.q_proj.lora_B.weight": torch.randn(16, 4, generator=g) / 300},
+              str(folder / "adapter" / "adapter_model.safetensors"))
+    (folder / "adapter" / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}))
+    torch.save({"head.weight": torch.randn(8, 16, generator=g), "head.bias": torch.randn(8, generator=g),
+                "pool_mean": torch.randn(16, generator=g) * 50, "centred": torch.tensor(True)}, folder / TRAINABLE_FILE)
+    (folder / CONFIG_FILE).write_text(json.dumps(EncoderConfig(out_dim=8, lora_r=4).to_json()))
+    return adapter_fingerprint(folder)
+
+
+def test_adapters_ship_in_float16_and_load_from_the_run_then_the_shipped_file(data, tmp_path, monkeypatch):
+    """`hnlm outputs add-adapters` ships a bank's adapter beside it (float16 matrices, the bank's vectors and key
+    untouched); a run's adapter comes from its final/ when present, else from that file (upcast to float32),
+    else the error names the fine-tune that makes it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from hnlm.errors import MissingInputError
+    from hnlm.semantic.hnlmrec import adapters
+    from hnlm.semantic.hnlmrec.model import TRAINABLE_FILE
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    llm = "smollm2-135m"
+    cfg = pipeline.hnlmrec_config(llm, "text", settings("smoke", "05_hnlmrec")["hnlmrec"])
+    run = run_folder("ml-100k", cfg, "0")
+    fingerprint = made_up_final(run / "final")
+    mpath = outputs.publish_vectors("hnlmrec-bank", "ml-100k", llm, shipped.hnlmrec_slot(cfg, "0"), [0], [5],
+                                    np.eye(1, 384, dtype=np.float32), shipped.hnlmrec_key(data, cfg, 0), BF16,
+                                    {"bank_meta": {"adapter": fingerprint, "run": run.name}})
+    before = json.loads(mpath.read_text())
+    assert main(["outputs", "add-adapters"]) == 0
+    after = json.loads(mpath.read_text())
+    entry = after.pop("adapter")
+    assert after == before and entry["run"] == run.name and entry["source_fingerprint"] == fingerprint
+    shipped_file = mpath.parent / entry["file"]
+    assert entry["sha256"] == outputs.sha256_file(shipped_file) and entry["stored_dtype"] == "float16"
+    stored = load_file(str(shipped_file))
+    source = {**{f"lora/{k}": v for k, v in load_file(str(run / "final/adapter/adapter_model.safetensors")).items()},
+              **{f"heads/{k}": v for k, v in torch.load(run / "final" / TRAINABLE_FILE).items()}}
+    assert stored.keys() == source.keys()
+    for name, t in source.items():
+        half = t.is_floating_point() and t.ndim == 2
+        assert stored[name].dtype == (torch.float16 if half else t.dtype), name
+        assert torch.equal(stored[name], t.half() if half else t), name
+    assert main(["outputs", "add-adapters"]) == 0 and json.loads(mpath.read_text())["adapter"] == entry
+    listed = publish.list_outputs().iloc[0]
+    assert listed["check"] == "ok" and listed["adapter_kib"] == round(entry["bytes"] / 1024, 1)
+
+    assert adapters.find_adapter("ml-100k", cfg, "0").folder == run / "final"
+    (run / "final").rename(run / "moved")
+    found = adapters.find_adapter("ml-100k", cfg, "0")
+    assert found.source == "shipped" and found.folder == run / adapters.SHIPPED_FINAL
+    lora = load_file(str(found.folder / adapters.LORA_FILE))
+    for name, t in load_file(str(run / "moved/adapter/adapter_model.safetensors")).items():
+        assert lora[name].dtype == torch.float32
+        torch.testing.assert_close(lora[name], t, rtol=2 ** -11, atol=2 ** -24)   # float16 rounding, no more
+    heads = torch.load(found.folder / TRAINABLE_FILE)
+    assert torch.equal(heads["pool_mean"], torch.load(run / "moved" / TRAINABLE_FILE)["pool_mean"])
+    assert (found.folder / "hnlmrec_config.json").read_text() == (run / "moved/hnlmrec_config.json").read_text()
+
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "none"))
+    assert adapters.find_adapter("ml-100k", cfg, "0") is None
+    with pytest.raises(MissingInputError, match=r"adapter .*final is absent and none is shipped.*hnlm finetune "
+                                                r"--dataset ml-100k --llm smollm2-135m --cf-signal text"):
+        adapters.run_adapter("ml-100k", cfg, "0")
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    made_up_final(run / "final", seed=1)
+    with pytest.raises(MissingInputError, match="is not the adapter that made"):
+        adapters.attach_adapter(mpath, run / "final")
 
 
 def test_study_transfer_uses_a_shipped_bank_without_the_source_run(data, tmp_path, monkeypatch, capsys):
@@ -319,13 +403,22 @@ def test_study_transfer_uses_a_shipped_bank_without_the_source_run(data, tmp_pat
 @pytest.mark.slow
 @pytest.mark.xdist_group("finetuned_run")
 def test_verify_reembeds_vectors_with_the_runs_adapter(data, finetuned_run, tmp_path, monkeypatch):
-    """The shared one-step SmolLM2 fine-tune's bank, shipped (float16), is re-embedded by `verify`: cosine ~1."""
-    monkeypatch.setenv("HNLM_ARTIFACTS", str(finetuned_run.artefacts))  # where the run's adapter is
+    """The shared one-step SmolLM2 fine-tune's bank, shipped (float16), is re-embedded by `verify`: cosine ~1, with
+    the run's adapter and, once the run's final/ is gone, with the shipped float16 one (on a copy of the run)."""
+    artefacts = shutil.copytree(finetuned_run.artefacts, tmp_path / "artifacts")
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(artefacts))
     monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("HNLM_LLM_DTYPE", "float32")  # as the run was made
     cfg = finetuned_run.config
-    z = np.load(finetuned_run.summary["bank"])
+    bank = artefacts / Path(finetuned_run.summary["bank"]).relative_to(finetuned_run.artefacts)
+    z = np.load(bank)
+    bank_meta = json.loads(bank.with_suffix(".json").read_text())
     outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", shipped.hnlmrec_slot(cfg, "0"), z["users"],
-                            z["items"], z["emb"], shipped.hnlmrec_key(data, cfg, 0), outputs.made_with("smollm2-135m"))
+                            z["items"], z["emb"], shipped.hnlmrec_key(data, cfg, 0), outputs.made_with("smollm2-135m"),
+                            {"bank_meta": bank_meta})
     (result,) = verify(2)
-    assert result["regenerated"] == 2 and result["cosine_min"] > 0.999, result["summary"]
+    assert result["adapter"] == "run" and result["regenerated"] == 2 and result["cosine_min"] > 0.999, result["summary"]
+    publish.add_adapters()
+    shutil.rmtree(run_folder("ml-100k", cfg, "0") / "final")
+    (result,) = verify(2)
+    assert result["adapter"] == "shipped" and result["cosine_min"] > 0.999, result["summary"]

@@ -134,7 +134,7 @@ def describe(info: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ publishing
 
-def _write_atomic(folder: Path, name: str, data: bytes) -> Path:
+def write_atomic(folder: Path, name: str, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
@@ -144,6 +144,16 @@ def _write_atomic(folder: Path, name: str, data: bytes) -> Path:
     target = folder / name
     os.replace(tmp, target)
     return target
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def update_manifest(mpath: Path, **fields) -> None:
+    """Add or replace top-level fields of a manifest, leaving its file, key and other fields as they are."""
+    mpath = Path(mpath)
+    write_atomic(mpath.parent, mpath.name, manifest_bytes({**read_manifest(mpath), **fields}))
 
 
 def _publish(kind: str, dataset: str, llm: str, slot: str, data: bytes, ext: str, records: int, key: dict,
@@ -156,12 +166,12 @@ def _publish(kind: str, dataset: str, llm: str, slot: str, data: bytes, ext: str
     name = f"{slot}.{digest[:12]}.{ext}"
     mpath = folder / f"{slot}.manifest.json"
     previous = json.loads(mpath.read_text()).get("file") if mpath.exists() else None
-    _write_atomic(folder, name, data)
+    write_atomic(folder, name, data)
     manifest = {"format": FORMAT, "kind": kind, "dataset": dataset, "llm": llm, "slot": slot, "file": name,
                 "sha256": digest, "bytes": len(data), "records": records, "key": key, "key_sha256": key_sha(key),
                 "made_with": info, "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **(extra or {})}
-    _write_atomic(folder, mpath.name, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
+    write_atomic(folder, mpath.name, manifest_bytes(manifest))
     if previous and previous != name:
         (folder / previous).unlink(missing_ok=True)
     return mpath

@@ -1,4 +1,4 @@
-"""`hnlm outputs list` and `hnlm outputs verify`: the LLM outputs shipped in the tracked outputs/ folder."""
+"""`hnlm outputs list`, `verify` and `add-adapters`: the LLM outputs shipped in the tracked outputs/ folder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pandas as pd
 
 from hnlm.paths import outputs_root
 from hnlm.semantic.common import safe_name
-from hnlm.study.publish import list_outputs, verify
+from hnlm.study.publish import add_adapters, list_outputs, verify
 
 
 def register(sub) -> None:
@@ -17,6 +17,9 @@ def register(sub) -> None:
                                                "and print the agreement")
     check.add_argument("--sample", type=int, default=8, help="records per output (default 8)")
     check.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    adapters = actions.add_parser("add-adapters", help="ship the float16 adapter of every shipped bank that lacks "
+                                                       "one, from its run in artifacts/ (vectors and keys unchanged)")
+    adapters.set_defaults(func=run_add_adapters)
     for q in (show, check):
         q.add_argument("--dataset", help="only this dataset (default: all)")
         q.add_argument("--llm", help="only this LLM (default: all)")
@@ -33,10 +36,19 @@ def run_list(args) -> int:
         return 0
     with pd.option_context("display.max_colwidth", 200, "display.width", 250):
         print(table.to_string(index=False))
-    print(f"{len(table)} outputs, {table['kib'].sum() / 1024:.2f} MiB")
+    adapters = table["adapter_kib"].gt(0)
+    print(f"{len(table)} outputs, {table['kib'].sum() / 1024:.2f} MiB; {adapters.sum()} adapters (float16), "
+          f"{table['adapter_kib'].sum() / 1024:.2f} MiB; {(table['kib'] + table['adapter_kib']).sum() / 1024:.2f} MiB "
+          f"in all")
     return 1 if table["check"].ne("ok").any() else 0
 
 
 def run_verify(args) -> int:
     verify(args.sample, dataset=args.dataset, llm=args.llm, seed=args.seed)
+    return 0
+
+
+def run_add_adapters(args) -> int:
+    for line in add_adapters():
+        print(line)
     return 0

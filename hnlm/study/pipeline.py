@@ -24,9 +24,10 @@ from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import Budget, select_pairs, split_id_of
+from hnlm.semantic.hnlmrec.adapters import find_adapter
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, load_bank, run_finetune
-from hnlm.semantic.hnlmrec.transfer import source_run, transfer_bank
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, embed_bank, load_bank, run_finetune
+from hnlm.semantic.hnlmrec.transfer import transfer_bank
 from hnlm.semantic.resources import Resources, provide_teachers
 from hnlm.semantic.rlmrec import text_embeddings
 from hnlm.study import shipped
@@ -217,9 +218,10 @@ def fields_in(config_cls, conf: dict) -> dict:
 
 
 def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
-    """The shipped bank of these settings when there is one, else fine-tune (resumable; a finished run with the
-    same settings is reused by module 4's own cache of checkpoints and banks); returns (summary with its
-    "loss_history", NegativeBank of emitted embeddings)."""
+    """The shipped bank of these settings when there is one; else, when the run is not here but its adapter is
+    shipped (the bank's queries changed), the bank embedded again with that adapter; else fine-tune (resumable; a
+    finished run with the same settings is reused by module 4's own cache of checkpoints and banks); returns
+    (summary with its "loss_history", NegativeBank of emitted embeddings)."""
     cfg = hnlmrec_config(llm, signal, conf)
     found = shipped.lookup_hnlmrec(data, cfg, split_seed)
     stage = f"hnlmrec-bank {signal}"
@@ -231,12 +233,27 @@ def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) 
         summary = {**found.shipped.manifest["summary"], "folder": str(found.shipped.path.parent),
                    "bank": str(found.shipped.path), "shipped": True}
         return summary, bank
+    adapter = find_adapter(data.name, cfg, split_id_of(data))
+    if adapter is not None and adapter.source == "shipped":
+        return reembed_with_shipped_adapter(data, cfg, adapter, stage, found.reason)
     summary = run_finetune(data, cfg)
     outputs.report(stage, f"{'cached' if summary.get('finetune_reused') else 'fine-tuned'} in {summary['folder']} "
                           f"({found.reason})")
     bank = load_bank(data, llm, signal, cfg.finetune.budget, cfg.infer_budget, run=Path(summary["folder"]).name,
                      infer_users=cfg.infer_users)
     return {**summary, "loss_history": loss_history(summary["folder"]), "shipped": False}, bank
+
+
+def reembed_with_shipped_adapter(data, cfg: RunConfig, adapter, stage: str, reason: str) -> tuple[dict, object]:
+    """The bank of a run that is not here but whose adapter is shipped (its shipped bank no longer fits, e.g. the
+    query template changed): emitted again with that adapter, no fine-tuning; the summary is the run's."""
+    ft = cfg.finetune
+    path = embed_bank(data, cfg, adapter.folder)
+    outputs.report(stage, f"embedded with the shipped adapter in {path} ({reason})")
+    bank = load_bank(data, ft.llm, ft.cf_signal, ft.budget, cfg.infer_budget, run=path.parent.name,
+                     infer_users=cfg.infer_users)
+    return {**adapter.bank.manifest["summary"], "folder": str(path.parent), "bank": str(path), "shipped": False,
+            "adapter_from": "shipped"}, bank
 
 
 def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
@@ -256,12 +273,9 @@ def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed
                                      "infer_budget": cfg.infer_budget, "infer_users": target_cfg.infer_users})
         return {**found.shipped.manifest["summary"], "finetuned_here": False, "bank_rows": len(bank),
                 "shipped": True}, bank
-    try:
-        source_run(source.name, cfg, split_id_of(target))  # the source run transfer_bank reads
-        finetuned_here = False
-    except MissingInputError:
+    finetuned_here = find_adapter(source.name, cfg, split_id_of(target)) is None  # the run transfer_bank reads
+    if finetuned_here:
         run_finetune(source, cfg)
-        finetuned_here = True
     bank, summary = transfer_bank(target, source.name, target_cfg, teacher)
     outputs.report(stage, f"embedded in {summary['folder']} ({found.reason})")
     return {**summary, "finetuned_here": finetuned_here, "bank_rows": len(bank), "shipped": False}, bank

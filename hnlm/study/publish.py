@@ -23,10 +23,11 @@ from hnlm.llm.backends import make_backend
 from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
 from hnlm.semantic.common import Budget, select_pairs, split_id_of
+from hnlm.semantic.hnlmrec.adapters import Adapter, attach_adapter, check_adapter_file, run_adapter, split_of_slot
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, load_base
 from hnlm.semantic.hnlmrec.infer import emit
-from hnlm.semantic.hnlmrec.model import QueryEncoder
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, query_builder, run_folder
+from hnlm.semantic.hnlmrec.model import CONFIG_FILE, QueryEncoder
+from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, get_teacher, query_builder, run_folder
 from hnlm.semantic.hnlmrec.queries import MiningConfig, Teacher, inference_queries
 from hnlm.semantic.hnlmrec.transfer import transfer_dir
 from hnlm.study import shipped
@@ -137,9 +138,13 @@ def publish_hnlmrec(data, llm, signal, conf, profile, seed, info, root) -> str:
     cfg = hnlmrec_config(llm, signal, conf)
     found = shipped.lookup_hnlmrec(data, cfg, seed)
     if found.shipped is not None:
-        return f"hnlmrec-bank {signal}: already {found.shipped.line()}"
+        added = add_adapter(found.shipped)
+        return f"hnlmrec-bank {signal}: already {found.shipped.line()}" + (f"; {added}" if added else "")
     split_id = split_id_of(data)
     folder = run_folder(data.name, cfg, split_id)
+    if not (folder / "final" / CONFIG_FILE).exists():
+        raise incomplete(f"{folder / 'final'} (the {signal} run's adapter, shipped with its bank) is missing",
+                         profile, data.name, llm, "hnlmrec")
     bank_meta, (users, items, emb) = _bank_files(folder, bank_tag(cfg.infer_budget, cfg.infer_users),
                                                  f"{signal} fine-tuning run", profile, data.name, llm, "hnlmrec")
     summary = {**json.loads((folder / "summary.json").read_text()), "loss_history": loss_history(folder),
@@ -148,7 +153,34 @@ def publish_hnlmrec(data, llm, signal, conf, profile, seed, info, root) -> str:
                                     emb, shipped.hnlmrec_key(data, cfg, seed), info,
                                     {"profile": profile, "split_seed": seed, "summary": summary,
                                      "bank_meta": {**bank_meta, "run": folder.name}}, root)
-    return f"hnlmrec-bank {signal}: {len(emb)} vectors of {emb.shape[1]} -> {mpath}"
+    adapter = attach_adapter(mpath, folder / "final")
+    return (f"hnlmrec-bank {signal}: {len(emb)} vectors of {emb.shape[1]} -> {mpath}, adapter "
+            f"{adapter['file']} ({adapter['bytes'] / 2**20:.1f} MiB, float16)")
+
+
+def add_adapter(bank: outputs.Shipped) -> str | None:
+    """Ship the float16 adapter of a shipped bank's fine-tuning run (from its final/ in artifacts/) when its
+    manifest has none; the bank's vectors and key stay as they are. Returns a report line, None when it had one."""
+    m = bank.manifest
+    if "adapter" in m:
+        return None
+    cfg = run_config(m["key"]["settings"])
+    final = run_folder(m["dataset"], cfg, split_of_slot(m["slot"])) / "final"
+    if not (final / CONFIG_FILE).exists():
+        raise MissingInputError(f"{final} (the adapter of the run that made shipped {bank.path.name}) is not here: "
+                                f"run this where that run's artifacts are (HNLM_ARTIFACTS)")
+    entry = attach_adapter(bank.manifest_path, final)
+    return f"adapter {entry['file']} added ({entry['bytes'] / 2**20:.1f} MiB, float16, from {final})"
+
+
+def add_adapters(root: Path | None = None) -> list[str]:
+    """`add_adapter` for every shipped module-4 bank (transfer banks reuse their source run's adapter)."""
+    lines = []
+    for entry in outputs.shipped_entries(root):
+        if entry.manifest["kind"] == "hnlmrec-bank":
+            outputs.check_file(entry.manifest_path, entry.manifest)
+            lines.append(f"{entry.manifest_path}: {add_adapter(entry) or 'adapter already shipped'}")
+    return lines
 
 
 def publish_transfer(source, target, llm, signal, conf, profile, seed, info, root) -> str:
@@ -179,20 +211,26 @@ def publish_transfer(source, target, llm, signal, conf, profile, seed, info, roo
 # ------------------------------------------------------------------------------------------ listing
 
 def list_outputs(root: Path | None = None, dataset: str | None = None, llm: str | None = None) -> pd.DataFrame:
-    """One row per shipped output: kind, dataset, llm, slot, records, size, made with, and its check."""
+    """One row per shipped output: kind, dataset, llm, slot, records, size (and its adapter's), made with, and
+    its check (the adapter's too)."""
     rows = []
     for entry in outputs.shipped_entries(root, dataset, llm):
         m = entry.manifest
+        adapter = m.get("adapter")
         try:
             outputs.check_file(entry.manifest_path, m)
             (entry.rows() if m["kind"] in outputs.GENERATION_KINDS else entry.arrays())
+            if adapter:
+                check_adapter_file(entry.manifest_path, m)
             status = "ok"
         except outputs.ShippedOutputError as err:
             status = f"DAMAGED: {err}"
         rows.append({"kind": m["kind"], "dataset": m["dataset"], "llm": m["llm"], "slot": m["slot"],
                      "records": m["records"], "kib": round(m["bytes"] / 1024, 1),
+                     "adapter_kib": round(adapter["bytes"] / 1024, 1) if adapter else 0.0,
                      "made_with": outputs.describe(m["made_with"]), "check": status})
-    return pd.DataFrame(rows, columns=["kind", "dataset", "llm", "slot", "records", "kib", "made_with", "check"])
+    return pd.DataFrame(rows, columns=["kind", "dataset", "llm", "slot", "records", "kib", "adapter_kib", "made_with",
+                                       "check"])
 
 
 # ------------------------------------------------------------------------------------------ verification
@@ -309,25 +347,27 @@ def run_config(settings_dict: dict) -> RunConfig:
 
 
 def verify_vectors(entry: outputs.Shipped, sample: int, seed: int, root) -> dict:
-    """Re-embed sampled query pairs with the run's LoRA adapter (kept in artifacts/, never shipped)."""
+    """Re-embed sampled query pairs with the run's adapter (the run's in artifacts/, else the shipped float16
+    one); a teacher absent here is trained again (CF only: minutes)."""
     m = entry.manifest
     cfg = run_config(m["key"]["settings"])
     data, _ = _data_of(entry)
     split_id = split_id_of(data)  # a transfer target's, as transfer_bank names its source run
     source = m.get("source_dataset", m["dataset"])
-    adapter = run_folder(source, cfg, split_id) / "final"
+    try:
+        adapter = run_adapter(source, cfg, split_id, root)
+    except MissingInputError as err:
+        return {"sampled": 0, "regenerated": 0, "summary": f"not re-embedded: {err}"}
+    run = run_folder(source, cfg, split_id)
     if m["kind"] == "transfer-bank":
-        teacher_path = transfer_dir(m["dataset"], source, adapter.parent, split_id) / "teacher.npz"
+        teacher = get_teacher(data, TeacherConfig(**m["key"]["teacher"]), transfer_dir(m["dataset"], source, run,
+                                                                                      split_id))
     else:
-        teacher_path = adapter.parent / "teacher.npz"
-    if not (adapter / "hnlmrec_config.json").exists() or not teacher_path.exists():
-        summary = (f"not re-embedded: the LoRA adapter {adapter} or the teacher {teacher_path} is absent here "
-                   f"(adapters are not shipped); make them with `{outputs.regenerate_command(m)}` to compare vectors")
-        return {"sampled": 0, "regenerated": 0, "summary": summary}
-    return reembed(entry, data, cfg, adapter, Teacher.load(teacher_path), sample, seed)
+        teacher = get_teacher(data, cfg.teacher, run)
+    return reembed(entry, data, cfg, adapter, teacher, sample, seed)
 
 
-def reembed(entry: outputs.Shipped, data, cfg: RunConfig, adapter: Path, teacher: Teacher, sample: int,
+def reembed(entry: outputs.Shipped, data, cfg: RunConfig, adapter: Adapter, teacher: Teacher, sample: int,
             seed: int) -> dict:
     a = entry.arrays()
     rows = _sample(len(a["emb"]), sample, seed)
@@ -336,7 +376,7 @@ def reembed(entry: outputs.Shipped, data, cfg: RunConfig, adapter: Path, teacher
                              cfg.pair_seed, max_users=cfg.infer_users).set_index(["user", "item"])
     keys = list(zip(a["users"][rows].tolist(), a["items"][rows].tolist()))
     texts = [qset.loc[k, "text"] for k in keys]
-    encoder = QueryEncoder.from_saved(lm, adapter)
+    encoder = QueryEncoder.from_saved(lm, adapter.folder)
     users, items = a["users"][rows], a["items"][rows]
     fresh = emit(encoder, tok, texts, teacher.user_emb[users], teacher.item_emb[items], batch_size=cfg.infer_batch,
                  max_length=cfg.finetune.max_length)
@@ -344,8 +384,8 @@ def reembed(entry: outputs.Shipped, data, cfg: RunConfig, adapter: Path, teacher
     cos = np.einsum("nd,nd->n", fresh, old) / np.maximum(np.linalg.norm(fresh, axis=1) * np.linalg.norm(old, axis=1),
                                                          1e-12)
     now = outputs.made_with(entry.manifest["llm"])
-    summary = (f"{len(rows)} vectors re-embedded: cosine to shipped min {cos.min():.4f}, mean {cos.mean():.4f} "
-               f"(shipped in float16; made with {outputs.describe(entry.made_with)}, re-embedded with "
-               f"{outputs.describe(now)})")
-    return {"sampled": len(rows), "regenerated": len(rows), "cosine_min": float(cos.min()),
+    summary = (f"{len(rows)} vectors re-embedded with adapter {adapter.folder} ({adapter.source}): cosine to shipped "
+               f"min {cos.min():.6f}, mean {cos.mean():.6f} (shipped in float16; made with "
+               f"{outputs.describe(entry.made_with)}, re-embedded with {outputs.describe(now)})")
+    return {"sampled": len(rows), "regenerated": len(rows), "adapter": adapter.source, "cosine_min": float(cos.min()),
             "cosine_mean": float(cos.mean()), "made_with": entry.made_with, "now": now, "summary": summary}

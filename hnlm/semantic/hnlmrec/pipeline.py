@@ -336,6 +336,19 @@ def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunC
     return path
 
 
+def embed_bank(data, cfg: RunConfig, adapter_dir: Path) -> Path:
+    """The run's bank emitted by the adapter in `adapter_dir` without fine-tuning (a shipped adapter, once the
+    queries changed); the teacher is reused when present, else trained again."""
+    from hnlm.semantic.hnlmrec.model import QueryEncoder
+    folder = run_folder(data.name, cfg, split_id_of(data))
+    teacher = get_teacher(data, cfg.teacher, folder)
+    lm, tok = load_base(cfg.finetune)
+    qset = inference_queries(data, query_builder(data, teacher, cfg, tok), Budget.parse(cfg.infer_budget),
+                             cfg.pair_seed, max_users=cfg.infer_users)
+    return save_bank_for(data, QueryEncoder.from_saved(lm, adapter_dir), tok, qset, teacher, folder, cfg,
+                         adapter_dir=adapter_dir)
+
+
 def read_bank(data, folder: Path, tag: str, source: str, meta: dict, regenerate: str) -> NegativeBank:
     """A bank written by `save_bank_for`, checked against `data`'s training split (`regenerate`: the command
     that makes it again)."""

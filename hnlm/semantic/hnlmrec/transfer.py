@@ -1,8 +1,9 @@
 """Generalisation: a query encoder fine-tuned on one dataset emits hard negatives for another, untuned.
 
-The LoRA adapter, head and settings come from a finished `hnlm finetune` run on the source dataset. What
-cannot transfer is the collaborative signal: CF ids (and so a teacher's vectors and rankings) mean nothing
-on another dataset, so the target's CF signal comes from a teacher trained on the TARGET's training split
+The LoRA adapter, head and settings come from a finished `hnlm finetune` run on the source dataset (its
+final/ folder, else the adapter shipped with its bank: hnlmrec.adapters). What cannot transfer is the
+collaborative signal: CF ids (and so a teacher's vectors and rankings) mean nothing on another dataset,
+so the target's CF signal comes from a teacher trained on the TARGET's training split
 (fixed epochs, no validation selection, as for the source). Query texts are built the same way from the
 target's training data; valid/test interactions are never read.
 
@@ -17,10 +18,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hnlm.errors import MissingInputError
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import Budget, split_id_of
+from hnlm.semantic.hnlmrec.adapters import run_adapter
 from hnlm.semantic.hnlmrec.finetune import load_base
 from hnlm.semantic.hnlmrec.model import QueryEncoder
 from hnlm.semantic.hnlmrec.pipeline import (
@@ -36,18 +37,6 @@ from hnlm.semantic.hnlmrec.pipeline import (
 from hnlm.semantic.hnlmrec.queries import inference_queries
 
 
-def source_run(source: str, cfg: RunConfig, split_id: str) -> Path:
-    """The finished fine-tuning run of `cfg` on `source`'s split `split_id` (its final/ adapter), or a clear
-    error."""
-    folder = run_folder(source, cfg, split_id)
-    if not (folder / "final" / "hnlmrec_config.json").exists():
-        ft = cfg.finetune
-        raise MissingInputError(f"{folder / 'final'} is missing: fine-tune on {source} first (notebook "
-                                f"05_hnlmrec, or `hnlm finetune --dataset {source} --llm {ft.llm} "
-                                f"--cf-signal {ft.cf_signal}` with the same settings)")
-    return folder
-
-
 def transfer_dir(target: str, source: str, source_folder: Path, split_id: str) -> Path:
     run_tag = f"{source_folder.parent.parent.name}-{source_folder.name}"  # <llm-signal-budget>-run-<hash>
     folder = artifacts_dir(target, "hnlmrec-transfer", f"{source}-{run_tag}", f"split-{split_id}")
@@ -61,7 +50,8 @@ def transfer_bank(target, source: str, cfg: RunConfig,
     (cfg.infer_budget, cfg.infer_users), with no further tuning; `teacher` configures the target's own
     teacher (default: cfg.teacher). Returns (bank, summary with counts and timings)."""
     split_id = split_id_of(target)
-    src = source_run(source, cfg, split_id)
+    adapter = run_adapter(source, cfg, split_id)
+    src = run_folder(source, cfg, split_id)
     folder = transfer_dir(target.name, source, src, split_id)
     t0 = time.perf_counter()
     target_teacher = get_teacher(target, teacher or cfg.teacher, folder)
@@ -71,8 +61,8 @@ def transfer_bank(target, source: str, cfg: RunConfig,
     builder = query_builder(target, target_teacher, cfg, tok)
     qset = inference_queries(target, builder, Budget.parse(cfg.infer_budget), cfg.pair_seed,
                              max_users=cfg.infer_users)
-    encoder = QueryEncoder.from_saved(lm, src / "final")
-    save_bank_for(target, encoder, tok, qset, target_teacher, folder, cfg, adapter_dir=src / "final",
+    encoder = QueryEncoder.from_saved(lm, adapter.folder)
+    save_bank_for(target, encoder, tok, qset, target_teacher, folder, cfg, adapter_dir=adapter.folder,
                   extra_meta={"source_dataset": source, "source_run": str(src)})
     t_infer = time.perf_counter() - t1
     ft = cfg.finetune
@@ -81,8 +71,8 @@ def transfer_bank(target, source: str, cfg: RunConfig,
                      {"llm": ft.llm, "cf_signal": ft.cf_signal, "source_dataset": source,
                       "source_run": src.name, "infer_budget": cfg.infer_budget, "infer_users": cfg.infer_users},
                      f"rm -r {folder} && hnlm study --llm-only --dataset {source} --llm {ft.llm} --stages transfer")
-    summary = {"source": source, "target": target.name, "source_run": str(src), "folder": str(folder),
-               "queries": len(qset), "users_embedded": int(qset["user"].nunique()), "users": target.n_users,
-               "context_counts": dict(builder.counts), "teacher": target_teacher.meta,
+    summary = {"source": source, "target": target.name, "source_run": str(src), "adapter_from": adapter.source,
+               "folder": str(folder), "queries": len(qset), "users_embedded": int(qset["user"].nunique()),
+               "users": target.n_users, "context_counts": dict(builder.counts), "teacher": target_teacher.meta,
                "timings": {"teacher_s": t_teacher, "embedding_pass_s": t_infer}}
     return bank, summary
