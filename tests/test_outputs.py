@@ -184,7 +184,7 @@ def test_verify_regenerates_a_sample_with_a_fresh_cache(data, tmp_path, monkeypa
     assert result["regenerated"] == 2 and result["exact_text_share"] == 1.0
     assert result["field_matches"] == {"ok": 2, "summarization": 2, "reasoning": 2}
     assert result["shared_prefix_shares"] == [1.0, 1.0]
-    assert "not re-embedded: the LoRA adapter" in vectors["summary"]
+    assert "not re-embedded: the fine-tuned adapter" in vectors["summary"] and "none is shipped" in vectors["summary"]
 
 
 @pytest.mark.slow
