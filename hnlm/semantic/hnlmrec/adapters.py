@@ -17,6 +17,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save, save_file
+
 from hnlm.errors import MissingInputError
 from hnlm.semantic import outputs
 from hnlm.semantic.hnlmrec.infer import adapter_fingerprint
@@ -47,8 +51,6 @@ def split_of_slot(slot: str) -> str:
 
 def half_tensors(final: Path) -> tuple[dict, dict]:
     """(tensors, metadata) of the shipped file made from a run's final/ folder (float32)."""
-    import torch
-    from safetensors.torch import load_file
     final = Path(final)
     parts = {"lora": load_file(str(final / LORA_FILE)),
              "heads": torch.load(final / TRAINABLE_FILE, weights_only=True)}
@@ -65,7 +67,6 @@ def half_tensors(final: Path) -> tuple[dict, dict]:
 def ship_adapter(final: Path, folder: Path, slot: str) -> dict:
     """Write the float16 adapter of a run's `final` folder as `<slot>.adapter.<sha12>.safetensors` in `folder`;
     returns its manifest entry (file, sha256, bytes, conversion, the run's adapter fingerprint)."""
-    from safetensors.torch import save
     tensors, meta = half_tensors(final)
     blob = save(tensors, metadata=meta)
     digest = outputs.sha256_bytes(blob)
@@ -119,9 +120,6 @@ def check_adapter_file(mpath: Path, manifest: dict) -> Path:
 def restore_adapter(bank: outputs.Shipped, target: Path) -> Path:
     """The shipped adapter of `bank` as a float32 final/-style folder at `target` (kept while the shipped file is
     the same)."""
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import save_file
     entry = bank.manifest["adapter"]
     marker = target / RESTORED_FROM
     if marker.exists() and marker.read_text() == entry["sha256"]:
