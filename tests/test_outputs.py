@@ -13,13 +13,14 @@ import pytest
 from hnlm.cli import main
 from hnlm.data import first_users, load_dataset
 from hnlm.llm.backends import make_backend
-from hnlm.paths import cache_root
+from hnlm.paths import cache_root, outputs_root
 from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
 from hnlm.semantic.common import Budget, OtherSplitError, select_pairs
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, run_folder
 from hnlm.study import pipeline, publish, shipped
+from hnlm.study.llm_outputs import LLM_SIZE, prepare
 from hnlm.study.publish import shared_prefix_share, verify
 from hnlm.study.settings import settings
 
@@ -295,6 +296,20 @@ def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tm
     assert summary["shipped"] and summary["loss_first5_mean"] == 1.0 and bank.items.tolist() == [3, 4]
     assert publish.publish_hnlmrec(data, llm, "soft", hconf, "smoke", 0, BF16, None).startswith(
         "hnlmrec-bank soft: already shipped")
+
+
+def test_every_llm_output_of_notebook_11_ships_so_its_stage_makes_nothing(tmp_path, monkeypatch, capsys):
+    """`hnlm study --llm-only --stages llm_size` on a fresh clone: each LLM notebook 11 (full) compares finds its
+    SNS negatives and fine-tuned bank in the repository's outputs/, generates nothing, and publishing is a no-op."""
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    conf = settings("full", LLM_SIZE)
+    assert "sns" in conf["methods"] and len(conf["llms"]) == 2
+    made = prepare("full", "ml-100k", "qwen2.5-0.5b", ["llm_size"])["llm_size"]
+    for llm in conf["llms"]:
+        assert made[llm]["sns"] == 0 and all(made[llm][s].startswith(str(outputs_root()))
+                                             for s in conf["signals"])
+    lines = publish.publish_study("full", "ml-100k", "qwen2.5-0.5b", ["llm_size"])
+    assert len(lines) == 2 * (1 + len(conf["signals"])) and all(": already shipped" in line for line in lines)
 
 
 def made_up_final(folder, seed=0) -> str:

@@ -137,6 +137,18 @@ def test_notebook_tables_show_recall_and_each_baselines_gain(results, capsys):
             "| -0.2% [-1.9%, +1.8%] (0.909, 0.876) |") in out
 
 
+def test_ablation_section_shows_each_method_against_its_own_ablations(results, capsys):
+    write_csv(results / "ml-100k", "04_ablations.csv", COMPARISON_HEADER, [
+        comparison("mf", "sns-dnsmn", "sns-dnsmn-random", 0.0123, -0.0021, 0.0260, 0.041, 0.03, chosen=False,
+                   mean=0.3561),
+        comparison("mf", "sns-dnsmn", "sns-dnsmn-random", 0.01, 0.0, 0.02, 0.5, 0.5, chosen=False, metric="ndcg@20")])
+    out = report(capsys, results)
+    assert "Source: results/ml-100k/04_ablations.csv" in out.replace(str(results), "results")
+    assert "| backbone | method | ablation | test recall@20 | ablation's | Δ over the ablation |" in out
+    assert "| MF | SNS-dnsmn | SNS-dnsmn-random | 0.3561 | 0.3525 | +1.2% [-0.2%, +2.6%] (0.041, 0.030) |" in out
+    assert out.count("SNS-dnsmn-random |") == 1                          # ndcg@20 rows are not shown
+
+
 def test_popularity_and_sparsity_tables(results, capsys):
     folder = results / "ml-100k"
     write_csv(folder, "08_popularity_table.csv", POPULARITY_HEADER, [

@@ -26,9 +26,11 @@ def register(sub) -> None:
     p.add_argument("--out-dir", help="result folder (default runs/<profile>/<dataset>)")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failing notebook")
     p.add_argument("--llm-only", action="store_true",
-                   help="run only the study's LLM work (profiles, SNS, HNLMRec, transfer) into the caches the "
-                        "notebooks reuse, e.g. on a GPU machine; no notebooks")
-    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="with --llm-only")
+                   help="run only the study's LLM work (profiles, SNS, HNLMRec, transfer, LLM size) into the caches "
+                        "the notebooks reuse, e.g. on a GPU machine; no notebooks")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                   help="with --llm-only; llm_size makes notebook 11's outputs for each LLM it compares, "
+                        "whatever --llm says")
     p.add_argument("--publish", action="store_true",
                    help="with --llm-only: copy each output into the tracked outputs/ folder with its manifest as "
                         "soon as it is made (`hnlm outputs list` shows them; commit them)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from hnlm.analysis.significance import best_method, compare
+from hnlm.methods import get_method
 from hnlm.study.experiments import per_user
 
 
@@ -44,3 +45,11 @@ def compare_table(runs: pd.DataFrame, results: list[dict], metrics, methods, bes
                                  "seeds": len(c["seeds"]), "t_p": c["over_seeds"]["t_p"], "users": boot["users"],
                                  "bootstrap_p": boot["p"]})
     return pd.DataFrame(rows)
+
+
+def ablation_table(runs: pd.DataFrame, results: list[dict], metrics, methods) -> pd.DataFrame:
+    """Each method of `methods` against every ablation of it that `methods` also holds (Method.ablation_of),
+    with the paired tests of `compare_table`: a gain over its ablation is what the removed idea adds."""
+    pairs = [(get_method(name).ablation_of, name) for name in methods if get_method(name).ablation_of in methods]
+    tables = [compare_table(runs, results, metrics, [parent], baselines=[ablation]) for parent, ablation in pairs]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

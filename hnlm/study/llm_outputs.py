@@ -1,11 +1,12 @@
 """The study's LLM work on its own: `hnlm study --llm-only` (e.g. on a GPU machine).
 
 Every LLM output of the study (module 1 profiles, module 2 SNS generations, module 4 fine-tuning runs with
-their embedding passes, and the transfer embeddings of notebook 10) goes through caches that notebooks
-02, 03, 05, 06 and 10 reuse: the append-only LLM cache (keyed by model, dtype and prompt) and module 4's run
-folders (keyed by their settings). Running this where an accelerator is at hand with `--publish` copies them
-into the tracked outputs/ folder (hnlm.semantic.outputs, hnlm.study.publish); a clone then runs every notebook
-on a CPU from those shipped outputs, found by content whatever dtype made them.
+their embedding passes, the transfer embeddings of notebook 10, and notebook 11's outputs of every LLM it
+compares) goes through caches that notebooks 02, 03, 05, 06, 10 and 11 reuse: the append-only LLM cache (keyed
+by model, dtype and prompt) and module 4's run folders (keyed by their settings). Running this where an
+accelerator is at hand with `--publish` copies them into the tracked outputs/ folder (hnlm.semantic.outputs,
+hnlm.study.publish); a clone then runs every notebook on a CPU from those shipped outputs, found by content
+whatever dtype made them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from hnlm.llm.backends import make_backend
 from hnlm.study import pipeline
 from hnlm.study.settings import settings
 
-STAGES = ("profiles", "sns", "hnlmrec", "transfer")
+STAGES = ("profiles", "sns", "hnlmrec", "transfer", "llm_size")
+LLM_SIZE = "11_llm_size"   # its stage makes the outputs of each LLM in its `llms`, whatever the study's LLM
 TARGET_DATASET = "ml-1m"  # notebook 10 transfers the fine-tuned encoder to this dataset
 
 
@@ -47,14 +49,29 @@ def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int 
             conf = settings(profile, "05_hnlmrec")
             info = {s: pipeline.study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"])[0]["folder"]
                     for s in signals or conf["signals"]}
-        else:
+        elif stage == "transfer":
             conf = settings(profile, "10_generalisation")
             target = first_users(load_dataset(TARGET_DATASET, seed=conf["split_seed"]), conf["target_first_users"])
             info = {s: pipeline.study_transfer(data, target, llm, s, conf, conf["split_seed"])[0]["folder"]
                     for s in signals or conf["signals"]}
+        else:
+            conf = settings(profile, LLM_SIZE)
+            info = {other: llm_size_outputs(data, other, conf, sns_chunk) for other in conf["llms"]}
         report[stage] = {"seconds": round(time.perf_counter() - t0, 1), **info}
         print(f"[llm-only] {stage}: {report[stage]}", flush=True)
     return report
+
+
+def llm_size_outputs(data, llm: str, conf: dict, sns_chunk: int) -> dict:
+    """Notebook 11's LLM work for one of its LLMs: SNS negatives in conf["context"] when it compares SNS, and
+    a fine-tuning run per CF signal (the study's LLM shares its runs with notebook 05)."""
+    made = {}
+    if "sns" in conf["methods"]:
+        made["sns"] = pipeline.generate_study_sns(data, llm, conf["limit_users"], conf["split_seed"],
+                                                  chunk=sns_chunk, context=conf["context"])[2]["generated"]
+    for s in conf["signals"]:
+        made[s] = pipeline.study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"])[0]["folder"]
+    return made
 
 
 def units(profile: str, stages=STAGES) -> list[tuple[str, str | None]]:

@@ -23,15 +23,22 @@ from hnlm.llm.backends import make_backend
 from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
 from hnlm.semantic.common import Budget, select_pairs, split_id_of
-from hnlm.semantic.hnlmrec.adapters import Adapter, attach_adapter, check_adapter_file, run_adapter, split_of_slot
+from hnlm.semantic.hnlmrec.adapters import (
+    Adapter,
+    attach_adapter,
+    check_adapter_file,
+    run_adapter,
+    run_final,
+    split_of_slot,
+)
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, load_base
 from hnlm.semantic.hnlmrec.infer import emit
-from hnlm.semantic.hnlmrec.model import CONFIG_FILE, QueryEncoder
+from hnlm.semantic.hnlmrec.model import QueryEncoder
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, get_teacher, query_builder, run_folder
 from hnlm.semantic.hnlmrec.queries import MiningConfig, Teacher, inference_queries
 from hnlm.semantic.hnlmrec.transfer import transfer_dir
 from hnlm.study import shipped
-from hnlm.study.llm_outputs import STAGES, TARGET_DATASET
+from hnlm.study.llm_outputs import LLM_SIZE, STAGES, TARGET_DATASET
 from hnlm.study.pipeline import hnlmrec_config, loss_history
 from hnlm.study.settings import settings
 
@@ -63,8 +70,22 @@ def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Pat
         target = first_users(load_dataset(TARGET_DATASET, seed=seed), conf["target_first_users"])
         lines += [publish_transfer(data, target, llm, s, conf, profile, seed, info, root)
                   for s in signals or conf["signals"]]
+    if "llm_size" in stages:
+        lines += publish_llm_size(data, profile, seed, root)
     for line in lines:
         print(f"[publish] {line}", flush=True)
+    return lines
+
+
+def publish_llm_size(data, profile, seed, root) -> list[str]:
+    """Notebook 11's outputs of each of its LLMs (llm_outputs.llm_size_outputs), each with its own made_with."""
+    conf, lines = settings(profile, LLM_SIZE), []
+    for llm in conf["llms"]:
+        info = outputs.made_with(llm)
+        if "sns" in conf["methods"]:
+            lines.append(f"{llm} " + publish_sns(data, llm, profile, conf, info, root))
+        lines += [f"{llm} " + publish_hnlmrec(data, llm, s, conf["hnlmrec"], profile, seed, info, root)
+                  for s in conf["signals"]]
     return lines
 
 
@@ -142,7 +163,8 @@ def publish_hnlmrec(data, llm, signal, conf, profile, seed, info, root) -> str:
         return f"hnlmrec-bank {signal}: already {found.shipped.line()}" + (f"; {added}" if added else "")
     split_id = split_id_of(data)
     folder = run_folder(data.name, cfg, split_id)
-    if not (folder / "final" / CONFIG_FILE).exists():
+    final = run_final(folder)
+    if final is None:
         raise incomplete(f"{folder / 'final'} (the {signal} run's adapter, shipped with its bank) is missing",
                          profile, data.name, llm, "hnlmrec")
     bank_meta, (users, items, emb) = _bank_files(folder, bank_tag(cfg.infer_budget, cfg.infer_users),
@@ -153,7 +175,7 @@ def publish_hnlmrec(data, llm, signal, conf, profile, seed, info, root) -> str:
                                     emb, shipped.hnlmrec_key(data, cfg, seed), info,
                                     {"profile": profile, "split_seed": seed, "summary": summary,
                                      "bank_meta": {**bank_meta, "run": folder.name}}, root)
-    adapter = attach_adapter(mpath, folder / "final")
+    adapter = attach_adapter(mpath, final)
     return (f"hnlmrec-bank {signal}: {len(emb)} vectors of {emb.shape[1]} -> {mpath}, adapter "
             f"{adapter['file']} ({adapter['bytes'] / 2**20:.1f} MiB, float16)")
 
@@ -165,10 +187,11 @@ def add_adapter(bank: outputs.Shipped) -> str | None:
     if "adapter" in m:
         return None
     cfg = run_config(m["key"]["settings"])
-    final = run_folder(m["dataset"], cfg, split_of_slot(m["slot"])) / "final"
-    if not (final / CONFIG_FILE).exists():
-        raise MissingInputError(f"{final} (the adapter of the run that made shipped {bank.path.name}) is not here: "
-                                f"run this where that run's artifacts are (HNLM_ARTIFACTS)")
+    folder = run_folder(m["dataset"], cfg, split_of_slot(m["slot"]))
+    final = run_final(folder)
+    if final is None:
+        raise MissingInputError(f"{folder / 'final'} (the adapter of the run that made shipped {bank.path.name}) is "
+                                f"not here: run this where that run's artifacts are (HNLM_ARTIFACTS)")
     entry = attach_adapter(bank.manifest_path, final)
     return f"adapter {entry['file']} added ({entry['bytes'] / 2**20:.1f} MiB, float16, from {final})"
 

@@ -195,6 +195,15 @@ def method_table(table: pd.DataFrame, comparisons: pd.DataFrame) -> str:
     return GAIN_LEGEND + "\n\n" + markdown_table(header, rows)
 
 
+def ablation_gains(comparisons: pd.DataFrame) -> str:
+    """Each method against its own ablations (hnlm.study.compare.ablation_table) in METRIC."""
+    header = ["backbone", "method", "ablation", f"test {METRIC}", "ablation's", "Δ over the ablation"]
+    rows = [[display_name(r["backbone"]), display_name(r["method"]), display_name(r["baseline"]), f"{r['mean']:.4f}",
+             f"{r['baseline_mean']:.4f}", gain_cell(r)]
+            for r in comparisons[comparisons["metric"] == METRIC].to_dict("records")]
+    return GAIN_LEGEND + "\n\n" + markdown_table(header, rows)
+
+
 def popularity_table(table: pd.DataFrame) -> str:
     header = ["backbone", "method", *[c.replace("_", " ") for c in POPULARITY_COLUMNS]]
     rows = [[display_name(r["backbone"]), display_name(r["method"]), *[r[c] for c in POPULARITY_COLUMNS]]
@@ -228,6 +237,8 @@ SECTIONS = (
     Section("Alignment, ablations and the methods built to beat the strongest sampler (notebook 04)",
             (Source("04_alignment", "04_table.csv"), Source("04_alignment", "04_alignment.json", "comparisons")),
             method_table),
+    Section("What the LLM adds: each method against its own ablations (notebook 04)",
+            (Source("04_alignment", "04_ablations.csv"),), ablation_gains),
     Section("HNLMRec, text vs soft-prompt CF signal (notebook 05)",
             (Source("05_hnlmrec", "05_table.csv"), Source("05_hnlmrec", "05_hnlmrec.json", "comparisons")),
             method_table),

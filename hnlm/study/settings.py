@@ -95,6 +95,7 @@ NOTEBOOK_SETTINGS = {
         "quick": {"limit_users": 48, "context": "profile", "examples": 8},
         "full": {"limit_users": None, "context": "profile", "examples": 10},
     },
+    # 04 (full) runs MF too: a method's gain on either backbone is the LLM's only if it beats its ablations there.
     "04_alignment": {
         "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "methods": ["rns", "sns", "sns-random", "sns-grounded"],
                   "baselines": ["rns"], "alpha_sweep": [0.1], **_METADATA},
@@ -102,7 +103,7 @@ NOTEBOOK_SETTINGS = {
                   "methods": ["rns", "dns", "dns-mn", "sns", "sns-grounded", "sns-random", "rlmrec-con",
                               *_BEAT_DNSMN["quick"]],
                   "baselines": ["rns", "dns", "dns-mn"], "alpha_sweep": [0.1], **_METADATA},
-        "full": {**_CF["full"], "backbones": ["lightgcn"],
+        "full": {**_CF["full"], "backbones": ["lightgcn", "mf"],
                  "methods": ["rns", "dns", "dns-mn", "mixgcf", "sns", "sns-grounded", "sns-random", "sns-shuffled",
                              "rlmrec-con", *_BEAT_DNSMN["full"]],
                  "baselines": ["rns", "dns", "dns-mn", "mixgcf"], "alpha_sweep": [0.1, 0.5]},
@@ -144,12 +145,11 @@ NOTEBOOK_SETTINGS = {
     },
     # LLM size (11): both packaged LLMs with the same prompts (history context: no profiles needed) and
     # the same fine-tuning budget; a GPU model joins by adding its spec (e.g. "hf:/models/Llama-3.1-8B").
-    # quick/full compare HNLMRec only: only 256 of the 943 SmolLM2 SNS negatives exist (GPU time ran out),
-    # and emulated bf16 on an AVX2 CPU makes ~5 a minute; add "sns" once they exist.
+    # `hnlm study --llm-only --stages llm_size` makes (and with --publish ships) every LLM's outputs it needs.
     "11_llm_size": {
         "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "llms": ["smollm2-135m"], "methods": ["sns"],
                   "limit_users": 4, "context": "history", "signals": ["text"], "hnlmrec": _HNLMREC["smoke"]},
-        **{name: {**_CF[name], "backbones": ["lightgcn"], "llms": ["smollm2-135m", "qwen2.5-0.5b"], "methods": [],
+        **{name: {**_CF[name], "backbones": ["lightgcn"], "llms": ["smollm2-135m", "qwen2.5-0.5b"], "methods": ["sns"],
                   "limit_users": None, "context": "history", "signals": ["text"],
                   "hnlmrec": _HNLMREC[name]} for name in ("quick", "full")},
     },

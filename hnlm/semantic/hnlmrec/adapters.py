@@ -141,12 +141,18 @@ def restore_adapter(bank: outputs.Shipped, target: Path) -> Path:
     return target
 
 
+def run_final(folder: Path) -> Path | None:
+    """A run folder's final/ adapter when its fine-tune finished (QueryEncoder.save wrote the config), else None."""
+    final = Path(folder) / "final"
+    return final if (final / CONFIG_FILE).exists() else None
+
+
 def find_adapter(dataset: str, cfg: RunConfig, split_id: str, root: Path | None = None) -> Adapter | None:
     """The adapter of run `cfg` on `dataset`'s split `split_id`: the run's final/ when it finished here, else the
     shipped one (restored into the run's shipped-final/), else None."""
     folder = run_folder(dataset, cfg, split_id)
-    if (folder / "final" / CONFIG_FILE).exists():
-        return Adapter(folder / "final", "run")
+    if run_final(folder) is not None:
+        return Adapter(run_final(folder), "run")
     bank = shipped_adapter(dataset, cfg, split_id, root)
     if bank is None:
         return None
