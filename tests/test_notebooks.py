@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hnlm.methods import get_method
 from hnlm.study.runner import NOTEBOOK_DIR, STUDY_NOTEBOOKS, run_study
 
 PARAMETERS = {"dataset", "llm", "profile", "seeds", "out_dir"}
@@ -193,6 +194,10 @@ def check_04_alignment(result, out_dir, fig_dir):
         assert c["exact_pair"] + c["user_reuse"] == c["with_negative"]
     assert {c["method"] for c in result["alignment_counts"]} >= {"sns", "sns-random"}
     assert (fig_dir / "smoke" / "04_alpha_sweep_ml-100k.pdf").exists()
+    ablated = {(c["method"], c["baseline"]) for c in result["ablations"]}   # smoke: SNS and one of its ablations
+    assert ablated == {(get_method(m).ablation_of, m) for m in settings["methods"] if get_method(m).ablation_of}
+    assert ablated == {("sns", "sns-random")} and (out_dir / "04_ablations.csv").exists()
+    _comparisons_ok(result["ablations"], len(result["meta"]["seeds"]), 943)
 
 
 def check_07_false_negatives(result, out_dir, fig_dir):

@@ -151,8 +151,9 @@ def find_adapter(dataset: str, cfg: RunConfig, split_id: str, root: Path | None 
     """The adapter of run `cfg` on `dataset`'s split `split_id`: the run's final/ when it finished here, else the
     shipped one (restored into the run's shipped-final/), else None."""
     folder = run_folder(dataset, cfg, split_id)
-    if run_final(folder) is not None:
-        return Adapter(run_final(folder), "run")
+    final = run_final(folder)
+    if final is not None:
+        return Adapter(final, "run")
     bank = shipped_adapter(dataset, cfg, split_id, root)
     if bank is None:
         return None
