@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # headless: notebooks under papermill, tests, CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from hnlm.paths import figures_dir  # noqa: E402
 from hnlm.plot_style import (  # noqa: E402,F401
@@ -120,6 +121,8 @@ def _bar_figure(frame: pd.DataFrame, category: str, value: str, group: str | Non
         ax.set_title(display_name(value_) if value_ is not None else "")
     lower, upper, zoomed = value_limits(min(ends), max(ends)) if ends else (0.0, 1.0, False)
     axes[0][0].set_xlim(lower, upper)
+    # zoomed axes get 4-digit ticks: fewer of them per panel keeps the labels apart in a paper column
+    axes[0][0].xaxis.set_major_locator(MaxNLocator(nbins=max(2, 5 - len(panels))))
     label = zoom_note(value_label, lower) if zoomed else value_label
     if len(panels) == 1:
         axes[0][0].set_xlabel(label)
