@@ -298,12 +298,20 @@ def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tm
         "hnlmrec-bank soft: already shipped")
 
 
-def test_every_llm_output_of_notebook_11_ships_so_its_stage_makes_nothing(tmp_path, monkeypatch, capsys):
+def test_every_llm_output_of_notebook_11_ships_so_its_stage_makes_nothing(data, tmp_path, monkeypatch):
     """`hnlm study --llm-only --stages llm_size` on a fresh clone: each LLM notebook 11 (full) compares finds its
     SNS negatives and fine-tuned bank in the repository's outputs/, generates nothing, and publishing is a no-op."""
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
     conf = settings("full", LLM_SIZE)
     assert "sns" in conf["methods"] and len(conf["llms"]) == 2
+    pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
+    for llm in conf["llms"]:   # fail fast here rather than generate for minutes below
+        builder = sns.PromptBuilder(data, conf["context"], llm)
+        found = shipped.lookup_sns(data, make_backend(llm, progress=False), llm, builder, pairs, conf["split_seed"])
+        assert found.shipped is not None, found.reason
+        for s in conf["signals"]:
+            found = shipped.lookup_hnlmrec(data, pipeline.hnlmrec_config(llm, s, conf["hnlmrec"]), conf["split_seed"])
+            assert found.shipped is not None, found.reason
     made = prepare("full", "ml-100k", "qwen2.5-0.5b", ["llm_size"])["llm_size"]
     for llm in conf["llms"]:
         assert made[llm]["sns"] == 0 and all(made[llm][s].startswith(str(outputs_root()))
