@@ -377,19 +377,20 @@ def test_cf_runs_share_a_cache_entry_exactly_when_their_own_inputs_match():
 
 
 def test_ablation_table_pairs_each_method_with_its_own_ablations_only():
-    """sns-dnsmn has two ablations in the list, dnsmn-guard's are absent and dns-mn has none: two rows, each
-    the method against its ablation with the gain the removed idea brings."""
+    """sns-dnsmn has two ablations in the list, dnsmn-guard's are absent and dns-mn has none: two rows per
+    backbone, each the method against its ablation with the gain the removed idea brings."""
     methods = {"dns-mn": 0.38, "sns-dnsmn": 0.40, "sns-dnsmn-random": 0.39, "sns-dnsmn-shuffled": 0.36,
                "dnsmn-guard": 0.37}
-    results = [{"backbone": "mf", "method": m, "seed": s, "tag": f"{m}-{s}",
+    results = [{"backbone": b, "method": m, "seed": s, "tag": f"{b}-{m}-{s}",
                 "test": {"recall@20": v + 0.001 * s}, "valid": {"recall@20": v},
                 "per_user_test": {"users": [0, 1, 2], "recall@20": [v + 0.001 * s] * 3}}
-               for m, v in methods.items() for s in range(3)]
+               for b in ("lightgcn", "mf") for m, v in methods.items() for s in range(3)]
     runs = pd.DataFrame([{"backbone": r["backbone"], "method": r["method"], "seed": r["seed"],
                           "recall@20": r["test"]["recall@20"], "valid recall@20": r["valid"]["recall@20"]}
                          for r in results])
     table = ablation_table(runs, results, "recall@20", list(methods))
-    assert table[["method", "baseline"]].values.tolist() == [["sns-dnsmn", "sns-dnsmn-random"],
-                                                            ["sns-dnsmn", "sns-dnsmn-shuffled"]]
-    assert table["relative_gain"].tolist() == pytest.approx([0.01 / 0.391, 0.04 / 0.361])
+    pairs = [["sns-dnsmn", "sns-dnsmn-random"], ["sns-dnsmn", "sns-dnsmn-shuffled"]]
+    assert table[["backbone", "method", "baseline"]].values.tolist() == [[b, *p] for b in ("lightgcn", "mf")
+                                                                         for p in pairs]   # backbone by backbone
+    assert table["relative_gain"].tolist() == pytest.approx([0.01 / 0.391, 0.04 / 0.361] * 2)
     assert ablation_table(runs, results, "recall@20", ["dns-mn", "dnsmn-guard"]).empty

@@ -49,7 +49,9 @@ def compare_table(runs: pd.DataFrame, results: list[dict], metrics, methods, bes
 
 def ablation_table(runs: pd.DataFrame, results: list[dict], metrics, methods) -> pd.DataFrame:
     """Each method of `methods` against every ablation of it that `methods` also holds (Method.ablation_of),
-    with the paired tests of `compare_table`: a gain over its ablation is what the removed idea adds."""
+    with the paired tests of `compare_table`, backbone by backbone: a gain over its ablation is what the removed
+    idea adds."""
     pairs = [(get_method(name).ablation_of, name) for name in methods if get_method(name).ablation_of in methods]
-    tables = [compare_table(runs, results, metrics, [parent], baselines=[ablation]) for parent, ablation in pairs]
+    tables = [compare_table(runs[runs["backbone"] == backbone], results, metrics, [parent], baselines=[ablation])
+              for backbone in runs["backbone"].unique() for parent, ablation in pairs]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
