@@ -1,10 +1,12 @@
 """Full-ranking metrics against hand-computed cases."""
 
 import math
+import warnings
 
 import pytest
 
-from hnlm.cf.evaluate import evaluate, metric_summary
+from hnlm.cf.evaluate import evaluate, metric_summary, require_targets
+from hnlm.errors import DegenerateDatasetError
 from tests.cf_helpers import fixed_scores_model, tiny_data
 
 L2 = math.log2
@@ -104,3 +106,30 @@ def test_split_without_targets_keeps_every_key_as_nan():
         assert len(res["per_user"].get(name, [])) == 0
     assert set(res["per_user"]) == {"recall@2", "ndcg@2", "hit@2", "precision@2"}
     assert res["coverage@2"] == 0.0
+
+
+def test_split_without_targets_emits_no_runtime_warning():
+    data = tiny_data(train={0: [0], 1: [1]}, valid={}, test={0: [2]}, n_users=2, n_items=4)
+    model = fixed_scores_model([[4, 3, 2, 1], [1, 2, 3, 4]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no "Mean of empty slice" from averaging zero users
+        res = evaluate(model, data, "valid", ks=(2,))
+    assert math.isnan(res["recall@2"])
+
+
+def test_k_beyond_the_item_count_ranks_every_item():
+    # 4 items, K = 5: the list holds all 4 (train item 0 last); test item 2 at rank 2
+    data = tiny_data(train={0: [0]}, valid={}, test={0: [2]}, n_users=1, n_items=4)
+    model = fixed_scores_model([[4, 3, 2, 1]])
+    res = evaluate(model, data, "test", ks=(5,))
+    assert res["recall@5"] == 1.0 and res["hit@5"] == 1.0
+    assert res["ndcg@5"] == pytest.approx(1 / L2(3))
+    assert res["precision@5"] == pytest.approx(1 / 5)
+    assert res["coverage@5"] == 1.0
+
+
+def test_require_targets_refuses_an_empty_split_and_accepts_one_item_each():
+    require_targets(tiny_data(train={0: [0]}, valid={0: [1]}, test={0: [2]}, n_users=1, n_items=3))
+    empty_valid = tiny_data(train={0: [0]}, valid={}, test={0: [2]}, n_users=1, n_items=3)
+    with pytest.raises(DegenerateDatasetError, match=r"^dataset 'tiny': no user has an item in split 'valid'"):
+        require_targets(empty_valid)

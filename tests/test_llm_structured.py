@@ -148,6 +148,20 @@ def test_mean_pooling_by_hand_in_float32_and_zero_for_an_all_padding_row():
     assert pool_hidden(hidden, torch.zeros(2, 3)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
 
 
+def test_pooling_casts_double_states_and_half_masks_to_float32():
+    assert pool_hidden(torch.ones(1, 2, 3, dtype=torch.float64), torch.ones(1, 2)).dtype == torch.float32
+    # 257 tokens: a bfloat16 count would round to 256
+    assert pool_hidden(torch.ones(1, 257, 1), torch.ones(1, 257, dtype=torch.bfloat16)).tolist() == [[1.0]]
+
+
+def test_centerer_fits_two_vectors_and_whitens_a_constant_dimension_to_zero():
+    assert Centerer().fit(np.array([[0.0, 0.0], [2.0, 4.0]])).mean.tolist() == [1.0, 2.0]
+    # axis 0: deviations -2, 0, 2 (variance 4); axis 1 constant (variance 0, kept finite by eps)
+    x = np.array([[0.0, 5.0], [2.0, 5.0], [4.0, 5.0]])
+    z = Centerer(whiten=True).fit_transform(x)
+    assert np.allclose(np.abs(z), [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]], atol=1e-5)
+
+
 def test_whitening_keeps_the_largest_directions_and_the_state_round_trips():
     rng = np.random.default_rng(1)
     x = 7 + rng.standard_normal((4000, 4)) * [0.5, 5.0, 1.0, 3.0]
@@ -165,9 +179,9 @@ def test_whitening_keeps_the_largest_directions_and_the_state_round_trips():
     plain = Centerer().fit(x)
     assert plain.proj is None and np.allclose(plain.transform(x), x - x.mean(0), atol=1e-4)
     assert np.allclose(Centerer().fit_transform(x), plain.transform(x))
-    with pytest.raises(ValueError, match="at least two"):
+    with pytest.raises(ValueError, match=r"^Centerer\.fit needs at least two reference vectors$"):
         Centerer().fit(x[:1])
-    with pytest.raises(RuntimeError, match="before fit"):
+    with pytest.raises(RuntimeError, match=r"^Centerer used before fit\(\)$"):
         Centerer().transform(x)
 
 
