@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hnlm.cf.models import MF, LightGCN, build_model
+from hnlm.cf.models import MF, LightGCN, build_model, normalized_adjacency, to_torch_csr
 from tests.cf_helpers import tiny_data
 
 
@@ -100,6 +100,28 @@ def test_models_by_name_share_a_graph_and_keep_it_on_their_device():
 
 
 def test_the_graph_filters_only_torch_sparse_warnings():
-    with pytest.warns(UserWarning, match="still shown"):
+    with pytest.warns(UserWarning, match="still shown") as record:
         LightGCN(4, 5, 3, graph().train)
+        warnings.warn("Sparse CSR tensor support is in beta state.", UserWarning)   # torch's wording
+        warnings.warn("Sparse invariant checks are implicitly disabled.", UserWarning)
         warnings.warn("still shown", UserWarning)
+    assert [str(w.message) for w in record] == ["still shown"]
+
+
+def test_torch_csr_keeps_int64_indices_and_float32_values():
+    m = normalized_adjacency(graph().train)
+    t = to_torch_csr(m, "cpu")
+    dtypes = (t.crow_indices().dtype, t.col_indices().dtype, t.values().dtype)
+    assert dtypes == (torch.int64, torch.int64, torch.float32)
+    assert t.col_indices().tolist() == m.indices.tolist() and np.allclose(t.to_dense().numpy(), m.toarray())
+
+
+def test_lightgcn_applies_functions_with_the_callers_arguments():
+    # recurse=False (by keyword or position) leaves the embedding submodules alone; the graph follows anyway
+    model = LightGCN(4, 5, 3, graph().train)
+    before = model.user_emb.weight.detach().clone()
+    model.to_empty(device="cpu", recurse=False)
+    model._apply(torch.zeros_like, False)
+    assert torch.equal(model.user_emb.weight, before) and model.adj.device == before.device
+    model._apply(torch.zeros_like)
+    assert not model.user_emb.weight.any()

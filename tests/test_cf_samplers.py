@@ -3,11 +3,23 @@ the table hook counts its fallbacks."""
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from hnlm.cf import samplers
 from hnlm.cf.models import LightGCN
-from hnlm.cf.samplers import SAMPLERS, PositiveIndex, SamplerContext, get_sampler
+from hnlm.cf.samplers import (
+    DENS,
+    DNS,
+    DNSMN,
+    PNS,
+    SAMPLERS,
+    PositiveIndex,
+    Sampler,
+    SamplerContext,
+    TableSampler,
+    get_sampler,
+)
 from hnlm.data import load_dataset
 from tests.cf_helpers import tiny_data
 
@@ -199,3 +211,171 @@ def test_layer_scores_product_and_gather_agree(monkeypatch):
     for ratio in (0, 10 ** 6):   # 0: always gather; 10 ** 6: always the product
         monkeypatch.setattr(samplers, "PRODUCT_VS_GATHER", ratio)
         torch.testing.assert_close(samplers.layer_scores(user_vecs, item_layers, users, cands), expected)
+
+
+def test_positive_index_is_a_bitmap_up_to_the_dense_limit_and_starts_with_zero_counts(monkeypatch):
+    data = tiny_data(train={0: [1], 1: [2], 2: [4]}, valid={}, test={}, n_users=3, n_items=5)   # 15 cells
+    monkeypatch.setattr(PositiveIndex, "DENSE_LIMIT", 15)
+    index = PositiveIndex(data.train, "cpu")
+    assert index.dense and index.counts == {"draws": 0, "redrawn": 0, "exact_fallback": 0}
+    monkeypatch.setattr(PositiveIndex, "DENSE_LIMIT", 14)
+    assert not PositiveIndex(data.train, "cpu").dense
+
+
+def test_sorted_key_index_at_its_first_and_last_keys_and_when_empty(monkeypatch):
+    monkeypatch.setattr(PositiveIndex, "DENSE_LIMIT", 0)
+    data = tiny_data(train={0: [1], 1: [2]}, valid={}, test={}, n_users=3, n_items=5)   # keys 1 and 7
+    keyed = PositiveIndex(data.train, "cpu")
+    found = keyed.contains(torch.tensor([0, 1, 1, 2, 0]), torch.tensor([1, 2, 3, 4, 0]))   # keys 1, 7, 8, 14, 0
+    assert found.tolist() == [True, True, False, False, False]
+    empty = PositiveIndex(tiny_data(train={}, valid={}, test={}, n_users=2, n_items=3).train, "cpu")
+    none = empty.contains(torch.tensor([0, 1]), torch.tensor([[0, 2], [1, 1]]))
+    assert none.dtype == torch.bool and none.tolist() == [[False, False], [False, False]]
+
+
+def test_exclude_redraws_only_the_positives_until_none_is_left():
+    # user 0 owns items 0 and 1: round 1 redraws the two positives (to 1 and 3), round 2 the remaining one
+    index = PositiveIndex(tiny_data(train={0: [0, 1]}, valid={}, test={}, n_users=1, n_items=4).train, "cpu")
+    calls, answers = [], [torch.tensor([1, 3]), torch.tensor([2])]
+
+    def redraw(n):
+        calls.append(n)
+        return answers[len(calls) - 1]
+
+    out = index.exclude(torch.tensor([0]), torch.tensor([[0, 1, 2]]), redraw)
+    assert out.tolist() == [[2, 3, 2]] and calls == [2, 1]
+    assert index.counts == {"draws": 3, "redrawn": 3, "exact_fallback": 0}
+
+
+def test_exact_fallback_is_uniform_over_the_row_deterministic_and_counted(monkeypatch):
+    # no redraw rounds: every positive goes to the exact fallback. User 0's non-positives are 4 and 5,
+    # user 1's are 3 and 5 (item 4 of user 1 and item 5 of user 2 must not leak into a neighbour's row).
+    monkeypatch.setattr(PositiveIndex, "MAX_ROUNDS", 0)
+    data = tiny_data(train={0: [0, 1, 2, 3], 1: [0, 1, 2, 4], 2: [5]}, valid={}, test={}, n_users=3, n_items=6)
+    index = PositiveIndex(data.train, "cpu")
+    users = torch.tensor([0] * 20 + [1] * 20)
+    items = torch.zeros(40, 1, dtype=torch.long)
+    first = index.exclude(users, items, None)
+    assert set(first[:20, 0].tolist()) == {4, 5} and set(first[20:, 0].tolist()) == {3, 5}
+    assert torch.equal(index.exclude(users, items, None), first)
+    assert index.counts["exact_fallback"] == 80
+
+
+def test_a_user_with_every_item_has_no_negative():
+    data = tiny_data(train={0: [0, 1, 2]}, valid={}, test={}, n_users=1, n_items=3)
+    ctx = make_ctx(data)
+    with pytest.raises(ValueError, match="^user 0 has interacted with every item: no negative exists$"):
+        ctx.positives.uniform(torch.tensor([0]), 1, ctx.generator)
+
+
+def test_uniform_draws_reach_every_item_including_the_first():
+    ctx = make_ctx(tiny_data(train={}, valid={}, test={}, n_users=1, n_items=3))
+    draws = ctx.positives.uniform(torch.zeros(300, dtype=torch.long), 1, ctx.generator)
+    assert np.bincount(draws.numpy().ravel(), minlength=3).min() > 0
+
+
+def test_describe_lists_the_public_scalar_settings():
+    class Custom(Sampler):
+        name = "custom"
+
+        def __init__(self):
+            self.candidates, self.label, self.table, self._hidden = 3, "x", [1, 2], 4
+
+    assert Custom().describe() == {"name": "custom", "candidates": 3, "label": "x"}
+
+
+def test_constructor_defaults_and_option_bounds():
+    assert (PNS().beta, DNS().candidates, DNSMN().candidates, DNSMN().top) == (0.75, 32, 32, 5)
+    assert DENS().gates is None and DENS(warmup=0.5).warmup == 0.5
+    assert (DNSMN(candidates=4, top=1).top, DNSMN(candidates=4, top=4).top) == (1, 4)
+    for top in (0, 5):
+        with pytest.raises(ValueError) as err:
+            DNSMN(candidates=4, top=top)
+        assert str(err.value) == "dns-mn needs 1 <= top <= candidates"
+
+
+def test_unknown_sampler_lists_the_choices():
+    with pytest.raises(ValueError) as err:
+        get_sampler("nope")
+    assert str(err.value) == "unknown sampler 'nope': choose one of rns, pns, dns, dns-mn, mixgcf, dens, ahns, table"
+
+
+def small_model_ctx(seed):
+    data = tiny_data(train={0: [0, 1], 1: [2], 2: [1, 3, 4]}, valid={}, test={}, n_users=3, n_items=12)
+    torch.manual_seed(0)
+    model = LightGCN(3, 12, 4, data.train, layers=2)
+    return data, model, make_ctx(data, seed=seed, model=model)
+
+
+def test_rns_and_pns_draws_come_from_the_context_generator():
+    data, _, ctx = small_model_ctx(seed=4)
+    users = torch.tensor([0, 1, 2, 0])
+    expected = PositiveIndex(data.train, "cpu").uniform(users, 1, torch.Generator().manual_seed(4))[:, 0]
+    torch.manual_seed(123)   # the global RNG must play no part
+    assert torch.equal(get_sampler("rns").sample(users, None, None, ctx).items, expected)
+    # PNS for users without positives is exactly the multinomial of (popularity + 1) ** beta
+    pop = tiny_data(train={1: [0, 1], 2: [0]}, valid={}, test={}, n_users=3, n_items=3)
+    pctx = make_ctx(pop, seed=6)
+    weights = (torch.tensor([2.0, 1.0, 0.0]) + 1.0) ** 0.5
+    expected = torch.multinomial(weights, 50, replacement=True, generator=torch.Generator().manual_seed(6))
+    negs = PNS(beta=0.5).sample(torch.zeros(50, dtype=torch.long), None, None, pctx).items
+    assert torch.equal(negs, expected)
+
+
+def test_dns_mn_picks_uniformly_among_the_top_n_with_the_context_generator():
+    data, model, ctx = small_model_ctx(seed=2)
+    users = torch.tensor([0, 1, 2, 0, 1, 2] * 10)
+    gen = torch.Generator().manual_seed(2)
+    cands = PositiveIndex(data.train, "cpu").uniform(users, 6, gen)
+    with torch.no_grad():
+        scores = (ctx.user_emb[users, None] * ctx.item_emb[cands]).sum(-1)
+    pick = torch.randint(0, 3, (len(users), 1), generator=gen)
+    expected = cands.gather(1, scores.topk(3, dim=1).indices.gather(1, pick))[:, 0]
+    assert set(pick[:, 0].tolist()) == {0, 1, 2}
+    assert torch.equal(DNSMN(candidates=6, top=3).sample(users, None, model, ctx).items, expected)
+
+
+def test_dens_draws_its_candidates_from_the_context_generator():
+    data, model, ctx = small_model_ctx(seed=5)
+    torch.manual_seed(0)
+    dens = DENS(candidates=4)
+    dens.setup(model, data)
+    users, pos = torch.tensor([0, 1, 2]), torch.tensor([0, 2, 3])
+    cands = PositiveIndex(data.train, "cpu").uniform(users, 4, torch.Generator().manual_seed(5))
+    assert torch.equal(dens.sample(users, pos, model, ctx).items, dens.select(users, pos, cands, ctx).items)
+
+
+def test_table_sampler_counts_accumulate_over_batches_and_fill_from_the_context_generator():
+    data = tiny_data(train={0: [0, 1], 1: [2]}, valid={}, test={}, n_users=2, n_items=5)
+    sampler = TableSampler([0, 1], [0, 2], [3, 2], n_items=5)         # (1, 2) -> 2, a positive of user 1
+    ctx = make_ctx(data, seed=8)
+    users, pos = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2])
+    fill = PositiveIndex(data.train, "cpu").uniform(users, 1, torch.Generator().manual_seed(8))[:, 0]
+    assert sampler.sample(users, pos, None, ctx).items.tolist() == [3, *fill[1:].tolist()]
+    sampler.sample(torch.tensor([1, 0]), torch.tensor([2, 0]), None, ctx)
+    assert sampler.counts() == {"table_sampler": {"pairs": 5, "from_table": 2, "missing": 1, "table_was_positive": 2,
+                                                  "source": "table", "fallback": "uniform non-positive draw"}}
+
+
+def test_table_sampler_uses_the_first_row_given_for_a_pair():
+    # 32 rows, 8 per (user, item 0) pair: the first row of each pair wins (a stable sort of the keys)
+    data = tiny_data(train={u: [0] for u in range(4)}, valid={}, test={}, n_users=4, n_items=40)
+    sampler = TableSampler([i % 4 for i in range(32)], [0] * 32, list(range(1, 33)), n_items=40)
+    negs = sampler.sample(torch.arange(4), torch.zeros(4, dtype=torch.long), None, make_ctx(data))
+    assert negs.items.tolist() == [1, 2, 3, 4]
+
+
+def test_table_sampler_keys_do_not_overflow_with_int32_ids():
+    # 70,000 * 40,000 does not fit in int32: the keys must be built in int64
+    n_users, n_items = 70_001, 40_000
+    ctx = SamplerContext(PositiveIndex(sp.csr_matrix((n_users, n_items), dtype=np.float32), "cpu"),
+                         torch.zeros(n_items), torch.Generator().manual_seed(0))
+    ids = np.array([70_000], dtype=np.int32)
+    sampler = TableSampler(ids, np.array([5], dtype=np.int32), np.array([7], dtype=np.int32), n_items=n_items)
+    assert sampler.sample(torch.tensor([70_000]), torch.tensor([5]), None, ctx).items.tolist() == [7]
+
+
+def test_table_sampler_on_a_one_item_catalogue_falls_back_to_that_item():
+    data = tiny_data(train={}, valid={}, test={}, n_users=2, n_items=1)
+    sampler = TableSampler([], [], [], n_items=1)
+    assert sampler.sample(torch.tensor([0, 1]), torch.tensor([0, 0]), None, make_ctx(data)).items.tolist() == [0, 0]

@@ -1,16 +1,19 @@
 """The training loop's parts on a tiny hand-made dataset, each rule checked by hand (fast; the ml-100k runs
 are in test_cf_train.py)."""
 
+import dataclasses
 import json
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 
+from hnlm.cf import trainer
 from hnlm.cf.evaluate import evaluate, metric_summary
 from hnlm.cf.extension import Extension
-from hnlm.cf.samplers import DENS, Negatives, TableSampler
+from hnlm.cf.samplers import DENS, RNS, Negatives, TableSampler
 from hnlm.cf.trainer import (
     BestEpoch,
     TrainConfig,
@@ -167,3 +170,149 @@ def test_results_with_numpy_values_are_saved_as_plain_json(tmp_path):
     assert json.loads(path.read_text()) == {"n": 3, "x": 0.5, "v": [0, 1]}
     with pytest.raises(TypeError, match="not JSON serialisable: set"):
         save_result({"s": {1}}, tmp_path / "bad")
+
+
+def test_a_fresh_best_epoch_has_waited_for_nothing():
+    best = BestEpoch(patience=1)
+    assert (best.epoch, best.waited, best.stop) == (None, 0, False)
+
+
+class ExtraState(torch.nn.Module):
+    """A module with a buffer that is a view of a larger tensor and a non-tensor extra state."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = [1]
+        self.register_buffer("row", torch.arange(12.0).view(3, 4)[1])
+
+    def get_extra_state(self):
+        return {"seen": self.seen}
+
+    def set_extra_state(self, state):
+        self.seen = state["seen"]
+
+
+def test_best_epoch_state_copies_only_the_viewed_rows_and_deep_copies_extra_state():
+    module, best = ExtraState(), BestEpoch(patience=1)
+    best.record(1, 0.5, [module])
+    module.seen.append(2)
+    saved = best.state[0]
+    assert saved["_extra_state"] == {"seen": [1]}
+    assert saved["row"].tolist() == [4.0, 5.0, 6.0, 7.0] and saved["row"].untyped_storage().nbytes() == 4 * 4
+
+
+class SetupRecorder(RNS):
+    def setup(self, model, data):
+        self.data, self.draw = data, np.random.random()
+
+
+def test_build_run_passes_sampler_options_and_data_and_seeds_every_generator():
+    d = data()
+    cfg = TrainConfig(model="mf", dim=2, device="cpu", seed=3, sampler="dns", sampler_opts={"candidates": 7})
+    run = build_run(d, cfg, CPU)
+    assert run.sampler.candidates == 7
+    assert isinstance(run.gen, torch.Generator) and run.gen.initial_seed() == 3
+    first = build_run(d, cfg, CPU, sampler=SetupRecorder())
+    np.random.seed(99)
+    second = build_run(d, cfg, CPU, sampler=SetupRecorder())
+    assert first.sampler.data is d and first.sampler.draw == second.sampler.draw
+
+
+def frozen_table_run(**changes):
+    d = data()
+    users, items = training_pairs(d, CPU)
+    sampler = TableSampler(users.numpy(), items.numpy(), np.array([4, 3, 0, 4, 2]), d.n_items)
+    cfg = TrainConfig(model="mf", dim=4, epochs=2, batch_size=2, lr=0.0, ks=[1, 2], metric="recall@2", device="cpu")
+    return d, sampler, dataclasses.replace(cfg, **changes)
+
+
+def test_progress_bar_names_the_run_shows_loss_and_metric_and_is_cleared(capsys):
+    d, sampler, cfg = frozen_table_run()
+    train(d, cfg, sampler=sampler)
+    err = capsys.readouterr().err
+    assert "mf/table:" in err and "loss=0." in err and "recall@2=0.5000" in err and "\n" not in err
+    train(d, cfg, sampler=sampler, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+class Clock:
+    """perf_counter that advances by one second per reading."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_timings_are_clock_differences_summed_per_epoch(monkeypatch):
+    # per epoch: start, (before, after) sampling for each of 3 batches, end -> train 7 s, sampling 3 s;
+    # each evaluation and the test pass read the clock twice -> 1 s
+    monkeypatch.setattr(trainer, "time", Clock())
+    d, sampler, cfg = frozen_table_run()
+    result = train(d, cfg, sampler=sampler, extension=Extension(), progress=False)
+    assert [(r["train_s"], r["sample_s"], r["eval_s"]) for r in result["history"]] == [(7.0, 3.0, 1.0)] * 2
+    assert result["timings"] == {"train_s_per_epoch": 7.0, "train_s_total": 14.0, "sample_s_per_epoch": 3.0,
+                                 "eval_s_mean": 1.0, "test_eval_s": 1.0}
+    assert set(result) == {"dataset", "config", "seed", "sampler", "extension", "device", "n_params", "history",
+                           "epochs_run", "best_epoch", "valid", "test", "per_user_test", "timings", "counts", "model"}
+    assert (result["dataset"], result["config"], result["seed"], result["extension"]) == (
+        "tiny", dataclasses.asdict(cfg), 0, "Extension")
+    assert result["valid"] == metric_summary(evaluate(result["model"], d, "valid", [1, 2]))
+
+
+class PlainNegatives(NamedTuple):
+    items: torch.Tensor
+    emb: torch.Tensor | None = None
+
+
+class PlainSampler:
+    """A sampler written outside hnlm.cf: only `sample`, no name, counts or describe; records its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, users, pos, model, ctx):
+        self.calls.append((ctx.epoch, model, users.tolist(), pos.tolist()))
+        return PlainNegatives(torch.full_like(users, 4))
+
+
+def test_a_sampler_needs_only_sample_and_sees_the_epochs_batches_and_model(capsys):
+    d, _, cfg = frozen_table_run(seed=5)
+    sampler = PlainSampler()
+    result = train(d, cfg, sampler=sampler)
+    assert "mf/custom:" in capsys.readouterr().err
+    assert result["sampler"] == {"name": "PlainSampler"} and set(result["counts"]) == {"positive_index"}
+    assert [c[0] for c in sampler.calls] == [0, 0, 0, 1, 1, 1] and all(c[1] is result["model"] for c in sampler.calls)
+    users, items = training_pairs(d, CPU)
+    gen = torch.Generator().manual_seed(5)    # the batch order comes from the run's generator alone
+    orders = [torch.randperm(5, generator=gen) for _ in range(2)]
+    expected = [(users[o[i:i + 2]].tolist(), items[o[i:i + 2]].tolist()) for o in orders for i in (0, 2, 4)]
+    assert [(c[2], c[3]) for c in sampler.calls] == expected
+
+
+class FirstBatchTerm(torch.nn.Module):
+    """A sampler module whose parameter is in the loss of the first batch only; records it at each batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+        self.seen = []
+
+    def sample(self, users, pos, model, ctx):
+        self.seen.append(self.w.detach().clone())
+        return Negatives(torch.full_like(users, 4), None, (self.w ** 2).sum() if len(self.seen) == 1 else None)
+
+
+def test_a_parameter_outside_a_batch_loss_is_not_moved_by_stale_gradients():
+    d, _, cfg = frozen_table_run(lr=0.1)
+    sampler = FirstBatchTerm()
+    train(d, cfg, sampler=sampler, progress=False)
+    moved = sampler.seen[1]
+    assert not torch.equal(moved, torch.ones(2)) and all(torch.equal(w, moved) for w in sampler.seen[1:])
+
+
+def test_saved_results_create_missing_folders_and_indent_by_one(tmp_path):
+    path = save_result({"a": [1]}, tmp_path / "x" / "y" / "r.json")
+    assert path.read_text() == '{\n "a": [\n  1\n ]\n}'
