@@ -2,10 +2,12 @@
 missing negatives are counted and skipped, any embedding dimension works."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from hnlm.cf.extension import Batch, BatchEmb
 from hnlm.cf.models import build_model
@@ -14,8 +16,16 @@ from hnlm.data import load_dataset
 from hnlm.data.interactions import Interactions
 from hnlm.errors import UserFacingError
 from hnlm.llm.encoders import MiniLMEncoder
-from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension, alignment_config, alignment_for
-from hnlm.semantic.bank import NegativeBank
+from hnlm.semantic.alignment import (
+    AlignmentConfig,
+    AlignmentExtension,
+    alignment_config,
+    alignment_for,
+    cf_dim,
+    make_mlp,
+    replace_neg,
+)
+from hnlm.semantic.bank import BankIndex, NegativeBank
 from tests.cf_helpers import tiny_data
 
 N_USERS = 60
@@ -190,3 +200,101 @@ def test_anchor_catalogue_is_the_minilm_text_of_every_item():
     ext = alignment_for(data, bank, AlignmentConfig(), seed=0)
     expected = MiniLMEncoder(cache=False).encode([data.item_text(i) for i in range(3)])
     assert ext.item_text.shape == (3, 384) and np.allclose(ext.item_text.numpy(), expected, atol=1e-6)
+
+
+def test_make_mlp_puts_a_relu_between_linear_layers_only():
+    mlp = make_mlp([5, 4, 3, 2])
+    assert [type(m) for m in mlp] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert [(m.in_features, m.out_features) for m in mlp[::2]] == [(5, 4), (4, 3), (3, 2)]
+    assert [type(m) for m in make_mlp([5, 2])] == [nn.Linear]
+
+
+class Propagating(nn.Module):
+    """A CF model without a size attribute: its size is read from one propagation."""
+
+    def propagate(self):
+        return torch.zeros(3, 9), torch.zeros(4, 9)
+
+
+def test_cf_dim_reads_each_size_attribute_else_one_propagation(small):
+    for name in ("embedding_dim", "dim", "emb_dim"):
+        assert cf_dim(SimpleNamespace(**{name: 7})) == 7, name  # no propagate(): the attribute is enough
+    assert cf_dim(Propagating()) == 9
+    assert cf_dim(build_model("mf", small, 8, 1)) == 8
+
+
+def test_refusals_name_the_setting_at_fault(small):
+    bank = bank_for(small, [0, 1], dim=24)
+    with pytest.raises(ValueError, match=r"^unknown lookup rule 'near'; choose from \('pair', 'user', 'rotate'\)$"):
+        AlignmentExtension(bank, AlignmentConfig(lookup="near", train="joint"))
+    with pytest.raises(ValueError, match="^unknown adapter training 'frozen'; choose anchor or joint$"):
+        AlignmentExtension(bank, AlignmentConfig(train="frozen"))
+    with pytest.raises(ValueError, match=r"^anchor alignment needs the catalogue's text embeddings in the bank's "
+                                         r"space \(dim 24\)$"):
+        AlignmentExtension(bank, AlignmentConfig())
+    empty = NegativeBank(np.zeros((0, 24), np.float32), [], [], "test")
+    with pytest.raises(ValueError, match=r"^the negative bank is empty: generate negatives first \(hnlm sns \.\.\.\)$"):
+        AlignmentExtension(empty, AlignmentConfig(train="joint")).setup(build_model("mf", small, 8, 1), small)
+    one = AlignmentExtension(bank_for(small, [0], dim=24), AlignmentConfig(train="joint"))
+    one.setup(build_model("mf", small, 8, 1), small)  # a single negative is enough
+    assert one.adapter is not None
+
+
+def test_defaults_and_only_the_adapter_is_saved(small):
+    bank = bank_for(small, [0, 1], dim=24)
+    ext = AlignmentExtension(bank, AlignmentConfig(hidden=()), catalogue(small, 24).astype(np.float64))
+    assert ext.seed == 0 and ext.adapter is None
+    assert ext.item_text.dtype == torch.float32 and ext.table.dtype == torch.float32
+    ext.setup(build_model("mf", small, 8, 1), small)
+    assert set(ext.state_dict()) == {"adapter.0.weight", "adapter.0.bias"}  # no bank, no catalogue
+
+
+def test_user_rule_draws_the_user_s_negatives_with_the_extension_s_seed(small):
+    """User 0 has ten negatives and none for the batch's positives: each pair draws one of the ten."""
+    rng = np.random.default_rng(0)
+    bank = NegativeBank(rng.standard_normal((10, 4)).astype(np.float32), [0] * 10, list(range(10)), "test")
+    ext = AlignmentExtension(bank, AlignmentConfig(alpha=0.5, lookup="user", hidden=(), train="joint"), seed=5)
+    ext.setup(build_model("mf", small, 4, 1), small)
+    users, pos = torch.zeros(30, dtype=torch.long), torch.full((30,), 20)
+    emb = BatchEmb(torch.randn(30, 4), torch.randn(30, 4), torch.randn(30, 4))
+    new, _ = ext.on_batch(Batch(users, pos, pos), emb)
+    rows, exact = BankIndex(bank, small.n_items).lookup(users.numpy(), pos.numpy(), "user", np.random.default_rng(5))
+    assert not exact.any() and len(set(rows.tolist())) > 1
+    torch.testing.assert_close(new.neg, 0.5 * ext.adapter(torch.from_numpy(bank.emb[rows])) + 0.5 * emb.neg)
+
+
+def test_counts_record_the_settings_and_the_mean_user_negative_cosine(small):
+    """Identity adapter, so h is the bank row: user (3, 4) vs row (1, 0) has cosine 0.6, user (1, 1) vs row
+    (0, 2) has cosine 1 / sqrt 2; a third pair has no negative."""
+    bank = NegativeBank(np.array([[1.0, 0.0], [0.0, 2.0]], np.float32), [0, 1], [3, 4], "test", {"budget": 5})
+    cfg = AlignmentConfig(alpha=0.1, weight=0.2, tau=0.3, hidden=(), lookup="pair", train="joint", anchor_weight=4.0)
+    ext = AlignmentExtension(bank, cfg)
+    ext.setup(build_model("mf", small, 2, 1), small)
+    with torch.no_grad():
+        ext.adapter[0].weight.copy_(torch.eye(2))
+        ext.adapter[0].bias.zero_()
+    neg = torch.zeros(2, 2)
+    ext.on_batch(Batch(torch.tensor([0, 2]), torch.tensor([3, 3]), torch.tensor([5, 5])),
+                 BatchEmb(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.ones(2, 2), neg))
+    settings = {"source": "test", "bank_rows": 2, "bank_dim": 2, "alpha": 0.1, "weight": 0.2, "tau": 0.3,
+                "hidden": [], "lookup": "pair", "train": "joint", "anchor_weight": 4.0,
+                "missing_rule": "pair keeps its ID negative, no contrastive term", "bank_budget": 5}
+    first = ext.counts()["alignment"]
+    assert first.pop("mean_cos_user_aligned") == pytest.approx(0.6)
+    assert first == {"pairs": 2, "with_negative": 1, "exact_pair": 1, "user_reuse": 0, "missing": 1, **settings}
+    ext.on_batch(Batch(torch.tensor([1]), torch.tensor([4]), torch.tensor([5])),
+                 BatchEmb(torch.tensor([[1.0, 1.0]]), torch.ones(1, 2), torch.zeros(1, 2)))
+    assert ext.counts() == {"alignment": {"pairs": 3, "with_negative": 2, "exact_pair": 2, "user_reuse": 0,
+                                          "missing": 1, **settings,
+                                          "mean_cos_user_aligned": pytest.approx((0.6 + 0.5 ** 0.5) / 2)}}
+
+
+def test_replace_neg_swaps_the_negative_of_a_dataclass_bundle_too():
+    @dataclasses.dataclass
+    class Emb:
+        user: int
+        pos: int
+        neg: int
+    emb = Emb(1, 2, 3)
+    assert replace_neg(emb, 4) == Emb(1, 2, 4) and emb.neg == 3
+    assert replace_neg(BatchEmb(1, 2, 3), 4) == BatchEmb(1, 2, 4)

@@ -4,6 +4,7 @@ and restored. Fast, so the mutation run (tests/README.md) can use it; test_hnlmr
 smollm2-135m."""
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -194,3 +195,62 @@ def test_save_and_from_saved_restore_adapter_heads_and_centring(tmp_path):
     torch.save({**heads, "stray.weight": torch.zeros(1)}, tmp_path / "enc" / TRAINABLE_FILE)
     with pytest.raises(ValueError, match="unexpected keys"):
         back.load_trainable(tmp_path / "enc")
+
+
+def test_lora_follows_the_config_on_its_target_modules_only():
+    enc = QueryEncoder(tiny_lm(), EncoderConfig(cf_signal="none", lora_r=3, lora_alpha=6, lora_dropout=0.25,
+                                                lora_targets=("k_proj", "o_proj")))
+    assert enc.soft_user is None and enc.soft_item is None
+    attn = enc.lm.base_model.model.model.layers[0].self_attn
+    assert {name for name, m in attn.named_children() if hasattr(m, "lora_A")} == {"k_proj", "o_proj"}
+    assert attn.k_proj.lora_A["default"].weight.shape == (3, HIDDEN)
+    assert attn.k_proj.scaling["default"] == 2.0                       # lora_alpha / lora_r
+    assert attn.o_proj.lora_dropout["default"].p == 0.25
+
+
+def test_a_bf16_lm_keeps_its_weights_and_gets_bf16_soft_tokens(tmp_path):
+    enc = QueryEncoder(tiny_lm(torch.bfloat16), encoder().config)
+    assert all(p.dtype == torch.bfloat16 for name, p in enc.lm.named_parameters() if "lora_" not in name)
+    hidden, mask = enc.hidden_states(IDS, MASK, CF_USER, CF_ITEM)
+    embeds = torch.cat([enc.soft_tokens(CF_USER, CF_ITEM).to(torch.bfloat16),
+                        enc.lm.get_input_embeddings().weight[IDS]], dim=1)
+    direct = enc.lm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    assert hidden.dtype == torch.bfloat16 and torch.equal(hidden, direct)
+    enc.save(tmp_path / "enc")
+    back = QueryEncoder.from_saved(tiny_lm(torch.bfloat16), tmp_path / "enc")
+    assert all(p.dtype == torch.bfloat16 for name, p in back.lm.named_parameters() if "lora_" not in name)
+
+
+def test_messages_and_state_outside_the_lm():
+    with pytest.raises(ValueError, match=r"^cf_signal='soft' needs cf_dim \(the teacher's embedding size\)$"):
+        QueryEncoder(tiny_lm(), EncoderConfig(cf_signal="soft", cf_dim=0))
+    with pytest.raises(RuntimeError, match="^pooling 'mean-centred' needs fit_centring"):
+        encoder(cf_signal="text", pooling="mean-centred").pooled(IDS, MASK)
+    enc = encoder()  # emb_norm follows the LM's table: not part of the saved state
+    assert {k for k in enc.state_dict() if not k.startswith("lm.")} == {
+        "head.weight", "head.bias", "soft_user.weight", "soft_user.bias", "soft_item.weight", "soft_item.bias",
+        "pool_mean", "centred"}
+
+
+def test_save_makes_missing_folders_overwrites_and_writes_indented_json(tmp_path):
+    enc = encoder(pooling="last")
+    folder = tmp_path / "runs" / "enc"
+    enc.save(folder)
+    enc.save(folder)  # a resumed fine-tuning saves into the same folder again
+    assert (folder / CONFIG_FILE).read_text() == json.dumps(enc.config.to_json(), indent=1)
+
+
+class Stray:
+    """Not a tensor: a trainable file holding it is not loaded."""
+
+
+def test_load_trainable_refuses_pickled_objects_and_lists_five_unexpected_keys(tmp_path):
+    enc = encoder(pooling="last")
+    enc.save(tmp_path / "enc")
+    heads = torch.load(tmp_path / "enc" / TRAINABLE_FILE, weights_only=True)
+    torch.save({**heads, **{f"stray{i}": torch.zeros(1) for i in range(6)}}, tmp_path / "enc" / TRAINABLE_FILE)
+    with pytest.raises(ValueError, match=r"unexpected keys \['stray0', 'stray1', 'stray2', 'stray3', 'stray4'\]$"):
+        enc.load_trainable(tmp_path / "enc")
+    torch.save({**heads, "stray": Stray()}, tmp_path / "enc" / TRAINABLE_FILE)
+    with pytest.raises(pickle.UnpicklingError):
+        enc.load_trainable(tmp_path / "enc")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hnlm.semantic.hnlmrec.finetune import finetune_quality, mean_pairwise_cosine
-from hnlm.semantic.hnlmrec.model import contrastive_loss, pool_last
+from hnlm.semantic.hnlmrec.model import SAME_TARGET_COS, contrastive_loss, pool_last
 
 B, D, H = 8, 16, 32
 
@@ -120,3 +120,14 @@ def test_quality_measure_separates_a_collapsed_encoder_from_a_good_one():
     assert g["emitted_mean_pairwise_cosine"] < 0.2 and c["emitted_mean_pairwise_cosine"] > 0.99
     assert abs(g["target_mean_pairwise_cosine"]) < 0.2
     assert mean_pairwise_cosine(np.eye(3)) == 0.0
+
+
+def test_infonce_keeps_a_target_at_exactly_the_same_target_cosine_as_a_negative():
+    """Targets e1 and (c, s) with c = SAME_TARGET_COS in float32: not above it, so not masked; tau 0.5."""
+    c = torch.tensor(SAME_TARGET_COS, dtype=torch.float32)
+    s = torch.sqrt(1 - c * c)
+    p = torch.stack([torch.tensor([1.0, 0.0]), torch.stack([c, s])])
+    q, n = torch.eye(2), torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    c, s = float(c), float(s)
+    expected = ((log_sum_exp(2, 2 * c, 0, 0) - 2) + (log_sum_exp(0, 2 * s, 2, 2) - 2 * s)) / 2
+    assert float(contrastive_loss(q, p, n, 0.5)) == pytest.approx(expected, rel=1e-5)

@@ -6,14 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
+from hnlm.cf.extension import Batch, BatchEmb
+from hnlm.cf.models import build_model
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.data import load_dataset
 from hnlm.data.interactions import Interactions
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.encoders import MiniLMEncoder
 from hnlm.semantic import rlmrec
-from hnlm.semantic.common import split_id_of
+from hnlm.semantic.common import history_context, split_id_of
 from hnlm.semantic.profiles import save_profiles
 from tests.cf_helpers import tiny_data
 
@@ -117,3 +120,98 @@ def test_text_embeddings_encode_the_chosen_texts_in_id_order():
         rlmrec.text_embeddings(data, "profiles", encoder)
     with pytest.raises(ValueError, match="metadata"):
         rlmrec.text_embeddings(data, "titles", encoder)
+
+
+def test_info_nce_normalises_each_row():
+    """Anchors (3, 4), (0, 1) are rows (0.6, 0.8), e2 once normalised; targets e1, 2 e2 are e1, e2; tau 1."""
+    anchor = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    target = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    expected = (-math.log(math.exp(0.6) / (math.exp(0.6) + math.exp(0.8)))
+                - math.log(math.exp(1) / (math.exp(0) + math.exp(1)))) / 2
+    assert float(rlmrec.info_nce(anchor, target, 1.0)) == pytest.approx(expected, rel=1e-6)
+
+
+def extension(n_users=3, n_items=4, text_dim=5, **config):
+    rng = np.random.default_rng(0)
+    return rlmrec.RLMRecExtension(rng.standard_normal((n_users, text_dim)), rng.standard_normal((n_items, text_dim)),
+                                  rlmrec.RLMRecConfig(**config))
+
+
+TINY = tiny_data({0: [0, 1], 1: [2], 2: [3, 1]}, {}, {}, 3, 4, name="rlmrec-tiny")
+
+
+def test_defaults_refusals_and_only_the_projection_is_saved():
+    ext = extension(hidden=())
+    assert ext.source == "profiles" and ext.seed == 0 and ext.proj is None
+    assert ext.user_text.dtype == torch.float32
+    with pytest.raises(ValueError, match="^user and item text embeddings must have the same dimension$"):
+        rlmrec.RLMRecExtension(np.zeros((3, 5)), np.zeros((4, 6)))
+    model = build_model("mf", TINY, 4, 1)
+    with pytest.raises(ValueError, match="^text embeddings for 2 users / 4 items, dataset has 3 / 4$"):
+        extension(n_users=2).setup(model, TINY)
+    with pytest.raises(ValueError, match="^text embeddings for 3 users / 5 items, dataset has 3 / 4$"):
+        extension(n_items=5).setup(model, TINY)
+    ext.setup(model, TINY)
+    assert set(ext.state_dict()) == {"proj.0.weight", "proj.0.bias"}  # the text tables are not saved
+
+
+def test_projection_is_linear_layers_with_leaky_relu_between():
+    ext = extension(text_dim=12, hidden=(6, 5))
+    ext.setup(build_model("mf", TINY, 4, 1), TINY)
+    assert [type(m) for m in ext.proj] == [nn.Linear, nn.LeakyReLU, nn.Linear, nn.LeakyReLU, nn.Linear]
+    assert [(m.in_features, m.out_features) for m in ext.proj[::2]] == [(12, 6), (6, 5), (5, 4)]
+
+
+def test_loss_is_the_weighted_infonce_of_first_occurrences_and_counts_average_it():
+    ext = extension(weight=0.5, tau=0.3, hidden=(3,))
+    ext.setup(build_model("mf", TINY, 4, 1), TINY)
+    g = torch.Generator().manual_seed(0)
+    emb = BatchEmb(torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g))
+    users, pos = torch.tensor([2, 0, 2]), torch.tensor([1, 1, 3])  # users 0, 2 first at 1, 0; items 1, 3 at 0, 2
+    out, loss = ext.on_batch(Batch(users, pos, pos), emb)
+    first = (rlmrec.info_nce(emb.user[[1, 0]], ext.proj(ext.user_text[[0, 2]]), 0.3)
+             + rlmrec.info_nce(emb.pos[[0, 2]], ext.proj(ext.item_text[[1, 3]]), 0.3)).detach()
+    assert out is emb
+    torch.testing.assert_close(loss, 0.5 * first)
+    settings = {"text_source": "profiles", "weight": 0.5, "tau": 0.3, "hidden": [3], "text_dim": 5, "max_anchors": 0}
+    assert ext.counts() == {"rlmrec": {**settings, "mean_infonce": pytest.approx(float(first))}}
+    _, loss2 = ext.on_batch(Batch(users[:2], pos[:2], pos[:2]), BatchEmb(emb.user[:2], emb.pos[:2], emb.neg[:2]))
+    second = float(loss2) / 0.5
+    assert ext.counts() == {"rlmrec": {**settings, "mean_infonce": pytest.approx((float(first) + second) / 2)}}
+
+
+def test_one_anchor_leaves_infonce_nothing_to_contrast():
+    ext = extension(max_anchors=1, hidden=())
+    ext.setup(build_model("mf", TINY, 4, 1), TINY)
+    users, pos = torch.tensor([0, 1, 2]), torch.tensor([0, 2, 3])
+    _, loss = ext.on_batch(Batch(users, pos, pos), BatchEmb(torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)))
+    assert float(loss) == 0.0  # one anchor, one candidate: cross-entropy 0 for users and items
+
+
+def test_subsample_draws_from_its_own_generator_seeded_once():
+    ext = rlmrec.RLMRecExtension(np.zeros((3, 2)), np.zeros((3, 2)), rlmrec.RLMRecConfig(max_anchors=3), seed=4)
+    ids, first = torch.arange(10) * 2, torch.arange(10) + 100
+    small = ext._subsample(ids[:3], first[:3])                # no more than the cap: kept, nothing drawn
+    assert torch.equal(small[0], ids[:3]) and torch.equal(small[1], first[:3])
+    torch.manual_seed(99)                                     # the global generator plays no part
+    draws = [ext._subsample(ids, first) for _ in range(2)]
+    g = torch.Generator().manual_seed(4)
+    for got in draws:
+        keep = torch.randperm(10, generator=g)[:3].sort().values
+        assert torch.equal(got[0], ids[keep]) and torch.equal(got[1], first[keep])
+
+
+def test_metadata_user_text_draws_its_titles_with_seed_zero_and_the_user():
+    data = tiny_data({0: list(range(10)), 1: [2, 4]}, {}, {}, 2, 10, name="rlmrec-meta")
+    users, _ = rlmrec.metadata_texts(data)
+    assert users == [history_context(data, u, np.random.default_rng([0, u])) for u in range(2)]
+    assert users[1] == "liked 2; 4."
+
+
+def test_missing_profiles_name_the_first_five_users_and_items():
+    data = tiny_data({u: [u] for u in range(7)}, {}, {}, 7, 7, name="rlmrec-lacking")
+    for kind in ("user", "item"):
+        frame = pd.DataFrame({"id": [6], "ok": True, "summarization": [f"{kind} 6 profile"]})
+        save_profiles(frame, data.name, "test-llm", kind, split_id_of(data))
+    with pytest.raises(MissingInputError, match=r"lack users \[0, 1, 2, 3, 4\] / items \[0, 1, 2, 3, 4\] \(first"):
+        rlmrec.text_embeddings(data, "profiles", MiniLMEncoder(cache=False), "test-llm")
