@@ -13,11 +13,10 @@ returns for the same config, sampler and extension:
 - the per-run losses are summed, not averaged, so each run's gradient is its own loss's gradient; the
   gathers that scatter gradients back are per run (one run's batch never shares an accumulation with
   another's), so on CPU a grouped run reproduces the run alone bit for bit (tests/test_cf_group.py);
-- DNS and DNS(M,N) runs draw their candidates with their own generator (the cheap step, a loop over
-  runs) and are scored in one batched product; any other sampler (and every extension) runs through its
-  own `sample` (`on_batch`) per run, on its run's slices of the batch's embeddings; the backbone it is
-  handed reads the run's current weights (views of the tables; gradients flow through the context's
-  embeddings, as with every hnlm sampler, not through that backbone);
+- every sampler (and every extension) runs through its own `sample` (`on_batch`) per run, on its run's
+  slices of the batch's embeddings; the backbone it is handed reads the run's current weights (views of
+  the tables; gradients flow through the context's embeddings, as with every hnlm sampler, not through
+  that backbone);
 - per-run early stopping: a run whose patience is spent leaves the group with its best state, the others
   go on with the freed share of the tables and of Adam's moments;
 - validation ranks every run's items for each user batch with the masks and targets built once.
@@ -41,7 +40,7 @@ from tqdm.auto import tqdm
 
 from hnlm.cf.evaluate import evaluate_many, require_targets
 from hnlm.cf.models import LightGCN
-from hnlm.cf.samplers import DNS, DNSMN, Negatives
+from hnlm.cf.samplers import Negatives
 from hnlm.cf.trainer import (
     BestEpoch,
     TrainConfig,
@@ -200,7 +199,6 @@ class _Group:
             item = torch.stack([m.run.model.item_emb.weight for m in members])
         self.user, self.item = nn.Parameter(user), nn.Parameter(item)
         self.optimiser = torch.optim.Adam(self._params(), lr=lr)
-        self._finals = None     # the batch's final (user, item) embeddings per member, for batched DNS scoring
         self._bind()
 
     def _params(self) -> list:
@@ -272,7 +270,6 @@ class _Group:
                 totals[k] += float(loss.detach()) * len(users[k])
         for run in runs:
             clear_batch_context(run.ctx)
-        self._finals = None
         share = (time.perf_counter() - t0) / len(runs)
         return [{"loss": t / len(all_users), "train_s": share, "sample_s": s, "epoch": epoch}
                 for t, s in zip(totals, sample_s)]
@@ -303,54 +300,17 @@ class _Group:
         """Propagate, and give each member its own slices (per layer and final) in its sampler context;
         returns each member's layer-0 (user, item) tables for the L2 term."""
         per_member, finals, first = self._propagate()
-        self._finals = finals
         for m, layers, final in zip(self.members, per_member, finals):
             m.run.ctx.layers = layers
             m.run.ctx.user_emb, m.run.ctx.item_emb = final
         return first
 
     def _sample(self, users, pos, sample_s) -> list[Negatives]:
-        """Every member's negatives: DNS/DNS(M,N) members batched by candidate count, others per run."""
-        negs, hardest = [None] * len(self.members), {}
+        """Every member's negatives from its own sampler, on its slices of the batch's embeddings."""
+        negs = []
         for k, m in enumerate(self.members):
-            if type(m.run.sampler) in (DNS, DNSMN):
-                hardest.setdefault(m.run.sampler.candidates, []).append(k)
-                continue
             ts = time.perf_counter()
             with m.rng:
-                negs[k] = m.run.sampler.sample(users[k], pos[k], m.run.model, m.run.ctx)
+                negs.append(m.run.sampler.sample(users[k], pos[k], m.run.model, m.run.ctx))
             sample_s[k] += time.perf_counter() - ts
-        for candidates, ks in hardest.items():
-            ts = time.perf_counter()
-            for k, items in zip(ks, self._hardest(ks, users, candidates)):
-                negs[k] = Negatives(items)
-            share = (time.perf_counter() - ts) / len(ks)
-            for k in ks:
-                sample_s[k] += share
         return negs
-
-    @torch.no_grad()
-    def _hardest(self, ks: list[int], users, candidates: int) -> list[torch.Tensor]:
-        """DNS / DNS(M,N) for members `ks`, draw for draw as their own `sample`: each draws M uniform
-        non-positives with its generator; the candidates of all are scored in one batched product; DNS
-        keeps the best, DNS(M,N) one of the top N picked with the member's generator."""
-        runs = [self.members[k].run for k in ks]
-        cands = torch.stack([r.ctx.positives.uniform(users[k], candidates, r.ctx.generator)
-                             for k, r in zip(ks, runs)])                                    # [G, B, M]
-        d = self._finals[0][1].shape[1]
-        item = cands.new_empty((*cands.shape, d), dtype=self._finals[0][1].dtype)           # [G, B, M, d]
-        for j, (k, c) in enumerate(zip(ks, cands)):     # gathered straight into the batch (no second copy)
-            torch.index_select(self._finals[k][1].detach(), 0, c.reshape(-1), out=item[j].view(-1, d))
-        user = torch.stack([self._finals[k][0].detach()[users[k]] for k in ks])             # [G, B, d]
-        g, b, m = cands.shape
-        scores = torch.bmm(item.view(g * b, m, d), user.view(g * b, d, 1)).view(g, b, m)
-        out = []
-        for j, r in enumerate(runs):
-            if type(r.sampler) is DNS:
-                best = scores[j].argmax(1, keepdim=True)
-            else:
-                top = scores[j].topk(r.sampler.top, dim=1).indices
-                pick = torch.randint(0, r.sampler.top, (b, 1), generator=r.ctx.generator, device=top.device)
-                best = top.gather(1, pick)
-            out.append(cands[j].gather(1, best)[:, 0])
-        return out

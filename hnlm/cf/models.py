@@ -50,7 +50,7 @@ class _Backbone(nn.Module):
 
 def l2_penalty(user_table, item_table, users, pos, neg) -> torch.Tensor:
     """Sum of squares of the batch's layer-0 embeddings divided by the batch size."""
-    terms = [F.embedding(users, user_table), F.embedding(pos, item_table), F.embedding(neg, item_table)]
+    terms = [user_table.index_select(0, users), item_table.index_select(0, pos), item_table.index_select(0, neg)]
     return sum(t.pow(2).sum() for t in terms) / len(users)
 
 

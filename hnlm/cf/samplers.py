@@ -170,9 +170,10 @@ class PNS(Sampler):
 
 
 def candidate_scores(users, cands, ctx) -> torch.Tensor:
-    """Current (detached) scores of candidates [B, M] for their users."""
-    u = ctx.user_emb.detach()[users]
-    return torch.bmm(ctx.item_emb.detach()[cands], u.unsqueeze(2)).squeeze(2)
+    """Current (detached) scores of candidates [B, M] for their users, through `layer_scores`: on ml-100k one
+    product of the batch's distinct users with the item table read at the candidates (2.5 ms for 8,192 x 32
+    candidates against 26 ms for gathering their rows, 2 threads)."""
+    return layer_scores(ctx.user_emb.detach(), [ctx.item_emb.detach()], users, cands)[..., 0]
 
 
 class DNS(Sampler):
@@ -213,7 +214,9 @@ class DNSMN(Sampler):
 def layer_rows(layers, side: int, index: torch.Tensor) -> torch.Tensor:
     """Per-layer embeddings of `index` (users: side 0, items: side 1), stacked on a new axis after the index
     dimensions: [*index.shape, L + 1, d]. Keeps the autograd graph (detach the layers for selection only)."""
-    return torch.stack([layer[side][index] for layer in layers], dim=index.dim())
+    flat = index.reshape(-1)
+    return torch.stack([layer[side].index_select(0, flat).view(*index.shape, -1) for layer in layers],
+                       dim=index.dim())
 
 
 class DistinctRows(NamedTuple):
@@ -243,7 +246,7 @@ class DistinctRows(NamedTuple):
 
 def chosen_rows(layers, chosen: torch.Tensor) -> torch.Tensor:
     """Layer l's item embedding of the item chosen at layer l, chosen [B, L+1] -> [B, L+1, d] (with graph)."""
-    return torch.stack([item[chosen[:, k]] for k, (_, item) in enumerate(layers)], dim=1)
+    return torch.stack([item.index_select(0, chosen[:, k]) for k, (_, item) in enumerate(layers)], dim=1)
 
 
 # A multiply-add inside one dense matrix product costs about 1/32 of gathering one float of a candidate's row
@@ -400,7 +403,7 @@ class DENS(Sampler, nn.Module):
         loss = None
         if self.gamma > 0:
             relevant_neg = neg * torch.sigmoid(cands_d.rows(neg_shift, chosen_ids) + pos_shift)
-            loss = self.gamma * self.factor_loss(ctx.user_emb[users], p, relevant_p, neg, relevant_neg)
+            loss = self.gamma * self.factor_loss(ctx.user_emb.index_select(0, users), p, relevant_p, neg, relevant_neg)
         return Negatives(chosen[:, 0], neg.mean(1), loss)
 
     @staticmethod

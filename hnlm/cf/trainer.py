@@ -226,8 +226,9 @@ def batch_loss(run: Run, users, pos, negs, layer0) -> torch.Tensor:
     (negative embedding replaced by the sampler's or the extension's if given) + L2 on the layer-0 tables
     `layer0` = (user table, item table) + the extension's and the sampler's extra terms."""
     cfg, ctx, extension = run.cfg, run.ctx, run.extension
-    neg_emb = negs.emb if negs.emb is not None else ctx.item_emb[negs.items]
-    emb = BatchEmb(ctx.user_emb[users], ctx.item_emb[pos], neg_emb)
+    # index_select, not [ ]: its backward (index_add_) is ~10x faster on CPU than indexing's (index_put_)
+    neg_emb = negs.emb if negs.emb is not None else ctx.item_emb.index_select(0, negs.items)
+    emb = BatchEmb(ctx.user_emb.index_select(0, users), ctx.item_emb.index_select(0, pos), neg_emb)
     extra = []
     if extension is not None:
         emb, ext_loss = extension.on_batch(Batch(users, pos, negs.items), emb)

@@ -139,10 +139,10 @@ class AlignmentExtension(Extension):
             with torch.no_grad():
                 h = F.normalize(self.aligned(uniq), dim=-1)[inv] * ids_neg.norm(dim=-1, keepdim=True)
             items, item_inv = torch.unique(batch.pos, return_inverse=True)
-            t = self.adapter(self.item_text[items])[item_inv]
+            t = self.adapter(self.item_text[items]).index_select(0, item_inv)
             extra = self.config.anchor_weight * (1 - F.cosine_similarity(t, emb.pos.detach(), dim=-1)).mean()
         else:
-            h = self.aligned(uniq)[inv]
+            h = self.aligned(uniq).index_select(0, inv)   # index_select: fast backward on CPU
         a = self.config.alpha
         if full:
             neg = a * h + (1 - a) * emb.neg

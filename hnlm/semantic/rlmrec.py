@@ -73,8 +73,8 @@ class RLMRecExtension(Extension):
     def on_batch(self, batch, emb):
         users, u_first = self._subsample(*unique_first(batch.users))
         items, i_first = self._subsample(*unique_first(batch.pos))
-        loss = (info_nce(emb.user[u_first], self.proj(self.user_text[users]), self.config.tau)
-                + info_nce(emb.pos[i_first], self.proj(self.item_text[items]), self.config.tau))
+        loss = (info_nce(emb.user.index_select(0, u_first), self.proj(self.user_text[users]), self.config.tau)
+                + info_nce(emb.pos.index_select(0, i_first), self.proj(self.item_text[items]), self.config.tau))
         self._loss_sum += float(loss.detach())
         self._batches += 1
         return emb, self.config.weight * loss
