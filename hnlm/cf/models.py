@@ -12,7 +12,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 class _Backbone(nn.Module):

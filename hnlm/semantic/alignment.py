@@ -140,7 +140,7 @@ class AlignmentExtension(Extension):
                 h = F.normalize(self.aligned(uniq), dim=-1)[inv] * ids_neg.norm(dim=-1, keepdim=True)
             items, item_inv = torch.unique(batch.pos, return_inverse=True)
             t = self.adapter(self.item_text[items]).index_select(0, item_inv)
-            extra = self.config.anchor_weight * (1 - F.cosine_similarity(t, emb.pos.detach(), dim=-1)).mean()
+            extra = self.config.anchor_weight * (1 - row_cosine(t, emb.pos.detach())).mean()
         else:
             h = self.aligned(uniq).index_select(0, inv)   # index_select: fast backward on CPU
         a = self.config.alpha
@@ -151,8 +151,9 @@ class AlignmentExtension(Extension):
             neg = emb.neg.clone()
             neg[mask] = a * h + (1 - a) * ids_neg
             u, p = emb.user[mask], emb.pos[mask]
-        cos_uh = F.cosine_similarity(u, h, dim=-1)
-        loss = F.softplus((cos_uh - F.cosine_similarity(u, p, dim=-1)) / self.config.tau).mean()
+        u_norm = u.norm(dim=-1)
+        cos_uh = row_cosine(u, h, u_norm)
+        loss = F.softplus((cos_uh - row_cosine(u, p, u_norm)) / self.config.tau).mean()
         self._cos_sum += float(cos_uh.detach().sum())
         return replace_neg(emb, neg), self.config.weight * loss + extra
 
@@ -166,6 +167,13 @@ class AlignmentExtension(Extension):
                               "train": cfg.train, "anchor_weight": cfg.anchor_weight,
                               "missing_rule": "pair keeps its ID negative, no contrastive term",
                               **{f"bank_{k}": v for k, v in self.bank.meta.items()}}}
+
+
+def row_cosine(a: torch.Tensor, b: torch.Tensor, a_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine of each row of `a` with the same row of `b` (optionally given |a|), as F.cosine_similarity
+    (eps 1e-8), whose backward is ~4x slower on CPU."""
+    a_norm = a.norm(dim=-1) if a_norm is None else a_norm
+    return (a * b).sum(-1) / (a_norm * b.norm(dim=-1)).clamp_min(1e-8)
 
 
 def replace_neg(emb, neg):
