@@ -5,7 +5,7 @@ settings dataclass in hnlm.methods, FinetuneConfig for HNLMRec), never a re-type
 
 `smoke` is for the test suite (the whole notebook suite in a few minutes on 2 CPU cores: tiny epochs, the
 small LLM on a handful of prompts), `quick` is a fast pass (`make study PROFILE=quick`: 2 seeds, shorter CF
-runs), `full` is the study (`make study`: about 52 minutes on 2 CPU cores once its LLM outputs are cached;
+runs), `full` is the study (`make study`: 48 minutes on 2 CPU cores with its LLM outputs shipped or cached;
 making them takes minutes on a GPU, `hnlm study --llm-only`, and hours on that CPU). quick shares full's LLM
 outputs. A notebook reads its block with `settings(profile, notebook)`; common keys (seeds, ...) are merged
 in, and the notebook's block wins.
