@@ -11,7 +11,7 @@ from scipy import stats
 from hnlm.analysis import convergence, false_negatives, popularity, significance, sparsity
 from hnlm.analysis.data_stats import dataset_row, top_items
 from hnlm.data import load_dataset
-from hnlm.study.compare import ablation_table
+from hnlm.study.compare import ablation_table, compare_table
 
 
 @pytest.fixture(scope="module")
@@ -139,15 +139,49 @@ def test_boolean_per_user_hits_count_as_zero_and_one():
 
 
 def _bootstrap_by_loops(diff, samples, seed):
-    """The two-level bootstrap written out: per sample, the drawn seeds, then the drawn users of each."""
+    """The crossed bootstrap written out: per sample, the drawn seeds and one draw of users used in every one."""
     rng = np.random.default_rng(seed)
     n_seeds, n_users = diff.shape
     seed_draws = rng.integers(0, n_seeds, size=(samples, n_seeds))
-    user_draws = rng.integers(0, n_users, size=(samples, n_seeds, n_users), dtype=np.int32)
-    means = np.array([np.mean([[diff[seed_draws[s, j], user_draws[s, j, k]] for k in range(n_users)]
+    user_draws = rng.integers(0, n_users, size=(samples, n_users), dtype=np.int32)
+    means = np.array([np.mean([[diff[seed_draws[s, j], user_draws[s, k]] for k in range(n_users)]
                                for j in range(n_seeds)]) for s in range(samples)])
     below, above = (means <= 0).mean(), (means >= 0).mean()
     return np.percentile(means, [2.5, 97.5]), min(1.0, 2 * max(min(below, above), 1 / samples))
+
+
+def _nested_bootstrap_sd(diff, samples, rng):
+    """The scheme the crossed one replaced: users drawn anew inside every drawn seed."""
+    n_seeds, n_users = diff.shape
+    seeds = rng.integers(0, n_seeds, size=(samples, n_seeds))
+    users = rng.integers(0, n_users, size=(samples, n_seeds, n_users))
+    return diff[seeds[..., None], users].mean(axis=(1, 2)).std()
+
+
+def test_crossed_bootstrap_error_matches_the_analytic_one_when_user_gains_persist():
+    """Per-user gain = persistent user effect (variance 0.8, the same in every seed) + seed-specific noise (variance
+    0.2), 943 users, 3 seeds. The mean's true standard error is sqrt((0.8 + 0.2 / 3) / 943). The crossed bootstrap's
+    spread matches it within 10% (its only excess: the noise term, counted up to 3 times, 0.2 / 3 of 0.87); the
+    nested scheme's falls about a third short."""
+    rng = np.random.default_rng(7)
+    users, seeds, persistent, noise = 943, 3, 0.8, 0.2
+    analytic = np.sqrt((persistent + noise / seeds) / users)
+    crossed, nested = [], []
+    for _ in range(8):
+        diff = rng.normal(0, np.sqrt(persistent), users) + rng.normal(0, np.sqrt(noise), (seeds, users))
+        boot = significance.paired_bootstrap(diff, np.zeros_like(diff), samples=2000, seed=int(rng.integers(1e6)))
+        crossed.append((boot["ci_high"] - boot["ci_low"]) / (2 * 1.96))
+        nested.append(_nested_bootstrap_sd(diff, 2000, rng))
+    assert np.mean(crossed) / analytic == pytest.approx(1.0, abs=0.10)
+    assert np.mean(nested) / analytic < 0.75
+
+
+def test_holm_adjusts_step_down_and_keeps_order_and_nans():
+    adjusted = significance.holm([0.01, 0.04, np.nan, 0.03, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 (4 tests): 4 * 0.01, 3 * 0.03, max(2 * 0.04, 0.09), 0.5
+    assert adjusted[[0, 1, 3, 4]] == pytest.approx([0.04, 0.09, 0.09, 0.5]) and np.isnan(adjusted[2])
+    assert list(significance.holm([0.2, 0.9])) == pytest.approx([0.4, 0.9])
+    assert significance.holm([]).size == 0
 
 
 def test_bootstrap_equals_the_loop_over_samples_seeds_and_users():
@@ -394,3 +428,44 @@ def test_ablation_table_pairs_each_method_with_its_own_ablations_only():
                                                                          for p in pairs]   # backbone by backbone
     assert table["relative_gain"].tolist() == pytest.approx([0.01 / 0.391, 0.04 / 0.361] * 2)
     assert ablation_table(runs, results, "recall@20", ["dns-mn", "dnsmn-guard"]).empty
+
+
+def _disagreeing_runs():
+    """MF runs where validation recall@10 ranks dens first and validation recall@20 ranks dns-mn first (as on
+    ml-100k's untuned MF: 0.2120 vs 0.2110 at @10, 0.3230 vs 0.3280 at @20), with per-user test vectors."""
+    valid = {"dens": (0.2120, 0.3230), "dns-mn": (0.2110, 0.3280), "rns": (0.2000, 0.3100), "new": (0.2200, 0.3400)}
+    rng = np.random.default_rng(0)
+    results = []
+    for method, (v10, v20) in valid.items():
+        for seed in range(3):
+            per_user = {m: list(base + rng.normal(0, 0.01, 4)) for m, base in (("recall@10", v10), ("recall@20", v20))}
+            results.append({"backbone": "mf", "method": method, "seed": seed, "tag": f"mf-{method}-{seed}",
+                            "per_user_test": {"users": [0, 1, 2, 3], **per_user}})
+    runs = pd.DataFrame([{"backbone": "mf", "method": r["method"], "seed": r["seed"],
+                          **{m: float(np.mean(r["per_user_test"][m])) for m in ("recall@10", "recall@20")},
+                          "valid recall@10": valid[r["method"]][0], "valid recall@20": valid[r["method"]][1]}
+                         for r in results])
+    return runs, results
+
+
+def test_baseline_is_chosen_on_the_selection_metric_even_when_the_table_leads_with_another():
+    """Notebook 06 lists recall@10 first; choosing on the first metric picked DENS. The selection metric is a
+    required argument, and on valid recall@20 the baseline is DNS(M,N) for every row of the table."""
+    runs, results = _disagreeing_runs()
+    classic = ["rns", "dens", "dns-mn"]
+    with pytest.raises(TypeError, match="select_on"):
+        compare_table(runs, results, ["recall@10", "recall@20"], ["new"], best_of=classic)
+    table = compare_table(runs, results, ["recall@10", "recall@20"], ["new", "rns"], best_of=classic,
+                          select_on="recall@20")
+    assert set(table["baseline"]) == {"dns-mn"} and table["baseline_chosen_on_valid"].all()
+    assert set(table["selected_on"]) == {"valid recall@20"}
+
+
+def test_comparison_table_adds_holm_adjusted_p_per_baseline_and_metric():
+    runs, results = _disagreeing_runs()
+    table = compare_table(runs, results, ["recall@10", "recall@20"], ["new", "rns", "dens"], best_of=["dns-mn"],
+                          baselines=["rns"], select_on="recall@20")
+    for _, family in table.groupby(["metric", "baseline"]):
+        assert family["bootstrap_p_holm"].tolist() == pytest.approx(list(significance.holm(family["bootstrap_p"])))
+        assert (family["t_p_holm"] >= family["t_p"]).all()
+    assert (table.groupby(["metric", "baseline"]).size() == [3, 2] * 2).all()   # rns is not compared with itself

@@ -1,5 +1,5 @@
-"""Mean +- std over seeds; paired tests over seeds (t-test, Wilcoxon); a two-level paired bootstrap over seeds
-and users (a user of several runs is not independent evidence, so seeds are resampled too).
+"""Mean +- std over seeds; paired tests over seeds (t-test, Wilcoxon); a crossed paired bootstrap over seeds and
+users; Holm's correction for testing several methods against one baseline.
 
 Runs come as a long frame: one row per (method, backbone, seed) with metric columns ("recall@20", ...).
 """
@@ -52,25 +52,45 @@ BOOTSTRAP_SAMPLES = 2000
 def paired_bootstrap(a_by_seed: np.ndarray, b_by_seed: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
                      seed: int = 0) -> dict:
     """Mean difference a - b of per-user metric vectors [seeds, users] (same users, runs paired by seed), with a
-    95% percentile interval and a two-sided p-value from a two-level bootstrap: resample the seeds, then the users
-    within each drawn seed. Both sources of variance enter; a per-user test on seed-averaged vectors would treat
-    the users of a few runs as independent evidence and overstate certainty. Users with a NaN are dropped."""
+    95% percentile interval and a two-sided p-value from a crossed bootstrap: each resample draws the seeds and,
+    once, the users, and uses that one user draw in every drawn seed. The same users appear in every seed, so a
+    user's gain that persists across seeds is one piece of evidence, not one per seed; drawing users anew inside
+    each seed (a nested scheme) averages that persistent part away and understates the error (by about a third
+    when most of the per-user variance persists, `tests/test_analysis.py`). Resampling seeds keeps the seed
+    variance in. Users with a NaN are dropped."""
     a_by_seed, b_by_seed = np.asarray(a_by_seed, float), np.asarray(b_by_seed, float)
     diff = a_by_seed - b_by_seed
     diff = diff[:, ~np.isnan(diff).any(axis=0)]
     n_seeds, n_users = diff.shape
     out = {"seeds": int(n_seeds), "users": int(n_users), "mean_diff": float(diff.mean()) if diff.size else np.nan,
-           "ci_low": np.nan, "ci_high": np.nan, "p": np.nan}
+           "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "samples": int(samples)}
     if n_seeds < 2 or n_users < 2:
         return {**out, "note": "the bootstrap needs at least 2 seeds and 2 users"}
     rng = np.random.default_rng(seed)
     seed_draws = rng.integers(0, n_seeds, size=(samples, n_seeds))
-    user_draws = rng.integers(0, n_users, size=(samples, n_seeds, n_users), dtype=np.int32)
-    stats_ = diff[seed_draws[..., None], user_draws].mean(axis=(1, 2))
+    user_draws = rng.integers(0, n_users, size=(samples, n_users), dtype=np.int32)
+    # mean over drawn seeds of each seed's mean over the drawn users: counts of each user per resample suffice
+    user_counts = np.zeros((samples, n_users))
+    np.add.at(user_counts, (np.arange(samples)[:, None], user_draws), 1.0)
+    per_seed = user_counts @ diff.T / n_users               # [samples, seeds]: each seed's mean over the draw
+    stats_ = np.take_along_axis(per_seed, seed_draws, axis=1).mean(axis=1)
     low, high = np.percentile(stats_, [2.5, 97.5])
     tail = min((stats_ <= 0).mean(), (stats_ >= 0).mean())
     return {**out, "ci_low": float(low), "ci_high": float(high), "p": float(min(1.0, 2 * max(tail, 1 / samples))),
             "note": None}
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of p-values tested together (one family: the methods of one table against one
+    baseline); NaN p-values stay NaN and do not count towards the family size."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = len(order)
+    adjusted = np.maximum.accumulate([(m - i) * p[j] for i, j in enumerate(order)]) if m else []
+    out[order] = np.minimum(1.0, adjusted)
+    return out
 
 
 def summarise(runs: pd.DataFrame, metrics: list[str], by=("method", "backbone")) -> pd.DataFrame:
@@ -104,7 +124,7 @@ def best_method(runs: pd.DataFrame, metric: str, among: list[str]) -> str:
 
 def compare(runs: pd.DataFrame, metric: str, method: str, baseline: str, per_user: dict | None = None) -> dict:
     """`method` vs `baseline` on one metric: relative gain of the means, paired tests over seeds (runs
-    matched by seed) and, when `per_user` maps (method, seed) -> per-user vector, the two-level paired
+    matched by seed) and, when `per_user` maps (method, seed) -> per-user vector, the crossed paired
     bootstrap over seeds and users with a 95% interval of the difference and of the relative gain."""
     a = runs[runs["method"] == method].set_index("seed")[metric]
     b = runs[runs["method"] == baseline].set_index("seed")[metric]

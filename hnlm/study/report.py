@@ -26,7 +26,8 @@ CUTOFF = METRIC.split("@")[1]
 MAIN_METRICS = (f"recall@{CUTOFF}", f"ndcg@{CUTOFF}")
 POPULARITY_COLUMNS = tuple(f"{c}@{CUTOFF}" for c in ("head_recall", "tail_recall", "tail_share", "coverage"))
 GAIN_LEGEND = (f"Δ: relative gain in test {METRIC} [95% interval] (p of the paired t-test over seeds, "
-               "p of the two-level paired bootstrap over seeds and users)")
+               "p of the crossed paired bootstrap over seeds and users; each raw / Holm-adjusted over the methods "
+               "compared with that baseline)")
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,15 @@ def flag(column: pd.Series) -> pd.Series:
     return column.astype(str) == "True"
 
 
+def p_cell(row: dict, column: str) -> str:
+    """The raw p, and its Holm adjustment when the table has one (result files from before it have none)."""
+    holm = row.get(f"{column}_holm")
+    return p_value(row[column]) + ("" if holm is None else f" / {p_value(holm)}")
+
+
 def gain_rows(part: pd.DataFrame) -> list[list]:
     return [[display_name(r["method"]), f"{r['mean']:.4f}", percent(r["relative_gain"]),
-             interval(r["gain_ci_low"], r["gain_ci_high"]), p_value(r["t_p"]), p_value(r["bootstrap_p"])]
+             interval(r["gain_ci_low"], r["gain_ci_high"]), p_cell(r, "t_p"), p_cell(r, "bootstrap_p")]
             for r in part.to_dict("records")]
 
 
@@ -144,7 +151,7 @@ def comparison_tables(comparisons: pd.DataFrame) -> str:
     blocks = []
     for (backbone, baseline), part in chosen.groupby(["backbone", "baseline"], sort=False):
         header = ["method", f"test {METRIC}", f"Δ vs **{display_name(baseline)}**", "95% interval",
-                  "p (t-test, seeds)", "p (bootstrap)"]
+                  "p (t-test, seeds; raw / Holm)", "p (bootstrap; raw / Holm)"]
         intro = (f"{display_name(backbone)}: baseline **{display_name(baseline)}** (test {METRIC} "
                  f"{part['baseline_mean'].iloc[0]:.4f}), {int(part['seeds'].max())} seeds, "
                  f"{int(part['users'].max())} users")
@@ -174,7 +181,7 @@ def convergence_lines(runs: pd.DataFrame) -> str:
 
 def gain_cell(row: dict) -> str:
     return (f"{percent(row['relative_gain'])} {interval(row['gain_ci_low'], row['gain_ci_high'])} "
-            f"({p_value(row['t_p'])}, {p_value(row['bootstrap_p'])})")
+            f"({p_cell(row, 't_p')}, {p_cell(row, 'bootstrap_p')})")
 
 
 def baseline_header(comparisons: pd.DataFrame, baseline: str) -> str:
