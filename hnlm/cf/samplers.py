@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from hnlm.cf.search import Axis
 from hnlm.errors import UserFacingError
 
 
@@ -127,6 +128,7 @@ class SamplerContext:
 
 class Sampler:
     name = "base"
+    search: dict = {}      # key settings the tuning protocol searches (hnlm.cf.search.Axis), none by default
 
     def setup(self, model, data) -> None:
         pass
@@ -155,6 +157,7 @@ class PNS(Sampler):
     """Popularity-based: P(i) proportional to (train count + 1) ** beta, positives excluded."""
 
     name = "pns"
+    search = {"beta": Axis((0.5, 0.75, 1.0), low=0.0, high=2.0)}
 
     def __init__(self, beta: float = 0.75):
         self.beta = float(beta)
@@ -180,6 +183,7 @@ class DNS(Sampler):
     """Dynamic negative sampling (Zhang et al. 2013): the highest-scored of M uniform candidates."""
 
     name = "dns"
+    search = {"candidates": Axis((16, 32, 64), low=2, high=512)}
 
     def __init__(self, candidates: int = 32):
         self.candidates = int(candidates)
@@ -197,6 +201,7 @@ class DNSMN(Sampler):
 
     name = "dns-mn"
     summary = "DNS(M,N) (Shi et al. 2023): a uniform pick among the top-N of M uniform candidates"
+    search = {"candidates": Axis((16, 32, 64), low=4, high=512), "top": Axis((2, 5, 10), low=1, high=64)}
 
     def __init__(self, candidates: int = 32, top: int = 5):
         if not 1 <= int(top) <= int(candidates):
@@ -314,6 +319,7 @@ class MixGCF(Sampler):
 
     name = "mixgcf"
     summary = "MixGCF (Huang et al. 2021): synthetic negatives by positive and hop mixing"
+    search = {"candidates": Axis((32, 64, 128), low=2, high=512)}
 
     def __init__(self, candidates: int = 64):
         self.candidates = int(candidates)
@@ -370,6 +376,7 @@ class DENS(Sampler, nn.Module):
 
     name = "dens"
     summary = "DENS (Lai et al. 2023): disentangled negatives chosen per layer, with a gated factor loss"
+    search = {"candidates": Axis((3, 6, 12), low=2, high=128)}
 
     def __init__(self, candidates: int = 6, warmup: float = 100, gamma: float = 0.3):
         nn.Module.__init__(self)
@@ -454,6 +461,7 @@ class AHNS(Sampler):
 
     name = "ahns"
     summary = "AHNS (Lai et al. 2024): the candidate whose score is closest to an adaptive hardness target"
+    search = {"beta": Axis((0.03, 0.1, 0.3), low=1e-3, high=10.0)}
 
     def __init__(self, candidates: int = 32, alpha: float = 1.0, beta: float = 0.1, p: int = -2):
         if float(p) != int(p):

@@ -35,12 +35,16 @@ class Method:
     needs: Callable[[Any], tuple[str, ...]] = lambda settings: ()   # resource keys, from the settings
     family: str = "classic"            # "classic" sampler or "llm"-based (tables and figures group by it)
     ablation_of: str | None = None     # the method whose idea this one removes
+    search: dict = dataclasses.field(default_factory=dict)   # {setting: hnlm.cf.search.Axis} the tuning searches
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"{self.name}: family must be one of {FAMILIES}")
         if not dataclasses.is_dataclass(self.settings):
             raise TypeError(f"{self.name}: settings must be a dataclass")
+        unknown = set(self.search) - {f.name for f in dataclasses.fields(self.settings)}
+        if unknown:
+            raise ValueError(f"{self.name}: search names unknown settings {sorted(unknown)}")
 
     def make_settings(self, **overrides):
         """The settings dataclass with `overrides` applied; unknown names are an error that lists the known ones."""
@@ -99,11 +103,13 @@ def describe_methods() -> str:
 
 @dataclass(frozen=True)
 class Variant:
-    """A method with some settings changed; `label` names it in tables (default: name plus overrides)."""
+    """A method with some settings changed; `label` names it in tables (default: name plus overrides). `train`
+    overrides the run's hnlm.cf.TrainConfig (a tuned learning rate and batch size, `hnlm.study.tuning`)."""
 
     method: str
     overrides: tuple[tuple[str, Any], ...] = ()
     label: str | None = None
+    train: tuple[tuple[str, Any], ...] = ()
 
     @property
     def name(self) -> str:

@@ -27,7 +27,7 @@ def summary_of(sampler_cls) -> str:
 
 def declare(name: str, sampler_cls) -> Method:
     return register(Method(name=name, summary=summary_of(sampler_cls), settings=settings_of(sampler_cls),
-                           family="classic",
+                           family="classic", search=dict(sampler_cls.search),
                            build=lambda data, settings, resources, seed: (
                                sampler_cls(**dataclasses.asdict(settings)), None)))
 

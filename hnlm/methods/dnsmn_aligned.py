@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hnlm.cf.samplers import DNSMN
+from hnlm.cf.search import ALPHA
 from hnlm.methods import Method, register
 from hnlm.methods.classic import settings_of
 from hnlm.methods.hnlmrec import HNLMRecSettings
@@ -59,7 +60,8 @@ ABLATIONS = {"random": "with every vector random of the same norm (ablation)",
 
 for _prefix, (_settings, _key, _summary) in SOURCES.items():
     _name, _needs = f"{_prefix}-dnsmn", (lambda s, key=_key: (key(s),))
-    register(Method(_name, _summary, _settings, builder(_key, None), _needs, family="llm"))
+    register(Method(_name, _summary, _settings, builder(_key, None), _needs, family="llm",
+                    search={**DNSMN.search, "alpha": ALPHA}))
     for _ablation, _note in ABLATIONS.items():
         register(Method(f"{_name}-{_ablation}", f"{_name} {_note}", _settings, builder(_key, _ablation), _needs,
                         family="llm", ablation_of=_name))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from hnlm.cf.samplers import DNSMN, Negatives, SamplerOptionError, candidate_scores
+from hnlm.cf.search import Axis
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.methods import Method, register
 from hnlm.methods.classic import settings_of
@@ -160,7 +161,8 @@ def builder(ablation: str | None):
 
 
 register(Method("dnsmn-guard", "DNS(M,N) whose candidates close to the user's liked items' text are down-weighted",
-                GuardSettings, builder(None), family="llm"))
+                GuardSettings, builder(None), family="llm",
+                search={**DNSMN.search, "weight": Axis((0.03, 0.1, 0.3), low=1e-3, high=10.0)}))
 register(Method("dnsmn-guard-random", "dnsmn-guard with a random vector per user (ablation)",
                 GuardSettings, builder("random"), family="llm", ablation_of="dnsmn-guard"))
 register(Method("dnsmn-guard-shuffled", "dnsmn-guard with another user's vector (ablation)",

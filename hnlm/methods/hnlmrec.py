@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hnlm.cf.samplers import RNS
+from hnlm.cf.search import ALPHA
 from hnlm.methods import Method, register
 from hnlm.semantic.alignment import AlignmentConfig, alignment_config, alignment_for
 
@@ -21,4 +22,5 @@ def build(data, settings, resources, seed):
 
 
 register(Method("hnlmrec", "fine-tuned LLM's emitted hard-negative vectors, aligned and mixed (paper, module 4)",
-                HNLMRecSettings, build, lambda s: (f"hnlmrec_bank:{s.signal}",), family="llm"))
+                HNLMRecSettings, build, lambda s: (f"hnlmrec_bank:{s.signal}",), family="llm",
+                search={"alpha": ALPHA}))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hnlm.cf.samplers import RNS
+from hnlm.cf.search import Axis
 from hnlm.methods import Method, register
 from hnlm.semantic.rlmrec import RLMRecConfig, RLMRecExtension
 
@@ -23,4 +24,5 @@ def build(data, settings, resources, seed):
 
 
 register(Method("rlmrec-con", "RLMRec-Con baseline: profile text embeddings aligned with CF by InfoNCE",
-                RLMRecSettings, build, lambda s: (f"rlmrec_text:{s.text}",), family="llm"))
+                RLMRecSettings, build, lambda s: (f"rlmrec_text:{s.text}",), family="llm",
+                search={"weight": Axis((1e-3, 1e-2, 1e-1), low=1e-5, high=10.0)}))

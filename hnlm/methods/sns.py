@@ -4,6 +4,7 @@ trained adapter, as the paper does, and the two ablations that remove the semant
 from __future__ import annotations
 
 from hnlm.cf.samplers import RNS
+from hnlm.cf.search import ALPHA
 from hnlm.methods import Method, register
 from hnlm.semantic.alignment import AlignmentConfig, alignment_for
 
@@ -25,7 +26,7 @@ def build_shuffled(data, settings, resources, seed):
 
 
 register(Method("sns", "LLM hard negative per user, aligned and mixed into a uniform negative (paper, modules 2-3)",
-                AlignmentConfig, build_sns, needs_bank, family="llm"))
+                AlignmentConfig, build_sns, needs_bank, family="llm", search={"alpha": ALPHA}))
 register(Method("sns-random", "sns with every bank vector replaced by a random one of the same norm (ablation)",
                 AlignmentConfig, build_random, needs_bank, family="llm", ablation_of="sns"))
 register(Method("sns-shuffled", "sns with the bank vectors permuted across users (ablation)",

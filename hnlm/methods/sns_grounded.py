@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from hnlm.cf.samplers import RNS, Negatives, Sampler
+from hnlm.cf.search import SHARE
 from hnlm.methods import Method, register
 from hnlm.semantic.bank import BankIndex, NegativeBank
 
@@ -70,4 +71,4 @@ def build(data, settings, resources, seed):
 
 
 register(Method("sns-grounded", "LLM negatives grounded to their nearest real catalogue items, used as ID negatives",
-                GroundedSettings, build, lambda s: ("sns_grounded",), family="llm"))
+                GroundedSettings, build, lambda s: ("sns_grounded",), family="llm", search={"share": SHARE}))

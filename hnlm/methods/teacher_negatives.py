@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from hnlm.cf.samplers import RNS, Negatives, Sampler, TableSampler
+from hnlm.cf.search import ALPHA, SHARE
 from hnlm.methods import Method, register
 from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension, alignment_config
 from hnlm.semantic.bank import NegativeBank, user_derangement
@@ -110,16 +111,18 @@ def needs_teacher(settings) -> tuple[str, ...]:
 
 
 SHUFFLED = "with the mined negatives permuted across users (ablation)"
-KINDS = {   # name: (summary, settings, builder, ablation summaries)
+KINDS = {   # name: (summary, settings, builder, ablation summaries, search space)
     "teacher-negatives": ("CF teacher's mined hard negatives as ID negatives for a share of pairs (upper bound)",
                           TeacherIdSettings, id_builder,
-                          {"random": "with uniform items instead of the mined ones (ablation)", "shuffled": SHUFFLED}),
+                          {"random": "with uniform items instead of the mined ones (ablation)", "shuffled": SHUFFLED},
+                          {"share": SHARE}),
     "teacher-aligned": ("CF teacher's mined hard negatives as module 3's vector in a uniform negative (upper bound)",
                         TeacherAlignedSettings, aligned_builder,
-                        {"random": "with every vector random of the same norm (ablation)", "shuffled": SHUFFLED}),
+                        {"random": "with every vector random of the same norm (ablation)", "shuffled": SHUFFLED},
+                        {"alpha": ALPHA}),
 }
-for _name, (_summary, _settings, _builder, _ablations) in KINDS.items():
-    register(Method(_name, _summary, _settings, _builder(None), needs_teacher))
+for _name, (_summary, _settings, _builder, _ablations, _search) in KINDS.items():
+    register(Method(_name, _summary, _settings, _builder(None), needs_teacher, search=_search))
     for _ablation, _note in _ablations.items():
         register(Method(f"{_name}-{_ablation}", f"{_name} {_note}", _settings, _builder(_ablation), needs_teacher,
                         ablation_of=_name))

@@ -4,7 +4,9 @@ Each run trains with `hnlm.cf.trainer.train` and keeps what the analyses need: t
 validation epoch, per-user test vectors (significance over users, sparsity groups), the per-epoch history
 (convergence), top-50 test lists (popularity bias) and, per epoch, how many sampled negatives were the
 user's held-out positives (false hard negatives). A run is stored as `<out>/cf_runs/<tag>.json` + `.npz`
-and reused when its key (dataset, split, backbone, method, seed, config) is unchanged.
+and reused when its key (dataset, split, backbone, method, seed, config) is unchanged. The store is also indexed
+by key (`cf_runs/keys/<key>` names the tag that holds it), so two labels of the same computation (a tuning trial
+and the table row at its chosen point, or one method in two notebooks' tables) share one training.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -25,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hnlm import atomic
 from hnlm.analysis.popularity import recommend, run_popularity
 from hnlm.analysis.sparsity import metrics_by_group
 from hnlm.cf.samplers import PositiveIndex
@@ -73,11 +77,13 @@ class NegativeRecorder(nn.Module):
         return self.inner.describe() if hasattr(self.inner, "describe") else {"name": self.name}
 
 
-def train_config(backbone: str, seed: int, settings: dict) -> TrainConfig:
-    """The CF run's TrainConfig: its defaults, overridden by the profile's keys of the same names."""
+def train_config(backbone: str, seed: int, settings: dict, train: dict | None = None) -> TrainConfig:
+    """The CF run's TrainConfig: its defaults, overridden by the profile's keys of the same names, then by the
+    variant's own `train` settings (its tuned learning rate, batch size and lr-scaled validation interval)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(model=backbone, seed=seed, **{k: v for k, v in settings.items() if k in names and
-                                                      k not in ("model", "seed", "sampler", "sampler_opts")})
+    chosen = {k: v for k, v in {**settings, **(train or {})}.items()
+              if k in names and k not in ("model", "seed", "sampler", "sampler_opts")}
+    return TrainConfig(model=backbone, seed=seed, **chosen)
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,9 @@ class RunSpec:
         slug = re.sub(r"[^A-Za-z0-9.-]+", "_", self.variant.name).strip("_")
         return f"{self.backbone}__{slug}__seed{self.seed}"
 
+    def config(self, settings: dict) -> TrainConfig:
+        return train_config(self.backbone, self.seed, settings, dict(self.variant.train))
+
     def key(self, data, config: TrainConfig, resources: Resources) -> str:
         blob = json.dumps({"dataset": data.name, "split": data.stats.get("split_seed"),
                            "split_mode": data.stats.get("split_mode"), "config": dataclasses.asdict(config),
@@ -103,15 +112,38 @@ class RunSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def stored_run(data, spec: RunSpec, settings: dict, folder: Path, resources: Resources) -> dict | None:
-    """The run stored under the same key (same data split, settings and inputs), if there is one."""
-    key = spec.key(data, train_config(spec.backbone, spec.seed, settings), resources)
-    path, lists_path = folder / f"{spec.tag}.json", folder / f"{spec.tag}.npz"
+def _read_run(folder: Path, tag: str, key: str) -> dict | None:
+    path, lists_path = folder / f"{tag}.json", folder / f"{tag}.npz"
     if path.exists() and lists_path.exists():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return stored
     return None
+
+
+def stored_run(data, spec: RunSpec, settings: dict, folder: Path, resources: Resources) -> dict | None:
+    """The run stored under the same key (same data split, settings and inputs), if there is one: under the spec's
+    own tag, else under the tag the key index names, copied to the spec's tag with the spec's labels."""
+    key = spec.key(data, spec.config(settings), resources)
+    stored = _read_run(folder, spec.tag, key)
+    index = folder / "keys" / key
+    if stored is not None or not index.exists():
+        return stored
+    other = _read_run(folder, index.read_text().strip(), key)
+    if other is None:
+        return None
+    relabelled = {**other, **run_labels(spec)}
+    with atomic.atomic_path(folder / f"{spec.tag}.npz") as tmp:
+        shutil.copyfile(folder / f"{other['tag']}.npz", tmp)
+    atomic.write_text(folder / f"{spec.tag}.json", json.dumps(relabelled))
+    return relabelled
+
+
+def run_labels(spec: RunSpec) -> dict:
+    """What names a stored run in tables (the computation itself is named by its key)."""
+    return {"tag": spec.tag, "backbone": spec.backbone, "method": spec.variant.name,
+            "method_name": spec.variant.method, "overrides": dict(spec.variant.overrides),
+            "family": spec.variant.declaration.family, "seed": spec.seed}
 
 
 def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resources | None = None) -> dict:
@@ -120,7 +152,7 @@ def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resour
     stored = stored_run(data, spec, settings, folder, resources)
     if stored is not None:
         return stored
-    config = train_config(spec.backbone, spec.seed, settings)
+    config = spec.config(settings)
     key = spec.key(data, config, resources)
     path, lists_path = folder / f"{spec.tag}.json", folder / f"{spec.tag}.npz"
     torch.manual_seed(spec.seed)
@@ -133,25 +165,27 @@ def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resour
         user_emb, item_emb = (e.detach().cpu() for e in model.propagate())
     users, lists = recommend(lambda u: (user_emb[torch.from_numpy(u)] @ item_emb.T).numpy(), data,
                              k=min(LIST_DEPTH, data.n_items), split="test")
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(lists_path, users=users, lists=lists)
-    compact = to_jsonable({"key": key, "tag": spec.tag, "backbone": spec.backbone, "method": spec.variant.name,
-                           "method_name": spec.variant.method, "overrides": dict(spec.variant.overrides),
-                           "family": spec.variant.declaration.family, "seed": spec.seed,
-                           **{k: v for k, v in result.items() if k != "seed"}})
-    path.write_text(json.dumps(compact))
+    with atomic.atomic_path(lists_path) as tmp:
+        with open(tmp, "wb") as fh:      # a file object: np.savez would append ".npz" to a bare name
+            np.savez_compressed(fh, users=users, lists=lists)
+    compact = to_jsonable({"key": key, **run_labels(spec), **{k: v for k, v in result.items() if k != "seed"}})
+    atomic.write_text(path, json.dumps(compact))     # the run exists once its JSON does (lists first)
+    atomic.write_text(folder / "keys" / key, spec.tag)
     return compact
 
 
 def run_grid(data, backbones, variants, seeds, settings: dict, out_dir: Path,
-             resources: Resources | None = None, workers: int | None = None) -> list[dict]:
+             resources: Resources | None = None, workers: int | None = None, tuner=None) -> list[dict]:
     """Every (backbone, variant, seed) run, in a stable order, with one progress bar (runs done / total, ETA).
     `variants` are `hnlm.methods.Variant`s or method names; `resources` holds what LLM-based methods train
-    with. Stored runs with the same key are reused, so a killed grid resumes where it stopped. `workers` > 1
-    (default: HNLM_CF_WORKERS, else 1) trains that many runs at once in processes of one torch thread each."""
+    with. `tuner` (`hnlm.study.tuning.Tuner`) puts each variant at its tuned point first (tuning it if its
+    table has no trials for it). Stored runs with the same key are reused, so a killed grid resumes where it
+    stopped. `workers` > 1 (default: HNLM_CF_WORKERS, else 1) trains that many runs at once in processes of one
+    torch thread each."""
     folder = Path(out_dir) / "cf_runs"
     resources = resources if resources is not None else Resources()
-    specs = [RunSpec(b, as_variant(v), s) for b in backbones for v in variants for s in seeds]
+    tuned = (lambda v, b: tuner.apply(as_variant(v), b)) if tuner is not None else (lambda v, b: as_variant(v))
+    specs = [RunSpec(b, tuned(v, b), s) for b in backbones for v in variants for s in seeds]
     workers = workers or int(os.environ.get("HNLM_CF_WORKERS", "1"))
     if workers <= 1:
         return [run_one(data, spec, settings, folder, resources) for spec in tqdm(specs, desc="CF runs", unit="run")]
@@ -180,10 +214,11 @@ def load_runs(out_dir: Path, tags) -> list[dict]:
 
 
 def stopped_by_cap(result: dict) -> bool:
-    """The run reached its epoch cap while still within `patience` of its best epoch: it may not have
+    """The run reached its epoch cap while still within `patience` validations of its best epoch: it may not have
     converged, and its numbers must be flagged."""
     cfg = result["config"]
-    return result["epochs_run"] >= cfg["epochs"] and result["epochs_run"] - result["best_epoch"] < cfg["patience"]
+    patience_epochs = cfg["patience"] * cfg.get("eval_every", 1)
+    return result["epochs_run"] >= cfg["epochs"] and result["epochs_run"] - result["best_epoch"] < patience_epochs
 
 
 def runs_frame(results: list[dict]) -> pd.DataFrame:

@@ -34,10 +34,17 @@ COMMON = {
 # its cap stopped is flagged, `stopped_by_cap`); batch 8192 and lr 2e-2 keep LightGCN runs affordable on 2 CPU
 # cores (at lr 2e-2 RNS peaks near epoch 50 on ml-100k, DNS(M,N) near 15; a 40-epoch cap, used before, stopped
 # the random-sampler family while it was still improving). `quick` is a fast pass whose short cap is flagged.
+#
+# Tuning (hnlm.study.tuning): `full` tunes every method of 04-06 on seed 0 over hnlm.cf.search.TRAIN_SEARCH and the
+# method's own declared axes, widening an axis up to 3 steps past a best edge, and records every trial in
+# results/<dataset>/tuning.csv (replayed, not retrained, when present). Its lr and batch_size below are then only
+# the untuned starting point. `smoke` runs the same protocol on a tiny space; `quick` does not tune (its short cap
+# would pick whatever starts fastest) and runs every method at the shared setting.
 _CF = {
-    "smoke": {"epochs": 1, "patience": 1, "dim": 16, "batch_size": 16384, "lr": 5e-3},
+    "smoke": {"epochs": 1, "patience": 1, "dim": 16, "batch_size": 16384, "lr": 5e-3,
+              "tuning": {"lr": [5e-3, 2e-2], "batch_size": [16384], "method_values": 2, "widen": 1}},
     "quick": {"epochs": 15, "patience": 5, "batch_size": 8192, "lr": 2e-2},
-    "full": {"batch_size": 8192, "lr": 2e-2},
+    "full": {"batch_size": 8192, "lr": 2e-2, "tuning": {}},
 }
 
 # Method settings a profile changes (every other setting is the method's own default, hnlm.methods). Fast
