@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # headless: notebooks under papermill, tests, CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from hnlm.paths import figures_dir  # noqa: E402
 from hnlm.plot_style import (  # noqa: E402,F401
@@ -209,6 +209,18 @@ def plot_convergence(curves: pd.DataFrame, metric: str = "recall@20", hue: str =
     """Validation metric by epoch (mean over seeds, band = std) from a frame with epoch, hue, seed, metric;
     one stacked panel per `col` value."""
     return _line_figure(curves, "epoch", metric, hue, col, "epoch", f"valid {metric}")
+
+
+def plot_tuning(best: pd.DataFrame, metric: str = "recall@20"):
+    """Best valid `metric` by learning rate (log axis), one line per method, one stacked panel per backbone, from
+    `hnlm.study.tuning.best_by_lr`."""
+    fig = _line_figure(best, "lr", "valid", "method", "backbone", "learning rate", f"best valid {metric}")
+    rates = sorted(best["lr"].unique())
+    for ax in fig.axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())     # only the tried rates are labelled
+        ax.set_xticks(rates, [f"{r:g}" for r in rates] if ax is fig.axes[-1] else [])
+    return fig
 
 
 def plot_grouped(frame: pd.DataFrame, x: str, y: str, hue: str = "method", kind: str = "bar",

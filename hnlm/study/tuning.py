@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from hnlm.cf.search import TRAIN_SEARCH, Axis, lr_protocol
 from hnlm.cf.trainer import TrainConfig
 from hnlm.methods import Variant, get_method
+from hnlm.paths import results_dir
 from hnlm.semantic.resources import Resources
 from hnlm.study.experiments import RunSpec, run_one, stopped_by_cap
 
@@ -245,7 +246,50 @@ def study_tuner(run, data, resources: Resources | None = None) -> Tuner | None:
 
 
 def tuning_table(path: Path) -> pd.DataFrame:
-    """The tuning table with its settings parsed (one column per method setting)."""
+    """The tuning table as written (`settings`: each trial's method settings as JSON)."""
     table = pd.read_csv(path)
-    settings = pd.DataFrame([json.loads(s) for s in table["settings"]], index=table.index)
-    return pd.concat([table.drop(columns="settings"), settings.add_prefix("setting ")], axis=1)
+    table["chosen"] = table["chosen"].astype(str) == "True"
+    return table
+
+
+def best_by_lr(trials: pd.DataFrame) -> pd.DataFrame:
+    """The best valid score each target reached at each learning rate (over batch sizes and its own settings):
+    the curve that shows whether a method's learning rate was the issue."""
+    best = trials.groupby(["backbone", "target", "lr"], sort=False)["valid"].max().reset_index()
+    return best.rename(columns={"target": "method"}).sort_values(["backbone", "method", "lr"], kind="stable")
+
+
+def chosen_points(trials: pd.DataFrame, shared: dict) -> pd.DataFrame:
+    """One row per tuned target: its chosen point and valid score, beside its valid score at the `shared`
+    training setting (e.g. {"lr": 2e-2, "batch_size": 8192}) with its default settings when the search visited
+    it, and which chosen values sit at an edge of what was searched."""
+    rows = []
+    for (backbone, target), part in trials.groupby(["backbone", "target"], sort=False):
+        chosen = part[part["chosen"]].iloc[0]
+        at_shared = part[(part["stage"] == "train grid") & (part["lr"] == shared["lr"])
+                         & (part["batch_size"] == shared["batch_size"])]
+        rows.append({"backbone": backbone, "method": target, "lr": chosen["lr"], "batch_size": chosen["batch_size"],
+                     "eval_every": chosen["eval_every"], **json.loads(chosen["settings"]),
+                     "valid": chosen["valid"], "valid at shared setting": at_shared["valid"].max(),
+                     "best_epoch": chosen["best_epoch"], "trials": len(part), "edge": chosen["edge"]})
+    return pd.DataFrame(rows)
+
+
+def before_after(tuned: pd.DataFrame, untuned: pd.DataFrame, metric: str, reference: str = "rns") -> pd.DataFrame:
+    """Per backbone and method present in both run frames: mean test `metric` untuned and tuned, the change, and
+    each one's gain over `reference` (does the ordering against it change?)."""
+    means = [frame.groupby(["backbone", "method"], sort=False)[metric].mean().rename(name)
+             for frame, name in ((untuned, "untuned"), (tuned, "tuned"))]
+    table = pd.concat(means, axis=1, join="inner").reset_index()
+    table["change"] = table["tuned"] / table["untuned"] - 1
+    for column in ("untuned", "tuned"):
+        ref = table[table["method"] == reference].set_index("backbone")[column]
+        table[f"{column} vs {reference}"] = table[column] / table["backbone"].map(ref) - 1
+    return table
+
+
+def untuned_runs(dataset: str) -> pd.DataFrame | None:
+    """Notebook 06's runs at the shared setting before tuning (`results/<dataset>/untuned/06_runs.csv`, kept from
+    the study that ran every method at lr 2e-2 and batch 8192), or None when this results folder has none."""
+    path = results_dir() / dataset / "untuned" / "06_runs.csv"
+    return pd.read_csv(path) if path.exists() else None
