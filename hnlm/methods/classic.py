@@ -34,3 +34,5 @@ def declare(name: str, sampler_cls) -> Method:
 
 for _name, _cls in SAMPLERS.items():
     declare(_name, _cls)
+
+DNSMN_DEFAULTS = settings_of(SAMPLERS["dns-mn"])()     # DNS(M,N)'s defaults, for the methods built on it

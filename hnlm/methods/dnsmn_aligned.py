@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from hnlm.cf.samplers import DNSMN
 from hnlm.cf.search import ALPHA
 from hnlm.methods import Method, register
-from hnlm.methods.classic import settings_of
+from hnlm.methods.classic import DNSMN_DEFAULTS
 from hnlm.methods.hnlmrec import HNLMRecSettings
 from hnlm.semantic.alignment import AlignmentConfig, alignment_config, alignment_for
-
-DNSMN_DEFAULTS = settings_of(DNSMN)()     # DNS(M,N)'s constructor defaults (their one source)
 
 
 @dataclass

@@ -32,12 +32,11 @@ from hnlm.cf.samplers import DNSMN, Negatives, SamplerOptionError, candidate_sco
 from hnlm.cf.search import Axis
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.methods import Method, register
-from hnlm.methods.classic import settings_of
+from hnlm.methods.classic import DNSMN_DEFAULTS
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.sns import item_embeddings
 
 GUARDS = ("soft", "hard")
-DNSMN_DEFAULTS = settings_of(DNSMN)()     # DNS(M,N)'s constructor defaults (their one source)
 
 
 @dataclass

@@ -1,0 +1,61 @@
+"""Static vs dynamic hard negatives: DNS(M,N)'s negatives mined once from a converged DNS(M,N) model and frozen.
+
+DNS(M,N) re-mines every batch with the model being trained: its negatives are hard for the current model and
+change as it learns. `dnsmn-static` keeps everything else (its M and N, and, as an ablation of `dns-mn`, the
+tuned learning rate and batch size of DNS(M,N)) but draws each training pair's negative once, with DNS(M,N)'s
+rule, from a DNS(M,N) model trained to convergence on validation (`hnlm.cf.frozen`), and keeps it for the whole
+run. A gap between the two is what the dynamics are worth; a mined-once table of the teacher-negatives kind is
+bounded by this static case, not by the dynamic one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hnlm.cf.frozen import frozen_model, mine_dnsmn
+from hnlm.cf.samplers import TableSampler
+from hnlm.cf.search import lr_protocol
+from hnlm.cf.trainer import TrainConfig
+from hnlm.methods import Method, register
+from hnlm.methods.classic import DNSMN_DEFAULTS
+
+
+@dataclass
+class StaticDNSMNSettings:
+    candidates: int = DNSMN_DEFAULTS.candidates   # DNS(M,N)'s M, for the mining and the teacher
+    top: int = DNSMN_DEFAULTS.top                 # DNS(M,N)'s N
+    teacher: str = TrainConfig.model              # the converged DNS(M,N) model's backbone
+    teacher_lr: float = TrainConfig.lr            # its training (early stopping on valid recall@20)
+    teacher_batch_size: int = TrainConfig.batch_size
+
+
+class StaticSampler(TableSampler):
+    """A mined-once table, reported with the validation score of the model that mined it."""
+
+    name = "dnsmn-static"
+
+    def __init__(self, users, pos, neg, n_items: int, source: str, teacher: dict):
+        super().__init__(users, pos, neg, n_items, source)
+        self.teacher = teacher
+
+    def counts(self):
+        return {**super().counts(), "teacher": self.teacher}
+
+
+def teacher_config(settings: StaticDNSMNSettings) -> TrainConfig:
+    return TrainConfig(model=settings.teacher, sampler="dns-mn", lr=settings.teacher_lr,
+                       batch_size=settings.teacher_batch_size,
+                       sampler_opts={"candidates": settings.candidates, "top": settings.top},
+                       **lr_protocol(settings.teacher_lr, TrainConfig.epochs))
+
+
+def build(data, settings, resources, seed):
+    model = frozen_model(data, teacher_config(settings))
+    users, pos, neg = mine_dnsmn(data, model, settings.candidates, settings.top, seed)
+    teacher = {"backbone": settings.teacher, "best_epoch": model.summary["best_epoch"],
+               "valid": {k: v for k, v in model.summary["valid"].items() if "@" in k}}
+    return StaticSampler(users, pos, neg, data.n_items, f"frozen dns-mn ({settings.teacher})", teacher), None
+
+
+register(Method("dnsmn-static", "DNS(M,N)'s negatives mined once from a converged DNS(M,N) model and frozen "
+                "(ablation of its re-mining)", StaticDNSMNSettings, build, ablation_of="dns-mn"))
