@@ -1,24 +1,24 @@
-"""Upper bound of the LLM methods' integration: the CF teacher's own mined hard negatives.
+"""The CF teacher's own mined hard negatives, fed through the LLM methods' two integrations.
 
 HNLMRec fine-tunes its LLM to emit the hard negative that a CF teacher mined for a training pair
 (`hnlm.semantic.hnlmrec.queries.mine_hard_negatives`: the best-scored of M uniform non-interacted candidates
-outside the user's top share). A perfect LLM would reproduce that table; here the table is used directly
-(resource "teacher:<model>", `hnlm.semantic.resources.teacher_table`: teacher trained on the training split
-only, fixed epochs, no validation selection), in two ways:
+outside the user's top share). Here that table is used directly (resource "teacher:<model>",
+`hnlm.semantic.resources.teacher_table`), in two ways:
   teacher-negatives  as ID negatives: for a `share` of the pairs, drawn anew each batch, the pair's mined
                      item (through `hnlm.cf.samplers.TableSampler`), uniform for the others;
   teacher-aligned    as the vector h of module 3, exactly as `sns` integrates the LLM's vector: the teacher's
                      item embedding of the mined negative, aligned (the adapter learns teacher -> student item
                      vectors from the catalogue) and mixed into a uniform negative at `alpha`.
-Purpose: if teacher-aligned cannot beat RNS at any alpha while teacher-negatives can, the negatives carry
-the signal and the integration (one static vector mixed into a uniform negative) is the bottleneck, whatever
-the LLM emits. Ablations, under the same integration: `-random` replaces each mined item by a uniform one
-(teacher-negatives: a static random table, which separates the table's hardness from its being static) or
-each vector by a random one of the same norm (teacher-aligned); `-shuffled` permutes the mined negatives
-across users.
+What they measure, and what they do not: the table is mined once and frozen, from a teacher that is no better
+than its students unless it converged (its valid score is in each run's counts); so these are "what one static
+table of mined negatives gives through each integration", not an upper bound of what an LLM could give. The
+static-vs-dynamic question itself is `dnsmn-static` against `dns-mn` (hnlm/methods/dnsmn_static.py).
+Ablations, under the same integration: `-random` replaces each mined item by a uniform one (teacher-negatives: a
+static random table, which separates the table's hardness from its being static) or each vector by a random one of
+the same norm (teacher-aligned); `-shuffled` permutes the mined negatives across users.
 
 Family "classic": no LLM and no text is involved (a two-stage CF sampler with a teacher), so it runs on ID-only
-data too; it is the reference the LLM methods are read against, not one of them.
+data too.
 """
 
 from __future__ import annotations
@@ -112,11 +112,11 @@ def needs_teacher(settings) -> tuple[str, ...]:
 
 SHUFFLED = "with the mined negatives permuted across users (ablation)"
 KINDS = {   # name: (summary, settings, builder, ablation summaries, search space)
-    "teacher-negatives": ("CF teacher's mined hard negatives as ID negatives for a share of pairs (upper bound)",
+    "teacher-negatives": ("CF teacher's mined-once hard negatives as ID negatives for a share of pairs",
                           TeacherIdSettings, id_builder,
                           {"random": "with uniform items instead of the mined ones (ablation)", "shuffled": SHUFFLED},
                           {"share": SHARE}),
-    "teacher-aligned": ("CF teacher's mined hard negatives as module 3's vector in a uniform negative (upper bound)",
+    "teacher-aligned": ("CF teacher's mined-once hard negatives as module 3's vector in a uniform negative",
                         TeacherAlignedSettings, aligned_builder,
                         {"random": "with every vector random of the same norm (ablation)", "shuffled": SHUFFLED},
                         {"alpha": ALPHA}),

@@ -130,7 +130,7 @@ NOTEBOOK_SETTINGS = {
                   "semantic_methods": ["sns", "rlmrec-con", *_BEAT_DNSMN_MAIN], "hnlmrec_signals": ["text", "soft"],
                   **_METADATA, "hnlmrec": _HNLMREC["quick"]},
         "full": {**_CF["full"], "backbones": ["mf", "lightgcn"], "seeds": [0, 1, 2, 3, 4],   # the main table
-                 "methods": ["rns", "pns", "dns", "dns-mn", "mixgcf", "dens", "ahns"],
+                 "methods": ["rns", "pns", "dns", "dns-mn", "dnsmn-static", "mixgcf", "dens", "ahns"],
                  "semantic_methods": ["sns", "sns-grounded", "rlmrec-con", *_BEAT_DNSMN_MAIN],
                  "hnlmrec_signals": ["text", "soft"],
                  "hnlmrec": _HNLMREC["full"]},
