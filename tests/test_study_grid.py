@@ -4,6 +4,7 @@ runs), and runs trained in worker processes give the same results as in the main
 import pytest
 
 from hnlm.data import first_users, load_dataset
+from hnlm.study.executors import Local
 from hnlm.study.experiments import run_grid
 
 SETTINGS = {"epochs": 2, "patience": 2, "dim": 8, "batch_size": 16384, "lr": 1e-2, "ks": [10, 20]}
@@ -29,8 +30,8 @@ def test_a_grid_resumes_without_rerunning_finished_runs(data, tmp_path):
 
 @pytest.mark.slow
 def test_runs_in_worker_processes_equal_runs_in_the_main_process(data, tmp_path):
-    alone = run_grid(data, ["mf"], ["rns", "dns-mn"], [0, 1], SETTINGS, tmp_path / "one", workers=1)
-    pooled = run_grid(data, ["mf"], ["rns", "dns-mn"], [0, 1], SETTINGS, tmp_path / "two", workers=2)
+    alone = run_grid(data, ["mf"], ["rns", "dns-mn"], [0, 1], SETTINGS, tmp_path / "one", executor=Local(1))
+    pooled = run_grid(data, ["mf"], ["rns", "dns-mn"], [0, 1], SETTINGS, tmp_path / "two", executor=Local(2))
     assert [r["tag"] for r in pooled] == [r["tag"] for r in alone]
     for a, b in zip(alone, pooled):
         assert b["best_epoch"] == a["best_epoch"]

@@ -62,7 +62,7 @@ def test_tuning_chooses_the_best_valid_trial_and_replays_from_its_table(data, tm
     def no_training(*args, **kwargs):
         raise AssertionError("a trial in the table was trained again")
 
-    monkeypatch.setattr(tuning, "run_one", no_training)
+    monkeypatch.setattr(tuning, "run_specs", no_training)
     again = make_tuner(data, tmp_path).apply(variant("dns"), "mf")
     assert again == tuned
     assert pd.read_csv(tmp_path / "tuning.csv").equals(table)
@@ -87,12 +87,13 @@ def test_a_best_edge_is_widened_and_an_exhausted_one_is_flagged(data, tmp_path, 
     beyond (8e-2) and, out of widening budget, flags the chosen point."""
     tuner = make_tuner(data, tmp_path)
 
-    def score(self, target, train, settings, stage):
-        self._trials.append({"key": str((train, settings)), "valid": train["lr"], "target": target.name,
-                             "backbone": target.backbone, "chosen": False, "edge": None})
-        return train["lr"]
+    def score(self, target, points, stage):
+        for train, settings in points:
+            self._trials.append({"key": self._key(target, train, settings), "valid": train["lr"], "chosen": False,
+                                 "edge": None})
+        return [train["lr"] for train, _ in points]
 
-    monkeypatch.setattr(Tuner, "_trial", score)
+    monkeypatch.setattr(Tuner, "_score", score)
     monkeypatch.setattr(Tuner, "_save", lambda self, target, final=False: None)
     settings, train = tuner.tune(Target("mf", "rns", ()))
     assert train["lr"] == pytest.approx(8e-2) and train["eval_every"] == 1 and settings == {}

@@ -14,12 +14,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +32,7 @@ from hnlm.cf.samplers import PositiveIndex
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.methods import Variant, as_variant
 from hnlm.semantic.resources import Resources
+from hnlm.study import executors
 from hnlm.study.context import to_jsonable
 
 LIST_DEPTH = 50
@@ -174,34 +172,37 @@ def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resour
     return compact
 
 
-def run_grid(data, backbones, variants, seeds, settings: dict, out_dir: Path,
-             resources: Resources | None = None, workers: int | None = None, tuner=None) -> list[dict]:
-    """Every (backbone, variant, seed) run, in a stable order, with one progress bar (runs done / total, ETA).
-    `variants` are `hnlm.methods.Variant`s or method names; `resources` holds what LLM-based methods train
-    with. `tuner` (`hnlm.study.tuning.Tuner`) puts each variant at its tuned point first (tuning it if its
-    table has no trials for it). Stored runs with the same key are reused, so a killed grid resumes where it
-    stopped. `workers` > 1 (default: HNLM_CF_WORKERS, else 1) trains that many runs at once in processes of one
-    torch thread each."""
-    folder = Path(out_dir) / "cf_runs"
+def run_specs(data, specs: list[RunSpec], settings: dict, folder: Path, resources: Resources | None = None,
+              executor=None, bar=None) -> list[dict]:
+    """Each spec's run, in order: stored ones loaded, the others trained by `executor` (default
+    `hnlm.study.executors.from_env()`: here, local processes or Ray tasks), with a progress bar of runs (ETA);
+    `bar` (a tqdm) counts only the trained ones instead."""
     resources = resources if resources is not None else Resources()
-    tuned = (lambda v, b: tuner.apply(as_variant(v), b)) if tuner is not None else (lambda v, b: as_variant(v))
-    specs = [RunSpec(b, tuned(v, b), s) for b in backbones for v in variants for s in seeds]
-    workers = workers or int(os.environ.get("HNLM_CF_WORKERS", "1"))
-    if workers <= 1:
-        return [run_one(data, spec, settings, folder, resources) for spec in tqdm(specs, desc="CF runs", unit="run")]
+    executor = executor if executor is not None else executors.from_env()
     results = [stored_run(data, spec, settings, folder, resources) for spec in specs]
     todo = [i for i, r in enumerate(results) if r is None]
-    # Workers get the inputs their runs need as plain values (loaders do not cross process boundaries).
-    needed = Resources(**{k: resources[k] for i in todo for k in specs[i].variant.needs()})
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="CF runs", unit="run")
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
-                             initargs=(1,)) as pool:
-        futures = {pool.submit(run_one, data, specs[i], settings, folder, needed): i for i in todo}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            bar.update()
-    bar.close()
+    # Jobs that leave this process get the inputs their runs need as plain values (loaders do not travel).
+    needed = Resources(**{k: resources[k] for i in todo for k in specs[i].variant.needs()}) \
+        if executor.ships_inputs else resources
+    own = bar is None
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="CF runs", unit="run") if own else bar
+    done = executor.map(run_one, [(data, specs[i], settings, folder, needed) for i in todo], bar.update)
+    if own:
+        bar.close()
+    for i, result in zip(todo, done):
+        results[i] = result
     return results
+
+
+def run_grid(data, backbones, variants, seeds, settings: dict, out_dir: Path,
+             resources: Resources | None = None, executor=None, tuner=None) -> list[dict]:
+    """Every (backbone, variant, seed) run, in a stable order (`run_specs`). `variants` are
+    `hnlm.methods.Variant`s or method names; `resources` holds what LLM-based methods train with. `tuner`
+    (`hnlm.study.tuning.Tuner`) puts each variant at its tuned point first (tuning it if its table has no trials
+    for it). Stored runs with the same key are reused, so a killed grid resumes where it stopped."""
+    tuned = (lambda v, b: tuner.apply(as_variant(v), b)) if tuner is not None else (lambda v, b: as_variant(v))
+    specs = [RunSpec(b, tuned(v, b), s) for b in backbones for v in variants for s in seeds]
+    return run_specs(data, specs, settings, Path(out_dir) / "cf_runs", resources, executor)
 
 
 def load_lists(out_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:

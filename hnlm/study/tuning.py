@@ -39,7 +39,7 @@ from hnlm.cf.trainer import TrainConfig
 from hnlm.methods import Variant, get_method
 from hnlm.paths import results_dir
 from hnlm.semantic.resources import Resources
-from hnlm.study.experiments import RunSpec, run_one, stopped_by_cap
+from hnlm.study.experiments import RunSpec, run_specs, stopped_by_cap
 
 TUNING_SEED = 0
 TUNING_FILE = "tuning.csv"
@@ -99,11 +99,13 @@ class Tuner:
 
     `settings` are the notebook's profile settings (TrainConfig overrides: the cap, patience, ...); `folder` the
     run store (`<out_dir>/cf_runs`); `table` the tuning table read at start (unless `retune`) and rewritten after
-    every trial through `write` (text -> None)."""
+    every trial through `write` (text -> None); `executor` trains each batch of trials (the learning rate x batch
+    grid, the values of one axis) together (default: `hnlm.study.executors.from_env()`)."""
 
     def __init__(self, data, settings: dict, folder: Path, resources: Resources | None, space: Space,
-                 table: Path, write, retune: bool = False):
+                 table: Path, write, retune: bool = False, executor=None):
         self.data, self.settings, self.folder, self.space = data, settings, Path(folder), space
+        self.executor = executor
         self.resources = resources if resources is not None else Resources()
         self.write = write
         known = pd.read_csv(table) if table.exists() and not retune else pd.DataFrame()
@@ -136,82 +138,95 @@ class Tuner:
         defaults = dataclasses.asdict(method.make_settings(**dict(target.fixed)))
         train_axes, method_axes = self.space.train_axes(), self.space.method_axes(method)
         settings = {k: defaults[k] for k in method_axes}
-        n = len(list(itertools.product(*[a.values for a in train_axes.values()]))) + sum(
-            len(a.values) for a in method_axes.values())
+        grid = [dict(zip(train_axes, values)) for values in itertools.product(*[a.values for a in train_axes.values()])]
+        n = len(grid) + sum(len(a.values) for a in method_axes.values())
         self._bar = tqdm(total=n, desc=f"tuning {target.name} ({target.backbone})", unit="trial")
         self._trials: list[dict] = []
-        grid = [dict(zip(train_axes, values)) for values in itertools.product(*[a.values for a in train_axes.values()])]
-        scores = {self._freeze(p, settings): self._trial(target, p, settings, "train grid") for p in grid}
-        train = max(grid, key=lambda p: scores[self._freeze(p, settings)])
+        scores = self._score(target, [(p, settings) for p in grid], "train grid")
+        train = grid[max(range(len(grid)), key=scores.__getitem__)]
         edges = {}
         for name, axis in train_axes.items():
             train, edges[name] = self._climb(target, name, axis, train, settings, on_train=True)
         for name, axis in method_axes.items():
             settings, edges[name] = self._climb(target, name, axis, train, settings, on_train=False)
         self._bar.close()
-        self._finish(target, train, settings, edges)
+        self._finish(target, self._key(target, train, settings), train, settings, edges)
         return settings, self._train_settings(train)
 
     def _climb(self, target, name: str, axis: Axis, train: dict, settings: dict, on_train: bool):
-        """Best value of one axis with the others fixed; widened past a best edge. Returns (point, edge note)."""
+        """Best value of one axis with the others fixed (its values trained together), widened one value at a
+        time past a best edge. Returns (point, edge note)."""
         point = dict(train if on_train else settings)
-        values = sorted({*axis.values, point[name]})
+        stage = f"{'train' if on_train else 'method'} axis {name}"
 
-        def score(value):
+        def trial(value):
             moved = {**point, name: value}
-            return self._trial(target, moved if on_train else train, settings if on_train else moved,
-                               f"{'train' if on_train else 'method'} axis {name}")
+            return (moved, settings) if on_train else (train, moved)
 
-        scored = {v: score(v) for v in values}
+        values = sorted({*axis.values, point[name]})
+        scored = dict(zip(values, self._score(target, [trial(v) for v in values], stage)))
         for _ in range(self.space.widen):
             best = max(scored, key=scored.get)
             nxt = axis.beyond(list(scored), best)
             if nxt is None:
                 break
             self._bar.total += 1
-            scored[nxt] = score(nxt)
+            scored[nxt] = self._score(target, [trial(nxt)], stage)[0]
             if scored[nxt] <= scored[best]:
                 break
-        best = max(sorted(scored), key=scored.get)
+        best = point[name] if scored[point[name]] == max(scored.values()) else max(scored, key=scored.get)
         edge = None
         if best in (min(scored), max(scored)) and len(scored) > 1:
             edge = "bound" if axis.beyond(list(scored), best) is None else "widening budget spent"
         return {**point, name: best}, edge
 
-    def _freeze(self, train: dict, settings: dict):
-        return tuple(sorted(train.items())), tuple(sorted(settings.items()))
-
     def _train_settings(self, train: dict) -> dict:
         return {**train, **lr_protocol(train["lr"], self.cap)}
 
-    def _trial(self, target: Target, train: dict, settings: dict, stage: str) -> float:
-        """One trial's valid score: from the table when its key has a row, else trained (or read from the store)."""
+    def _spec(self, target: Target, train: dict, settings: dict) -> RunSpec:
         variant = Variant(target.method, tuple(sorted({**dict(target.fixed), **settings}.items())),
                           point_label(target, train, settings), tuple(sorted(self._train_settings(train).items())))
-        spec = RunSpec(target.backbone, variant, TUNING_SEED)
-        key = spec.key(self.data, spec.config(self.settings), self.resources)
-        if any(t["key"] == key for t in self._trials):       # visited already by another axis
-            return next(t["valid"] for t in self._trials if t["key"] == key)
-        row = self.by_key.get(key)
-        if row is None:
-            result = run_one(self.data, spec, self.settings, self.folder, self.resources)
-            row = {"key": key, "valid": result["valid"][self.metric], "best_epoch": result["best_epoch"],
-                   "epochs_run": result["epochs_run"], "stopped_by_cap": stopped_by_cap(result),
-                   "train_s": round(result["timings"]["train_s_total"], 2)}
-        row = {"dataset": self.data.name, "backbone": target.backbone, "target": target.name,
-               "method": target.method, "stage": stage, "trial": len(self._trials), **self._train_settings(train),
-               "settings": json.dumps(settings, sort_keys=True), "metric": f"valid {self.metric}",
-               **{k: row[k] for k in ("key", "valid", "best_epoch", "epochs_run", "stopped_by_cap", "train_s")},
-               "chosen": False, "edge": None}
-        self._trials.append(row)
-        self.by_key[key] = row
-        self._bar.update()
-        self._save(target)
-        return float(row["valid"])
+        return RunSpec(target.backbone, variant, TUNING_SEED)
 
-    def _finish(self, target: Target, train: dict, settings: dict, edges: dict) -> None:
+    def _key(self, target: Target, train: dict, settings: dict) -> str:
+        spec = self._spec(target, train, settings)
+        return spec.key(self.data, spec.config(self.settings), self.resources)
+
+    def _score(self, target: Target, points: list[tuple[dict, dict]], stage: str) -> list[float]:
+        """Valid scores of trials (train point, method settings): visited ones and table rows as they are, the
+        others trained together by the executor (in parallel where it can)."""
+        specs = [self._spec(target, t, s) for t, s in points]
+        keys = [self._key(target, t, s) for t, s in points]
+        visited = {t["key"]: t for t in self._trials}
+        new = list(dict.fromkeys(k for k in keys if k not in visited and k not in self.by_key))
+        results = run_specs(self.data, [specs[keys.index(k)] for k in new], self.settings, self.folder,
+                            self.resources, self.executor, bar=self._bar)
+        trained = dict(zip(new, results))
+        for (train, settings), key in zip(points, keys):
+            if key in visited:
+                continue
+            if key in trained:
+                r = trained[key]
+                measured = {"valid": r["valid"][self.metric], "best_epoch": r["best_epoch"],
+                            "epochs_run": r["epochs_run"], "stopped_by_cap": stopped_by_cap(r),
+                            "train_s": round(r["timings"]["train_s_total"], 2)}
+            else:
+                measured = self.by_key[key]
+                self._bar.update()
+            visited[key] = row = {
+                "dataset": self.data.name, "backbone": target.backbone, "target": target.name,
+                "method": target.method, "stage": stage, "trial": len(self._trials), **self._train_settings(train),
+                "settings": json.dumps(settings, sort_keys=True), "metric": f"valid {self.metric}", "key": key,
+                **{k: measured[k] for k in ("valid", "best_epoch", "epochs_run", "stopped_by_cap", "train_s")},
+                "chosen": False, "edge": None}
+            self._trials.append(row)
+            self.by_key[key] = row
+        self._save(target)
+        return [float(visited[k]["valid"]) for k in keys]
+
+    def _finish(self, target: Target, key: str, train: dict, settings: dict, edges: dict) -> None:
         """Mark the chosen trial, note which chosen values sit at an edge, and write the table."""
-        best = max(self._trials, key=lambda r: r["valid"])
+        best = next(t for t in self._trials if t["key"] == key)
         best["chosen"] = True
         best["edge"] = "; ".join(f"{k}: {v}" for k, v in edges.items() if v) or None
         self._save(target, final=True)
