@@ -199,9 +199,8 @@ class Tuner:
         keys = [self._key(target, t, s) for t, s in points]
         visited = {t["key"]: t for t in self._trials}
         new = list(dict.fromkeys(k for k in keys if k not in visited and k not in self.by_key))
-        results = run_specs(self.data, [specs[keys.index(k)] for k in new], self.settings, self.folder,
-                            self.resources, self.executor, bar=self._bar)
-        trained = dict(zip(new, results))
+        trained = dict(zip(new, run_specs(self.data, [specs[keys.index(k)] for k in new], self.settings, self.folder,
+                                          self.resources, self.executor, bar=self._bar))) if new else {}
         for (train, settings), key in zip(points, keys):
             if key in visited:
                 continue
