@@ -9,6 +9,7 @@ from pathlib import Path
 from hnlm.errors import UserFacingError
 from hnlm.paths import results_dir
 from hnlm.semantic.outputs import REGENERATE_VAR
+from hnlm.study.executors import EXECUTORS
 from hnlm.study.llm_outputs import STAGES, prepare, units
 from hnlm.study.publish import publish_study
 from hnlm.study.report import RESULTS_BEGIN, RESULTS_END, render_report, write_between_markers
@@ -37,6 +38,16 @@ def register(sub) -> None:
     p.add_argument("--regenerate", action="store_true",
                    help=f"ignore the shipped LLM outputs (outputs/) and make every one on this machine, reusing "
                         f"only artifacts/ (sets {REGENERATE_VAR}; hours on a CPU)")
+    p.add_argument("--retune", action="store_true",
+                   help="tune every method again, ignoring the trials of the tuning table (results/<dataset>/"
+                        "tuning.csv for full; sets HNLM_RETUNE)")
+    p.add_argument("--executor", choices=EXECUTORS, default=None,
+                   help="where the CF runs and tuning trials train: here (local, default) or as tasks of a Ray "
+                        "cluster (sets HNLM_EXECUTOR; see hnlm.study.executors)")
+    p.add_argument("--address", help="with --executor ray: the cluster to join, e.g. 10.0.0.5:6379 (default: the "
+                                     "one this machine runs, else a new local one)")
+    p.add_argument("--cpus-per-run", type=float, help="with --executor ray: CPUs each run asks for (default 1)")
+    p.add_argument("--gpus-per-run", type=float, help="with --executor ray: GPUs each run asks for (default 0)")
     p.set_defaults(func=run)
     register_report(p.add_subparsers(dest="study_command", metavar="[report]"))  # none: run the notebooks
 
@@ -62,9 +73,20 @@ def run_report(args) -> int:
     return 0
 
 
+def executor_environment(args) -> dict:
+    """The variables that carry the tuning and executor options into the notebook kernels."""
+    from hnlm.study.tuning import RETUNE_VARIABLE  # imports torch: not needed to parse the options
+    if args.executor != "ray" and (args.address or args.cpus_per_run or args.gpus_per_run):
+        raise UserFacingError("--address, --cpus-per-run and --gpus-per-run go with --executor ray")
+    chosen = {RETUNE_VARIABLE: "1" if args.retune else None, "HNLM_EXECUTOR": args.executor,
+              "HNLM_RAY_ADDRESS": args.address, "HNLM_RAY_CPUS": args.cpus_per_run, "HNLM_RAY_GPUS": args.gpus_per_run}
+    return {k: str(v) for k, v in chosen.items() if v is not None}
+
+
 def run(args) -> int:
     if args.regenerate:
         os.environ[REGENERATE_VAR] = "1"    # notebook kernels inherit it
+    os.environ.update(executor_environment(args))
     if args.publish and not args.llm_only:
         raise UserFacingError("--publish goes with --llm-only: hnlm study --llm-only --publish --profile full")
     if args.llm_only:

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Callable
 
-import torch
-
 from hnlm.errors import UserFacingError
 
 EXECUTORS = ("local", "ray")
@@ -44,6 +42,7 @@ class Local:
                 results.append(fn(*job))
                 on_done()
             return results
+        import torch  # here, not at the top: the CLI imports this module to parse its options
         results = [None] * len(jobs)
         with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
                                  initargs=(1,)) as pool:
