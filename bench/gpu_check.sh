@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The CUDA and 4-bit paths on a real GPU, with the packaged qwen2.5-0.5b (real weights), in one script.
+# The CUDA and 4-bit paths of today's code on one real GPU, with the packaged qwen2.5-0.5b (real weights), in one
+# script of at most ten minutes (GPU_CHECK_DEADLINE). It ends with one line per check: `check NAME: ok|FAILED
+# (rc, seconds)`.
 #
-# Stages, in order of value (each packs its results into $OUT/results.tgz as it finishes, so a run cut off
+# Checks, in order of value (each packs its results into $OUT/results.tgz as it finishes, so a run cut off
 # by a time limit still returns what it did):
-#   1. SNS: one LLM hard negative per user (`hnlm sns --budget per-user:1 --context history`), bf16, CUDA
-#   2. HNLMRec fine-tune + embedding pass, text CF signal, default budget (`hnlm finetune`)
+#   1. SNS: bf16 generation through the structured (JSON-schema) decoder, one hard negative per user
+#      (`hnlm sns --budget per-user:1 --context history`), CUDA
+#   2. HNLMRec: the InfoNCE fine-tune for a few steps, then the embedding pass that emits the bank, text signal
 #   3. the same with 4-bit QLoRA (bitsandbytes nf4)
 #   4. the same with the soft-prompt CF signal
-#   5. all ml-100k item and user profiles (`hnlm profiles`)
+#   5. a CF run on CUDA (`hnlm train --device cuda`, LightGCN + DNS(M,N), a few epochs)
+#   6. all ml-100k item and user profiles (`hnlm profiles`), batched
+# GPU_CHECK_STAGES="1 2 5" runs some; GPU_CHECK_SMOKE=1 GPU_CHECK_DEVICE=cpu GPU_CHECK_STAGES=5 is a local dry run.
 # The MiniLM text encoder is not installed there: its cache (artifacts/encoders) travels instead, and SNS
 # negatives are embedded afterwards on the CPU with `hnlm sns ... --no-generate`.
 #
@@ -19,9 +24,10 @@ OUT=${OUT:-/tmp/gpu_check_out}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
 LLM=${GPU_CHECK_LLM:-qwen2.5-0.5b}
-STAGES=${GPU_CHECK_STAGES:-1 2 3 4 5}
+STAGES=${GPU_CHECK_STAGES:-1 2 3 4 5 6}
 SMOKE=${GPU_CHECK_SMOKE:-0}
-DEADLINE=${GPU_CHECK_DEADLINE:-540}  # seconds: a stage still running then is stopped, and packed
+DEVICE=${GPU_CHECK_DEVICE:-cuda}   # cpu for a local dry run of the CF check
+DEADLINE=${GPU_CHECK_DEADLINE:-540}  # seconds: a stage still running then is stopped, and packed (device calls: 600 s)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 PY=${PY:-python3}
@@ -41,13 +47,16 @@ pack() {  # everything small the stages wrote, relative to the artefacts root (n
     $(cd "$root" && ls -d ml-100k/sns ml-100k/hnlmrec ml-100k/profiles llm_cache 2>/dev/null) 2>>"$LOG"
 }
 
-stage() {  # stage <name> <command...>: time it, log it, pack after it
+SUMMARY=()
+stage() {  # stage <name> <command...>: time it, log it, pack after it, add its line to the summary
   local name=$1; shift
   echo "=== $name  $(date +%T)  $*" | tee -a "$LOG"
   local t0=$SECONDS left=$((DEADLINE - SECONDS))
-  if [ $left -lt 60 ]; then echo "=== $name skipped: ${left}s left" | tee -a "$LOG"; return; fi
+  if [ $left -lt 60 ]; then echo "=== $name skipped: ${left}s left" | tee -a "$LOG"; SUMMARY+=("check $name: SKIPPED (${left}s left)"); return; fi
   timeout $left "$@" >>"$LOG" 2>&1
-  echo "=== $name rc=$? in $((SECONDS - t0)) s" | tee -a "$LOG"
+  local rc=$?
+  echo "=== $name rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
+  SUMMARY+=("check $name: $([ $rc = 0 ] && echo ok || echo FAILED) (rc $rc, $((SECONDS - t0)) s)")
   pack
 }
 
@@ -59,16 +68,19 @@ stage() {  # stage <name> <command...>: time it, log it, pack after it
   $PY -c "import bitsandbytes, xgrammar; from importlib.metadata import version as v; print('bitsandbytes', v('bitsandbytes'), 'xgrammar', v('xgrammar'))" 2>&1
 } | tee -a "$LOG"
 
-LIMIT_USERS=(); LIMIT=(); STEPS=(); QSTEPS=(--max-steps 20)
-if [ "$SMOKE" = 1 ]; then LIMIT_USERS=(--limit-users 8); LIMIT=(--limit 4); STEPS=(--max-steps 2); QSTEPS=(--max-steps 2); fi
+LIMIT_USERS=(); LIMIT=(); STEPS=(--max-steps 10); EPOCHS=(--epochs 5)
+if [ "$SMOKE" = 1 ]; then LIMIT_USERS=(--limit-users 8); LIMIT=(--limit 4); STEPS=(--max-steps 2); EPOCHS=(--epochs 1); fi
 
 for s in $STAGES; do case $s in
   1) stage sns $PY -m hnlm sns --dataset ml-100k --llm "$LLM" --budget per-user:1 --context history \
        --chunk 512 "${LIMIT_USERS[@]}" ;;
   2) stage hnlmrec-text $PY -m hnlm finetune --dataset ml-100k --llm "$LLM" --cf-signal text "${STEPS[@]}" ;;
   3) stage hnlmrec-text-4bit $PY -m hnlm finetune --dataset ml-100k --llm "$LLM" --cf-signal text --4bit \
-       "${QSTEPS[@]}" ;;
+       "${STEPS[@]}" ;;
   4) stage hnlmrec-soft $PY -m hnlm finetune --dataset ml-100k --llm "$LLM" --cf-signal soft "${STEPS[@]}" ;;
-  5) stage profiles $PY -m hnlm profiles --dataset ml-100k --llm "$LLM" --batch-size 128 "${LIMIT[@]}" ;;
+  5) stage cf-cuda $PY -m hnlm train --dataset ml-100k --sampler dns-mn --device "$DEVICE" --batch-size 2048 \
+       "${EPOCHS[@]}" --json "$OUT/cf_cuda.json" ;;
+  6) stage profiles $PY -m hnlm profiles --dataset ml-100k --llm "$LLM" --batch-size 128 "${LIMIT[@]}" ;;
 esac; done
 echo "done $(date +%T)" | tee -a "$LOG"
+printf '%s\n' "${SUMMARY[@]}" | tee -a "$LOG"
