@@ -135,7 +135,17 @@ def check_06_main_results(result, out_dir, fig_dir):
     assert all(c["baseline_chosen_on_valid"] for c in comps)
     _comparisons_ok(comps, len(result["meta"]["seeds"]), 943)
     assert {c["method"] for c in result["convergence"]} == set(methods)
-    for name in ("06_main_results", "06_convergence"):
+    assert all(c["selected_on"] == "valid recall@20" and 0 < c["bootstrap_p_holm"] <= 1 for c in comps)
+    # every method ran at the point its tuning chose on seed 0, recorded in the tuning table
+    chosen = {(c["backbone"], c["method"]): c for c in result["tuning"]["chosen"]}
+    assert set(chosen) == {(b, m) for b in settings["backbones"] for m in methods}
+    trials = pd.read_csv(out_dir / "tuning.csv")
+    assert trials.groupby(["backbone", "target"])["chosen"].sum().eq(1).all()
+    assert set(trials["lr"]) >= set(settings["tuning"]["lr"])
+    for r in runs:
+        point = chosen[(r["backbone"], r["method"])]
+        assert (r["lr"], r["batch_size"]) == (point["lr"], point["batch_size"])
+    for name in ("06_main_results", "06_convergence", "06_tuning"):
         assert (fig_dir / "smoke" / f"{name}_ml-100k.pdf").exists()
 
 

@@ -200,8 +200,10 @@ def run_grid(data, backbones, variants, seeds, settings: dict, out_dir: Path,
     `hnlm.methods.Variant`s or method names; `resources` holds what LLM-based methods train with. `tuner`
     (`hnlm.study.tuning.Tuner`) puts each variant at its tuned point first (tuning it if its table has no trials
     for it). Stored runs with the same key are reused, so a killed grid resumes where it stopped."""
-    tuned = (lambda v, b: tuner.apply(as_variant(v), b)) if tuner is not None else (lambda v, b: as_variant(v))
-    specs = [RunSpec(b, tuned(v, b), s) for b in backbones for v in variants for s in seeds]
+    pairs = [(b, as_variant(v)) for b in backbones for v in variants]
+    if tuner is not None:      # every method at its tuned point: the tuning's own bars nest under this one
+        pairs = [(b, tuner.apply(v, b)) for b, v in tqdm(pairs, desc="tuned methods", unit="method")]
+    specs = [RunSpec(b, v, s) for b, v in pairs for s in seeds]
     return run_specs(data, specs, settings, Path(out_dir) / "cf_runs", resources, executor)
 
 
@@ -223,15 +225,16 @@ def stopped_by_cap(result: dict) -> bool:
 
 
 def runs_frame(results: list[dict]) -> pd.DataFrame:
-    """One row per run: backbone, method, family, seed, best and last epoch, whether the cap stopped it,
-    seconds per epoch, test metrics, and the validation metrics (columns "valid <metric>") at the best epoch,
-    on which baselines are chosen."""
+    """One row per run: backbone, method, family, seed, learning rate and batch size, best and last epoch, whether
+    the cap stopped it, seconds per epoch, test metrics, and the validation metrics (columns "valid <metric>") at
+    the best epoch, on which baselines are chosen."""
     rows = []
     for r in results:
         test = {k: v for k, v in r["test"].items() if isinstance(v, (int, float)) and "@" in k}
         valid = {f"valid {k}": v for k, v in r["valid"].items() if isinstance(v, (int, float)) and "@" in k}
         rows.append({"backbone": r["backbone"], "method": r["method"], "family": r.get("family", "classic"),
-                     "seed": r["seed"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
+                     "seed": r["seed"], "lr": r["config"]["lr"], "batch_size": r["config"]["batch_size"],
+                     "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
                      "stopped_by_cap": stopped_by_cap(r), "train_s_per_epoch": r["timings"]["train_s_per_epoch"],
                      **test, **valid})
     return pd.DataFrame(rows)
