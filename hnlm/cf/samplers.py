@@ -26,7 +26,7 @@ from hnlm.errors import UserFacingError
 
 
 class SamplerOptionError(UserFacingError, ValueError):
-    """A sampler option (`--sampler-opt KEY=VALUE`, `sampler_opts`) has a value the sampler cannot use."""
+    """A sampler option (`hnlm train --set KEY=VALUE`, `sampler_opts`) has a value the sampler cannot use."""
 
 
 class Negatives(NamedTuple):
@@ -155,6 +155,7 @@ class PNS(Sampler):
     """Popularity-based: P(i) proportional to (train count + 1) ** beta, positives excluded."""
 
     name = "pns"
+    settings_help = {"beta": "popularity exponent: P(item) grows as (train count + 1) ** beta; 0 is uniform"}
 
     def __init__(self, beta: float = 0.75):
         self.beta = float(beta)
@@ -180,6 +181,7 @@ class DNS(Sampler):
     """Dynamic negative sampling (Zhang et al. 2013): the highest-scored of M uniform candidates."""
 
     name = "dns"
+    settings_help = {"candidates": "M uniform candidates per pair; the negative is the best-scored of them"}
 
     def __init__(self, candidates: int = 32):
         self.candidates = int(candidates)
@@ -197,6 +199,8 @@ class DNSMN(Sampler):
 
     name = "dns-mn"
     summary = "DNS(M,N) (Shi et al. 2023): a uniform pick among the top-N of M uniform candidates"
+    settings_help = {"candidates": "M uniform candidates per pair",
+                     "top": "N: the negative is a uniform pick among the N best-scored candidates (1 <= N <= M)"}
 
     def __init__(self, candidates: int = 32, top: int = 5):
         if not 1 <= int(top) <= int(candidates):
@@ -314,6 +318,8 @@ class MixGCF(Sampler):
 
     name = "mixgcf"
     summary = "MixGCF (Huang et al. 2021): synthetic negatives by positive and hop mixing"
+    settings_help = {"candidates": "M uniform candidates per pair mixed with the positive, per layer "
+                                   "(the reference's --n_negs; its Amazon runs use 16)"}
 
     def __init__(self, candidates: int = 64):
         self.candidates = int(candidates)
@@ -370,11 +376,14 @@ class DENS(Sampler, nn.Module):
 
     name = "dens"
     summary = "DENS (Lai et al. 2023): disentangled negatives chosen per layer, with a gated factor loss"
+    settings_help = {"candidates": "M uniform candidates per pair (the reference's --n_negs)",
+                     "warmup": "epochs over which the raw candidate score's part in the selection falls to 0",
+                     "gamma": "weight of the gated factor loss added to BPR (0: gates untrained)"}
 
     def __init__(self, candidates: int = 6, warmup: float = 100, gamma: float = 0.3):
         nn.Module.__init__(self)
         if not float(warmup) > 0:
-            raise SamplerOptionError(f"dens: warmup must be > 0 epochs, got {warmup} (sampler option warmup)")
+            raise SamplerOptionError(f"dens: warmup must be > 0 epochs, got {warmup} (--set warmup=)")
         self.candidates, self.warmup, self.gamma = int(candidates), float(warmup), float(gamma)
         self.gates: nn.ModuleDict | None = None
 
@@ -454,6 +463,11 @@ class AHNS(Sampler):
 
     name = "ahns"
     summary = "AHNS (Lai et al. 2024): the candidate whose score is closest to an adaptive hardness target"
+    settings_help = {"candidates": "M uniform candidates per pair (the reference's --n_negs)",
+                     "alpha": "shift of the positive's score in the hardness target beta * (score + alpha) ** (p + 1)",
+                     "beta": "scale of the hardness target",
+                     "p": "exponent of the hardness target, an integer (p < 0: worse-fit positives get harder "
+                          "negatives)"}
 
     def __init__(self, candidates: int = 32, alpha: float = 1.0, beta: float = 0.1, p: int = -2):
         if float(p) != int(p):

@@ -17,23 +17,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hnlm.cf.samplers import DNSMN
-from hnlm.methods import Method, register
+from hnlm.methods import Method, register, setting_like
 from hnlm.methods.classic import settings_of
 from hnlm.methods.hnlmrec import HNLMRecSettings
 from hnlm.semantic.alignment import AlignmentConfig, alignment_config, alignment_for
 
-DNSMN_DEFAULTS = settings_of(DNSMN)()     # DNS(M,N)'s constructor defaults (their one source)
-
 
 @dataclass
 class AlignedDNSMNSettings(AlignmentConfig):
-    candidates: int = DNSMN_DEFAULTS.candidates   # DNS(M,N)'s M uniform candidates per pair
-    top: int = DNSMN_DEFAULTS.top                 # DNS(M,N)'s N: the negative is one of the N best-scored
+    candidates: int = setting_like(settings_of(DNSMN), "candidates")
+    top: int = setting_like(settings_of(DNSMN), "top")
 
 
 @dataclass
 class HNLMRecDNSMNSettings(AlignedDNSMNSettings):
-    signal: str = HNLMRecSettings.signal          # CF signal the LLM was fine-tuned with: "text" or "soft"
+    signal: str = setting_like(HNLMRecSettings, "signal")
 
 
 def builder(bank_key, ablation: str | None):
