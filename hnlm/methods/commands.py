@@ -125,7 +125,8 @@ def run_methods(args) -> int:
     method = get_method(args.name)
     print(f"{method.name} ({method.family}{', ablation of ' + method.ablation_of if method.ablation_of else ''}): "
           f"{method.summary}")
-    print("\n".join(describe_settings(method)))
+    for line in describe_settings(method):
+        print(line)
     needs = method.needs(method.settings())
     if needs:
         print("trains with: " + ", ".join(needs))
