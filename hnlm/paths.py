@@ -33,7 +33,8 @@ def cache_root(kind: str) -> Path:
 
 
 def outputs_root() -> Path:
-    """The tracked folder of shipped LLM outputs (written only by `hnlm outputs publish`)."""
+    """The tracked folder of shipped LLM outputs (written only by `hnlm study --llm-only --publish` and
+    `hnlm outputs add-adapters`)."""
     return Path(os.environ.get("HNLM_OUTPUTS", PROJECT_ROOT / "outputs"))
 
 

@@ -1,6 +1,7 @@
 """Analysis helpers on hand-computed cases and on the real ml-100k split."""
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -350,10 +351,25 @@ def test_negative_shares_match_brute_force(ml100k):
     assert 0 < base < 0.05
 
 
-def test_cosine():
-    a = np.array([[1.0, 0.0], [1.0, 1.0]])
-    b = np.array([[0.0, 2.0], [2.0, 2.0]])
-    assert false_negatives.cosine(a, b) == pytest.approx([0.0, 1.0])
+def test_chance_rate_counts_each_user_once_per_training_pair():
+    """User 0: 2 training items, 1 held out of 4 items (chance 1/2, twice); user 1: 1 training item, 2 held
+    out (chance 2/3, once)."""
+    def matrix(rows):
+        return sp.csr_matrix(np.array(rows, dtype=np.float32))
+
+    data = SimpleNamespace(n_users=2, n_items=4, train=matrix([[1, 1, 0, 0], [1, 0, 0, 0]]),
+                           valid=matrix([[0, 0, 1, 0], [0, 1, 0, 0]]), test=matrix([[0, 0, 0, 0], [0, 0, 0, 1]]))
+    assert false_negatives.training_pairs_chance(data) == pytest.approx((0.5 + 0.5 + 2 / 3) / 3)
+
+
+def test_overall_shares_sum_epochs_and_seeds_per_backbone_and_method():
+    by_epoch = pd.DataFrame({"backbone": ["mf", "mf", "mf", "lightgcn"], "method": ["dns", "rns", "dns", "dns"],
+                             "seed": [0, 0, 1, 0], "negatives": [100, 100, 300, 50],
+                             "false_negatives": [10, 2, 20, 5]})
+    overall = false_negatives.overall_shares(by_epoch, chance=0.02)
+    assert overall[["backbone", "method"]].values.tolist() == [["mf", "dns"], ["mf", "rns"], ["lightgcn", "dns"]]
+    assert overall["share"].tolist() == pytest.approx([30 / 400, 0.02, 0.1])
+    assert overall["vs_chance"].tolist() == pytest.approx([30 / 400 / 0.02, 1.0, 5.0])
 
 
 # ------------------------------------------------------------------------------------ convergence

@@ -126,6 +126,24 @@ def test_cli_train_and_a_newly_declared_method(tmp_path, capsys):
     assert "no setting alhpa" in capsys.readouterr().err
 
 
+def test_cli_train_takes_the_method_and_its_settings_from_the_config_file(tmp_path, capsys):
+    """`sampler` and `sampler_opts` of `--config FILE` are the method and its settings (--set overrides them);
+    settings of another method than --sampler's are an error, never dropped."""
+    out, conf = tmp_path / "out.json", tmp_path / "dns.toml"
+    conf.write_text('model = "mf"\ndim = 8\nbatch_size = 16384\nepochs = 1\nsampler = "dns"\n'
+                    "sampler_opts = {candidates = 3}\n")
+    assert main(["train", "--dataset", "ml-100k", "--config", str(conf), "--json", str(out), "--no-progress"]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["method"] == "dns" and saved["sampler"]["candidates"] == 3
+    assert saved["config"]["sampler"] == "dns" and saved["config"]["sampler_opts"] == {"candidates": 3}
+    assert main(["train", "--dataset", "ml-100k", "--config", str(conf), "--set", "candidates=5", "--json", str(out),
+                 "--no-progress"]) == 0
+    assert json.loads(out.read_text())["sampler"]["candidates"] == 5
+    capsys.readouterr()
+    assert main(["train", "--dataset", "ml-100k", "--config", str(conf), "--sampler", "rns", "--no-progress"]) == 2
+    assert "sampler_opts for sampler 'dns', but --sampler is 'rns'" in capsys.readouterr().err
+
+
 def test_cli_trains_on_a_published_split_and_llm_methods_refuse_id_only_data(tmp_path, monkeypatch, capsys):
     """Own data reaches `hnlm train` by path (LightGCN-style split files); an LLM method refuses it loudly."""
     from hnlm.data.splitfiles import write_lightgcn

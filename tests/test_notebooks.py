@@ -190,6 +190,9 @@ def check_03_sns(result, out_dir, fig_dir):
                 "false_hard_negative_chance", "pool_heldout_share"):
         assert 0 <= q[key] <= 1, key
     assert all(-1 <= v <= 1 for v in result["similarity"].values() if v is not None)
+    # one "similarity to the positive": the figure's is the quality table's
+    assert result["similarity"]["generated negative"] == pytest.approx(q["sim_to_positive_mean"], abs=1e-6)
+    assert result["similarity"]["random item"] == pytest.approx(q["sim_random_item_to_positive_mean"], abs=1e-6)
     assert (out_dir / "sns_bank.npz").exists() and (out_dir / "sns_grounded.parquet").exists()
 
 

@@ -1,5 +1,6 @@
 """RLMRec-Con baseline: in-batch InfoNCE alignment of projected text embeddings; trains with the CF model."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -215,3 +216,20 @@ def test_missing_profiles_name_the_first_five_users_and_items():
         save_profiles(frame, data.name, "test-llm", kind, split_id_of(data))
     with pytest.raises(MissingInputError, match=r"lack users \[0, 1, 2, 3, 4\] / items \[0, 1, 2, 3, 4\] \(first"):
         rlmrec.text_embeddings(data, "profiles", MiniLMEncoder(cache=False), "test-llm")
+
+
+def test_every_rlmrec_setting_reaches_the_extension():
+    """rlmrec-con's build passes each RLMRecConfig field of its settings on (derived, not copied by hand:
+    a new field cannot be listed by `hnlm methods` and dropped at training)."""
+    from hnlm.methods import get_method
+
+    method = get_method("rlmrec-con")
+    def other(value):
+        return (7, 3) if isinstance(value, tuple) else value * 2 + 1
+
+    changed = {f.name: other(f.default) for f in dataclasses.fields(rlmrec.RLMRecConfig)}
+    settings = method.make_settings(**changed)
+    text = np.zeros((3, 4), np.float32)
+    _, ext = method.build(None, settings, {"rlmrec_text:profiles": (text, text)}, 0)
+    assert dataclasses.asdict(ext.config) == changed != dataclasses.asdict(rlmrec.RLMRecConfig())
+

@@ -161,3 +161,17 @@ def test_similarity_measures_compare_generated_text_with_the_positives_short_tex
     assert q["distinct_texts_share"] == pytest.approx(2 / 3)
     assert q["distinct_nearest_items_share"] == pytest.approx(2 / 3)
     assert sns.short_text(data, 0).startswith(sns.title_of(data, 0))
+
+
+def test_similarity_to_positive_per_negative_with_a_derangement_of_the_other_pairs():
+    """Per negative: its product with its positive's short text; the "another pair's negative" baseline never
+    uses the row's own negative."""
+    short = np.eye(4, dtype=np.float32)
+    neg = np.array([[1, 0, 0, 0], [0.6, 0.8, 0, 0], [0, 0, 0, 1]], np.float32)
+    items = np.array([0, 1, 2])
+    sim = sns.similarity_to_positive(neg, items, short, seed=3)
+    assert sim["generated negative"] == pytest.approx([1.0, 0.8, 0.0])
+    assert set(sim) == {"generated negative", "random item", "another pair's negative"}
+    assert all(v in (0.0, 1.0) for v in sim["random item"])            # unit short texts: same item or not
+    other = np.array([neg[r] @ short[items[k]] for k in range(3) for r in range(3) if r != k]).reshape(3, 2)
+    assert all(sim["another pair's negative"][k] in other[k] for k in range(3))

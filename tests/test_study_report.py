@@ -179,6 +179,35 @@ def test_write_replaces_only_the_marked_block(results, tmp_path, capsys):
     assert readme.read_text() == text                      # a rerun on the same files changes nothing
 
 
+def test_write_without_a_file_rewrites_the_findings_of_the_dataset(results, capsys):
+    findings = results / "ml-100k" / "README.md"
+    findings.write_text("# Findings\n<!-- results:begin -->\nold\n<!-- results:end -->\nprose\n")
+    printed = report(capsys, results)
+    assert main(["study", "report", "--results", str(results), "--write"]) == 0
+    assert findings.read_text() == "# Findings\n<!-- results:begin -->\n" + printed + "<!-- results:end -->\nprose\n"
+
+
+def test_main_only_is_the_first_section_and_needs_a_file_to_write(results, capsys):
+    main_table = report(capsys, results, "--main")
+    assert main_table.startswith("<!-- made by `hnlm study report --main` from ")
+    assert "**Main table (notebook 06)" in main_table and "Against the strongest" not in main_table
+    assert main(["study", "report", "--results", str(results), "--main", "--write"]) == 2
+    assert "--main --write README.md" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("document, main_only", [("results/ml-100k/README.md", False), ("README.md", True)])
+def test_the_tracked_documents_show_the_tracked_results(document, main_only):
+    """The findings (`hnlm study report --write`) and the top README's main table (`--main --write README.md`)
+    are what the report makes from the tracked results/ml-100k/ now: a rerun cannot leave them stale."""
+    from hnlm.paths import PROJECT_ROOT
+    from hnlm.study.report import RESULTS_BEGIN, RESULTS_END, render_report
+
+    text = (PROJECT_ROOT / document).read_text()
+    assert text.count(RESULTS_BEGIN) == text.count(RESULTS_END) == 1
+    block = text.split(RESULTS_BEGIN + "\n")[1].split("\n" + RESULTS_END)[0]
+    assert block == render_report(PROJECT_ROOT / "results" / "ml-100k", "ml-100k", main_only)
+
+
 def test_write_without_markers_is_an_error(results, tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n<!-- results:end -->\n<!-- results:begin -->\n")

@@ -6,6 +6,7 @@ These helpers read held-out items, which is what the analysis is for; they never
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 
@@ -38,9 +39,17 @@ def random_baseline_share(data, users) -> float:
     return float(np.mean(heldout / np.maximum(candidates, 1))) if len(users) else np.nan
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity (semantic closeness of a negative to its positive)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    num = (a * b).sum(axis=1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return num / np.maximum(den, 1e-12)
+def training_pairs_chance(data) -> float:
+    """`random_baseline_share` over the training pairs (each user once per training interaction, as a
+    sampler draws one negative per pair): the chance rate the samplers' measured shares are read against."""
+    return random_baseline_share(data, np.repeat(np.arange(data.n_users), np.diff(data.train.tocsr().indptr)))
+
+
+def overall_shares(by_epoch: pd.DataFrame, chance: float) -> pd.DataFrame:
+    """Per backbone and method (in run order), negatives and false negatives summed over epochs and seeds,
+    their share, and that share over the chance rate (`vs_chance`)."""
+    overall = (by_epoch.groupby(["backbone", "method"], sort=False)[["negatives", "false_negatives"]].sum()
+               .reset_index())
+    overall["share"] = overall["false_negatives"] / overall["negatives"]
+    overall["vs_chance"] = overall["share"] / chance
+    return overall

@@ -27,7 +27,7 @@ from hnlm.errors import UserFacingError
 
 
 class SamplerOptionError(UserFacingError, ValueError):
-    """A sampler option (`--sampler-opt KEY=VALUE`, `sampler_opts`) has a value the sampler cannot use."""
+    """A sampler option (`hnlm train --set KEY=VALUE`, `sampler_opts`) has a value the sampler cannot use."""
 
 
 class Negatives(NamedTuple):
@@ -158,6 +158,7 @@ class PNS(Sampler):
 
     name = "pns"
     search = {"beta": Axis((0.5, 0.75, 1.0), low=0.0, high=2.0)}
+    settings_help = {"beta": "popularity exponent: P(item) grows as (train count + 1) ** beta; 0 is uniform"}
 
     def __init__(self, beta: float = 0.75):
         self.beta = float(beta)
@@ -184,6 +185,7 @@ class DNS(Sampler):
 
     name = "dns"
     search = {"candidates": Axis((16, 32, 64), low=2, high=512)}
+    settings_help = {"candidates": "M uniform candidates per pair; the negative is the best-scored of them"}
 
     def __init__(self, candidates: int = 32):
         self.candidates = int(candidates)
@@ -202,6 +204,8 @@ class DNSMN(Sampler):
     name = "dns-mn"
     summary = "DNS(M,N) (Shi et al. 2023): a uniform pick among the top-N of M uniform candidates"
     search = {"candidates": Axis((16, 32, 64), low=4, high=512), "top": Axis((2, 5, 10), low=1, high=64)}
+    settings_help = {"candidates": "M uniform candidates per pair",
+                     "top": "N: the negative is a uniform pick among the N best-scored candidates (1 <= N <= M)"}
 
     def __init__(self, candidates: int = 32, top: int = 5):
         if not 1 <= int(top) <= int(candidates):
@@ -320,6 +324,8 @@ class MixGCF(Sampler):
     name = "mixgcf"
     summary = "MixGCF (Huang et al. 2021): synthetic negatives by positive and hop mixing"
     search = {"candidates": Axis((32, 64, 128), low=2, high=512)}
+    settings_help = {"candidates": "M uniform candidates per pair mixed with the positive, per layer "
+                                   "(the reference's --n_negs; its Amazon runs use 16)"}
 
     def __init__(self, candidates: int = 64):
         self.candidates = int(candidates)
@@ -377,11 +383,14 @@ class DENS(Sampler, nn.Module):
     name = "dens"
     summary = "DENS (Lai et al. 2023): disentangled negatives chosen per layer, with a gated factor loss"
     search = {"candidates": Axis((3, 6, 12), low=2, high=128)}
+    settings_help = {"candidates": "M uniform candidates per pair (the reference's --n_negs)",
+                     "warmup": "epochs over which the raw candidate score's part in the selection falls to 0",
+                     "gamma": "weight of the gated factor loss added to BPR (0: gates untrained)"}
 
     def __init__(self, candidates: int = 6, warmup: float = 100, gamma: float = 0.3):
         nn.Module.__init__(self)
         if not float(warmup) > 0:
-            raise SamplerOptionError(f"dens: warmup must be > 0 epochs, got {warmup} (sampler option warmup)")
+            raise SamplerOptionError(f"dens: warmup must be > 0 epochs, got {warmup} (--set warmup=)")
         self.candidates, self.warmup, self.gamma = int(candidates), float(warmup), float(gamma)
         self.gates: nn.ModuleDict | None = None
 
@@ -462,6 +471,11 @@ class AHNS(Sampler):
     name = "ahns"
     summary = "AHNS (Lai et al. 2024): the candidate whose score is closest to an adaptive hardness target"
     search = {"beta": Axis((0.03, 0.1, 0.3), low=1e-3, high=10.0)}
+    settings_help = {"candidates": "M uniform candidates per pair (the reference's --n_negs)",
+                     "alpha": "shift of the positive's score in the hardness target beta * (score + alpha) ** (p + 1)",
+                     "beta": "scale of the hardness target",
+                     "p": "exponent of the hardness target, an integer (p < 0: worse-fit positives get harder "
+                          "negatives)"}
 
     def __init__(self, candidates: int = 32, alpha: float = 1.0, beta: float = 0.1, p: int = -2):
         if float(p) != int(p):

@@ -1,7 +1,8 @@
 """Every training method, declared once: the classic samplers and the LLM-based methods.
 
 A `Method` names a method, says in one line what it does, owns its settings dataclass (the defaults are
-typed there and nowhere else), lists the resources it trains with (an SNS bank, profile embeddings, a
+typed there and nowhere else, each field with a one-line help: `field(default=..., metadata={"help": ...})`,
+shown by `hnlm methods NAME`), lists the resources it trains with (an SNS bank, profile embeddings, a
 fine-tuned run's emitted vectors) and builds its (sampler, extension) from (data, settings, resources, seed).
 `hnlm train --sampler NAME` and the study's CF grid are two doors onto these declarations.
 
@@ -54,6 +55,25 @@ class Method:
             raise UserFacingError(f"method {self.name!r} has no setting {', '.join(unknown)}; its settings: "
                                   f"{', '.join(sorted(known)) or 'none'} (see `hnlm methods {self.name}`)")
         return self.settings(**overrides)
+
+
+def setting_help(f: dataclasses.Field) -> str:
+    """The one-line help of a settings field ("" when it has none)."""
+    return f.metadata.get("help", "")
+
+
+def setting_like(settings_cls: type, name: str) -> Any:
+    """A field with the default and help of `settings_cls`'s setting `name`: one source for a setting that
+    two methods share."""
+    f = {f.name: f for f in dataclasses.fields(settings_cls)}[name]
+    return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+def describe_settings(method: Method) -> list[str]:
+    """One line per setting: `--set NAME=DEFAULT  help`."""
+    fields = dataclasses.fields(method.settings)
+    width = max((len(f"{f.name}={f.default}") for f in fields), default=0)
+    return [f"  --set {f'{f.name}={f.default}':<{width}}  {setting_help(f)}" for f in fields]
 
 
 _REGISTRY: dict[str, Method] = {}

@@ -10,11 +10,12 @@ from pathlib import Path
 from hnlm.cf.trainer import TrainConfig, save_result, train
 from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.errors import UserFacingError
-from hnlm.methods import describe_methods, get_method, variant
+from hnlm.methods import describe_methods, describe_settings, get_method, setting_help, variant
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.common import split_id_of
 from hnlm.semantic.resources import saved_resources
 
+TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TRAIN_OPTIONS = {"model": str, "seed": int, "epochs": int, "dim": int, "layers": int, "batch_size": int, "lr": float,
                  "l2": float, "loss": str, "margin": float, "patience": int, "eval_every": int, "metric": str,
                  "device": str}
@@ -23,17 +24,21 @@ TRAIN_OPTIONS = {"model": str, "seed": int, "epochs": int, "dim": int, "layers":
 def register(sub) -> None:
     p = sub.add_parser("train", help="train MF/LightGCN with one method (a classic sampler or an LLM-based one)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="methods (`hnlm methods NAME` shows a method's settings and defaults):\n"
-                              + describe_methods())
+                       epilog="methods (`hnlm methods NAME` lists a method's settings with their defaults "
+                              "and helps):\n" + describe_methods())
     add_dataset_options(p)
-    p.add_argument("--sampler", "--method", dest="method", default="rns", metavar="NAME",
-                   help="the method to train with (listed below)")
+    p.add_argument("--sampler", "--method", dest="method", default=None, metavar="NAME",
+                   help=f"the method to train with (listed below; default: the --config file's `sampler`, "
+                        f"else {TrainConfig.sampler})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="change one of the method's settings, e.g. --set alpha=0.1 (repeatable)")
-    p.add_argument("--config", default=None, help="TOML file of training settings (names as hnlm.cf.TrainConfig)")
+                   help="change one of the method's settings, e.g. --set alpha=0.1 (repeatable; `hnlm methods "
+                        "NAME` lists them with their defaults and helps); overrides the --config file's "
+                        "`sampler_opts`")
+    p.add_argument("--config", default=None, help="TOML file of training settings (names as hnlm.cf.TrainConfig, "
+                                                  "`sampler` and `sampler_opts` included); options override it")
     for name, typ in TRAIN_OPTIONS.items():
-        default = getattr(TrainConfig, name)
-        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, help=f"default {default}")
+        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
+                       help=f"{setting_help(TRAIN_FIELDS[name])} (default {getattr(TrainConfig, name)})")
     g = p.add_argument_group("inputs of LLM-based methods (made by `hnlm profiles`, `hnlm sns`, `hnlm finetune`)")
     g.add_argument("--llm", default="qwen2.5-0.5b", help="the LLM whose outputs to train with")
     g.add_argument("--sns-budget", default="per-user:1", help="budget the SNS negatives were generated with")
@@ -82,9 +87,21 @@ def result_path(data, cfg: TrainConfig, method: str) -> Path:
     return artifacts_dir(data.name, "runs") / f"{cfg.model}_{method}_split{split_id_of(data)}_seed{cfg.seed}.json"
 
 
+def method_variant(args, cfg: TrainConfig):
+    """The method (--sampler, else the config's `sampler`) with its settings: the config's `sampler_opts`,
+    then --set. The config's settings of another method than --sampler's are an error, not dropped."""
+    method = args.method or cfg.sampler
+    opts = dict(cfg.sampler_opts)
+    if opts and method != cfg.sampler:
+        raise UserFacingError(f"{args.config} sets sampler_opts for sampler {cfg.sampler!r}, but --sampler is "
+                              f"{method!r}: drop one of them")
+    return variant(method, **{**opts, **dict(parse_setting(method, t) for t in args.set)})
+
+
 def run_train(args) -> int:
-    spec = variant(args.method, **dict(parse_setting(args.method, t) for t in args.set))
     cfg = train_config(args)
+    spec = method_variant(args, cfg)
+    cfg = dataclasses.replace(cfg, sampler=spec.method, sampler_opts=dict(spec.overrides))  # recorded as trained
     data = dataset_from_args(args)
     if spec.declaration.family == "llm":
         data.require_item_text(f"method {spec.method}")
@@ -108,8 +125,8 @@ def run_methods(args) -> int:
     method = get_method(args.name)
     print(f"{method.name} ({method.family}{', ablation of ' + method.ablation_of if method.ablation_of else ''}): "
           f"{method.summary}")
-    for f in dataclasses.fields(method.settings):
-        print(f"  --set {f.name}={f.default}")
+    for line in describe_settings(method):
+        print(line)
     needs = method.needs(method.settings())
     if needs:
         print("trains with: " + ", ".join(needs))

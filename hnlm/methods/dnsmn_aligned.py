@@ -18,21 +18,21 @@ from dataclasses import dataclass
 
 from hnlm.cf.samplers import DNSMN
 from hnlm.cf.search import ALPHA
-from hnlm.methods import Method, register
-from hnlm.methods.classic import DNSMN_DEFAULTS
+from hnlm.methods import Method, register, setting_like
+from hnlm.methods.classic import settings_of
 from hnlm.methods.hnlmrec import HNLMRecSettings
 from hnlm.semantic.alignment import AlignmentConfig, alignment_config, alignment_for
 
 
 @dataclass
 class AlignedDNSMNSettings(AlignmentConfig):
-    candidates: int = DNSMN_DEFAULTS.candidates   # DNS(M,N)'s M uniform candidates per pair
-    top: int = DNSMN_DEFAULTS.top                 # DNS(M,N)'s N: the negative is one of the N best-scored
+    candidates: int = setting_like(settings_of(DNSMN), "candidates")
+    top: int = setting_like(settings_of(DNSMN), "top")
 
 
 @dataclass
 class HNLMRecDNSMNSettings(AlignedDNSMNSettings):
-    signal: str = HNLMRecSettings.signal          # CF signal the LLM was fine-tuned with: "text" or "soft"
+    signal: str = setting_like(HNLMRecSettings, "signal")
 
 
 def builder(bank_key, ablation: str | None):

@@ -23,7 +23,7 @@ vector replaced by a random one (`-random`) or by another user's (`-shuffled`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,8 +31,8 @@ import torch
 from hnlm.cf.samplers import DNSMN, Negatives, SamplerOptionError, candidate_scores
 from hnlm.cf.search import Axis
 from hnlm.llm.encoders import get_text_encoder
-from hnlm.methods import Method, register
-from hnlm.methods.classic import DNSMN_DEFAULTS
+from hnlm.methods import Method, register, setting_like
+from hnlm.methods.classic import settings_of
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.sns import item_embeddings
 
@@ -41,11 +41,14 @@ GUARDS = ("soft", "hard")
 
 @dataclass
 class GuardSettings:
-    candidates: int = DNSMN_DEFAULTS.candidates   # DNS(M,N)'s M uniform candidates per pair
-    top: int = DNSMN_DEFAULTS.top                 # DNS(M,N)'s N
-    guard: str = "soft"      # "soft" down-weight or "hard" veto (see the module doc)
-    weight: float = 0.1      # soft: down-weight per standard deviation of similarity, in CF-score sd units
-    veto: float = 0.1        # hard: share of the M candidates removed, the most similar first
+    candidates: int = setting_like(settings_of(DNSMN), "candidates")
+    top: int = setting_like(settings_of(DNSMN), "top")
+    guard: str = field(default="soft", metadata={
+        "help": "soft: down-weight candidates close to the user's liked items; hard: veto them"})
+    weight: float = field(default=0.1, metadata={
+        "help": "soft: down-weight per sd of similarity, in units of the row's CF-score sd"})
+    veto: float = field(default=0.1, metadata={
+        "help": "hard: share of the M candidates removed, the most similar first"})
 
 
 def unit_rows(x: np.ndarray) -> torch.Tensor:

@@ -10,23 +10,25 @@ bounded by this static case, not by the dynamic one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hnlm.cf.frozen import frozen_model, mine_dnsmn
-from hnlm.cf.samplers import TableSampler
+from hnlm.cf.samplers import DNSMN, TableSampler
 from hnlm.cf.search import lr_protocol
 from hnlm.cf.trainer import TrainConfig
-from hnlm.methods import Method, register
-from hnlm.methods.classic import DNSMN_DEFAULTS
+from hnlm.methods import Method, register, setting_like
+from hnlm.methods.classic import settings_of
 
 
 @dataclass
 class StaticDNSMNSettings:
-    candidates: int = DNSMN_DEFAULTS.candidates   # DNS(M,N)'s M, for the mining and the teacher
-    top: int = DNSMN_DEFAULTS.top                 # DNS(M,N)'s N
-    teacher: str = TrainConfig.model              # the converged DNS(M,N) model's backbone
-    teacher_lr: float = TrainConfig.lr            # its training (early stopping on valid recall@20)
-    teacher_batch_size: int = TrainConfig.batch_size
+    candidates: int = setting_like(settings_of(DNSMN), "candidates")
+    top: int = setting_like(settings_of(DNSMN), "top")
+    teacher: str = field(default=TrainConfig.model, metadata={
+        "help": "backbone of the converged DNS(M,N) model that mines the frozen negatives (lightgcn or mf)"})
+    teacher_lr: float = field(default=TrainConfig.lr, metadata={
+        "help": "its learning rate (trained to convergence, early stopping on valid recall@20)"})
+    teacher_batch_size: int = field(default=TrainConfig.batch_size, metadata={"help": "its batch size"})
 
 
 class StaticSampler(TableSampler):

@@ -3,7 +3,7 @@ uniform ID negatives, as the paper integrates them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hnlm.cf.samplers import RNS
 from hnlm.cf.search import ALPHA
@@ -13,7 +13,8 @@ from hnlm.semantic.alignment import AlignmentConfig, alignment_config, alignment
 
 @dataclass
 class HNLMRecSettings(AlignmentConfig):
-    signal: str = "text"      # CF signal the LLM was fine-tuned with: "text" (released code) or "soft" prompt
+    signal: str = field(default="text", metadata={
+        "help": "CF signal the LLM was fine-tuned with: text (the released code) or soft (prompt tokens)"})
 
 
 def build(data, settings, resources, seed):

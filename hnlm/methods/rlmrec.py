@@ -3,24 +3,24 @@ embeddings by InfoNCE, uniform ID negatives."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hnlm.cf.samplers import RNS
 from hnlm.cf.search import Axis
 from hnlm.methods import Method, register
-from hnlm.semantic.rlmrec import RLMRecConfig, RLMRecExtension
+from hnlm.semantic.rlmrec import RLMRecConfig, RLMRecExtension, rlmrec_config
 
 
 @dataclass
 class RLMRecSettings(RLMRecConfig):
-    text: str = "profiles"    # "profiles" (module 1, as RLMRec) or "metadata" (titles, genres, history)
+    text: str = field(default="profiles", metadata={
+        "help": "text embedded per user and item: profiles (module 1, as RLMRec) or metadata (titles, genres, "
+                "history)"})
 
 
 def build(data, settings, resources, seed):
     users, items = resources[f"rlmrec_text:{settings.text}"]
-    config = RLMRecConfig(weight=settings.weight, tau=settings.tau, hidden=settings.hidden,
-                          max_anchors=settings.max_anchors)
-    return RNS(), RLMRecExtension(users, items, config, source=settings.text, seed=seed)
+    return RNS(), RLMRecExtension(users, items, rlmrec_config(settings), source=settings.text, seed=seed)
 
 
 register(Method("rlmrec-con", "RLMRec-Con baseline: profile text embeddings aligned with CF by InfoNCE",

@@ -3,7 +3,7 @@ training items excluded), and those real items serve as ID negatives for a share
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,9 +16,11 @@ from hnlm.semantic.bank import BankIndex, NegativeBank
 
 @dataclass
 class GroundedSettings:
-    share: float = 0.5        # share of the pairs whose negative comes from the grounded pool
-    pool: int = 20            # nearest catalogue items used per generated text
-    lookup: str = "user"      # "pair": only the pair's own text; "user": else one of the user's
+    share: float = field(default=0.5, metadata={
+        "help": "share of the pairs whose negative comes from the grounded pool (the others: uniform)"})
+    pool: int = field(default=20, metadata={"help": "nearest catalogue items kept per generated text"})
+    lookup: str = field(default="user", metadata={
+        "help": "which pool a pair uses: pair (its own text's only) or user (else one of the user's)"})
 
 
 class GroundedSampler(Sampler):

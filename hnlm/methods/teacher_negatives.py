@@ -23,14 +23,14 @@ data too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from hnlm.cf.samplers import RNS, Negatives, Sampler, TableSampler
 from hnlm.cf.search import ALPHA, SHARE
-from hnlm.methods import Method, register
+from hnlm.methods import Method, register, setting_like
 from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension, alignment_config
 from hnlm.semantic.bank import NegativeBank, user_derangement
 from hnlm.semantic.hnlmrec.pipeline import TeacherConfig
@@ -38,13 +38,15 @@ from hnlm.semantic.hnlmrec.pipeline import TeacherConfig
 
 @dataclass
 class TeacherIdSettings:
-    share: float = 0.5                     # share of the pairs whose ID negative is the mined one
-    teacher: str = TeacherConfig.model     # teacher backbone: resource "teacher:<teacher>" (lightgcn or mf)
+    share: float = field(default=0.5, metadata={
+        "help": "share of the pairs (drawn per batch) whose ID negative is the mined one; the others uniform"})
+    teacher: str = field(default=TeacherConfig.model, metadata={
+        "help": "backbone of the CF teacher that mined the negatives: lightgcn or mf"})
 
 
 @dataclass
 class TeacherAlignedSettings(AlignmentConfig):
-    teacher: str = TeacherConfig.model     # teacher backbone: resource "teacher:<teacher>" (lightgcn or mf)
+    teacher: str = setting_like(TeacherIdSettings, "teacher")
 
 
 class ShareSampler(Sampler):

@@ -1,11 +1,17 @@
 """The paper's modules: profiles (1), semantic negatives (2), alignment (3), HNLMRec fine-tuning (4).
 
-Modules 2-3 and the LLM-enhanced baseline:
-  sns.py        prompts -> LLM JSON hard negatives -> MiniLM embeddings -> bank / grounded pools / quality
+  profiles.py   module 1: LLM item and user profiles (`hnlm profiles`)
+  sns.py        module 2: prompts -> LLM JSON hard negatives -> MiniLM embeddings -> bank / grounded pools / quality
                 (`hnlm sns --dataset ml-100k --llm qwen2.5-0.5b --budget per-user:1 --context history`)
   bank.py       NegativeBank (any embedding table keyed by (user, positive item)), lookup, ablations
-  alignment.py  AlignmentExtension: trainable MLP adapter, e_neg' = a*adapter(h) + (1-a)*e_neg, contrastive term
+  alignment.py  module 3: AlignmentExtension, trainable adapter, e_neg' = a*adapter(h) + (1-a)*e_neg, contrastive term
+  hnlmrec/      module 4: LoRA fine-tuning of the LLM with CF supervision, its embedding pass and transfer
+                (`hnlm finetune`)
   rlmrec.py     RLMRecExtension (RLMRec-Con: projected profile embeddings aligned by InfoNCE)
-  methods.py    `hnlm train --sampler sns|sns-grounded|sns-random|sns-shuffled|rlmrec-con` builders/options
-  grid.py       the issue-5 comparison (methods x seeds) and its summary table
+  resources.py  what the LLM-based methods train with, by name, with content digests
+  outputs.py    the shipped LLM outputs (outputs/): format, manifest, integrity, lookup
+  common.py     helpers of modules 1, 2 and 4 (which pairs, prompt texts, split identity)
+  commands.py   the CLI of modules 1-2
+  prompts/      the prompt templates (a domain's file, else the generic `_item` one)
+The methods that train with these outputs are declared in hnlm.methods.
 """

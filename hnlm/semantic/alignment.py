@@ -26,7 +26,7 @@ keeps its plain ID negative and gets no contrastive term; never a random vector.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -62,13 +62,18 @@ def cf_dim(model) -> int:
 
 @dataclass
 class AlignmentConfig:
-    alpha: float = 0.01          # mixing weight of the aligned vector (the paper's Toys setting)
-    weight: float = 1e-3         # contrastive term weight
-    tau: float = 0.2             # contrastive temperature
-    hidden: tuple[int, ...] = (256,)  # adapter hidden sizes; () = a single linear map
-    lookup: str = "user"         # "pair": exact (user, pos) only; "user": else any negative of the user
-    train: str = "anchor"        # how the adapter learns: "anchor" (catalogue) or "joint" (see module doc)
-    anchor_weight: float = 1.0
+    alpha: float = field(default=0.01, metadata={
+        "help": "mixing weight of the aligned vector h in the ID negative (the paper's Toys setting)"})
+    weight: float = field(default=1e-3, metadata={
+        "help": "weight of the contrastive term pushing the user away from h"})
+    tau: float = field(default=0.2, metadata={"help": "temperature of the contrastive term"})
+    hidden: tuple[int, ...] = field(default=(256,), metadata={
+        "help": "adapter hidden sizes, comma-separated; empty: a single linear map"})
+    lookup: str = field(default="user", metadata={
+        "help": "which bank row a pair uses: pair (its own only) or user (else any of the user's)"})
+    train: str = field(default="anchor", metadata={
+        "help": "how the adapter learns: anchor (maps catalogue texts to item vectors) or joint (by BPR)"})
+    anchor_weight: float = field(default=1.0, metadata={"help": "weight of the anchor loss (train=anchor)"})
 
 
 def alignment_config(settings) -> AlignmentConfig:

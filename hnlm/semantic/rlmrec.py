@@ -11,7 +11,8 @@ metadata text; users as demographics + training titles), recorded in the result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,13 +28,21 @@ from hnlm.semantic.profiles import profiles_of
 
 @dataclass
 class RLMRecConfig:
-    weight: float = 1e-2          # kd_weight of the released RLMRec-Con configs
-    tau: float = 0.2              # kd_temperature
-    hidden: tuple[int, ...] = (256,)
+    weight: float = field(default=1e-2, metadata={
+        "help": "weight of the InfoNCE alignment term (kd_weight of the released RLMRec-Con configs)"})
+    tau: float = field(default=0.2, metadata={"help": "InfoNCE temperature (kd_temperature)"})
+    hidden: tuple[int, ...] = field(default=(256,), metadata={
+        "help": "hidden sizes of the text-to-CF projection, comma-separated; empty: a single linear map"})
     # Speed option that CHANGES the maths (default 0 = exact RLMRec-Con): when > 0, each InfoNCE uses at
     # most this many of the batch's distinct users (resp. positive items), drawn uniformly per batch, as
     # anchors and candidates; its N x N similarity, the dominant cost, shrinks quadratically.
-    max_anchors: int = 0
+    max_anchors: int = field(default=0, metadata={
+        "help": "0: exact RLMRec-Con; N > 0: at most N users (items) per batch in each InfoNCE (faster, inexact)"})
+
+
+def rlmrec_config(settings) -> RLMRecConfig:
+    """RLMRec-Con's part of a method's settings (a dataclass extending RLMRecConfig with its own fields)."""
+    return RLMRecConfig(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(RLMRecConfig)})
 
 
 def info_nce(anchor: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:

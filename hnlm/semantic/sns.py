@@ -282,13 +282,28 @@ def ground(neg_emb: np.ndarray, users: np.ndarray, item_emb: np.ndarray, data,
     return nearest, sims[np.arange(len(users)), nearest], top, nearest_any
 
 
+def similarity_to_positive(neg_emb: np.ndarray, items: np.ndarray, short_emb: np.ndarray,
+                           seed: int = 0) -> dict[str, np.ndarray]:
+    """The one "similarity to the positive" of the study, per negative: the inner product (cosine of the
+    unit-norm MiniLM vectors) of each generated text (rows of neg_emb, for positives `items`) with its
+    positive's short text (`short_embeddings`), and of its two baselines with the same positive: a random
+    catalogue item's short text, and another pair's generated text (a derangement of the rows)."""
+    items = np.asarray(items, int)
+    n = len(items)
+    rng = np.random.default_rng(seed)
+    rand_items = rng.integers(0, len(short_emb), size=n)
+    other = (np.arange(n) + 1 + rng.integers(0, max(n - 1, 1))) % max(n, 1)
+    return {"generated negative": np.einsum("nd,nd->n", neg_emb, short_emb[items]),
+            "random item": np.einsum("nd,nd->n", short_emb[rand_items], short_emb[items]),
+            "another pair's negative": np.einsum("nd,nd->n", neg_emb[other], short_emb[items])}
+
+
 def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray, nearest: np.ndarray,
             nearest_any: np.ndarray, top: np.ndarray, seed: int = 0) -> dict:
     """Quality of the valid negatives `rec` (rows aligned with neg_emb); held-out items read here only.
 
-    Similarities compare like with like: a generated text (a title and a short description) against the
-    positive's short text (title and genres, `short_emb`); its baselines are a random catalogue item's
-    short text, and another pair's generated text (a derangement of the rows), against the same positive.
+    Similarities (`similarity_to_positive`) compare like with like: a generated text (a title and a short
+    description) against the positive's short text (title and genres, `short_emb`), with two baselines.
     Distinct shares: distinct generated texts (case-folded), and distinct nearest catalogue items (grounding),
     over valid negatives. false_hard_negative_share (the nearest non-train item is a held-out item of the
     user) comes with its chance level (a uniform non-train item)."""
@@ -307,12 +322,7 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray,
         held_pool += sum(int(j) in held for j in top[r]) / top.shape[1]
         chance_near += len(held) / (data.n_items - len(train))
     n = max(len(rec), 1)
-    rng = np.random.default_rng(seed)
-    sim_pos = np.einsum("nd,nd->n", neg_emb, short_emb[items])
-    rand_items = rng.integers(0, data.n_items, size=len(rec))
-    sim_rand = np.einsum("nd,nd->n", short_emb[rand_items], short_emb[items])
-    other = (np.arange(len(rec)) + 1 + rng.integers(0, max(len(rec) - 1, 1))) % max(len(rec), 1)
-    sim_other = np.einsum("nd,nd->n", neg_emb[other], short_emb[items])
+    sim = similarity_to_positive(neg_emb, items, short_emb, seed)
     return {
         "n_valid": int(len(rec)),
         "names_train_item_share": names_train / n,
@@ -321,9 +331,10 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray,
         "false_hard_negative_share": held_near / n,
         "false_hard_negative_chance": chance_near / n,
         "pool_heldout_share": held_pool / n,
-        "sim_to_positive_mean": float(sim_pos.mean()) if len(rec) else None,
-        "sim_random_item_to_positive_mean": float(sim_rand.mean()) if len(rec) else None,
-        "sim_other_pairs_negative_to_positive_mean": float(sim_other.mean()) if len(rec) > 1 else None,
+        "sim_to_positive_mean": float(sim["generated negative"].mean()) if len(rec) else None,
+        "sim_random_item_to_positive_mean": float(sim["random item"].mean()) if len(rec) else None,
+        "sim_other_pairs_negative_to_positive_mean": float(sim["another pair's negative"].mean())
+        if len(rec) > 1 else None,
         "similarity_reference": "positive's short text (title + genres), as the generated text",
         "distinct_texts_share": rec["text"].str.lower().nunique() / n,
         "distinct_nearest_items_share": len(set(nearest.tolist())) / n,

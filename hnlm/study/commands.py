@@ -12,7 +12,7 @@ from hnlm.semantic.outputs import REGENERATE_VAR
 from hnlm.study.executors import EXECUTORS
 from hnlm.study.llm_outputs import STAGES, prepare, units
 from hnlm.study.publish import publish_study
-from hnlm.study.report import RESULTS_BEGIN, RESULTS_END, render_report, write_between_markers
+from hnlm.study.report import RESULTS_BEGIN, RESULTS_END, findings_file, render_report, write_between_markers
 from hnlm.study.runner import run_study
 from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES
 
@@ -53,21 +53,27 @@ def register(sub) -> None:
 
 
 def register_report(actions) -> None:
-    p = actions.add_parser("report", help="print the README's results section (markdown) from the tracked result "
+    p = actions.add_parser("report", help="print the findings' results section (markdown) from the tracked result "
                                           "files of a full study, results/<dataset>/")
     p.add_argument("--results", type=Path, help="folder holding <dataset>/ (default: the tracked results/)")
     p.add_argument("--dataset", default="ml-100k")
-    p.add_argument("--write", type=Path, metavar="FILE",
-                   help=f"replace the block between {RESULTS_BEGIN} and {RESULTS_END} in FILE instead of printing")
+    p.add_argument("--main", action="store_true",
+                   help="only the main table, as the top README shows it (--main --write README.md)")
+    p.add_argument("--write", nargs="?", const="", metavar="FILE",
+                   help=f"replace the block between {RESULTS_BEGIN} and {RESULTS_END} in FILE (default: the "
+                        "findings, results/<dataset>/README.md) instead of printing")
     p.set_defaults(func=run_report)
 
 
 def run_report(args) -> int:
     folder = (args.results or results_dir()) / args.dataset
-    markdown = render_report(folder, args.dataset)
-    if args.write:
-        write_between_markers(args.write, markdown)
-        print(f"{args.write}: results block rewritten from {folder}")
+    markdown = render_report(folder, args.dataset, main_only=args.main)
+    if args.write is not None:
+        if args.main and not args.write:
+            raise UserFacingError("--main --write needs the file to write, e.g. --main --write README.md")
+        target = Path(args.write) if args.write else findings_file(folder)
+        write_between_markers(target, markdown)
+        print(f"{target}: results block rewritten from {folder}")
     else:
         print(markdown)
     return 0

@@ -316,3 +316,12 @@ def gain_over(frame: pd.DataFrame, metric: str, reference: str, keys=("backbone"
     """Relative gain of each row's `metric` over the `reference` method's row with the same keys."""
     ref = frame[frame["method"] == reference].set_index(list(keys))[metric]
     return frame[metric] / ref.loc[list(frame[list(keys)].itertuples(index=False, name=None))].to_numpy() - 1
+
+
+def sweep_frame(runs: pd.DataFrame, variants, setting: str) -> pd.DataFrame:
+    """The runs of `variants` (one method, `setting` changed) with the setting's value as a column, sorted by
+    it and given as labels (a plot then spaces the values evenly)."""
+    values = {v.name: getattr(v.settings(), setting) for v in variants}
+    frame = runs[runs["method"].isin(list(values))].copy()
+    frame[setting] = frame["method"].map(values)
+    return frame.sort_values(setting).astype({setting: str})

@@ -25,7 +25,7 @@ from hnlm.semantic import profiles as pf
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import Budget, select_pairs, split_id_of
 from hnlm.semantic.hnlmrec.adapters import find_adapter
-from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
+from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, mean_pairwise_cosine
 from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, embed_bank, load_bank, run_finetune
 from hnlm.semantic.hnlmrec.transfer import transfer_bank
 from hnlm.semantic.resources import Resources, provide_teachers
@@ -155,14 +155,6 @@ def llm_size_runs(data, conf: dict, seeds, out_dir: Path) -> tuple[list[dict], p
     return results, pd.DataFrame(outputs)
 
 
-def mean_pairwise_cosine(emb: np.ndarray) -> float:
-    """Mean cosine between distinct rows: near 1 means the vectors barely differ (a collapsed encoder)."""
-    x = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    n = len(x)
-    total = x.sum(0)
-    return float((total @ total - n) / max(n * (n - 1), 1))
-
-
 def save_sns(out: dict, folder: Path) -> None:
     """Keep the bank and grounding of a study run in its run folder (notebook 04 trains with them)."""
     bank = out["bank"]
@@ -288,3 +280,25 @@ def loss_history(folder: Path) -> list[float]:
     if not states:
         return []
     return [r["loss"] for r in json.loads(states[-1].read_text())["log_history"] if "loss" in r]
+
+
+FINETUNE_TIMINGS = ("s_per_step", "examples_per_s", "embedding_pass_s", "queries", "total_s")
+
+
+def finetune_frame(finetune: dict) -> pd.DataFrame:
+    """Notebook 05's table of `study_hnlmrec`'s outputs by CF signal ({signal: (summary, bank)}): one row per
+    signal with its examples, steps, mean loss over the first and last five logged steps, timings, bank rows."""
+    return pd.DataFrame([{"signal": s, "examples": f["examples"], "steps": f["steps"],
+                          "loss_first5_mean": f["loss_first5_mean"], "loss_last5_mean": f["loss_last5_mean"],
+                          **{k: f["timings"][k] for k in FINETUNE_TIMINGS}, "bank_rows": len(bank)}
+                         for s, (f, bank) in finetune.items()])
+
+
+def transfer_frame(transfer: dict) -> pd.DataFrame:
+    """Notebook 10's table of `study_transfer`'s outputs by CF signal ({signal: (summary, bank)}): one row per
+    signal with the source run, whether it was fine-tuned here, coverage of the target, its teacher, timings."""
+    return pd.DataFrame([{"signal": s, "source_run": t["source_run"], "finetuned_here": t["finetuned_here"],
+                          "queries": t["queries"], "bank_rows": t["bank_rows"], "users_embedded": t["users_embedded"],
+                          "target_users": t["users"], "teacher_epochs": t["teacher"]["epochs"],
+                          "teacher_valid_recall@20": t["teacher"]["valid_recall@20_recorded_only"],
+                          **t["timings"]} for s, (t, _) in transfer.items()])

@@ -1,7 +1,8 @@
-"""`hnlm study report`: the README's results section as GitHub markdown, built only from the result files a
-`full` study writes to results/<dataset>/ (`NotebookRun.write_result`). Each table is preceded by the files it
-comes from; a missing file is named with the notebook that makes it, never filled in. `--write README.md`
-replaces the block between RESULTS_BEGIN and RESULTS_END, so a rerun updates the README mechanically.
+"""`hnlm study report`: the results section of the findings (results/<dataset>/README.md) as GitHub markdown,
+built only from the result files a `full` study writes to results/<dataset>/ (`NotebookRun.write_result`).
+Each table is preceded by the files it comes from; a missing file is named with the notebook that makes it,
+never filled in. `--write` replaces the block between RESULTS_BEGIN and RESULTS_END of the findings file
+(`findings_file`, or the FILE given), so a rerun updates it mechanically.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import PROJECT_ROOT
 from hnlm.plot_style import display_name
 
+FINDINGS_FILE = "README.md"                      # in results/<dataset>/: the findings the tables back
 RESULTS_BEGIN = "<!-- results:begin -->"
 RESULTS_END = "<!-- results:end -->"
 METRIC = TrainConfig.metric                      # model selection and every comparison of the study
@@ -269,13 +271,21 @@ def render_section(folder: Path, dataset: str, section: Section) -> str:
     return "\n\n".join([f"**{section.title}**", source_line(folder, section.sources), section.render(*frames)])
 
 
-def render_report(folder: Path, dataset: str) -> str:
-    """The whole results section; raises if even the main table is missing."""
+def render_report(folder: Path, dataset: str, main_only: bool = False) -> str:
+    """The whole results section (`main_only`: its main table, as the top README shows it); raises if even
+    the main table is missing."""
     if not (folder / MAIN_SOURCE.filename).exists():
         raise MissingInputError(f"{folder / MAIN_SOURCE.filename} is missing: run "
                                 f"{rerun_hint(MAIN_SOURCE, dataset)} (profile full) first")
-    head = f"<!-- made by `hnlm study report` from {shown_path(folder)}/: rerun it, do not edit this block -->"
-    return "\n\n".join([head, *[render_section(folder, dataset, s) for s in SECTIONS]])
+    command = "hnlm study report --main" if main_only else "hnlm study report"
+    head = f"<!-- made by `{command}` from {shown_path(folder)}/: rerun it, do not edit this block -->"
+    sections = SECTIONS[:1] if main_only else SECTIONS
+    return "\n\n".join([head, *[render_section(folder, dataset, s) for s in sections]])
+
+
+def findings_file(folder: Path) -> Path:
+    """The findings of the results in `folder` (results/<dataset>/): where `--write` puts the tables."""
+    return folder / FINDINGS_FILE
 
 
 def write_between_markers(path: Path, markdown: str) -> None:

@@ -67,9 +67,12 @@ _HNLMREC = {
 # Transfer to ml-1m (10): ml-1m has 10x ml-100k's interactions, so the study keeps its first 2,000 users (all
 # their splits; ~1/3 of ml-1m) to stay affordable on 2 cores, embeds all of them (target_users None), and its
 # own teacher uses large batches. quick and full share the LLM side (one embedding pass), as in module 4.
-_TARGET = {"target_first_users": 2000, "target_users": None, "target_teacher": {"epochs": 20, "batch_size": 8192}}
+TARGET_DATASET = "ml-1m"   # the dataset notebook 10 (and `hnlm study --llm-only`'s transfer stage) transfers to
+_TARGET = {"target_dataset": TARGET_DATASET, "target_first_users": 2000, "target_users": None,
+           "target_teacher": {"epochs": 20, "batch_size": 8192}}
 _TRANSFER = {
-    "smoke": {**_CF["smoke"], "methods": ["rns", "dns"], "target_first_users": 1000, "target_users": 16,
+    "smoke": {**_CF["smoke"], "methods": ["rns", "dns"], "target_dataset": TARGET_DATASET,
+              "target_first_users": 1000, "target_users": 16,
               "target_teacher": {"epochs": 1, "batch_size": 16384}},
     "quick": {**_CF["quick"], "epochs": 5, "methods": ["rns"], **_TARGET},  # keeps quick near 10 minutes
     "full": {**_CF["full"], "methods": ["rns", "dns"], **_TARGET},

@@ -272,7 +272,8 @@ def make_trainer(encoder: QueryEncoder, tokenizer, dataset: PairDataset, config:
 
 
 def mean_pairwise_cosine(x: np.ndarray) -> float:
-    """Mean cosine over the distinct pairs of rows of x (1.0: all collinear)."""
+    """Mean cosine over the distinct pairs of rows of x (1.0: all collinear; near 1, the vectors barely
+    differ: a collapsed encoder)."""
     x = np.asarray(x, np.float64)
     x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
     n = len(x)
