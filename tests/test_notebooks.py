@@ -138,7 +138,7 @@ def check_06_main_results(result, out_dir, fig_dir):
     assert all(c["selected_on"] == "valid recall@20" and 0 < c["bootstrap_p_holm"] <= 1 for c in comps)
     # every method ran at the point its tuning chose on seed 0, recorded in the tuning table
     chosen = {(c["backbone"], c["method"]): c for c in result["tuning"]["chosen"]}
-    assert set(chosen) == {(b, m) for b in settings["backbones"] for m in methods}
+    assert set(chosen) >= {(b, m) for b in settings["backbones"] for m in methods}   # 04 and 05 tune theirs too
     trials = pd.read_csv(out_dir / "tuning.csv")
     assert trials.groupby(["backbone", "target"])["chosen"].sum().eq(1).all()
     assert set(trials["lr"]) >= set(settings["tuning"]["lr"])
