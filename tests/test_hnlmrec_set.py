@@ -92,7 +92,7 @@ def test_contrastive_loss_hand_computed():
 @pytest.mark.slow
 def test_teacher_ignores_validation(data):
     """The teacher trains a fixed number of epochs: valid/test contents do not change it."""
-    from hnlm.semantic.hnlmrec.pipeline import TeacherConfig, train_teacher
+    from hnlm.semantic.hnlmrec.run import TeacherConfig, train_teacher
     cfg = TeacherConfig(model="mf", epochs=1)
     a = train_teacher(data, cfg)
     b = train_teacher(without_heldout(data), cfg)
@@ -109,7 +109,7 @@ def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
     from hnlm.methods import variant
     from hnlm.semantic.alignment import AlignmentExtension
     from hnlm.semantic.common import train_fingerprint
-    from hnlm.semantic.hnlmrec.pipeline import run_dir
+    from hnlm.semantic.hnlmrec.run import run_dir
     from hnlm.semantic.resources import saved_resources
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
     method = variant("hnlmrec")
@@ -138,7 +138,7 @@ def test_a_finished_run_is_refused_for_another_split(data, tmp_path, monkeypatch
 
     from hnlm.errors import MissingInputError
     from hnlm.semantic.common import OtherSplitError, train_fingerprint
-    from hnlm.semantic.hnlmrec.pipeline import RunConfig, finished_summary, load_bank, run_dir
+    from hnlm.semantic.hnlmrec.run import RunConfig, finished_summary, load_bank, run_dir
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
     folder = run_dir(data.name, "smollm2-135m", "text", "per-user:1", "0") / "run-abc"
     assert folder == tmp_path / "ml-100k/hnlmrec/smollm2-135m-text-per-user-1/split-0/run-abc"

@@ -23,11 +23,11 @@ from hnlm.semantic import profiles as pf
 from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import split_id_of
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, run_dir
+from hnlm.semantic.hnlmrec import banks, transfer
+from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, run_dir
 from hnlm.semantic.hnlmrec.transfer import transfer_dir
 from hnlm.semantic.resources import Resources, teacher_dir, teacher_table
 from hnlm.semantic.sns import sns_dir
-from hnlm.study import shipped
 
 NEW = ["sns-dnsmn", "hnlmrec-dnsmn", "dnsmn-guard", "teacher-negatives", "teacher-aligned"]
 ALL_NEW = [f"{m}{s}" for m in NEW for s in ("", "-random", "-shuffled")]
@@ -212,7 +212,7 @@ def llm_output_names(data, llm: str = "qwen2.5-0.5b") -> list:
     source_run = run_dir("ml-1m", llm, "text", "per-user:1", split) / "run-x"
     return [pf.profiles_path(data.name, llm, "user", split), sns_dir(data.name, llm, split),
             run_dir(data.name, llm, "text", "per-user:1", split), transfer_dir(data.name, "ml-1m", source_run, split),
-            pf.profiles_slot(split), shipped.hnlmrec_slot(run, split), shipped.transfer_slot("ml-1m", run, split)]
+            pf.profiles_slot(split), banks.shipped_slot(run, split), transfer.transfer_slot("ml-1m", run, split)]
 
 
 def test_a_temporal_split_names_its_artefacts_apart_from_the_random_one():
@@ -236,8 +236,8 @@ def test_a_temporal_split_names_its_artefacts_apart_from_the_random_one():
         "split-0-temporal", "text_per-user-1_per-user-1_split-0-temporal",
         "from-ml-1m_text_per-user-1_per-user-1_split-0-temporal"]
     builder = sns.PromptBuilder(random, "history", "qwen2.5-0.5b")  # its slots: the prompt context, then the split
-    assert re.fullmatch(r"history_sns-[0-9a-f]{8}_greedy_split-0", shipped.sns_slot(builder, split_id_of(random)))
-    assert shipped.sns_slot(builder, split_id_of(temporal)).endswith("_greedy_split-0-temporal")
+    assert re.fullmatch(r"history_sns-[0-9a-f]{8}_greedy_split-0", sns.shipped_slot(builder, split_id_of(random)))
+    assert sns.shipped_slot(builder, split_id_of(temporal)).endswith("_greedy_split-0-temporal")
 
 
 def test_teacher_negatives_use_the_table_for_their_share(data, resources):

@@ -28,8 +28,8 @@ from hnlm.paths import artifacts_dir
 from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import Budget, split_id_of
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, get_teacher, load_bank
 from hnlm.semantic.hnlmrec.queries import MiningConfig, Teacher, mine_hard_negatives
+from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, get_teacher, load_bank
 from hnlm.semantic.rlmrec import text_embeddings
 
 

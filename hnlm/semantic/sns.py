@@ -36,11 +36,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
+from hnlm.errors import MissingInputError, UserFacingError
+from hnlm.llm.backends import make_backend
+from hnlm.llm.structured import field_budgets
 from hnlm.paths import artifacts_dir
+from hnlm.semantic import outputs
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import (
     Budget,
+    chat_template,
     check_split,
     domain_of,
     history_context,
@@ -50,12 +54,12 @@ from hnlm.semantic.common import (
     split_id_of,
     split_options,
     split_seed_of,
+    template_path,
     title_of,
     train_fingerprint,
 )
 from hnlm.semantic.profiles import profiles_of
 
-PROMPT_DIR = Path(__file__).parent / "prompts"
 MAX_WORDS = 20
 SNS_SCHEMA = {  # property order is the order the constrained decoder writes them in: reasoning first
     "type": "object",
@@ -73,17 +77,6 @@ RECORD_COLUMNS = ["user", "item", "ok", "text", "reasoning", "reason", "words", 
 
 
 # ---------------------------------------------------------------- prompts
-
-def load_template(domain: str, prefix: str = "sns") -> tuple[str, str]:
-    """(system, user) parts of prompts/<prefix>_<domain>.txt, separated by a line '---'."""
-    path = PROMPT_DIR / f"{prefix}_{domain}.txt"
-    if not path.exists():
-        path = PROMPT_DIR / f"{prefix}_item.txt"
-    system, _, user = path.read_text().partition("\n---\n")
-    if not user:
-        raise DataFormatError(f"{path}: expected a system part, a line '---', then the user part")
-    return system.strip(), user.strip()
-
 
 def sampling_tag(temperature: float, top_p: float, seed: int) -> str:
     """Decoding part of a record's context tag: "greedy", or the sampling settings."""
@@ -109,7 +102,8 @@ class PromptBuilder:
                  decoding: str = "greedy"):
         self.data = data
         self.context = context
-        self.system, self.user_template = load_template(domain_of(data.name), self.template_prefix)
+        self.template = template_path(self.template_prefix, data.name)
+        self.system, self.user_template = chat_template(self.template)
         self.item_profiles: dict[int, str] = {}
         self.user_profiles: dict[int, str] = {}
         if context == "profile":
@@ -363,8 +357,8 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, pair_seed: int = 0,
               "invalid": int(len(rec) - len(ok)), "truncated_to_20_words": int(ok["truncated"].sum()),
               "invalid_reasons": rec.loc[~rec["ok"].astype(bool), "reason"].value_counts().to_dict()})
     tag = budget.tag
-    np.savez(out / f"bank_{tag}.npz", users=ok["user"].to_numpy(np.int64),
-             items=ok["item"].to_numpy(np.int64), emb=neg_emb.astype(np.float32))
+    NegativeBank(neg_emb, ok["user"].to_numpy(np.int64), ok["item"].to_numpy(np.int64),
+                 source=f"sns:{llm}:{budget.spec}").save(out / f"bank_{tag}.npz")
     pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "text": ok["text"],
                   "nearest": nearest.astype(int), "similarity": sim.astype(float),
                   "pool": [list(map(int, p)) for p in top]}).to_parquet(out / f"grounded_{tag}.parquet")
@@ -401,16 +395,120 @@ def load_meta(data, llm: str, budget: Budget) -> dict:
 
 def load_bank(data, llm: str, budget: Budget) -> NegativeBank:
     """The text-embedding bank of a budget, for `AlignmentExtension`."""
-    z = np.load(_artifact(data, llm, budget, "bank_{tag}.npz"))
+    path = _artifact(data, llm, budget, "bank_{tag}.npz")
     meta = load_meta(data, llm, budget)
     q = meta.pop("quality")
-    return NegativeBank(z["emb"], z["users"], z["items"], source=f"sns:{llm}:{budget.spec}",
-                        meta={"budget": budget.spec, "llm": llm, "encoder": meta["encoder"],
+    return NegativeBank.load(path, f"sns:{llm}:{budget.spec}",
+                             {"budget": budget.spec, "llm": llm, "encoder": meta["encoder"],
                               "valid_json_rate": q["valid_json_rate"], "context": meta.get("context")})
 
 
 def load_grounded(data, llm: str, budget: Budget) -> pd.DataFrame:
     return pd.read_parquet(_artifact(data, llm, budget, "grounded_{tag}.parquet"))
+
+
+# ---------------------------------------------------------------- shipped negatives, else cached, else made
+
+SHIPPED_KIND = "sns-negatives"   # hnlm.semantic.outputs kind of the negatives shipped in outputs/
+SHIPPED_FIELDS = ("ok", "text", "reasoning", "reason", "words", "truncated")
+
+
+def shipped_slot(builder: PromptBuilder, split_id: str) -> str:
+    return f"{safe_name(builder.tag)}_split-{split_id}"
+
+
+def shipped_key(data, backend, builder: PromptBuilder, split_seed: int) -> dict:
+    """What identifies shipped negatives besides their prompts, from the objects that make them: the builder's
+    schema, decoding budget, template and context tag, the backend's weights and decoding, the training split."""
+    schema = builder.json_schema()
+    _, total = field_budgets(schema, builder.max_new_tokens)
+    return {"model": backend.weights_identity, "schema": schema, "decoding": backend.decoding(total),
+            "max_words": MAX_WORDS, "context": builder.tag, "prompt_seed": builder.seed,
+            "templates": outputs.template_hashes([builder.template]),
+            "split": train_fingerprint(data), "split_seed": split_seed}
+
+
+def prompt_hashes(builder: PromptBuilder, pairs: pd.DataFrame) -> dict:
+    """{(user, item): prompt_sha} of the pairs' prompts."""
+    return {(int(u), int(i)): outputs.prompt_sha(builder.messages(int(u), int(i)))
+            for u, i in zip(pairs["user"], pairs["item"])}
+
+
+def lookup_shipped(data, backend, llm: str, builder: PromptBuilder, pairs: pd.DataFrame,
+                   split_seed: int) -> outputs.Lookup:
+    slot = shipped_slot(builder, split_id_of(data))
+    none = outputs.not_shipped(SHIPPED_KIND, data.name, llm, slot)
+    if none is not None:
+        return none
+    return outputs.lookup(SHIPPED_KIND, data.name, llm, slot, shipped_key(data, backend, builder, split_seed),
+                          prompt_hashes(builder, pairs), id_fields=("user", "item"))
+
+
+def copy_into_cache(rows: list[dict], folder: Path, context: str) -> int:
+    """Append shipped records to artifacts' negatives.jsonl where it lacks them or holds other answers
+    (the last record of a pair wins), so grounding and banks are built from the shipped answers."""
+    have = read_negatives(folder / "negatives.jsonl", context)
+    known = {(int(r.user), int(r.item)): tuple(getattr(r, f) for f in SHIPPED_FIELDS) for r in have.itertuples()}
+    new = [r for r in rows if known.get((r["user"], r["item"])) != tuple(r[f] for f in SHIPPED_FIELDS)]
+    if new:
+        with (folder / "negatives.jsonl").open("a") as fh:
+            for r in new:
+                fh.write(json.dumps({"user": r["user"], "item": r["item"], **{f: r[f] for f in SHIPPED_FIELDS},
+                                     "context": context}) + "\n")
+    return len(new)
+
+
+def obtain_negatives(data, llm: str, pairs: pd.DataFrame, builder: PromptBuilder, split_seed: int,
+                     chunk: int = 32) -> dict:
+    """The negatives of `pairs` in artifacts' negatives.jsonl: shipped ones whose prompts match are copied there,
+    else the missing pairs are generated (LLM cache, then the model). Returns the generation counts."""
+    backend = make_backend(llm)
+    folder = sns_dir(data.name, llm, split_id_of(data))
+    found = lookup_shipped(data, backend, llm, builder, pairs, split_seed)
+    if found.shipped is not None:
+        copied = copy_into_cache(found.rows, folder, builder.tag)
+        outputs.report(SHIPPED_KIND, f"{found.shipped.line(len(found.rows))}; {copied} records copied into "
+                                     f"{folder / 'negatives.jsonl'}")
+        return {"requested": len(pairs), "already_done": len(pairs), "generated": 0, "from_llm_cache": 0,
+                "shipped": len(found.rows), "backend": found.shipped.manifest["key"]["model"],
+                "made_with": found.shipped.made_with, "seconds": None, "prompts_per_s": None, "tokens_per_s": None}
+    gen = generate_negatives(data, backend, pairs, builder, folder, chunk=chunk)
+    outputs.report(SHIPPED_KIND, f"{gen['already_done']} already in {folder / 'negatives.jsonl'}, "
+                                 f"{gen['from_llm_cache']} from the LLM cache, generated "
+                                 f"{gen['generated'] - gen['from_llm_cache']} ({found.reason})")
+    return {**gen, "backend": backend.identity, "shipped": 0,
+            **{k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")}}
+
+
+def records_to_ship(data, llm: str, builder: PromptBuilder, pairs: pd.DataFrame) -> tuple[list[dict], Path]:
+    """The generated records of `pairs` in artifacts/ as they ship (with their prompt hashes; fewer than the
+    pairs while generation is incomplete), and the file they come from."""
+    path = sns_dir(data.name, llm, split_id_of(data)) / "negatives.jsonl"
+    done = pairs.merge(read_negatives(path, builder.tag), on=["user", "item"])
+    shas = prompt_hashes(builder, pairs)
+    return [{"user": int(r.user), "item": int(r.item), **{f: plain(getattr(r, f)) for f in SHIPPED_FIELDS},
+             "prompt_sha": shas[(int(r.user), int(r.item))]} for r in done.itertuples()], path
+
+
+def plain(value):
+    """numpy scalars and NaN (pandas' missing values) as JSON values."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def parse_tag(tag: str) -> tuple[str, str, str]:
+    """(context, profiles LLM or "", decoding) of a PromptBuilder.tag
+    "<history | profile:<llm>>|<template>-<prompt hash>|<greedy | sample-...>"."""
+    parts = tag.split("|")
+    context, _, profiles_llm = parts[0].partition(":")
+    return context, profiles_llm, parts[-1]
+
+
+def shipped_builder(data, key: dict) -> PromptBuilder:
+    """The PromptBuilder that made shipped negatives of key `key` (its context tag and prompt seed)."""
+    context, profiles_llm, _ = parse_tag(key["context"])
+    return PromptBuilder(data, context, profiles_llm or None, seed=key.get("prompt_seed", 0))
 
 
 # ---------------------------------------------------------------- candidate-list variant
