@@ -313,7 +313,7 @@ def test_every_llm_output_of_notebook_11_ships_so_its_stage_makes_nothing(data, 
     pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
     for llm in conf["llms"]:   # fail fast here rather than generate for minutes below
         builder = sns.PromptBuilder(data, conf["context"], llm)
-        found = sns.lookup_shipped(data, make_backend(llm, progress=False), llm, builder, pairs, conf["split_seed"])
+        found = sns.lookup_shipped(data, llm, builder, pairs, conf["split_seed"])
         assert found.shipped is not None, found.reason
         for s in conf["signals"]:
             found = banks.lookup_shipped(data, pipeline.hnlmrec_config(llm, s, conf["hnlmrec"]), conf["split_seed"])

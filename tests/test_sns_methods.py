@@ -27,13 +27,15 @@ def artefacts(tmp_path_factory):
     data = load_dataset("ml-100k", seed=0)
     pairs = sns.select_pairs(data, Budget(1), seed=0)
     out = sns.sns_dir(data.name, "test-llm", "0")
+    builder = sns.PromptBuilder(data, "profile", "test-llm")   # as `hnlm sns` tags records (no profile is read)
     with (out / "negatives.jsonl").open("w") as fh:
         for n, (u, i) in enumerate(zip(pairs["user"], pairs["item"])):
             ok = n % 10 != 9  # every tenth answer invalid, as an LLM might produce
             fh.write(json.dumps({"user": int(u), "item": int(i), "ok": ok, "text": TEXTS[n % 4] if ok else None,
                                  "reasoning": "r" if ok else None, "reason": None if ok else "invalid json",
-                                 "words": 6, "truncated": False}) + "\n")
-    built = sns.build_artifacts(data, "test-llm", Budget(1), get_text_encoder("minilm"), pool=10)
+                                 "words": 6, "truncated": False, "context": builder.tag}) + "\n")
+    built = sns.build_artifacts(data, "test-llm", Budget(1), get_text_encoder("minilm"), pool=10,
+                                extra_meta={"context_tag": builder.tag}, context=builder.tag)
     yield root, built
     mp.undo()
 

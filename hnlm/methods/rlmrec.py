@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from hnlm.cf.samplers import RNS
 from hnlm.methods import Method, register
+from hnlm.semantic.resources import rlmrec_text
 from hnlm.semantic.rlmrec import RLMRecConfig, RLMRecExtension
 
 
@@ -16,11 +17,11 @@ class RLMRecSettings(RLMRecConfig):
 
 
 def build(data, settings, resources, seed):
-    users, items = resources[f"rlmrec_text:{settings.text}"]
+    users, items = resources[rlmrec_text(settings.text)]
     config = RLMRecConfig(weight=settings.weight, tau=settings.tau, hidden=settings.hidden,
                           max_anchors=settings.max_anchors)
     return RNS(), RLMRecExtension(users, items, config, source=settings.text, seed=seed)
 
 
 register(Method("rlmrec-con", "RLMRec-Con baseline: profile text embeddings aligned with CF by InfoNCE",
-                RLMRecSettings, build, lambda s: (f"rlmrec_text:{s.text}",), family="llm"))
+                RLMRecSettings, build, lambda s: (rlmrec_text(s.text),), family="llm"))

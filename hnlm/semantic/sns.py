@@ -38,6 +38,7 @@ import pandas as pd
 
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.backends import make_backend
+from hnlm.llm.encoders import get_text_encoder
 from hnlm.llm.structured import field_budgets
 from hnlm.paths import artifacts_dir
 from hnlm.semantic import outputs
@@ -104,12 +105,10 @@ class PromptBuilder:
         self.context = context
         self.template = template_path(self.template_prefix, data.name)
         self.system, self.user_template = chat_template(self.template)
-        self.item_profiles: dict[int, str] = {}
-        self.user_profiles: dict[int, str] = {}
-        if context == "profile":
-            self.item_profiles, self.user_profiles = profiles_of(data, profiles_llm)
-        elif context != "history":
+        if context not in ("profile", "history"):
             raise UserFacingError(f"unknown SNS context {context!r}: use 'profile' or 'history'")
+        self.profiles_llm = profiles_llm
+        self._profiles: tuple[dict[int, str], dict[int, str]] | None = None if context == "profile" else ({}, {})
         self.seed = seed
         self.items_without_profile: set[int] = set()
         # Stored with every record: negatives made from another context, prompt or decoding are never reused.
@@ -117,6 +116,20 @@ class PromptBuilder:
         prompt = json.dumps([self.system, self.user_template, self.json_schema()])
         prompt = hashlib.sha256(prompt.encode()).hexdigest()[:8]
         self.tag = f"{base}|{self.template_prefix}-{prompt}|{decoding}"
+
+    @property
+    def item_profiles(self) -> dict[int, str]:
+        """Module-1 item profiles by id (read on first use: the tag and the slot need none)."""
+        return self._loaded_profiles()[0]
+
+    @property
+    def user_profiles(self) -> dict[int, str]:
+        return self._loaded_profiles()[1]
+
+    def _loaded_profiles(self) -> tuple[dict[int, str], dict[int, str]]:
+        if self._profiles is None:
+            self._profiles = profiles_of(self.data, self.profiles_llm)
+        return self._profiles
 
     def user_text(self, user: int) -> str:
         if self.context == "profile":
@@ -345,8 +358,10 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, pair_seed: int = 0,
     """Embed, ground and measure the negatives of a budget; write bank / grounded / quality / meta."""
     out = sns_dir(data.name, llm, split_id_of(data))
     pairs = select_pairs(data, budget, pair_seed)
+    command = f"hnlm sns --dataset {data.name} --llm {llm} --pair-seed {pair_seed}" + (
+        f" --context {parse_tag(context)[0]}" if context else "")
     rec, ok, missing = generated_records(data, llm, budget, pair_seed, read_negatives(out / "negatives.jsonl", context),
-                                         allow_missing, "hnlm sns")
+                                         allow_missing, command)
     neg_emb = encoder.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, encoder.dim), np.float32)
     item_emb = item_embeddings(data, encoder)
     nearest, sim, top, nearest_any = ground(neg_emb, ok["user"].to_numpy(int), item_emb, data, pool)
@@ -434,14 +449,17 @@ def prompt_hashes(builder: PromptBuilder, pairs: pd.DataFrame) -> dict:
             for u, i in zip(pairs["user"], pairs["item"])}
 
 
-def lookup_shipped(data, backend, llm: str, builder: PromptBuilder, pairs: pd.DataFrame,
-                   split_seed: int) -> outputs.Lookup:
+def lookup_shipped(data, llm: str, builder: PromptBuilder, pairs: pd.DataFrame, split_seed: int,
+                   backend=None) -> outputs.Lookup:
+    """The shipped negatives of `pairs` made with these prompts and settings (`backend`: the one that would make
+    them, default `llm`'s; made only when something is shipped in the slot)."""
     slot = shipped_slot(builder, split_id_of(data))
     none = outputs.not_shipped(SHIPPED_KIND, data.name, llm, slot)
     if none is not None:
         return none
-    return outputs.lookup(SHIPPED_KIND, data.name, llm, slot, shipped_key(data, backend, builder, split_seed),
-                          prompt_hashes(builder, pairs), id_fields=("user", "item"))
+    key = shipped_key(data, backend or make_backend(llm, progress=False), builder, split_seed)
+    return outputs.lookup(SHIPPED_KIND, data.name, llm, slot, key, prompt_hashes(builder, pairs),
+                          id_fields=("user", "item"))
 
 
 def copy_into_cache(rows: list[dict], folder: Path, context: str) -> int:
@@ -464,7 +482,7 @@ def obtain_negatives(data, llm: str, pairs: pd.DataFrame, builder: PromptBuilder
     else the missing pairs are generated (LLM cache, then the model). Returns the generation counts."""
     backend = make_backend(llm)
     folder = sns_dir(data.name, llm, split_id_of(data))
-    found = lookup_shipped(data, backend, llm, builder, pairs, split_seed)
+    found = lookup_shipped(data, llm, builder, pairs, split_seed, backend)
     if found.shipped is not None:
         copied = copy_into_cache(found.rows, folder, builder.tag)
         outputs.report(SHIPPED_KIND, f"{found.shipped.line(len(found.rows))}; {copied} records copied into "
@@ -478,6 +496,28 @@ def obtain_negatives(data, llm: str, pairs: pd.DataFrame, builder: PromptBuilder
                                  f"{gen['generated'] - gen['from_llm_cache']} ({found.reason})")
     return {**gen, "backend": backend.identity, "shipped": 0,
             **{k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")}}
+
+
+def obtain_built(data, llm: str, budget: Budget, context: str = "profile", pair_seed: int = 0,
+                 encoder: str = "minilm", pool: int = 20) -> None:
+    """Make sure module 2's bank, grounding and quality of these settings are in artifacts/, without an LLM:
+    shipped negatives whose prompts match are copied into negatives.jsonl (then the bank is built from them);
+    else a bank built there with this context and pair seed is kept; else it is built from the records there,
+    and missing pairs are an error naming the `hnlm sns` that generates them."""
+    builder = PromptBuilder(data, context, llm, seed=pair_seed)
+    folder = sns_dir(data.name, llm, split_id_of(data))
+    pairs = select_pairs(data, budget, pair_seed)
+    found = lookup_shipped(data, llm, builder, pairs, split_seed_of(data))
+    copied = copy_into_cache(found.rows, folder, builder.tag) if found.shipped is not None else 0
+    meta_path = folder / f"meta_{budget.tag}.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if not copied and (meta.get("context_tag"), meta.get("pair_seed")) == (builder.tag, pair_seed):
+        outputs.report(SHIPPED_KIND, f"bank built in {folder} ({found.reason})")
+        return
+    where = found.shipped.line(len(found.rows)) if found.shipped is not None else str(folder / "negatives.jsonl")
+    outputs.report(SHIPPED_KIND, f"building the bank from {where} ({found.reason})")
+    build_artifacts(data, llm, budget, get_text_encoder(encoder), pair_seed, pool, extra_meta=builder.describe(),
+                    context=builder.tag)
 
 
 def records_to_ship(data, llm: str, builder: PromptBuilder, pairs: pd.DataFrame) -> tuple[list[dict], Path]:

@@ -27,8 +27,7 @@ from hnlm.semantic.hnlmrec.banks import obtain_bank
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig
 from hnlm.semantic.hnlmrec.transfer import obtain_transfer
-from hnlm.semantic.resources import Resources, provide_teachers
-from hnlm.semantic.rlmrec import text_embeddings
+from hnlm.semantic.resources import SNS_BANK, SNS_GROUNDED, Resources, hnlmrec_bank, provide_inputs
 from hnlm.study.experiments import run_grid
 
 
@@ -107,7 +106,7 @@ def llm_size_resources(data, llm: str, conf: dict) -> tuple[Resources, dict]:
     if "sns" in conf["methods"]:
         out = study_sns(data, llm, conf["limit_users"], conf["split_seed"], context=conf["context"],
                         official=False)
-        resources.provide("sns_bank", out["bank"])
+        resources.provide(SNS_BANK, out["bank"])
         q = out["quality"]
         info.update({"sns_valid_json_rate": q["valid_json_rate"], "sns_distinct_texts": q["distinct_texts_share"],
                      "sns_false_hard_negatives": q["false_hard_negative_share"],
@@ -115,7 +114,7 @@ def llm_size_resources(data, llm: str, conf: dict) -> tuple[Resources, dict]:
                      "sns_generated_now": out["generation"]["generated"]})
     finetune = {s: study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"]) for s in conf["signals"]}
     for s, (summary, bank) in finetune.items():
-        resources.provide(f"hnlmrec_bank:{s}", bank)
+        resources.provide(hnlmrec_bank(s), bank)
         info.update({f"{s}_loss_first5": summary["loss_first5_mean"], f"{s}_loss_last5": summary["loss_last5_mean"],
                      f"{s}_pairwise_cosine": mean_pairwise_cosine(bank.emb)})
     return resources, info
@@ -161,22 +160,19 @@ def load_sns(folder: Path):
 
 
 def semantic_resources(folder: Path, data, llm: str) -> Resources:
-    """What LLM-based methods of the CF grid train with: notebook 03's bank and grounding (from the run
-    folder), and RLMRec-Con's text embeddings and the CF teachers' mined negatives (both made only if a
-    method asks for them)."""
+    """What LLM-based methods of the CF grid train with: notebook 03's bank and grounding (from the run folder:
+    a smoke or quick profile's covers its first users only), and the rest from `provide_inputs`, the provider
+    `hnlm train` uses too (RLMRec-Con's text embeddings, the CF teachers' mined negatives: made only if a method
+    asks; module 4's banks: notebooks give those of their profile with `with_hnlmrec_banks`)."""
     bank, grounded = load_sns(folder)
-    res = Resources(sns_bank=bank, sns_grounded=grounded)
-    for source in ("profiles", "metadata"):
-        res.provide(f"rlmrec_text:{source}",
-                    loader=lambda s=source: text_embeddings(data, s, get_text_encoder("minilm"), llm))
-    return provide_teachers(res, data)
+    return provide_inputs(data, llm).provide(SNS_BANK, bank).provide(SNS_GROUNDED, grounded)
 
 
 def with_hnlmrec_banks(resources: Resources | None, banks: dict) -> Resources:
-    """`resources` plus module 4's emitted-vector banks by CF signal (resource "hnlmrec_bank:<signal>")."""
+    """`resources` plus module 4's emitted-vector banks by CF signal (input `hnlmrec_bank(signal)`)."""
     res = resources if resources is not None else Resources()
     for signal, bank in banks.items():
-        res.provide(f"hnlmrec_bank:{signal}", bank)
+        res.provide(hnlmrec_bank(signal), bank)
     return res
 
 

@@ -106,7 +106,7 @@ def publish_sns(data, llm, profile, conf, info, root) -> str:
     pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
     builder = sns.PromptBuilder(data, conf["context"], llm, seed=0)
     backend = make_backend(llm, progress=False)
-    found = sns.lookup_shipped(data, backend, llm, builder, pairs, conf["split_seed"])
+    found = sns.lookup_shipped(data, llm, builder, pairs, conf["split_seed"], backend)
     if found.shipped is not None:
         return f"sns-negatives: already {found.shipped.line()}"
     rows, path = sns.records_to_ship(data, llm, builder, pairs)

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from hnlm.errors import MissingInputError
 from hnlm.llm.models import weights_identity
 from hnlm.semantic import outputs
 from hnlm.semantic.bank import NegativeBank
@@ -25,9 +26,12 @@ from hnlm.semantic.hnlmrec.run import (
     TeacherConfig,
     bank_tag,
     embed_bank,
+    finetune_command,
+    finished_summary,
     load_bank,
     loss_history,
     run_finetune,
+    run_folder,
 )
 
 SHIPPED_KIND = "hnlmrec-bank"
@@ -84,11 +88,11 @@ def bank_meta(cfg: RunConfig) -> dict:
             "infer_users": cfg.infer_users}
 
 
-def obtain_bank(data, cfg: RunConfig, split_seed: int) -> tuple[dict, NegativeBank]:
+def obtain_bank(data, cfg: RunConfig, split_seed: int, fine_tune: bool = True) -> tuple[dict, NegativeBank]:
     """The shipped bank of these settings when there is one; else, when the run is not here but its adapter is
-    shipped (the bank's queries changed), the bank embedded again with that adapter; else fine-tune (resumable; a
-    finished run with the same settings is reused by module 4's own cache of checkpoints and banks); returns
-    (summary with its "loss_history", NegativeBank of emitted embeddings)."""
+    shipped (the bank's queries changed), the bank embedded again with that adapter; else the finished run of
+    these settings in artifacts/, or, with `fine_tune`, a fine-tune (resumable), else an error naming the
+    `hnlm finetune` that makes it. Returns (summary with its "loss_history", NegativeBank of emitted vectors)."""
     ft = cfg.finetune
     found = lookup_shipped(data, cfg, split_seed)
     stage = f"{SHIPPED_KIND} {ft.cf_signal}"
@@ -103,8 +107,15 @@ def obtain_bank(data, cfg: RunConfig, split_seed: int) -> tuple[dict, NegativeBa
         outputs.report(stage, f"embedded with the shipped adapter in {path} ({found.reason})")
         summary = {**adapter.bank.manifest["summary"], "folder": str(path.parent), "bank": str(path),
                    "shipped": False, "adapter_from": "shipped"}
-        return summary, run_bank(data, cfg, path.parent.name)
-    summary = run_finetune(data, cfg)
+        return summary, run_bank(data, cfg, path.parent)
+    if fine_tune:
+        summary = run_finetune(data, cfg)
+    else:
+        summary = finished_summary(data, run_folder(data.name, cfg, split_id_of(data)), cfg)
+        if summary is None:
+            command = finetune_command(data, ft.llm, ft.cf_signal, ft.budget, cfg.infer_budget, cfg.infer_users)
+            raise MissingInputError(f"no {ft.cf_signal} bank of these settings is shipped or in artifacts/ "
+                                    f"({found.reason}): run `{command}` first (30-60 min on a CPU)")
     outputs.report(stage, f"{'cached' if summary.get('finetune_reused') else 'fine-tuned'} in {summary['folder']} "
                           f"({found.reason})")
     folder = summary["folder"]
