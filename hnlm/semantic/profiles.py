@@ -29,18 +29,8 @@ from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.backends import make_backend
 from hnlm.llm.structured import field_budgets
 from hnlm.paths import artifacts_dir
-from hnlm.semantic import outputs
-from hnlm.semantic.common import (
-    chat_template,
-    cut_words,
-    safe_name,
-    split_id_of,
-    split_options,
-    split_seed_of,
-    template_path,
-    title_of,
-    train_fingerprint,
-)
+from hnlm.semantic import common, outputs
+from hnlm.semantic.common import cut_words, split_id_of, split_options, split_seed_of, title_of
 
 SUMMARY_WORDS = 100
 REASONING_WORDS = 60
@@ -68,7 +58,7 @@ def profile_schema(summary_tokens: int = SUMMARY_TOKENS, reasoning_tokens: int =
 
 def profile_template(kind: str, dataset: str) -> Path:
     """The template of `kind` ("item" or "user") profiles of `dataset` (common.template_path's rule)."""
-    return template_path(f"profile_{kind}", dataset)
+    return common.template_path(f"profile_{kind}", dataset)
 
 
 class ProfilePrompts:
@@ -78,7 +68,7 @@ class ProfilePrompts:
     def __init__(self, data, split_seed: int = 0, item_profiles: dict[int, str] | None = None):
         self.data, self.split_seed = data, split_seed
         self.item_profiles = item_profiles or {}
-        self.templates = {k: chat_template(profile_template(k, data.name)) for k in ("item", "user")}
+        self.templates = {k: common.chat_template(profile_template(k, data.name)) for k in ("item", "user")}
         reviews = data.train_reviews()
         self._item_reviews = reviews.sort_values(["item", "user"]).groupby("item")["review"].apply(list) \
             if len(reviews) else pd.Series(dtype=object)
@@ -169,7 +159,7 @@ def generate_profiles(data, backend, kind: str = "item", limit: int | None = Non
 
 
 def profiles_dir(dataset: str, llm: str) -> Path:
-    return artifacts_dir(dataset, "profiles", safe_name(llm))
+    return artifacts_dir(dataset, "profiles", common.safe_name(llm))
 
 
 def profiles_path(dataset: str, llm: str, kind: str, split_id: str) -> Path:
@@ -239,7 +229,7 @@ def shipped_key(data, backend, kind: str, split_seed: int, schema: dict | None =
     _, total = field_budgets(schema, max_new_tokens)
     return {"model": backend.weights_identity, "schema": schema, "decoding": backend.decoding(total),
             "templates": outputs.template_hashes([profile_template(kind, data.name)]),
-            "split": train_fingerprint(data), "split_seed": split_seed}
+            "split": common.train_fingerprint(data), "split_seed": split_seed}
 
 
 def prompt_hashes(data, kind: str, ids, split_seed: int, item_profiles: dict[int, str] | None = None) -> dict:
