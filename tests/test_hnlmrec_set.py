@@ -149,11 +149,11 @@ def test_a_finished_run_is_refused_for_another_split(data, tmp_path, monkeypatch
     cfg = RunConfig()
     summary = {"steps": cfg.finetune.max_steps, "teacher": {"train_fingerprint": train_fingerprint(data)}}
     (folder / "summary.json").write_text(json.dumps(summary))
-    args = ("smollm2-135m", "text", "per-user:1", "per-user:1")
+    args = ("smollm2-135m", "text", "per-user:1", "per-user:1", "run-abc")
     assert len(load_bank(data, *args)) == 1 and finished_summary(data, folder, cfg)["finetune_reused"]
 
     temporal = load_dataset("ml-100k", seed=0, split="temporal")
-    with pytest.raises(MissingInputError, match=r"split-0-temporal/run-<hash>/bank_per-user-1.npz is missing: run "
+    with pytest.raises(MissingInputError, match=r"split-0-temporal/run-abc/bank_per-user-1.npz is missing: run "
                                                 r"`hnlm finetune .*--split-seed 0 --split temporal` first"):
         load_bank(temporal, *args)
     other = dataclasses.replace(data, train=data.train[::-1].tocsr())  # same split id, other training pairs

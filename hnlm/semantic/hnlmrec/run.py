@@ -364,18 +364,13 @@ def read_bank(data, folder: Path, tag: str, source: str, meta: dict, regenerate:
                                             "run": folder.name})
 
 
-def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str, run: str | None = None,
+def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str, run: str,
               infer_users: int | None = None) -> NegativeBank:
-    """The emitted embeddings of a finished run on `data`'s split, for module 3's AlignmentExtension.
-
-    `run` names the settings hash (run-<hash>); without it the most recently finished run of these
-    (llm, signal, budget, split) is used, and its folder name is recorded in the bank's meta."""
+    """The emitted embeddings of the finished run `run` (its settings hash, run-<hash>) on `data`'s split, for
+    module 3's AlignmentExtension; its folder name is recorded in the bank's meta."""
     parent = run_dir(data.name, llm, cf_signal, budget, split_id_of(data))
     tag = bank_tag(infer_budget, infer_users)
-    done = sorted(parent.glob(f"run-*/bank_{tag}.json"), key=lambda p: p.stat().st_mtime)
-    if run is not None:
-        done = [p for p in done if p.parent.name in (run, f"run-{run}")]
-    folder = done[-1].parent if done else parent / (f"run-{run}" if run else "run-<hash>")
+    folder = parent / (run if run.startswith("run-") else f"run-{run}")
     command = finetune_command(data, llm, cf_signal, budget, infer_budget, infer_users)
     if not (folder / f"bank_{tag}.npz").exists() or not (folder / f"bank_{tag}.json").exists():
         raise MissingInputError(f"{folder / f'bank_{tag}.npz'} is missing: run `{command}` first")
