@@ -252,3 +252,15 @@ def test_teacher_negatives_use_the_table_for_their_share(data, resources):
     shuffled, _ = spec("teacher-negatives-shuffled", share=1.0).build(data, resources, seed=0)
     items = shuffled.sample(users, pos, model, ctx_for(data, model)).items.numpy()
     assert (items != table.neg).mean() > 0.9
+
+
+def test_inputs_are_typed_and_keep_the_names_stored_run_keys_record():
+    from hnlm.semantic.resources import Need
+    assert [str(n) for n in (SNS_BANK, hnlmrec_bank("soft"), teacher("mf"))] == ["sns_bank", "hnlmrec_bank:soft",
+                                                                                  "teacher:mf"]
+    with pytest.raises(ValueError, match="unknown input kind 'sns_bnk'"):
+        Need("sns_bnk")
+    with pytest.raises(ValueError, match="input hnlmrec_bank takes one of text, soft, none, not 'txt'"):
+        hnlmrec_bank("txt")
+    with pytest.raises(TypeError, match="inputs are keyed by Need"):
+        Resources().provide("sns_bank", 1)
