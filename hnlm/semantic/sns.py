@@ -337,6 +337,19 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray,
     }
 
 
+def embed_and_ground(data, ok: pd.DataFrame, encoder, pool: int, seed: int) -> tuple[np.ndarray, pd.DataFrame, dict]:
+    """Valid records `ok` embedded, grounded to their nearest catalogue items (the user's training items excluded)
+    and measured: (their vectors, the grounded frame: user, item, text, nearest, similarity, pool; `quality`)."""
+    neg_emb = encoder.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, encoder.dim), np.float32)
+    item_emb = item_embeddings(data, encoder)
+    nearest, sim, top, nearest_any = ground(neg_emb, ok["user"].to_numpy(int), item_emb, data, pool)
+    q = quality(data, ok, neg_emb, short_embeddings(data, encoder), nearest, nearest_any, top, seed=seed)
+    grounded = pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "text": ok["text"],
+                             "nearest": nearest.astype(int), "similarity": sim.astype(float),
+                             "pool": [list(map(int, p)) for p in top]})
+    return neg_emb, grounded, q
+
+
 def generated_records(data, llm: str, budget: Budget, pair_seed: int, records: pd.DataFrame, allow_missing: bool,
                       command: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(every generated record of the budget's pairs, the valid ones, pairs never generated). Missing pairs
@@ -362,10 +375,7 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, pair_seed: int = 0,
         f" --context {parse_tag(context)[0]}" if context else "")
     rec, ok, missing = generated_records(data, llm, budget, pair_seed, read_negatives(out / "negatives.jsonl", context),
                                          allow_missing, command)
-    neg_emb = encoder.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, encoder.dim), np.float32)
-    item_emb = item_embeddings(data, encoder)
-    nearest, sim, top, nearest_any = ground(neg_emb, ok["user"].to_numpy(int), item_emb, data, pool)
-    q = quality(data, ok, neg_emb, short_embeddings(data, encoder), nearest, nearest_any, top, seed=pair_seed)
+    neg_emb, grounded, q = embed_and_ground(data, ok, encoder, pool, pair_seed)
     q.update({"budget_pairs": int(len(pairs)), "not_generated": missing,
               "coverage_users": int(ok["user"].nunique()) / data.n_users,
               "requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
@@ -374,9 +384,7 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, pair_seed: int = 0,
     tag = budget.tag
     NegativeBank(neg_emb, ok["user"].to_numpy(np.int64), ok["item"].to_numpy(np.int64),
                  source=f"sns:{llm}:{budget.spec}").save(out / f"bank_{tag}.npz")
-    pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "text": ok["text"],
-                  "nearest": nearest.astype(int), "similarity": sim.astype(float),
-                  "pool": [list(map(int, p)) for p in top]}).to_parquet(out / f"grounded_{tag}.parquet")
+    grounded.to_parquet(out / f"grounded_{tag}.parquet")
     meta = {"dataset": data.name, "llm": llm, "budget": budget.spec, "pair_seed": pair_seed,
             "split_seed": split_seed_of(data), "train_fingerprint": train_fingerprint(data),
             "encoder": getattr(encoder, "identity", type(encoder).__name__), "grounding_pool": pool,

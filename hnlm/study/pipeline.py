@@ -69,20 +69,13 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
     rec = pairs.merge(sns.read_negatives(folder / "negatives.jsonl", builder.tag), on=["user", "item"],
                       how="left")
     ok = rec[rec["ok"].fillna(False).astype(bool)].reset_index(drop=True)
-    neg_emb = enc.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, enc.dim), np.float32)
-    item_emb = sns.item_embeddings(data, enc)
-    users = ok["user"].to_numpy(int)
-    nearest, sim, top, nearest_any = sns.ground(neg_emb, users, item_emb, data, pool)
-    quality = sns.quality(data, ok, neg_emb, sns.short_embeddings(data, enc), nearest, nearest_any, top,
-                          seed=pair_seed)
+    neg_emb, grounded, quality = sns.embed_and_ground(data, ok, enc, pool, pair_seed)
     quality.update({"requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
                     "invalid": int(len(rec) - len(ok))})
     covered = "all-users" if limit_users is None else f"first-{limit_users}-users"
-    bank = NegativeBank(neg_emb, users, ok["item"].to_numpy(int), source=f"sns:{llm}:{builder.tag}:{covered}",
+    bank = NegativeBank(neg_emb, ok["user"].to_numpy(int), ok["item"].to_numpy(int),
+                        source=f"sns:{llm}:{builder.tag}:{covered}",
                         meta={"budget": f"per-user:1, {covered}", "llm": llm, "encoder": enc.identity})
-    grounded = pd.DataFrame({"user": users, "item": ok["item"].astype(int), "text": ok["text"],
-                             "nearest": nearest.astype(int), "similarity": sim.astype(float),
-                             "pool": [list(map(int, p)) for p in top]})
     return {"generation": gen, "quality": quality, "records": rec, "bank": bank, "grounded": grounded}
 
 
