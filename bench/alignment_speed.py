@@ -17,15 +17,15 @@ import torch
 
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.methods import variant
-from hnlm.semantic.resources import saved_resources
+from hnlm.semantic.resources import provide_inputs
 
 SETTINGS = dict(model="lightgcn", dim=64, layers=3, batch_size=8192, lr=2e-2, l2=1e-4, loss="bpr",
                 eval_every=1, metric="recall@20", ks=[20], patience=100)
 
 
 def resources(data, methods):
-    """The study's qwen2.5-0.5b outputs for `data`'s split (loaded only for the methods that need them)."""
-    return saved_resources(data, "qwen2.5-0.5b")
+    """The qwen2.5-0.5b outputs for `data`'s split, shipped or in artifacts/ (loaded for the methods that need them)."""
+    return provide_inputs(data, "qwen2.5-0.5b")
 
 
 def run(data, method, epochs, res, seed=0, max_anchors=0):

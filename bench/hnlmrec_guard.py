@@ -9,8 +9,8 @@ import argparse
 import numpy as np
 
 from hnlm.data import load_dataset
-from hnlm.semantic.hnlmrec.pipeline import TeacherConfig, train_teacher
 from hnlm.semantic.hnlmrec.queries import MiningConfig, mine_hard_negatives
+from hnlm.semantic.hnlmrec.run import TeacherConfig, train_teacher
 from hnlm.semantic.sns import Budget, select_pairs
 
 

@@ -24,7 +24,7 @@ from hypothesis import settings
 from hnlm.data import load_dataset
 from hnlm.paths import PROJECT_ROOT
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, run_finetune
+from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, run_finetune
 
 settings.register_profile("hnlm", database=None, deadline=None, print_blob=True)
 settings.load_profile("hnlm")

@@ -402,6 +402,7 @@ def test_cf_runs_share_a_cache_entry_exactly_when_their_own_inputs_match():
     from hnlm.data import load_dataset
     from hnlm.methods import variant
     from hnlm.semantic.bank import NegativeBank
+    from hnlm.semantic.resources import SNS_BANK
     from hnlm.study.experiments import RunSpec, train_config
     from hnlm.study.pipeline import with_hnlmrec_banks
 
@@ -411,8 +412,8 @@ def test_cf_runs_share_a_cache_entry_exactly_when_their_own_inputs_match():
 
     data = load_dataset("ml-100k", seed=0)
     config = train_config("lightgcn", 0, {"epochs": 3})
-    a = with_hnlmrec_banks(None, {"text": bank(0)}).provide("sns_bank", bank(5))
-    b = with_hnlmrec_banks(None, {"text": bank(1)}).provide("sns_bank", bank(5))
+    a = with_hnlmrec_banks(None, {"text": bank(0)}).provide(SNS_BANK, bank(5))
+    b = with_hnlmrec_banks(None, {"text": bank(1)}).provide(SNS_BANK, bank(5))
 
     def key(method, res, **overrides):
         return RunSpec("lightgcn", variant(method, **overrides), 0).key(data, config, res)

@@ -92,7 +92,7 @@ def test_contrastive_loss_hand_computed():
 @pytest.mark.slow
 def test_teacher_ignores_validation(data):
     """The teacher trains a fixed number of epochs: valid/test contents do not change it."""
-    from hnlm.semantic.hnlmrec.pipeline import TeacherConfig, train_teacher
+    from hnlm.semantic.hnlmrec.run import TeacherConfig, train_teacher
     cfg = TeacherConfig(model="mf", epochs=1)
     a = train_teacher(data, cfg)
     b = train_teacher(without_heldout(data), cfg)
@@ -102,19 +102,20 @@ def test_teacher_ignores_validation(data):
 
 
 def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
-    """`hnlm train --sampler hnlmrec` finds the run's bank (fingerprinted) and wraps it in module 3."""
+    """`hnlm train --sampler hnlmrec --hnlmrec-run run-abc` finds that run's bank (fingerprinted) and wraps it in
+    module 3; without a run of the asked settings, the error names the fine-tune."""
     import json
 
     from hnlm.errors import MissingInputError
     from hnlm.methods import variant
     from hnlm.semantic.alignment import AlignmentExtension
     from hnlm.semantic.common import train_fingerprint
-    from hnlm.semantic.hnlmrec.pipeline import run_dir
-    from hnlm.semantic.resources import saved_resources
+    from hnlm.semantic.hnlmrec.run import run_dir
+    from hnlm.semantic.resources import provide_inputs
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
     method = variant("hnlmrec")
     with pytest.raises(MissingInputError, match="hnlm finetune"):
-        method.build(data, saved_resources(data, "smollm2-135m"), 0)
+        method.build(data, provide_inputs(data, "smollm2-135m"), 0)
     folder = run_dir(data.name, "smollm2-135m", "text", "per-user:1", "0") / "run-abc"
     folder.mkdir()
     users = np.arange(data.n_users)
@@ -123,7 +124,7 @@ def test_train_method_reads_the_emitted_bank(data, tmp_path, monkeypatch):
     np.savez(folder / "bank_per-user-1.npz", users=users, items=items, emb=emb)
     (folder / "bank_per-user-1.json").write_text(json.dumps(
         {"adapter": "x", "train_fingerprint": train_fingerprint(data)}))
-    sampler, ext = method.build(data, saved_resources(data, "smollm2-135m"), 0)
+    sampler, ext = method.build(data, provide_inputs(data, "smollm2-135m", hnlmrec_run="run-abc"), 0)
     assert isinstance(ext, AlignmentExtension) and sampler is not None
     np.testing.assert_array_equal(ext.bank.emb, emb)
     assert ext.bank.source == "hnlmrec:smollm2-135m:text" and ext.bank.meta["run"] == "run-abc"
@@ -138,7 +139,7 @@ def test_a_finished_run_is_refused_for_another_split(data, tmp_path, monkeypatch
 
     from hnlm.errors import MissingInputError
     from hnlm.semantic.common import OtherSplitError, train_fingerprint
-    from hnlm.semantic.hnlmrec.pipeline import RunConfig, finished_summary, load_bank, run_dir
+    from hnlm.semantic.hnlmrec.run import RunConfig, finished_summary, load_bank, run_dir
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path))
     folder = run_dir(data.name, "smollm2-135m", "text", "per-user:1", "0") / "run-abc"
     assert folder == tmp_path / "ml-100k/hnlmrec/smollm2-135m-text-per-user-1/split-0/run-abc"
@@ -149,11 +150,11 @@ def test_a_finished_run_is_refused_for_another_split(data, tmp_path, monkeypatch
     cfg = RunConfig()
     summary = {"steps": cfg.finetune.max_steps, "teacher": {"train_fingerprint": train_fingerprint(data)}}
     (folder / "summary.json").write_text(json.dumps(summary))
-    args = ("smollm2-135m", "text", "per-user:1", "per-user:1")
+    args = ("smollm2-135m", "text", "per-user:1", "per-user:1", "run-abc")
     assert len(load_bank(data, *args)) == 1 and finished_summary(data, folder, cfg)["finetune_reused"]
 
     temporal = load_dataset("ml-100k", seed=0, split="temporal")
-    with pytest.raises(MissingInputError, match=r"split-0-temporal/run-<hash>/bank_per-user-1.npz is missing: run "
+    with pytest.raises(MissingInputError, match=r"split-0-temporal/run-abc/bank_per-user-1.npz is missing: run "
                                                 r"`hnlm finetune .*--split-seed 0 --split temporal` first"):
         load_bank(temporal, *args)
     other = dataclasses.replace(data, train=data.train[::-1].tocsr())  # same split id, other training pairs
@@ -163,6 +164,36 @@ def test_a_finished_run_is_refused_for_another_split(data, tmp_path, monkeypatch
         load_bank(other, *args)
     with pytest.raises(OtherSplitError, match=re.escape(f"{folder / 'summary.json'} was made from another")):
         finished_summary(other, folder, cfg)
+
+
+def test_train_inputs_take_the_run_of_their_settings_not_the_latest(data, tmp_path, monkeypatch):
+    """`hnlm train`'s provider reads module 4's bank from the finished run whose settings are asked for (here
+    `hnlm finetune`'s defaults), not from a newer run with other settings; with none, one line names the
+    fine-tune that makes it."""
+    import json
+
+    from hnlm.errors import MissingInputError
+    from hnlm.semantic.bank import NegativeBank
+    from hnlm.semantic.common import train_fingerprint
+    from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
+    from hnlm.semantic.hnlmrec.run import RunConfig, bank_files, run_folder
+    from hnlm.semantic.resources import hnlmrec_bank, provide_inputs
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    default_steps = FinetuneConfig().max_steps
+    for steps in (default_steps, 3):      # the default settings' run, then a newer run with other settings
+        cfg = RunConfig(finetune=FinetuneConfig(llm="smollm2-135m", max_steps=steps))
+        folder = run_folder(data.name, cfg, "0")
+        npz, meta = bank_files(folder, cfg)
+        NegativeBank(np.full((1, 4), steps, np.float32), [0], [int(data.train_items(0)[0])], "test").save(npz)
+        meta.write_text(json.dumps({"adapter": "x", "train_fingerprint": train_fingerprint(data)}))
+        (folder / "summary.json").write_text(json.dumps({"steps": steps, "teacher": {
+            "train_fingerprint": train_fingerprint(data)}}))
+    inputs = provide_inputs(data, "smollm2-135m")
+    assert inputs[hnlmrec_bank("text")].emb[0, 0] == default_steps
+    with pytest.raises(MissingInputError, match=r"no soft bank of these settings .*run `hnlm finetune --dataset "
+                                                r"ml-100k --llm smollm2-135m --cf-signal soft"):
+        inputs[hnlmrec_bank("soft")]
 
 
 def test_long_queries_lose_the_middle_of_their_user_part_and_are_counted(data):

@@ -10,8 +10,8 @@ import pytest
 from hnlm.data import first_users, load_dataset
 from hnlm.errors import MissingInputError
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, settings_key
 from hnlm.semantic.hnlmrec.queries import QueryBuilder, Teacher, inference_queries
+from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, settings_key
 from hnlm.semantic.sns import Budget, train_fingerprint
 from tests.hnlmrec_helpers import random_teacher
 
@@ -58,7 +58,7 @@ def test_finished_run_is_reused_and_transfers_with_the_targets_own_teacher(data,
     """A finished fine-tuning run reloads without another step; its encoder then emits for ml-1m query
     pairs, whose CF signal comes from a teacher trained on ml-1m's training split; a rerun reuses the bank."""
     from hnlm.semantic.hnlmrec.infer import adapter_fingerprint
-    from hnlm.semantic.hnlmrec.pipeline import run_finetune
+    from hnlm.semantic.hnlmrec.run import run_finetune
     from hnlm.semantic.hnlmrec.transfer import transfer_bank
     target = first_users(load_dataset("ml-1m", seed=0), 40)
     root, cfg, first = finetuned_run.artefacts, finetuned_run.config, finetuned_run.summary

@@ -23,11 +23,11 @@ from hnlm.semantic import profiles as pf
 from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import split_id_of
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, run_dir
+from hnlm.semantic.hnlmrec import banks, transfer
+from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, run_dir
 from hnlm.semantic.hnlmrec.transfer import transfer_dir
-from hnlm.semantic.resources import Resources, teacher_dir, teacher_table
+from hnlm.semantic.resources import SNS_BANK, Resources, hnlmrec_bank, teacher, teacher_dir, teacher_table
 from hnlm.semantic.sns import sns_dir
-from hnlm.study import shipped
 
 NEW = ["sns-dnsmn", "hnlmrec-dnsmn", "dnsmn-guard", "teacher-negatives", "teacher-aligned"]
 ALL_NEW = [f"{m}{s}" for m in NEW for s in ("", "-random", "-shuffled")]
@@ -55,8 +55,8 @@ def resources(data, tmp_path_factory):
     mp.setenv("HNLM_ENCODER_CACHE", str(cache_root("encoders")))
     mp.setenv("HNLM_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
     table = teacher_table(data, config=TeacherConfig(model="mf", epochs=1, dim=8, batch_size=16384))
-    yield Resources(**{"sns_bank": random_bank(data), "hnlmrec_bank:text": random_bank(data, seed=1),
-                       "teacher:mf": table})
+    yield Resources({SNS_BANK: random_bank(data), hnlmrec_bank("text"): random_bank(data, seed=1),
+                     teacher("mf"): table})
     mp.undo()
 
 
@@ -83,8 +83,8 @@ def test_declared_with_their_ablations():
         m = get_method(name)
         assert m.ablation_of == (name.rsplit("-", 1)[0] if name.endswith(("-random", "-shuffled")) else None)
         assert m.family == ("classic" if name.startswith("teacher") else "llm")
-    assert spec("hnlmrec-dnsmn", signal="soft").needs() == ("hnlmrec_bank:soft",)
-    assert spec("teacher-aligned").needs() == ("teacher:mf",)
+    assert spec("hnlmrec-dnsmn", signal="soft").needs() == (hnlmrec_bank("soft"),)
+    assert spec("teacher-aligned").needs() == (teacher("mf"),)
 
 
 @pytest.mark.parametrize("name", ALL_NEW)
@@ -128,7 +128,7 @@ def test_vector_is_mixed_into_dnsmn_pick(data, resources):
     e_pick = ctx.item_emb[items]
     emb = BatchEmb(ctx.user_emb[users], ctx.item_emb[pos], e_pick)
     out, loss = ext.on_batch(Batch(users, pos, items), emb)
-    bank = resources["sns_bank"]
+    bank = resources[SNS_BANK]
     row_of = dict(zip(bank.users.tolist(), range(len(bank))))   # one row per user: the "user" rule is exact
     has = torch.tensor([int(u) in row_of for u in users])
     rows = torch.tensor([row_of[int(u)] for u in users[has]])
@@ -197,13 +197,13 @@ def test_guard_without_weight_is_dnsmn_and_its_ablations_change_the_user_vectors
 
 
 def test_teacher_table_is_made_from_training_data_and_cached(data, resources):
-    table = resources["teacher:mf"]
+    table = resources[teacher("mf")]
     train = data.train.toarray().astype(bool)
     assert train[table.users, table.items].all() and not train[table.users, table.neg].any()
     assert len(table.neg) + table.counts["no_candidate_passed_guard"] == data.train.nnz
     again = teacher_table(data, config=TeacherConfig(model="mf", epochs=1, dim=8, batch_size=16384))
     assert np.array_equal(again.teacher.item_emb, table.teacher.item_emb) and np.array_equal(again.neg, table.neg)
-    assert resources.digest("teacher:mf") == Resources(t=again).digest("t")
+    assert resources.digest(teacher("mf")) == Resources({teacher("lightgcn"): again}).digest(teacher("lightgcn"))
 
 
 def llm_output_names(data, llm: str = "qwen2.5-0.5b") -> list:
@@ -212,7 +212,7 @@ def llm_output_names(data, llm: str = "qwen2.5-0.5b") -> list:
     source_run = run_dir("ml-1m", llm, "text", "per-user:1", split) / "run-x"
     return [pf.profiles_path(data.name, llm, "user", split), sns_dir(data.name, llm, split),
             run_dir(data.name, llm, "text", "per-user:1", split), transfer_dir(data.name, "ml-1m", source_run, split),
-            pf.profiles_slot(split), shipped.hnlmrec_slot(run, split), shipped.transfer_slot("ml-1m", run, split)]
+            pf.profiles_slot(split), banks.shipped_slot(run, split), transfer.transfer_slot("ml-1m", run, split)]
 
 
 def test_a_temporal_split_names_its_artefacts_apart_from_the_random_one():
@@ -236,12 +236,12 @@ def test_a_temporal_split_names_its_artefacts_apart_from_the_random_one():
         "split-0-temporal", "text_per-user-1_per-user-1_split-0-temporal",
         "from-ml-1m_text_per-user-1_per-user-1_split-0-temporal"]
     builder = sns.PromptBuilder(random, "history", "qwen2.5-0.5b")  # its slots: the prompt context, then the split
-    assert re.fullmatch(r"history_sns-[0-9a-f]{8}_greedy_split-0", shipped.sns_slot(builder, split_id_of(random)))
-    assert shipped.sns_slot(builder, split_id_of(temporal)).endswith("_greedy_split-0-temporal")
+    assert re.fullmatch(r"history_sns-[0-9a-f]{8}_greedy_split-0", sns.shipped_slot(builder, split_id_of(random)))
+    assert sns.shipped_slot(builder, split_id_of(temporal)).endswith("_greedy_split-0-temporal")
 
 
 def test_teacher_negatives_use_the_table_for_their_share(data, resources):
-    table = resources["teacher:mf"]
+    table = resources[teacher("mf")]
     torch.manual_seed(0)
     model = build_model("mf", data, 8, 1)
     users, pos = torch.from_numpy(table.users), torch.from_numpy(table.items)
@@ -252,3 +252,15 @@ def test_teacher_negatives_use_the_table_for_their_share(data, resources):
     shuffled, _ = spec("teacher-negatives-shuffled", share=1.0).build(data, resources, seed=0)
     items = shuffled.sample(users, pos, model, ctx_for(data, model)).items.numpy()
     assert (items != table.neg).mean() > 0.9
+
+
+def test_inputs_are_typed_and_keep_the_names_stored_run_keys_record():
+    from hnlm.semantic.resources import Need
+    assert [str(n) for n in (SNS_BANK, hnlmrec_bank("soft"), teacher("mf"))] == ["sns_bank", "hnlmrec_bank:soft",
+                                                                                  "teacher:mf"]
+    with pytest.raises(ValueError, match="unknown input kind 'sns_bnk'"):
+        Need("sns_bnk")
+    with pytest.raises(ValueError, match="input hnlmrec_bank takes one of text, soft, none, not 'txt'"):
+        hnlmrec_bank("txt")
+    with pytest.raises(TypeError, match="inputs are keyed by Need"):
+        Resources().provide("sns_bank", 1)

@@ -16,13 +16,15 @@ from hnlm.llm.backends import make_backend
 from hnlm.paths import cache_root, outputs_root
 from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
+from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import Budget, OtherSplitError, select_pairs
+from hnlm.semantic.hnlmrec import banks, transfer
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, bank_tag, run_folder
-from hnlm.study import pipeline, publish, shipped
+from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, bank_files, run_folder
+from hnlm.study import pipeline, publish
 from hnlm.study.llm_outputs import LLM_SIZE, prepare
-from hnlm.study.publish import shared_prefix_share, verify
 from hnlm.study.settings import settings
+from hnlm.study.verify import list_outputs, shared_prefix_share, verify
 
 KEY = {"model": "m:abc", "schema": {"type": "object"}, "decoding": {"max_new_tokens": 40},
        "templates": {"t.txt": "aa"}, "split": "f1", "split_seed": 0}
@@ -37,6 +39,10 @@ def data():
 def rows(n=2):
     return [{"id": i, "ok": True, "summarization": f"text {i}", "reasoning": "r", "reason": None,
              "prompt_sha": f"p{i}"} for i in range(n)]
+
+
+def made_bank(users, items, emb) -> NegativeBank:
+    return NegativeBank(np.asarray(emb, np.float32), users, items, source="test")
 
 
 def ship(root, key=KEY, n=2, kind="profiles-item"):
@@ -58,13 +64,13 @@ def test_manifest_round_trip_and_republish_replaces(tmp_path):
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((50, 384)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "m", "text_split-0", np.arange(50), np.arange(50) + 7, emb,
-                            KEY, BF16, root=tmp_path)
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "m", "text_split-0",
+                            made_bank(np.arange(50), np.arange(50) + 7, emb), KEY, BF16, root=tmp_path)
     vec = outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path)
-    a = vec.arrays()
-    assert a["emb"].dtype == np.float32 and a["items"].tolist() == list(range(7, 57))
+    a = vec.bank()
+    assert a.emb.dtype == np.float32 and a.items.tolist() == list(range(7, 57))
     assert vec.manifest["vectors"]["fp16_min_cosine"] > 0.99999
-    assert outputs.min_cosine(emb, a["emb"]) == pytest.approx(vec.manifest["vectors"]["fp16_min_cosine"])
+    assert outputs.min_cosine(emb, a.emb) == pytest.approx(vec.manifest["vectors"]["fp16_min_cosine"])
 
 
 def test_lookup_is_by_content_and_reports_the_dtype(tmp_path):
@@ -122,18 +128,18 @@ def test_damaged_outputs_are_errors_naming_file_and_command(tmp_path):
                                               r"this data's is f2.*hnlm study --llm-only --publish.*--stages profiles"):
         outputs.lookup("profiles-item", "ml-100k", "m", "split-0", {**KEY, "split": "f2"}, {(0,): "p0"}, root=tmp_path)
 
-    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "m", "text_split-0", [0, 1], [3, 4],
-                            np.ones((2, 8), np.float32), KEY, BF16, root=tmp_path)
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "m", "text_split-0",
+                            made_bank([0, 1], [3, 4], np.ones((2, 8))), KEY, BF16, root=tmp_path)
     vec = outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path)
     buf = io.BytesIO()
     np.savez(buf, users=np.array([0, 1], np.int32), items=np.array([3, 4], np.int32), emb=np.ones((2, 7), np.float16))
     rewrite(vec, buf.getvalue())
     with pytest.raises(outputs.ShippedOutputError, match=r"shape \[2, 7\].*manifest says \[2, 8\]"):
-        outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path).arrays()
+        outputs.find("hnlmrec-bank", "ml-100k", "m", "text_split-0", tmp_path).bank()
 
 
 def test_the_repositorys_shipped_outputs_are_intact():
-    table = publish.list_outputs()
+    table = list_outputs()
     assert table["check"].eq("ok").all(), table[table["check"].ne("ok")].to_string()
 
 
@@ -178,9 +184,9 @@ def test_verify_regenerates_a_sample_with_a_fresh_cache(data, tmp_path, monkeypa
              "reason": r.reason, "prompt_sha": shas[(int(r.id),)]} for r in frame.itertuples()]
     outputs.publish_records("profiles-item", "ml-100k", "smollm2-135m", "split-0", made,
                             pf.shipped_key(data, backend, "item", 0), outputs.made_with("smollm2-135m"))
-    run = shipped.run_settings(RunConfig(FinetuneConfig(llm="smollm2-135m")))
-    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", "text_split-0", [0], [1],
-                            np.ones((1, 4), np.float32), {"settings": run, "split_seed": 0}, BF16)
+    run = banks.run_settings(RunConfig(FinetuneConfig(llm="smollm2-135m")))
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", "text_split-0",
+                            made_bank([0], [1], np.ones((1, 4))), {"settings": run, "split_seed": 0}, BF16)
     (result, vectors) = sorted(verify(2), key=lambda r: r["kind"], reverse=True)
     assert result["regenerated"] == 2 and result["exact_text_share"] == 1.0
     assert result["field_matches"] == {"ok": 2, "summarization": 2, "reasoning": 2}
@@ -204,9 +210,9 @@ def test_verify_rebuilds_sns_prompts_and_skips_sampled_decoding(data, tmp_path, 
         builder = sns.PromptBuilder(data, "history", llm, decoding=decoding)
         records = [{"user": u, "item": i, "ok": True, "text": f"neg {u}", "reasoning": "r", "reason": None,
                     "words": 2, "truncated": False, "prompt_sha": sha}
-                   for (u, i), sha in shipped.sns_prompt_hashes(builder, pairs).items()]
-        outputs.publish_records("sns-negatives", "ml-100k", llm, shipped.sns_slot(builder, "0"), records,
-                                shipped.sns_key(data, backend, builder, 0), BF16)
+                   for (u, i), sha in sns.prompt_hashes(builder, pairs).items()]
+        outputs.publish_records("sns-negatives", "ml-100k", llm, sns.shipped_slot(builder, "0"), records,
+                                sns.shipped_key(data, backend, builder, 0), BF16)
     greedy, sampled = sorted(verify(2), key=lambda r: "sample" in r["slot"])
     assert greedy["regenerated"] == 2 and greedy["prompts_changed"] == 0
     assert sampled["regenerated"] == 0 and "sampled decoding (sample-t0.7-p0.9-s0)" in sampled["summary"]
@@ -228,11 +234,11 @@ def test_study_sns_and_hnlmrec_use_shipped_outputs_without_a_model(data, tmp_pat
     pairs = pairs[pairs["user"] < 2]
     builder = sns.PromptBuilder(data, "history", llm)
     backend = make_backend(llm, progress=False)
-    shas = shipped.sns_prompt_hashes(builder, pairs)
+    shas = sns.prompt_hashes(builder, pairs)
     records = [{"user": u, "item": i, "ok": True, "text": f"neg {u}", "reasoning": "r", "reason": None, "words": 2,
                 "truncated": False, "prompt_sha": sha} for (u, i), sha in shas.items()]
-    outputs.publish_records("sns-negatives", "ml-100k", llm, shipped.sns_slot(builder, "0"), records,
-                            shipped.sns_key(data, backend, builder, 0), BF16)
+    outputs.publish_records("sns-negatives", "ml-100k", llm, sns.shipped_slot(builder, "0"), records,
+                            sns.shipped_key(data, backend, builder, 0), BF16)
     _, _, gen = pipeline.generate_study_sns(data, llm, 2, context="history")
     assert gen["shipped"] == 2 and gen["generated"] == 0
     cached = sns.read_negatives(sns.sns_dir("ml-100k", llm, "0") / "negatives.jsonl", builder.tag)
@@ -245,8 +251,8 @@ def test_study_sns_and_hnlmrec_use_shipped_outputs_without_a_model(data, tmp_pat
     cfg = pipeline.hnlmrec_config(llm, "text", conf)
     emb = np.eye(3, 384, dtype=np.float32)
     summary = {"examples": 8, "steps": 2, "loss_history": [1.0, 0.5], "timings": {"s_per_step": 1.0}}
-    outputs.publish_vectors("hnlmrec-bank", "ml-100k", llm, shipped.hnlmrec_slot(cfg, "0"), [0, 1, 2], [5, 6, 7], emb,
-                            shipped.hnlmrec_key(data, cfg, 0), BF16,
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", llm, banks.shipped_slot(cfg, "0"),
+                            made_bank([0, 1, 2], [5, 6, 7], emb), banks.shipped_key(data, cfg, 0), BF16,
                             {"summary": summary, "bank_meta": {"adapter": "abc", "run": "run-x"}})
     got, bank = pipeline.study_hnlmrec(data, llm, "text", conf, 0)
     assert got["shipped"] and got["loss_history"] == [1.0, 0.5] and bank.meta["adapter"] == "abc"
@@ -254,7 +260,7 @@ def test_study_sns_and_hnlmrec_use_shipped_outputs_without_a_model(data, tmp_pat
     assert bank.items.tolist() == [5, 6, 7]
     assert "hnlmrec-bank text: shipped" in capsys.readouterr().out
     other = pipeline.hnlmrec_config(llm, "text", {**conf, "max_steps": 3})
-    assert "settings changed" in shipped.lookup_hnlmrec(data, other, 0).reason
+    assert "settings changed" in banks.lookup_shipped(data, other, 0).reason
 
 
 def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tmp_path, monkeypatch, capsys):
@@ -287,9 +293,9 @@ def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tm
     cfg = pipeline.hnlmrec_config(llm, "soft", hconf)
     folder = run_folder("ml-100k", cfg, "0")
     (folder / "summary.json").write_text(json.dumps({"steps": 2, "loss_first5_mean": 1.0, "timings": {}}))
-    tag = bank_tag(cfg.infer_budget, cfg.infer_users)
-    np.savez(folder / f"bank_{tag}.npz", users=[0, 1], items=[3, 4], emb=np.eye(2, 384, dtype=np.float32))
-    (folder / f"bank_{tag}.json").write_text(json.dumps({"adapter": made_up_final(folder / "final"), "queries": "q"}))
+    npz, meta = bank_files(folder, cfg)
+    made_bank([0, 1], [3, 4], np.eye(2, 384)).save(npz)
+    meta.write_text(json.dumps({"adapter": made_up_final(folder / "final"), "queries": "q"}))
     line = publish.publish_hnlmrec(data, llm, "soft", hconf, "smoke", 0, BF16, None)
     assert "2 vectors of 384" in line and ".adapter." in line
     summary, bank = pipeline.study_hnlmrec(data, llm, "soft", hconf, 0)
@@ -307,10 +313,10 @@ def test_every_llm_output_of_notebook_11_ships_so_its_stage_makes_nothing(data, 
     pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
     for llm in conf["llms"]:   # fail fast here rather than generate for minutes below
         builder = sns.PromptBuilder(data, conf["context"], llm)
-        found = shipped.lookup_sns(data, make_backend(llm, progress=False), llm, builder, pairs, conf["split_seed"])
+        found = sns.lookup_shipped(data, llm, builder, pairs, conf["split_seed"])
         assert found.shipped is not None, found.reason
         for s in conf["signals"]:
-            found = shipped.lookup_hnlmrec(data, pipeline.hnlmrec_config(llm, s, conf["hnlmrec"]), conf["split_seed"])
+            found = banks.lookup_shipped(data, pipeline.hnlmrec_config(llm, s, conf["hnlmrec"]), conf["split_seed"])
             assert found.shipped is not None, found.reason
     made = prepare("full", "ml-100k", "qwen2.5-0.5b", ["llm_size"])["llm_size"]
     for llm in conf["llms"]:
@@ -356,8 +362,8 @@ def test_adapters_ship_in_float16_and_load_from_the_run_then_the_shipped_file(da
     cfg = pipeline.hnlmrec_config(llm, "text", settings("smoke", "05_hnlmrec")["hnlmrec"])
     run = run_folder("ml-100k", cfg, "0")
     fingerprint = made_up_final(run / "final")
-    mpath = outputs.publish_vectors("hnlmrec-bank", "ml-100k", llm, shipped.hnlmrec_slot(cfg, "0"), [0], [5],
-                                    np.eye(1, 384, dtype=np.float32), shipped.hnlmrec_key(data, cfg, 0), BF16,
+    mpath = outputs.publish_vectors("hnlmrec-bank", "ml-100k", llm, banks.shipped_slot(cfg, "0"),
+                                    made_bank([0], [5], np.eye(1, 384)), banks.shipped_key(data, cfg, 0), BF16,
                                     {"bank_meta": {"adapter": fingerprint, "run": run.name}})
     before = json.loads(mpath.read_text())
     assert main(["outputs", "add-adapters"]) == 0
@@ -375,7 +381,7 @@ def test_adapters_ship_in_float16_and_load_from_the_run_then_the_shipped_file(da
         assert stored[name].dtype == (torch.float16 if half else t.dtype), name
         assert torch.equal(stored[name], t.half() if half else t), name
     assert main(["outputs", "add-adapters"]) == 0 and json.loads(mpath.read_text())["adapter"] == entry
-    listed = publish.list_outputs().iloc[0]
+    listed = list_outputs().iloc[0]
     assert listed["check"] == "ok" and listed["adapter_kib"] == round(entry["bytes"] / 1024, 1)
 
     assert adapters.find_adapter("ml-100k", cfg, "0").folder == run / "final"
@@ -411,16 +417,16 @@ def test_study_transfer_uses_a_shipped_bank_without_the_source_run(data, tmp_pat
     teacher = TeacherConfig(**conf["target_teacher"])
     summary = {"source_run": "run-x", "queries": 2, "users_embedded": 2, "users": 50, "teacher": {"epochs": 1},
                "timings": {}}
-    outputs.publish_vectors("transfer-bank", target.name, llm, shipped.transfer_slot("ml-100k", cfg, "0"), [0, 1],
-                            [2, 3], np.eye(2, 384, dtype=np.float32),
-                            shipped.transfer_key(data, target, cfg, teacher, 0), BF16, {"summary": summary})
+    outputs.publish_vectors("transfer-bank", target.name, llm, transfer.transfer_slot("ml-100k", cfg, "0"),
+                            made_bank([0, 1], [2, 3], np.eye(2, 384)),
+                            transfer.transfer_key(data, target, cfg, teacher, 0), BF16, {"summary": summary})
     got, bank = pipeline.study_transfer(data, target, llm, "text", conf, 0)
     assert got["shipped"] and not got["finetuned_here"] and got["bank_rows"] == 2 and bank.users.tolist() == [0, 1]
     assert "transfer-bank text ml-100k->ml-100k-first50: shipped" in capsys.readouterr().out
     other_split = type(target)(target.name, target.train[::-1].tocsr(), target.valid, target.test, target.items,
                                target.users, target.reviews, target.stats)
     with pytest.raises(OtherSplitError, match="another training split"):
-        shipped.lookup_transfer(data, other_split, cfg, teacher, 0)
+        transfer.lookup_transfer(data, other_split, cfg, teacher, 0)
 
 
 @pytest.mark.slow
@@ -436,8 +442,9 @@ def test_verify_reembeds_vectors_with_the_runs_adapter(data, finetuned_run, tmp_
     bank = artefacts / Path(finetuned_run.summary["bank"]).relative_to(finetuned_run.artefacts)
     z = np.load(bank)
     bank_meta = json.loads(bank.with_suffix(".json").read_text())
-    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", shipped.hnlmrec_slot(cfg, "0"), z["users"],
-                            z["items"], z["emb"], shipped.hnlmrec_key(data, cfg, 0), outputs.made_with("smollm2-135m"),
+    outputs.publish_vectors("hnlmrec-bank", "ml-100k", "smollm2-135m", banks.shipped_slot(cfg, "0"),
+                            made_bank(z["users"], z["items"], z["emb"]), banks.shipped_key(data, cfg, 0),
+                            outputs.made_with("smollm2-135m"),
                             {"bank_meta": bank_meta})
     (result,) = verify(2)
     assert result["adapter"] == "run" and result["regenerated"] == 2 and result["cosine_min"] > 0.999, result["summary"]

@@ -110,9 +110,9 @@ def test_reasoning_comes_before_the_title():
     assert list(sns.pick_schema()["properties"]) == ["reasoning", "not_enjoy"]
 
 
-def test_pairs_whose_item_has_no_profile_are_counted(data):
-    builder = sns.PromptBuilder(data, context="history")
-    builder.context, builder.item_profiles = "profile", {1: "A profile."}  # as if module-1 profiles were loaded
+def test_pairs_whose_item_has_no_profile_are_counted(data, monkeypatch):
+    builder = sns.PromptBuilder(data, context="profile", profiles_llm="m")   # profiles are read on first use
+    monkeypatch.setattr(sns, "profiles_of", lambda data, llm: ({1: "A profile."}, {}))
     pairs = pd.DataFrame({"user": [0, 0, 1], "item": [1, 2, 2]})
     assert builder.profile_fallbacks(pairs) == {"pairs_item_without_profile": 2, "items_without_profile": 1}
     assert sns.PromptBuilder(data, context="history").profile_fallbacks(pairs)["pairs_item_without_profile"] == 0

@@ -27,13 +27,15 @@ def artefacts(tmp_path_factory):
     data = load_dataset("ml-100k", seed=0)
     pairs = sns.select_pairs(data, Budget(1), seed=0)
     out = sns.sns_dir(data.name, "test-llm", "0")
+    builder = sns.PromptBuilder(data, "profile", "test-llm")   # as `hnlm sns` tags records (no profile is read)
     with (out / "negatives.jsonl").open("w") as fh:
         for n, (u, i) in enumerate(zip(pairs["user"], pairs["item"])):
             ok = n % 10 != 9  # every tenth answer invalid, as an LLM might produce
             fh.write(json.dumps({"user": int(u), "item": int(i), "ok": ok, "text": TEXTS[n % 4] if ok else None,
                                  "reasoning": "r" if ok else None, "reason": None if ok else "invalid json",
-                                 "words": 6, "truncated": False}) + "\n")
-    built = sns.build_artifacts(data, "test-llm", Budget(1), get_text_encoder("minilm"), pool=10)
+                                 "words": 6, "truncated": False, "context": builder.tag}) + "\n")
+    built = sns.build_artifacts(data, "test-llm", Budget(1), get_text_encoder("minilm"), pool=10,
+                                extra_meta={"context_tag": builder.tag}, context=builder.tag)
     yield root, built
     mp.undo()
 
@@ -89,3 +91,20 @@ def test_train_cli_runs_each_semantic_method(artefacts, tmp_path, monkeypatch, m
         assert c["bank_budget"] == "per-user:1"
         if method != "sns":
             assert c["bank_ablation"] == method.split("-")[1]
+
+
+@pytest.mark.slow   # embeds 943 negatives and the catalogue twice with MiniLM: about 2 minutes on 2 busy cores
+def test_train_on_a_fresh_clone_builds_the_bank_from_the_shipped_negatives(tmp_path, monkeypatch, capsys):
+    """Nothing in artifacts/: `hnlm train --sampler sns` finds qwen2.5-0.5b's SNS negatives shipped in outputs/
+    (profile context, as notebook 03 and `hnlm sns` make them), builds module 2's bank from them and trains;
+    no LLM runs."""
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    out = tmp_path / "r.json"
+    assert main(["train", "--dataset", "ml-100k", "--model", "mf", "--sampler", "sns", "--epochs", "1", "--dim", "8",
+                 "--batch-size", "8192", "--json", str(out), "--no-progress"]) == 0
+    assert "[outputs] sns-negatives: building the bank from shipped" in capsys.readouterr().out
+    counts = json.loads(out.read_text())["counts"]["alignment"]
+    assert counts["with_negative"] > 0 and counts["bank_budget"] == "per-user:1"
+    data = load_dataset("ml-100k", seed=0)
+    meta = sns.load_meta(data, "qwen2.5-0.5b", Budget(1))
+    assert meta["context_tag"].startswith("profile:qwen2.5-0.5b|") and meta["quality"]["requested"] == data.n_users

@@ -58,7 +58,8 @@ class BackendUnavailable(UserFacingError):
 
 
 class Backend:
-    identity: str = ""
+    identity: str = ""            # keys the LLM cache: weights and precision
+    weights_identity: str = ""    # the weights alone (models.weights_identity): keys shipped outputs
 
     def __init__(self, cache_path: str | Path | None = None, progress: bool = True):
         self._cache_path = cache_path
@@ -152,7 +153,7 @@ class LocalBackend(Backend):
         super().__init__(cache_path, progress)
         import torch
 
-        from hnlm.llm.models import default_dtype, model_identity, resolve_device
+        from hnlm.llm.models import default_dtype, model_identity, resolve_device, weights_identity
         self.name, self.device = name, resolve_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.load_in_4bit = load_in_4bit
@@ -160,6 +161,7 @@ class LocalBackend(Backend):
         self.constrained, self.temperature, self.top_p, self.seed = constrained, temperature, top_p, seed
         self.max_context = max_context
         self.identity = model_identity(name, self.dtype, load_in_4bit)
+        self.weights_identity = weights_identity(name)
         self._model = self._tokenizer = self._compiler = None
         self._grammars: dict[str, object] = {}
         self._torch = torch
@@ -323,6 +325,7 @@ class OpenAIBackend(Backend):
         self.concurrency, self.max_retries, self.timeout, self.backoff = concurrency, max_retries, timeout, backoff
         self.temperature = temperature
         self.identity = f"openai:{model}@{self.base_url}"
+        self.weights_identity = self.identity   # a served model's weights are not visible here
         self.mode = "json_schema"
         self._mode_lock = threading.Lock()
         self.retries = 0

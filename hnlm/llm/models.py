@@ -267,12 +267,16 @@ def load_causal_lm(name: str, device: str | None = None, dtype: torch.dtype | No
     return model, tok
 
 
-def model_identity(name: str, dtype: torch.dtype | None = None, load_in_4bit: bool = False) -> str:
-    """Stable string that keys cached generations: name, weights fingerprint, precision."""
+def weights_identity(name: str) -> str:
+    """The model weights part of an identity (a packaged model's name and weights fingerprint), not the
+    precision: what keys the shipped LLM outputs, found whatever dtype made them."""
     if name in PACKAGED:
         fp = PACKAGED[name].sha256 or PACKAGED[name].gguf_name
-        base = f"{name}:{fp[:16]}"
-    else:
-        base = name
+        return f"{name}:{fp[:16]}"
+    return name
+
+
+def model_identity(name: str, dtype: torch.dtype | None = None, load_in_4bit: bool = False) -> str:
+    """Stable string that keys cached generations: name, weights fingerprint, precision."""
     prec = "4bit" if load_in_4bit else str(dtype or "auto").replace("torch.", "")
-    return f"{base}|{prec}"
+    return f"{weights_identity(name)}|{prec}"

@@ -33,7 +33,7 @@ class Method:
     summary: str                       # one line, shown by `hnlm train --help` and `hnlm methods`
     settings: type                     # a dataclass; its field defaults are the method's defaults
     build: Callable                    # build(data, settings, resources, seed) -> (sampler, extension | None)
-    needs: Callable[[Any], tuple[str, ...]] = lambda settings: ()   # resource keys, from the settings
+    needs: Callable[[Any], tuple] = lambda settings: ()   # its inputs (resources.Need), from the settings
     family: str = "classic"            # "classic" sampler or "llm"-based (tables and figures group by it)
     ablation_of: str | None = None     # the method whose idea this one removes
     search: dict = dataclasses.field(default_factory=dict)   # {setting: hnlm.cf.search.Axis} the tuning searches
@@ -144,7 +144,7 @@ class Variant:
     def settings(self):
         return self.declaration.make_settings(**dict(self.overrides))
 
-    def needs(self) -> tuple[str, ...]:
+    def needs(self) -> tuple:
         return tuple(self.declaration.needs(self.settings()))
 
     def build(self, data, resources, seed: int):

@@ -13,7 +13,7 @@ from hnlm.errors import UserFacingError
 from hnlm.methods import describe_methods, describe_settings, get_method, setting_help, variant
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.common import split_id_of
-from hnlm.semantic.resources import saved_resources
+from hnlm.semantic.resources import provide_inputs
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TRAIN_OPTIONS = {"model": str, "seed": int, "epochs": int, "dim": int, "layers": int, "batch_size": int, "lr": float,
@@ -39,10 +39,14 @@ def register(sub) -> None:
     for name, typ in TRAIN_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
                        help=f"{setting_help(TRAIN_FIELDS[name])} (default {getattr(TrainConfig, name)})")
-    g = p.add_argument_group("inputs of LLM-based methods (made by `hnlm profiles`, `hnlm sns`, `hnlm finetune`)")
+    g = p.add_argument_group("inputs of LLM-based methods: the LLM outputs shipped in outputs/ with these settings, "
+                             "else those `hnlm profiles`, `hnlm sns`, `hnlm finetune` made in artifacts/")
     g.add_argument("--llm", default="qwen2.5-0.5b", help="the LLM whose outputs to train with")
     g.add_argument("--sns-budget", default="per-user:1", help="budget the SNS negatives were generated with")
-    g.add_argument("--hnlmrec-run", default=None, help="fine-tuning run (run-<hash>; default: latest finished)")
+    g.add_argument("--sns-context", default="profile", choices=["profile", "history"],
+                   help="user context the SNS negatives were generated with (as `hnlm sns --context`)")
+    g.add_argument("--hnlmrec-run", default=None,
+                   help="fine-tuning run (run-<hash>; default: the run with `hnlm finetune`'s default settings)")
     p.add_argument("--json", default=None, help="write the result here (default: artifacts/<dataset>/runs/...)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
@@ -105,11 +109,12 @@ def run_train(args) -> int:
     data = dataset_from_args(args)
     if spec.declaration.family == "llm":
         data.require_item_text(f"method {spec.method}")
-    resources = saved_resources(data, args.llm, args.sns_budget, args.hnlmrec_run)
+    resources = provide_inputs(data, args.llm, sns_budget=args.sns_budget, sns_context=args.sns_context,
+                               hnlmrec_run=args.hnlmrec_run)
     sampler, extension = spec.build(data, resources, cfg.seed)
     result = train(data, cfg, extension=extension, sampler=sampler, progress=not args.no_progress)
     result.update({"method": spec.method, "settings": dataclasses.asdict(spec.settings()),
-                   "resources": {k: resources.digest(k) for k in spec.needs()}, "split_seed": args.split_seed})
+                   "resources": resources.digests(spec.needs()), "split_seed": args.split_seed})
     out = Path(args.json) if args.json else result_path(data, cfg, spec.method)
     save_result(result, out)
     print(json.dumps({"json": str(out), "best_epoch": result["best_epoch"],
@@ -129,5 +134,5 @@ def run_methods(args) -> int:
         print(line)
     needs = method.needs(method.settings())
     if needs:
-        print("trains with: " + ", ".join(needs))
+        print("trains with: " + ", ".join(map(str, needs)))
     return 0

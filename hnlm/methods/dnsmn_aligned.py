@@ -9,7 +9,7 @@ aligned vector h into it, with the same adapter, contrastive term and missing-ve
 strongest classic sampler, and the `-random` / `-shuffled` ablations (every vector replaced by a random one
 of the same norm / permuted across users) measure what of that is semantics.
 
-One builder serves module 2's bank ("sns_bank") and module 4's emitted vectors ("hnlmrec_bank:<signal>").
+One builder serves module 2's bank (SNS_BANK) and module 4's emitted vectors (hnlmrec_bank(signal)).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hnlm.methods import Method, register, setting_like
 from hnlm.methods.classic import settings_of
 from hnlm.methods.hnlmrec import HNLMRecSettings
 from hnlm.semantic.alignment import AlignmentConfig, alignment_config, alignment_for
+from hnlm.semantic.resources import SNS_BANK, hnlmrec_bank
 
 
 @dataclass
@@ -48,9 +49,9 @@ def builder(bank_key, ablation: str | None):
 
 
 SOURCES = {   # method prefix: (settings, resource key, summary)
-    "sns": (AlignedDNSMNSettings, lambda s: "sns_bank",
+    "sns": (AlignedDNSMNSettings, lambda s: SNS_BANK,
             "LLM hard negative (module 2) aligned and mixed into DNS(M,N)'s negative, not a uniform one"),
-    "hnlmrec": (HNLMRecDNSMNSettings, lambda s: f"hnlmrec_bank:{s.signal}",
+    "hnlmrec": (HNLMRecDNSMNSettings, lambda s: hnlmrec_bank(s.signal),
                 "fine-tuned LLM's emitted vector aligned and mixed into DNS(M,N)'s negative, not a uniform one"),
 }
 ABLATIONS = {"random": "with every vector random of the same norm (ablation)",

@@ -9,6 +9,7 @@ from hnlm.cf.samplers import RNS
 from hnlm.cf.search import ALPHA
 from hnlm.methods import Method, register
 from hnlm.semantic.alignment import AlignmentConfig, alignment_config, alignment_for
+from hnlm.semantic.resources import hnlmrec_bank
 
 
 @dataclass
@@ -18,10 +19,10 @@ class HNLMRecSettings(AlignmentConfig):
 
 
 def build(data, settings, resources, seed):
-    bank = resources[f"hnlmrec_bank:{settings.signal}"]
+    bank = resources[hnlmrec_bank(settings.signal)]
     return RNS(), alignment_for(data, bank, alignment_config(settings), seed)
 
 
 register(Method("hnlmrec", "fine-tuned LLM's emitted hard-negative vectors, aligned and mixed (paper, module 4)",
-                HNLMRecSettings, build, lambda s: (f"hnlmrec_bank:{s.signal}",), family="llm",
+                HNLMRecSettings, build, lambda s: (hnlmrec_bank(s.signal),), family="llm",
                 search={"alpha": ALPHA}))

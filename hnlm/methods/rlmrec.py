@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from hnlm.cf.samplers import RNS
 from hnlm.cf.search import Axis
 from hnlm.methods import Method, register
+from hnlm.semantic.resources import rlmrec_text
 from hnlm.semantic.rlmrec import RLMRecConfig, RLMRecExtension, rlmrec_config
 
 
@@ -19,10 +20,10 @@ class RLMRecSettings(RLMRecConfig):
 
 
 def build(data, settings, resources, seed):
-    users, items = resources[f"rlmrec_text:{settings.text}"]
+    users, items = resources[rlmrec_text(settings.text)]
     return RNS(), RLMRecExtension(users, items, rlmrec_config(settings), source=settings.text, seed=seed)
 
 
 register(Method("rlmrec-con", "RLMRec-Con baseline: profile text embeddings aligned with CF by InfoNCE",
-                RLMRecSettings, build, lambda s: (f"rlmrec_text:{s.text}",), family="llm",
+                RLMRecSettings, build, lambda s: (rlmrec_text(s.text),), family="llm",
                 search={"weight": Axis((1e-3, 1e-2, 1e-1), low=1e-5, high=10.0)}))

@@ -7,22 +7,23 @@ from hnlm.cf.samplers import RNS
 from hnlm.cf.search import ALPHA
 from hnlm.methods import Method, register
 from hnlm.semantic.alignment import AlignmentConfig, alignment_for
+from hnlm.semantic.resources import SNS_BANK
 
 
-def needs_bank(settings) -> tuple[str, ...]:
-    return ("sns_bank",)
+def needs_bank(settings) -> tuple:
+    return (SNS_BANK,)
 
 
 def build_sns(data, settings, resources, seed):
-    return RNS(), alignment_for(data, resources["sns_bank"], settings, seed)
+    return RNS(), alignment_for(data, resources[SNS_BANK], settings, seed)
 
 
 def build_random(data, settings, resources, seed):
-    return RNS(), alignment_for(data, resources["sns_bank"].randomized(seed), settings, seed)
+    return RNS(), alignment_for(data, resources[SNS_BANK].randomized(seed), settings, seed)
 
 
 def build_shuffled(data, settings, resources, seed):
-    return RNS(), alignment_for(data, resources["sns_bank"].shuffled(seed), settings, seed)
+    return RNS(), alignment_for(data, resources[SNS_BANK].shuffled(seed), settings, seed)
 
 
 register(Method("sns", "LLM hard negative per user, aligned and mixed into a uniform negative (paper, modules 2-3)",

@@ -12,6 +12,7 @@ from hnlm.cf.samplers import RNS, Negatives, Sampler
 from hnlm.cf.search import SHARE
 from hnlm.methods import Method, register
 from hnlm.semantic.bank import BankIndex, NegativeBank
+from hnlm.semantic.resources import SNS_GROUNDED
 
 
 @dataclass
@@ -67,10 +68,10 @@ class GroundedSampler(Sampler):
 
 
 def build(data, settings, resources, seed):
-    sampler = GroundedSampler(resources["sns_grounded"], data, RNS(), share=settings.share, pool=settings.pool,
-                              lookup=settings.lookup, seed=seed, source="sns_grounded")
+    sampler = GroundedSampler(resources[SNS_GROUNDED], data, RNS(), share=settings.share, pool=settings.pool,
+                              lookup=settings.lookup, seed=seed, source=str(SNS_GROUNDED))
     return sampler, None
 
 
 register(Method("sns-grounded", "LLM negatives grounded to their nearest real catalogue items, used as ID negatives",
-                GroundedSettings, build, lambda s: ("sns_grounded",), family="llm", search={"share": SHARE}))
+                GroundedSettings, build, lambda s: (SNS_GROUNDED,), family="llm", search={"share": SHARE}))

@@ -2,7 +2,7 @@
 
 HNLMRec fine-tunes its LLM to emit the hard negative that a CF teacher mined for a training pair
 (`hnlm.semantic.hnlmrec.queries.mine_hard_negatives`: the best-scored of M uniform non-interacted candidates
-outside the user's top share). Here that table is used directly (resource "teacher:<model>",
+outside the user's top share). Here that table is used directly (input `teacher(model)`,
 `hnlm.semantic.resources.teacher_table`), in two ways:
   teacher-negatives  as ID negatives: for a `share` of the pairs, drawn anew each batch, the pair's mined
                      item (through `hnlm.cf.samplers.TableSampler`), uniform for the others;
@@ -31,9 +31,10 @@ import torch
 from hnlm.cf.samplers import RNS, Negatives, Sampler, TableSampler
 from hnlm.cf.search import ALPHA, SHARE
 from hnlm.methods import Method, register, setting_like
+from hnlm.semantic import resources as inputs
 from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension, alignment_config
 from hnlm.semantic.bank import NegativeBank, user_derangement
-from hnlm.semantic.hnlmrec.pipeline import TeacherConfig
+from hnlm.semantic.hnlmrec.run import TeacherConfig
 
 
 @dataclass
@@ -87,8 +88,8 @@ def mined_items(table, source: str, ablation: str | None, n_items: int, seed: in
 
 def id_builder(ablation: str | None):
     def build(data, settings, resources, seed):
-        table = resources[f"teacher:{settings.teacher}"]
-        neg, source = mined_items(table, f"teacher:{settings.teacher}", ablation, data.n_items, seed)
+        table = resources[inputs.teacher(settings.teacher)]
+        neg, source = mined_items(table, str(inputs.teacher(settings.teacher)), ablation, data.n_items, seed)
         return ShareSampler(TableSampler(table.users, table.items, neg, data.n_items, source), RNS(),
                             settings.share), None
     return build
@@ -96,9 +97,9 @@ def id_builder(ablation: str | None):
 
 def aligned_builder(ablation: str | None):
     def build(data, settings, resources, seed):
-        table = resources[f"teacher:{settings.teacher}"]
+        table = resources[inputs.teacher(settings.teacher)]
         item_emb = table.teacher.item_emb
-        bank = NegativeBank(item_emb[table.neg], table.users, table.items, f"teacher:{settings.teacher}",
+        bank = NegativeBank(item_emb[table.neg], table.users, table.items, str(inputs.teacher(settings.teacher)),
                             {"mined_pairs": len(table.neg)})
         if ablation is not None:
             bank = bank.randomized(seed) if ablation == "random" else bank.shuffled(seed)
@@ -108,8 +109,8 @@ def aligned_builder(ablation: str | None):
     return build
 
 
-def needs_teacher(settings) -> tuple[str, ...]:
-    return (f"teacher:{settings.teacher}",)
+def needs_teacher(settings) -> tuple:
+    return (inputs.teacher(settings.teacher),)
 
 
 SHUFFLED = "with the mined negatives permuted across users (ablation)"

@@ -1,12 +1,20 @@
 """Negative-embedding banks: any table of negative vectors keyed by the (user, positive item) pair it
 was generated for, with a vectorised lookup. Shared by module 2 (text embeddings), module 3 (alignment)
-and module 4 (fine-tuned LLM embeddings); independent of the CF engine."""
+and module 4 (fine-tuned LLM embeddings); independent of the CF engine.
+
+A bank's file is one .npz of `users`, `items` (the pair keys) and `emb` (one row per pair), written by
+`NegativeBank.save` (int64 keys, float32 vectors; atomically) or, for the tracked outputs/ folder, as
+`NegativeBank.file_bytes(compact=True)` (int32 keys, float16 vectors), and read by `NegativeBank.load`."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from hnlm.atomic import atomic_path
 
 LOOKUP_RULES = ("pair", "user", "rotate")
 
@@ -36,6 +44,27 @@ class NegativeBank:
     @property
     def dim(self) -> int:
         return self.emb.shape[1]
+
+    def file_bytes(self, compact: bool = False) -> bytes:
+        """The bank's .npz file; `compact`: int32 keys and float16 vectors (shipped banks)."""
+        keys, vectors = (np.int32, np.float16) if compact else (np.int64, np.float32)
+        buf = io.BytesIO()
+        np.savez(buf, users=self.users.astype(keys), items=self.items.astype(keys), emb=self.emb.astype(vectors))
+        return buf.getvalue()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank's file at `path` (a reader sees the old file or the new one, never half)."""
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:   # a file object: np.savez would add ".npz" to a name
+                np.savez(fh, users=self.users, items=self.items, emb=self.emb)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, source: str, meta: dict | None = None) -> "NegativeBank":
+        """The bank saved at `path` (either layout; vectors come back as float32). A damaged file raises
+        OSError, ValueError or KeyError: the caller names the command that makes it again."""
+        with np.load(path) as z:
+            return cls(z["emb"], z["users"], z["items"], source, dict(meta or {}))
 
     def __len__(self) -> int:
         return len(self.emb)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hnlm.errors import UserFacingError
+from hnlm.errors import DataFormatError, UserFacingError
 
 HISTORY_TITLES = 5       # titles in a "history" user context (prompt length drives CPU cost)
+PROMPT_DIR = Path(__file__).parent / "prompts"
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,21 @@ def safe_name(name: str) -> str:
 def domain_of(dataset: str) -> str:
     """Prompt templates exist per domain: movies for MovieLens, generic items otherwise."""
     return "movie" if dataset.startswith("ml-") else "item"
+
+
+def template_path(name: str, dataset: str) -> Path:
+    """The one rule that picks a prompt template: prompts/<name>_<domain>.txt for `dataset`'s domain, else the
+    generic prompts/<name>_item.txt (its file is part of every shipped output's key)."""
+    path = PROMPT_DIR / f"{name}_{domain_of(dataset)}.txt"
+    return path if path.exists() else PROMPT_DIR / f"{name}_item.txt"
+
+
+def chat_template(path: Path) -> tuple[str, str]:
+    """(system, user) parts of a chat prompt template, separated by a line '---'."""
+    system, _, user = Path(path).read_text().partition("\n---\n")
+    if not user:
+        raise DataFormatError(f"{path}: expected a system part, a line '---', then the user part")
+    return system.strip(), user.strip()
 
 
 def cut_words(text: str, n: int) -> str:

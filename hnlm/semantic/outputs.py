@@ -23,16 +23,17 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from hnlm.atomic import write_bytes
 from hnlm.errors import UserFacingError
 from hnlm.llm.models import PACKAGED, default_dtype, resolve_device, sha256_of, smollm_gguf
 from hnlm.paths import outputs_root
+from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import check_split, safe_name
 
 FORMAT = 1
@@ -134,26 +135,13 @@ def describe(info: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ publishing
 
-def write_atomic(folder: Path, name: str, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    target = folder / name
-    os.replace(tmp, target)
-    return target
-
-
 def manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode()
 
 
 def update_manifest(mpath: Path, **fields) -> None:
     """Add or replace top-level fields of a manifest, leaving its file, key and other fields as they are."""
-    mpath = Path(mpath)
-    write_atomic(mpath.parent, mpath.name, manifest_bytes({**read_manifest(mpath), **fields}))
+    write_bytes(mpath, manifest_bytes({**read_manifest(mpath), **fields}))
 
 
 def _publish(kind: str, dataset: str, llm: str, slot: str, data: bytes, ext: str, records: int, key: dict,
@@ -166,12 +154,12 @@ def _publish(kind: str, dataset: str, llm: str, slot: str, data: bytes, ext: str
     name = f"{slot}.{digest[:12]}.{ext}"
     mpath = folder / f"{slot}.manifest.json"
     previous = json.loads(mpath.read_text()).get("file") if mpath.exists() else None
-    write_atomic(folder, name, data)
+    write_bytes(folder / name, data)
     manifest = {"format": FORMAT, "kind": kind, "dataset": dataset, "llm": llm, "slot": slot, "file": name,
                 "sha256": digest, "bytes": len(data), "records": records, "key": key, "key_sha256": key_sha(key),
                 "made_with": info, "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **(extra or {})}
-    write_atomic(folder, mpath.name, manifest_bytes(manifest))
+    write_bytes(mpath, manifest_bytes(manifest))
     if previous and previous != name:
         (folder / previous).unlink(missing_ok=True)
     return mpath
@@ -189,18 +177,14 @@ def publish_records(kind: str, dataset: str, llm: str, slot: str, rows: list[dic
     return _publish(kind, dataset, llm, slot, blob, "jsonl", len(rows), key, info, extra, root)
 
 
-def publish_vectors(kind: str, dataset: str, llm: str, slot: str, users, items, emb: np.ndarray, key: dict,
-                    info: dict, extra: dict | None = None, root: Path | None = None) -> Path:
+def publish_vectors(kind: str, dataset: str, llm: str, slot: str, bank: NegativeBank, key: dict, info: dict,
+                    extra: dict | None = None, root: Path | None = None) -> Path:
     """Ship a bank of vectors as float16 (the manifest records the smallest fp32/fp16 cosine over rows)."""
-    import io
     if kind not in VECTOR_KINDS:
         raise ValueError(f"{kind} is not a vector kind ({', '.join(VECTOR_KINDS)})")
-    emb = np.asarray(emb, np.float32)
-    half = emb.astype(np.float16)
-    buf = io.BytesIO()
-    np.savez(buf, users=np.asarray(users, np.int32), items=np.asarray(items, np.int32), emb=half)
-    vectors = {"shape": list(emb.shape), "stored_dtype": "float16", "fp16_min_cosine": min_cosine(emb, half)}
-    return _publish(kind, dataset, llm, slot, buf.getvalue(), "npz", len(emb), key, info,
+    vectors = {"shape": list(bank.emb.shape), "stored_dtype": "float16",
+               "fp16_min_cosine": min_cosine(bank.emb, bank.emb.astype(np.float16))}
+    return _publish(kind, dataset, llm, slot, bank.file_bytes(compact=True), "npz", len(bank), key, info,
                     {"vectors": vectors, **(extra or {})}, root)
 
 
@@ -233,8 +217,13 @@ class Shipped:
     def rows(self) -> list[dict]:
         return read_records(self.path, self.manifest)
 
-    def arrays(self) -> dict:
-        return read_vectors(self.path, self.manifest)
+    def bank(self, source: str = "", meta: dict | None = None) -> NegativeBank:
+        """A vector output as a NegativeBank (float32); `meta` joins the manifest's bank_meta and provenance."""
+        bank = read_vectors(self.path, self.manifest)
+        bank.source = source or f"shipped:{self.path.name}"
+        bank.meta = {**(meta or {}), **self.manifest.get("bank_meta", {}), "shipped": str(self.path),
+                     "made_with": self.made_with}
+        return bank
 
     def line(self, used: int | None = None) -> str:
         n = self.manifest["records"] if used is None else used
@@ -289,17 +278,16 @@ def read_records(path: Path, manifest: dict) -> list[dict]:
     return rows
 
 
-def read_vectors(path: Path, manifest: dict) -> dict:
+def read_vectors(path: Path, manifest: dict) -> NegativeBank:
     try:
-        z = np.load(path)
-        users, items, emb = z["users"].astype(np.int64), z["items"].astype(np.int64), z["emb"]
+        bank = NegativeBank.load(path, source="")
     except (OSError, ValueError, KeyError) as err:
         raise damaged(path, manifest, f"cannot be read as users/items/emb arrays ({err})") from None
     shape = list(manifest.get("vectors", {}).get("shape", []))
-    if list(emb.shape) != shape or emb.ndim != 2 or not len(users) == len(items) == len(emb):
-        raise damaged(path, manifest, f"has vectors of shape {list(emb.shape)} for {len(users)} users and "
-                                      f"{len(items)} items; its manifest says {shape}")
-    return {"users": users, "items": items, "emb": emb.astype(np.float32)}
+    if list(bank.emb.shape) != shape or bank.emb.ndim != 2:
+        raise damaged(path, manifest, f"has vectors of shape {list(bank.emb.shape)} for {len(bank.users)} users "
+                                      f"and {len(bank.items)} items; its manifest says {shape}")
+    return bank
 
 
 def find(kind: str, dataset: str, llm: str, slot: str, root: Path | None = None) -> Shipped | None:

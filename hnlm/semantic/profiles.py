@@ -25,23 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
+from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.backends import make_backend
 from hnlm.llm.structured import field_budgets
 from hnlm.paths import artifacts_dir
-from hnlm.semantic import outputs
-from hnlm.semantic.common import (
-    cut_words,
-    domain_of,
-    safe_name,
-    split_id_of,
-    split_options,
-    split_seed_of,
-    title_of,
-    train_fingerprint,
-)
+from hnlm.semantic import common, outputs
+from hnlm.semantic.common import cut_words, split_id_of, split_options, split_seed_of, title_of
 
-PROMPT_DIR = Path(__file__).parent / "prompts"
 SUMMARY_WORDS = 100
 REASONING_WORDS = 60
 SUMMARY_TOKENS = 56     # decoding budget of "summarization" (~40 words): the main cost of a full run
@@ -66,19 +56,9 @@ def profile_schema(summary_tokens: int = SUMMARY_TOKENS, reasoning_tokens: int =
     }
 
 
-def template_path(kind: str, domain: str) -> Path:
-    """prompts/profile_<kind>_<domain>.txt, else the generic item-domain template."""
-    path = PROMPT_DIR / f"profile_{kind}_{domain}.txt"
-    return path if path.exists() else PROMPT_DIR / f"profile_{kind}_item.txt"
-
-
-def load_template(kind: str, domain: str) -> tuple[str, str]:
-    """(system, user) parts of prompts/profile_<kind>_<domain>.txt (a line '---' separates them)."""
-    path = template_path(kind, domain)
-    system, _, user = path.read_text().partition("\n---\n")
-    if not user:
-        raise DataFormatError(f"{path}: expected a system part, a line '---', then the user part")
-    return system.strip(), user.strip()
+def profile_template(kind: str, dataset: str) -> Path:
+    """The template of `kind` ("item" or "user") profiles of `dataset` (common.template_path's rule)."""
+    return common.template_path(f"profile_{kind}", dataset)
 
 
 class ProfilePrompts:
@@ -88,8 +68,7 @@ class ProfilePrompts:
     def __init__(self, data, split_seed: int = 0, item_profiles: dict[int, str] | None = None):
         self.data, self.split_seed = data, split_seed
         self.item_profiles = item_profiles or {}
-        domain = domain_of(data.name)
-        self.templates = {k: load_template(k, domain) for k in ("item", "user")}
+        self.templates = {k: common.chat_template(profile_template(k, data.name)) for k in ("item", "user")}
         reviews = data.train_reviews()
         self._item_reviews = reviews.sort_values(["item", "user"]).groupby("item")["review"].apply(list) \
             if len(reviews) else pd.Series(dtype=object)
@@ -180,7 +159,7 @@ def generate_profiles(data, backend, kind: str = "item", limit: int | None = Non
 
 
 def profiles_dir(dataset: str, llm: str) -> Path:
-    return artifacts_dir(dataset, "profiles", safe_name(llm))
+    return artifacts_dir(dataset, "profiles", common.safe_name(llm))
 
 
 def profiles_path(dataset: str, llm: str, kind: str, split_id: str) -> Path:
@@ -248,9 +227,9 @@ def shipped_key(data, backend, kind: str, split_seed: int, schema: dict | None =
     template, training split."""
     schema = schema or profile_schema()
     _, total = field_budgets(schema, max_new_tokens)
-    return {"model": backend.identity.split("|")[0], "schema": schema, "decoding": backend.decoding(total),
-            "templates": outputs.template_hashes([template_path(kind, domain_of(data.name))]),
-            "split": train_fingerprint(data), "split_seed": split_seed}
+    return {"model": backend.weights_identity, "schema": schema, "decoding": backend.decoding(total),
+            "templates": outputs.template_hashes([profile_template(kind, data.name)]),
+            "split": common.train_fingerprint(data), "split_seed": split_seed}
 
 
 def prompt_hashes(data, kind: str, ids, split_seed: int, item_profiles: dict[int, str] | None = None) -> dict:
@@ -268,6 +247,20 @@ def lookup_shipped(data, backend, llm: str, kind: str, ids, split_seed: int,
     return outputs.lookup(f"profiles-{kind}", data.name, llm, slot,
                           shipped_key(data, backend, kind, split_seed),
                           prompt_hashes(data, kind, ids, split_seed, item_profiles))
+
+
+def records_to_ship(data, llm: str, kind: str, split_seed: int,
+                    item_profiles: dict[int, str] | None = None) -> tuple[list[dict], Path]:
+    """The saved profiles of `kind` in artifacts/ as they ship, by id (with their prompt hashes; fewer than the
+    items or users while generation is incomplete), and the file they come from."""
+    path = profiles_path(data.name, llm, kind, split_id_of(data))
+    frame = pd.read_json(path, lines=True) if path.exists() else pd.DataFrame(columns=["id"])
+    n = data.n_items if kind == "item" else data.n_users
+    frame = frame[frame["id"].astype(int).isin(range(n))].sort_values("id")
+    shas = prompt_hashes(data, kind, frame["id"].astype(int), split_seed, item_profiles)
+    return [{"id": int(r.id), "ok": bool(r.ok), "summarization": r.summarization, "reasoning": r.reasoning,
+             "reason": r.reason, "raw": None if r.ok else r.raw, "prompt_truncated": bool(r.prompt_truncated),
+             "prompt_sha": shas[(int(r.id),)]} for r in frame.itertuples()], path
 
 
 def summaries(rows) -> dict[int, str]:

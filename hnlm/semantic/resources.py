@@ -1,15 +1,18 @@
-"""What LLM-based methods train with, by name, each with a content digest that joins a CF run's identity.
+"""What LLM-based methods train with: typed keys (`Need`), one provider of their values for every door.
 
-Keys:
-  "sns_bank"               NegativeBank of module 2's text embeddings
-  "sns_grounded"           frame of module 2's negatives grounded to catalogue items (pools)
-  "rlmrec_text:<source>"   (user, item) text embeddings, source "profiles" or "metadata"
-  "hnlmrec_bank:<signal>"  NegativeBank of module 4's emitted vectors, CF signal "text" or "soft"
-  "teacher:<model>"        TeacherTable: a CF teacher ("lightgcn" or "mf") and the hard negative it mined for
-                           every training pair (no LLM: the upper bound of methods/teacher_negatives.py)
+Needs (a method declares them from its settings, e.g. `hnlmrec_bank(settings.signal)`):
+  SNS_BANK                NegativeBank of module 2's text embeddings
+  SNS_GROUNDED            frame of module 2's negatives grounded to catalogue items (pools)
+  rlmrec_text(source)     (user, item) text embeddings, source "profiles" or "metadata"
+  hnlmrec_bank(signal)    NegativeBank of module 4's emitted vectors, CF signal "text" or "soft"
+  teacher(model)          TeacherTable: a CF teacher ("lightgcn" or "mf") and the hard negative it mined for
+                          every training pair (no LLM: the upper bound of methods/teacher_negatives.py)
 
-Values are given directly (the study) or as loaders that read saved artefacts on first use (the CLI), so a
-run loads only what its method needs. A run is reused from disk exactly when its inputs' digests match.
+`provide_inputs` gives each need a loader with one rule, the same for `hnlm train`, the notebooks and the study:
+the shipped output in outputs/ whose key matches these settings, then artifacts/ made with these settings, then
+(where `make` allows and making is cheap or asked for) made here, else a one-line MissingInputError naming the
+command that makes it. Values may also be given directly (`Resources.provide`). A run is reused from disk
+exactly when its inputs' digests match; a need's name (`str(need)`) is what run keys record.
 """
 
 from __future__ import annotations
@@ -27,10 +30,50 @@ from hnlm.llm.encoders import get_text_encoder
 from hnlm.paths import artifacts_dir
 from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget, split_id_of
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, get_teacher, load_bank
+from hnlm.semantic.common import Budget, split_id_of, split_seed_of
+from hnlm.semantic.hnlmrec.banks import obtain_bank, run_bank
+from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.queries import MiningConfig, Teacher, mine_hard_negatives
+from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, get_teacher
 from hnlm.semantic.rlmrec import text_embeddings
+
+NEED_KINDS = {"sns_bank": None, "sns_grounded": None, "rlmrec_text": ("profiles", "metadata"),
+              "hnlmrec_bank": ("text", "soft", "none"), "teacher": ("lightgcn", "mf")}   # kind: its options
+
+
+@dataclass(frozen=True)
+class Need:
+    """One input a method trains with: a kind of NEED_KINDS and, for kinds that have them, an option."""
+
+    kind: str
+    option: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in NEED_KINDS:
+            raise ValueError(f"unknown input kind {self.kind!r}: {', '.join(NEED_KINDS)}")
+        options = NEED_KINDS[self.kind]
+        if (self.option is None) != (options is None) or (options and self.option not in options):
+            raise ValueError(f"input {self.kind} takes {'one of ' + ', '.join(options) if options else 'no option'}, "
+                             f"not {self.option!r}")
+
+    def __str__(self) -> str:
+        return self.kind if self.option is None else f"{self.kind}:{self.option}"
+
+
+SNS_BANK = Need("sns_bank")
+SNS_GROUNDED = Need("sns_grounded")
+
+
+def rlmrec_text(source: str) -> Need:
+    return Need("rlmrec_text", source)
+
+
+def hnlmrec_bank(signal: str) -> Need:
+    return Need("hnlmrec_bank", signal)
+
+
+def teacher(model: str) -> Need:
+    return Need("teacher", model)
 
 
 def array_digest(*arrays) -> str:
@@ -89,61 +132,79 @@ def content_digest(value) -> str:
 
 
 class Resources:
-    """Named inputs: `provide(key, value)` or `provide(key, loader=fn)`; `res[key]`, `res.digest(key)`."""
+    """Inputs by `Need`: `provide(need, value)` or `provide(need, loader=fn)`; `res[need]`, `res.digest(need)`."""
 
-    def __init__(self, **values):
-        self._values: dict = dict(values)
-        self._loaders: dict[str, Callable] = {}
-        self._digests: dict[str, str] = {}
+    def __init__(self, values: dict | None = None):
+        self._values: dict[Need, object] = {}
+        self._loaders: dict[Need, Callable] = {}
+        self._digests: dict[Need, str] = {}
+        for need, value in (values or {}).items():
+            self.provide(need, value)
 
-    def provide(self, key: str, value=None, loader: Callable | None = None) -> "Resources":
+    def provide(self, need: Need, value=None, loader: Callable | None = None) -> "Resources":
+        if not isinstance(need, Need):
+            raise TypeError(f"inputs are keyed by Need, not {need!r}")
         if loader is None:
-            self._values[key] = value
+            self._values[need] = value
         else:
-            self._loaders[key] = loader
-        self._digests.pop(key, None)
+            self._loaders[need] = loader
+        self._digests.pop(need, None)
         return self
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._values or key in self._loaders
+    def __contains__(self, need: Need) -> bool:
+        return need in self._values or need in self._loaders
 
-    def __getitem__(self, key: str):
-        if key not in self._values:
-            if key not in self._loaders:
-                raise MissingInputError(f"this run has no {key!r} (known: {', '.join(self.keys()) or 'none'}); "
+    def __getitem__(self, need: Need):
+        if need not in self._values:
+            if need not in self._loaders:
+                raise MissingInputError(f"this run has no {need} (known: {', '.join(self.keys()) or 'none'}); "
                                         "in the study, the notebook that makes it must run first")
-            self._values[key] = self._loaders[key]()
-        return self._values[key]
+            self._values[need] = self._loaders[need]()
+        return self._values[need]
 
     def keys(self) -> list[str]:
-        return sorted(set(self._values) | set(self._loaders))
+        return sorted(str(n) for n in set(self._values) | set(self._loaders))
 
-    def digest(self, key: str) -> str:
-        if key not in self._digests:
-            self._digests[key] = content_digest(self[key])
-        return self._digests[key]
+    def digest(self, need: Need) -> str:
+        if need not in self._digests:
+            self._digests[need] = content_digest(self[need])
+        return self._digests[need]
 
-
-def provide_teachers(res: Resources, data) -> Resources:
-    """Loaders of "teacher:<model>" for every teacher backbone (trained only when a method asks)."""
-    for model in TEACHER_MODELS:
-        res.provide(f"teacher:{model}", loader=lambda m=model: teacher_table(data, m))
-    return res
+    def digests(self, needs) -> dict[str, str]:
+        """{need name: content digest}: what a run's key and result record of its inputs."""
+        return {str(n): self.digest(n) for n in needs}
 
 
-def saved_resources(data, llm: str, sns_budget: str = "per-user:1", hnlmrec_run: str | None = None) -> Resources:
-    """Loaders for the artefacts that `hnlm sns`, `hnlm profiles` and `hnlm finetune` saved for `llm` on `data`'s
-    split, and for the CF teachers (trained and cached on first use)."""
-    budget = Budget.parse(sns_budget)
-    res = Resources()
-    res.provide("sns_bank", loader=lambda: sns.load_bank(data, llm, budget))
-    res.provide("sns_grounded", loader=lambda: sns.load_grounded(data, llm, budget))
-    for source in ("profiles", "metadata"):
-        res.provide(f"rlmrec_text:{source}",
+def provide_inputs(data, llm: str, res: Resources | None = None, sns_budget: str = "per-user:1",
+                   sns_context: str = "profile", hnlmrec_config: Callable[[str], RunConfig] | None = None,
+                   hnlmrec_run: str | None = None, make: bool = False) -> Resources:
+    """Loaders of every need for `llm` on `data`'s split (each made only when a method asks for it):
+    SNS bank and grounding (`sns.obtain_built`: shipped negatives of these settings, then artifacts/ built with
+    them, else the error naming `hnlm sns`), RLMRec's text embeddings and the CF teachers (made here: minutes at
+    most), module 4's banks (`banks.obtain_bank` with `hnlmrec_config(signal)`, default: `hnlm finetune`'s
+    defaults; fine-tuned here only when `make`, else the error naming `hnlm finetune`; `hnlmrec_run`: that
+    run-<hash> folder instead)."""
+    res = res if res is not None else Resources()
+    budget, split_seed = Budget.parse(sns_budget), split_seed_of(data)
+
+    def built(load):
+        def loader():
+            sns.obtain_built(data, llm, budget, sns_context)
+            return load(data, llm, budget)
+        return loader
+
+    res.provide(SNS_BANK, loader=built(sns.load_bank))
+    res.provide(SNS_GROUNDED, loader=built(sns.load_grounded))
+    for source in NEED_KINDS["rlmrec_text"]:
+        res.provide(rlmrec_text(source),
                     loader=lambda s=source: text_embeddings(data, s, get_text_encoder("minilm"), llm))
-    run = RunConfig()
+    config = hnlmrec_config or (lambda s: RunConfig(finetune=FinetuneConfig(llm=llm, cf_signal=s)))
     for signal in ("text", "soft"):
-        res.provide(f"hnlmrec_bank:{signal}",
-                    loader=lambda s=signal: load_bank(data, llm, s, run.finetune.budget, run.infer_budget,
-                                                      run=hnlmrec_run))
-    return provide_teachers(res, data)
+        if hnlmrec_run is not None:
+            res.provide(hnlmrec_bank(signal), loader=lambda s=signal: run_bank(data, config(s), hnlmrec_run))
+        else:
+            res.provide(hnlmrec_bank(signal),
+                        loader=lambda s=signal: obtain_bank(data, config(s), split_seed, fine_tune=make)[1])
+    for model in NEED_KINDS["teacher"]:
+        res.provide(teacher(model), loader=lambda m=model: teacher_table(data, m))
+    return res

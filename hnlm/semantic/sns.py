@@ -36,11 +36,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
+from hnlm.errors import MissingInputError, UserFacingError
+from hnlm.llm.backends import make_backend
+from hnlm.llm.encoders import get_text_encoder
+from hnlm.llm.structured import field_budgets
 from hnlm.paths import artifacts_dir
+from hnlm.semantic import outputs
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import (
     Budget,
+    chat_template,
     check_split,
     domain_of,
     history_context,
@@ -50,12 +55,12 @@ from hnlm.semantic.common import (
     split_id_of,
     split_options,
     split_seed_of,
+    template_path,
     title_of,
     train_fingerprint,
 )
 from hnlm.semantic.profiles import profiles_of
 
-PROMPT_DIR = Path(__file__).parent / "prompts"
 MAX_WORDS = 20
 SNS_SCHEMA = {  # property order is the order the constrained decoder writes them in: reasoning first
     "type": "object",
@@ -73,17 +78,6 @@ RECORD_COLUMNS = ["user", "item", "ok", "text", "reasoning", "reason", "words", 
 
 
 # ---------------------------------------------------------------- prompts
-
-def load_template(domain: str, prefix: str = "sns") -> tuple[str, str]:
-    """(system, user) parts of prompts/<prefix>_<domain>.txt, separated by a line '---'."""
-    path = PROMPT_DIR / f"{prefix}_{domain}.txt"
-    if not path.exists():
-        path = PROMPT_DIR / f"{prefix}_item.txt"
-    system, _, user = path.read_text().partition("\n---\n")
-    if not user:
-        raise DataFormatError(f"{path}: expected a system part, a line '---', then the user part")
-    return system.strip(), user.strip()
-
 
 def sampling_tag(temperature: float, top_p: float, seed: int) -> str:
     """Decoding part of a record's context tag: "greedy", or the sampling settings."""
@@ -109,13 +103,12 @@ class PromptBuilder:
                  decoding: str = "greedy"):
         self.data = data
         self.context = context
-        self.system, self.user_template = load_template(domain_of(data.name), self.template_prefix)
-        self.item_profiles: dict[int, str] = {}
-        self.user_profiles: dict[int, str] = {}
-        if context == "profile":
-            self.item_profiles, self.user_profiles = profiles_of(data, profiles_llm)
-        elif context != "history":
+        self.template = template_path(self.template_prefix, data.name)
+        self.system, self.user_template = chat_template(self.template)
+        if context not in ("profile", "history"):
             raise UserFacingError(f"unknown SNS context {context!r}: use 'profile' or 'history'")
+        self.profiles_llm = profiles_llm
+        self._profiles: tuple[dict[int, str], dict[int, str]] | None = None if context == "profile" else ({}, {})
         self.seed = seed
         self.items_without_profile: set[int] = set()
         # Stored with every record: negatives made from another context, prompt or decoding are never reused.
@@ -123,6 +116,20 @@ class PromptBuilder:
         prompt = json.dumps([self.system, self.user_template, self.json_schema()])
         prompt = hashlib.sha256(prompt.encode()).hexdigest()[:8]
         self.tag = f"{base}|{self.template_prefix}-{prompt}|{decoding}"
+
+    @property
+    def item_profiles(self) -> dict[int, str]:
+        """Module-1 item profiles by id (read on first use: the tag and the slot need none)."""
+        return self._loaded_profiles()[0]
+
+    @property
+    def user_profiles(self) -> dict[int, str]:
+        return self._loaded_profiles()[1]
+
+    def _loaded_profiles(self) -> tuple[dict[int, str], dict[int, str]]:
+        if self._profiles is None:
+            self._profiles = profiles_of(self.data, self.profiles_llm)
+        return self._profiles
 
     def user_text(self, user: int) -> str:
         if self.context == "profile":
@@ -341,6 +348,19 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray,
     }
 
 
+def embed_and_ground(data, ok: pd.DataFrame, encoder, pool: int, seed: int) -> tuple[np.ndarray, pd.DataFrame, dict]:
+    """Valid records `ok` embedded, grounded to their nearest catalogue items (the user's training items excluded)
+    and measured: (their vectors, the grounded frame: user, item, text, nearest, similarity, pool; `quality`)."""
+    neg_emb = encoder.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, encoder.dim), np.float32)
+    item_emb = item_embeddings(data, encoder)
+    nearest, sim, top, nearest_any = ground(neg_emb, ok["user"].to_numpy(int), item_emb, data, pool)
+    q = quality(data, ok, neg_emb, short_embeddings(data, encoder), nearest, nearest_any, top, seed=seed)
+    grounded = pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "text": ok["text"],
+                             "nearest": nearest.astype(int), "similarity": sim.astype(float),
+                             "pool": [list(map(int, p)) for p in top]})
+    return neg_emb, grounded, q
+
+
 def generated_records(data, llm: str, budget: Budget, pair_seed: int, records: pd.DataFrame, allow_missing: bool,
                       command: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(every generated record of the budget's pairs, the valid ones, pairs never generated). Missing pairs
@@ -362,23 +382,20 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, pair_seed: int = 0,
     """Embed, ground and measure the negatives of a budget; write bank / grounded / quality / meta."""
     out = sns_dir(data.name, llm, split_id_of(data))
     pairs = select_pairs(data, budget, pair_seed)
+    command = f"hnlm sns --dataset {data.name} --llm {llm} --pair-seed {pair_seed}" + (
+        f" --context {parse_tag(context)[0]}" if context else "")
     rec, ok, missing = generated_records(data, llm, budget, pair_seed, read_negatives(out / "negatives.jsonl", context),
-                                         allow_missing, "hnlm sns")
-    neg_emb = encoder.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, encoder.dim), np.float32)
-    item_emb = item_embeddings(data, encoder)
-    nearest, sim, top, nearest_any = ground(neg_emb, ok["user"].to_numpy(int), item_emb, data, pool)
-    q = quality(data, ok, neg_emb, short_embeddings(data, encoder), nearest, nearest_any, top, seed=pair_seed)
+                                         allow_missing, command)
+    neg_emb, grounded, q = embed_and_ground(data, ok, encoder, pool, pair_seed)
     q.update({"budget_pairs": int(len(pairs)), "not_generated": missing,
               "coverage_users": int(ok["user"].nunique()) / data.n_users,
               "requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
               "invalid": int(len(rec) - len(ok)), "truncated_to_20_words": int(ok["truncated"].sum()),
               "invalid_reasons": rec.loc[~rec["ok"].astype(bool), "reason"].value_counts().to_dict()})
     tag = budget.tag
-    np.savez(out / f"bank_{tag}.npz", users=ok["user"].to_numpy(np.int64),
-             items=ok["item"].to_numpy(np.int64), emb=neg_emb.astype(np.float32))
-    pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "text": ok["text"],
-                  "nearest": nearest.astype(int), "similarity": sim.astype(float),
-                  "pool": [list(map(int, p)) for p in top]}).to_parquet(out / f"grounded_{tag}.parquet")
+    NegativeBank(neg_emb, ok["user"].to_numpy(np.int64), ok["item"].to_numpy(np.int64),
+                 source=f"sns:{llm}:{budget.spec}").save(out / f"bank_{tag}.npz")
+    grounded.to_parquet(out / f"grounded_{tag}.parquet")
     meta = {"dataset": data.name, "llm": llm, "budget": budget.spec, "pair_seed": pair_seed,
             "split_seed": split_seed_of(data), "train_fingerprint": train_fingerprint(data),
             "encoder": getattr(encoder, "identity", type(encoder).__name__), "grounding_pool": pool,
@@ -412,16 +429,145 @@ def load_meta(data, llm: str, budget: Budget) -> dict:
 
 def load_bank(data, llm: str, budget: Budget) -> NegativeBank:
     """The text-embedding bank of a budget, for `AlignmentExtension`."""
-    z = np.load(_artifact(data, llm, budget, "bank_{tag}.npz"))
+    path = _artifact(data, llm, budget, "bank_{tag}.npz")
     meta = load_meta(data, llm, budget)
     q = meta.pop("quality")
-    return NegativeBank(z["emb"], z["users"], z["items"], source=f"sns:{llm}:{budget.spec}",
-                        meta={"budget": budget.spec, "llm": llm, "encoder": meta["encoder"],
+    return NegativeBank.load(path, f"sns:{llm}:{budget.spec}",
+                             {"budget": budget.spec, "llm": llm, "encoder": meta["encoder"],
                               "valid_json_rate": q["valid_json_rate"], "context": meta.get("context")})
 
 
 def load_grounded(data, llm: str, budget: Budget) -> pd.DataFrame:
     return pd.read_parquet(_artifact(data, llm, budget, "grounded_{tag}.parquet"))
+
+
+# ---------------------------------------------------------------- shipped negatives, else cached, else made
+
+SHIPPED_KIND = "sns-negatives"   # hnlm.semantic.outputs kind of the negatives shipped in outputs/
+SHIPPED_FIELDS = ("ok", "text", "reasoning", "reason", "words", "truncated")
+
+
+def shipped_slot(builder: PromptBuilder, split_id: str) -> str:
+    return f"{safe_name(builder.tag)}_split-{split_id}"
+
+
+def shipped_key(data, backend, builder: PromptBuilder, split_seed: int) -> dict:
+    """What identifies shipped negatives besides their prompts, from the objects that make them: the builder's
+    schema, decoding budget, template and context tag, the backend's weights and decoding, the training split."""
+    schema = builder.json_schema()
+    _, total = field_budgets(schema, builder.max_new_tokens)
+    return {"model": backend.weights_identity, "schema": schema, "decoding": backend.decoding(total),
+            "max_words": MAX_WORDS, "context": builder.tag, "prompt_seed": builder.seed,
+            "templates": outputs.template_hashes([builder.template]),
+            "split": train_fingerprint(data), "split_seed": split_seed}
+
+
+def prompt_hashes(builder: PromptBuilder, pairs: pd.DataFrame) -> dict:
+    """{(user, item): prompt_sha} of the pairs' prompts."""
+    return {(int(u), int(i)): outputs.prompt_sha(builder.messages(int(u), int(i)))
+            for u, i in zip(pairs["user"], pairs["item"])}
+
+
+def lookup_shipped(data, llm: str, builder: PromptBuilder, pairs: pd.DataFrame, split_seed: int,
+                   backend=None) -> outputs.Lookup:
+    """The shipped negatives of `pairs` made with these prompts and settings (`backend`: the one that would make
+    them, default `llm`'s; made only when something is shipped in the slot)."""
+    slot = shipped_slot(builder, split_id_of(data))
+    none = outputs.not_shipped(SHIPPED_KIND, data.name, llm, slot)
+    if none is not None:
+        return none
+    key = shipped_key(data, backend or make_backend(llm, progress=False), builder, split_seed)
+    return outputs.lookup(SHIPPED_KIND, data.name, llm, slot, key, prompt_hashes(builder, pairs),
+                          id_fields=("user", "item"))
+
+
+def copy_into_cache(rows: list[dict], folder: Path, context: str) -> int:
+    """Append shipped records to artifacts' negatives.jsonl where it lacks them or holds other answers
+    (the last record of a pair wins), so grounding and banks are built from the shipped answers."""
+    have = read_negatives(folder / "negatives.jsonl", context)
+    known = {(int(r.user), int(r.item)): tuple(getattr(r, f) for f in SHIPPED_FIELDS) for r in have.itertuples()}
+    new = [r for r in rows if known.get((r["user"], r["item"])) != tuple(r[f] for f in SHIPPED_FIELDS)]
+    if new:
+        with (folder / "negatives.jsonl").open("a") as fh:
+            for r in new:
+                fh.write(json.dumps({"user": r["user"], "item": r["item"], **{f: r[f] for f in SHIPPED_FIELDS},
+                                     "context": context}) + "\n")
+    return len(new)
+
+
+def obtain_negatives(data, llm: str, pairs: pd.DataFrame, builder: PromptBuilder, split_seed: int,
+                     chunk: int = 32) -> dict:
+    """The negatives of `pairs` in artifacts' negatives.jsonl: shipped ones whose prompts match are copied there,
+    else the missing pairs are generated (LLM cache, then the model). Returns the generation counts."""
+    backend = make_backend(llm)
+    folder = sns_dir(data.name, llm, split_id_of(data))
+    found = lookup_shipped(data, llm, builder, pairs, split_seed, backend)
+    if found.shipped is not None:
+        copied = copy_into_cache(found.rows, folder, builder.tag)
+        outputs.report(SHIPPED_KIND, f"{found.shipped.line(len(found.rows))}; {copied} records copied into "
+                                     f"{folder / 'negatives.jsonl'}")
+        return {"requested": len(pairs), "already_done": len(pairs), "generated": 0, "from_llm_cache": 0,
+                "shipped": len(found.rows), "backend": found.shipped.manifest["key"]["model"],
+                "made_with": found.shipped.made_with, "seconds": None, "prompts_per_s": None, "tokens_per_s": None}
+    gen = generate_negatives(data, backend, pairs, builder, folder, chunk=chunk)
+    outputs.report(SHIPPED_KIND, f"{gen['already_done']} already in {folder / 'negatives.jsonl'}, "
+                                 f"{gen['from_llm_cache']} from the LLM cache, generated "
+                                 f"{gen['generated'] - gen['from_llm_cache']} ({found.reason})")
+    return {**gen, "backend": backend.identity, "shipped": 0,
+            **{k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")}}
+
+
+def obtain_built(data, llm: str, budget: Budget, context: str = "profile", pair_seed: int = 0,
+                 encoder: str = "minilm", pool: int = 20) -> None:
+    """Make sure module 2's bank, grounding and quality of these settings are in artifacts/, without an LLM:
+    shipped negatives whose prompts match are copied into negatives.jsonl (then the bank is built from them);
+    else a bank built there with this context and pair seed is kept; else it is built from the records there,
+    and missing pairs are an error naming the `hnlm sns` that generates them."""
+    builder = PromptBuilder(data, context, llm, seed=pair_seed)
+    folder = sns_dir(data.name, llm, split_id_of(data))
+    pairs = select_pairs(data, budget, pair_seed)
+    found = lookup_shipped(data, llm, builder, pairs, split_seed_of(data))
+    copied = copy_into_cache(found.rows, folder, builder.tag) if found.shipped is not None else 0
+    meta_path = folder / f"meta_{budget.tag}.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if not copied and (meta.get("context_tag"), meta.get("pair_seed")) == (builder.tag, pair_seed):
+        outputs.report(SHIPPED_KIND, f"bank built in {folder} ({found.reason})")
+        return
+    where = found.shipped.line(len(found.rows)) if found.shipped is not None else str(folder / "negatives.jsonl")
+    outputs.report(SHIPPED_KIND, f"building the bank from {where} ({found.reason})")
+    build_artifacts(data, llm, budget, get_text_encoder(encoder), pair_seed, pool, extra_meta=builder.describe(),
+                    context=builder.tag)
+
+
+def records_to_ship(data, llm: str, builder: PromptBuilder, pairs: pd.DataFrame) -> tuple[list[dict], Path]:
+    """The generated records of `pairs` in artifacts/ as they ship (with their prompt hashes; fewer than the
+    pairs while generation is incomplete), and the file they come from."""
+    path = sns_dir(data.name, llm, split_id_of(data)) / "negatives.jsonl"
+    done = pairs.merge(read_negatives(path, builder.tag), on=["user", "item"])
+    shas = prompt_hashes(builder, pairs)
+    return [{"user": int(r.user), "item": int(r.item), **{f: plain(getattr(r, f)) for f in SHIPPED_FIELDS},
+             "prompt_sha": shas[(int(r.user), int(r.item))]} for r in done.itertuples()], path
+
+
+def plain(value):
+    """numpy scalars and NaN (pandas' missing values) as JSON values."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def parse_tag(tag: str) -> tuple[str, str, str]:
+    """(context, profiles LLM or "", decoding) of a PromptBuilder.tag
+    "<history | profile:<llm>>|<template>-<prompt hash>|<greedy | sample-...>"."""
+    parts = tag.split("|")
+    context, _, profiles_llm = parts[0].partition(":")
+    return context, profiles_llm, parts[-1]
+
+
+def shipped_builder(data, key: dict) -> PromptBuilder:
+    """The PromptBuilder that made shipped negatives of key `key` (its context tag and prompt seed)."""
+    context, profiles_llm, _ = parse_tag(key["context"])
+    return PromptBuilder(data, context, profiles_llm or None, seed=key.get("prompt_seed", 0))
 
 
 # ---------------------------------------------------------------- candidate-list variant

@@ -105,7 +105,7 @@ class RunSpec:
         blob = json.dumps({"dataset": data.name, "split": data.stats.get("split_seed"),
                            "split_mode": data.stats.get("split_mode"), "config": dataclasses.asdict(config),
                            "method": self.variant.method, "settings": dataclasses.asdict(self.variant.settings()),
-                           "resources": {k: resources.digest(k) for k in self.variant.needs()}},
+                           "resources": resources.digests(self.variant.needs())},
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -182,7 +182,7 @@ def run_specs(data, specs: list[RunSpec], settings: dict, folder: Path, resource
     results = [stored_run(data, spec, settings, folder, resources) for spec in specs]
     todo = [i for i, r in enumerate(results) if r is None]
     # Jobs that leave this process get the inputs their runs need as plain values (loaders do not travel).
-    needed = Resources(**{k: resources[k] for i in todo for k in specs[i].variant.needs()}) \
+    needed = Resources({k: resources[k] for i in todo for k in specs[i].variant.needs()}) \
         if executor.ships_inputs else resources
     own = bar is None
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="CF runs", unit="run") if own else bar

@@ -6,7 +6,8 @@ import pandas as pd
 
 from hnlm.paths import outputs_root
 from hnlm.semantic.common import safe_name
-from hnlm.study.publish import add_adapters, list_outputs, verify
+from hnlm.study.publish import add_adapters
+from hnlm.study.verify import list_outputs, verify
 
 
 def register(sub) -> None:

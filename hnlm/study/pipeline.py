@@ -10,27 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from hnlm.atomic import write_text
 from hnlm.errors import MissingInputError
-from hnlm.llm.backends import make_backend
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.methods import variant
-from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
+from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import Budget, select_pairs, split_id_of
-from hnlm.semantic.hnlmrec.adapters import find_adapter
+from hnlm.semantic.hnlmrec.banks import obtain_bank
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, mean_pairwise_cosine
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, embed_bank, load_bank, run_finetune
-from hnlm.semantic.hnlmrec.transfer import transfer_bank
-from hnlm.semantic.resources import Resources, provide_teachers
-from hnlm.semantic.rlmrec import text_embeddings
-from hnlm.study import shipped
+from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig
+from hnlm.semantic.hnlmrec.transfer import obtain_transfer
+from hnlm.semantic.resources import SNS_BANK, SNS_GROUNDED, Resources, hnlmrec_bank, provide_inputs
 from hnlm.study.experiments import run_grid
 
 
@@ -72,20 +69,13 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
     rec = pairs.merge(sns.read_negatives(folder / "negatives.jsonl", builder.tag), on=["user", "item"],
                       how="left")
     ok = rec[rec["ok"].fillna(False).astype(bool)].reset_index(drop=True)
-    neg_emb = enc.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, enc.dim), np.float32)
-    item_emb = sns.item_embeddings(data, enc)
-    users = ok["user"].to_numpy(int)
-    nearest, sim, top, nearest_any = sns.ground(neg_emb, users, item_emb, data, pool)
-    quality = sns.quality(data, ok, neg_emb, sns.short_embeddings(data, enc), nearest, nearest_any, top,
-                          seed=pair_seed)
+    neg_emb, grounded, quality = sns.embed_and_ground(data, ok, enc, pool, pair_seed)
     quality.update({"requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
                     "invalid": int(len(rec) - len(ok))})
     covered = "all-users" if limit_users is None else f"first-{limit_users}-users"
-    bank = NegativeBank(neg_emb, users, ok["item"].to_numpy(int), source=f"sns:{llm}:{builder.tag}:{covered}",
+    bank = NegativeBank(neg_emb, ok["user"].to_numpy(int), ok["item"].to_numpy(int),
+                        source=f"sns:{llm}:{builder.tag}:{covered}",
                         meta={"budget": f"per-user:1, {covered}", "llm": llm, "encoder": enc.identity})
-    grounded = pd.DataFrame({"user": users, "item": ok["item"].astype(int), "text": ok["text"],
-                             "nearest": nearest.astype(int), "similarity": sim.astype(float),
-                             "pool": [list(map(int, p)) for p in top]})
     return {"generation": gen, "quality": quality, "records": rec, "bank": bank, "grounded": grounded}
 
 
@@ -98,25 +88,7 @@ def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int 
     if limit_users is not None:
         pairs = pairs[pairs["user"] < limit_users]
     builder = sns.PromptBuilder(data, context, llm, seed=pair_seed)
-    backend = make_backend(llm)
-    folder = sns.sns_dir(data.name, llm, split_id_of(data))
-    found = shipped.lookup_sns(data, backend, llm, builder, pairs, split_seed)
-    if found.shipped is not None:
-        copied = shipped.copy_into_cache(found.rows, folder, builder.tag)
-        outputs.report("sns-negatives", f"{found.shipped.line(len(found.rows))}; {copied} records copied into "
-                                        f"{folder / 'negatives.jsonl'}")
-        gen = {"requested": len(pairs), "already_done": len(pairs), "generated": 0, "from_llm_cache": 0,
-               "shipped": len(found.rows), "backend": found.shipped.manifest["key"]["model"],
-               "made_with": found.shipped.made_with, "seconds": None, "prompts_per_s": None, "tokens_per_s": None}
-        return pairs, builder, gen
-    gen = sns.generate_negatives(data, backend, pairs, builder, folder, chunk=chunk)
-    outputs.report("sns-negatives", f"{gen['already_done']} already in {folder / 'negatives.jsonl'}, "
-                                    f"{gen['from_llm_cache']} from the LLM cache, generated "
-                                    f"{gen['generated'] - gen['from_llm_cache']} ({found.reason})")
-    gen["backend"] = backend.identity
-    gen["shipped"] = 0
-    gen.update({k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")})
-    return pairs, builder, gen
+    return pairs, builder, sns.obtain_negatives(data, llm, pairs, builder, split_seed, chunk)
 
 
 def llm_size_resources(data, llm: str, conf: dict) -> tuple[Resources, dict]:
@@ -127,7 +99,7 @@ def llm_size_resources(data, llm: str, conf: dict) -> tuple[Resources, dict]:
     if "sns" in conf["methods"]:
         out = study_sns(data, llm, conf["limit_users"], conf["split_seed"], context=conf["context"],
                         official=False)
-        resources.provide("sns_bank", out["bank"])
+        resources.provide(SNS_BANK, out["bank"])
         q = out["quality"]
         info.update({"sns_valid_json_rate": q["valid_json_rate"], "sns_distinct_texts": q["distinct_texts_share"],
                      "sns_false_hard_negatives": q["false_hard_negative_share"],
@@ -135,7 +107,7 @@ def llm_size_resources(data, llm: str, conf: dict) -> tuple[Resources, dict]:
                      "sns_generated_now": out["generation"]["generated"]})
     finetune = {s: study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"]) for s in conf["signals"]}
     for s, (summary, bank) in finetune.items():
-        resources.provide(f"hnlmrec_bank:{s}", bank)
+        resources.provide(hnlmrec_bank(s), bank)
         info.update({f"{s}_loss_first5": summary["loss_first5_mean"], f"{s}_loss_last5": summary["loss_last5_mean"],
                      f"{s}_pairwise_cosine": mean_pairwise_cosine(bank.emb)})
     return resources, info
@@ -158,8 +130,8 @@ def llm_size_runs(data, conf: dict, seeds, out_dir: Path) -> tuple[list[dict], p
 def save_sns(out: dict, folder: Path) -> None:
     """Keep the bank and grounding of a study run in its run folder (notebook 04 trains with them)."""
     bank = out["bank"]
-    np.savez(folder / "sns_bank.npz", emb=bank.emb, users=bank.users, items=bank.items)
-    (folder / "sns_bank.json").write_text(json.dumps({"source": bank.source, "meta": bank.meta}))
+    bank.save(folder / "sns_bank.npz")
+    write_text(folder / "sns_bank.json", json.dumps({"source": bank.source, "meta": bank.meta}))
     out["grounded"].to_parquet(folder / "sns_grounded.parquet")
 
 
@@ -167,29 +139,25 @@ def load_sns(folder: Path):
     """(NegativeBank, grounded frame) saved by `save_sns`."""
     if not (folder / "sns_bank.npz").exists():
         raise MissingInputError(f"{folder / 'sns_bank.npz'} is missing: run notebook 03_sns first")
-    z = np.load(folder / "sns_bank.npz")
     info = json.loads((folder / "sns_bank.json").read_text())
-    bank = NegativeBank(z["emb"], z["users"], z["items"], info["source"], info["meta"])
+    bank = NegativeBank.load(folder / "sns_bank.npz", info["source"], info["meta"])
     return bank, pd.read_parquet(folder / "sns_grounded.parquet")
 
 
 def semantic_resources(folder: Path, data, llm: str) -> Resources:
-    """What LLM-based methods of the CF grid train with: notebook 03's bank and grounding (from the run
-    folder), and RLMRec-Con's text embeddings and the CF teachers' mined negatives (both made only if a
-    method asks for them)."""
+    """What LLM-based methods of the CF grid train with: notebook 03's bank and grounding (from the run folder:
+    a smoke or quick profile's covers its first users only), and the rest from `provide_inputs`, the provider
+    `hnlm train` uses too (RLMRec-Con's text embeddings, the CF teachers' mined negatives: made only if a method
+    asks; module 4's banks: notebooks give those of their profile with `with_hnlmrec_banks`)."""
     bank, grounded = load_sns(folder)
-    res = Resources(sns_bank=bank, sns_grounded=grounded)
-    for source in ("profiles", "metadata"):
-        res.provide(f"rlmrec_text:{source}",
-                    loader=lambda s=source: text_embeddings(data, s, get_text_encoder("minilm"), llm))
-    return provide_teachers(res, data)
+    return provide_inputs(data, llm).provide(SNS_BANK, bank).provide(SNS_GROUNDED, grounded)
 
 
 def with_hnlmrec_banks(resources: Resources | None, banks: dict) -> Resources:
-    """`resources` plus module 4's emitted-vector banks by CF signal (resource "hnlmrec_bank:<signal>")."""
+    """`resources` plus module 4's emitted-vector banks by CF signal (input `hnlmrec_bank(signal)`)."""
     res = resources if resources is not None else Resources()
     for signal, bank in banks.items():
-        res.provide(f"hnlmrec_bank:{signal}", bank)
+        res.provide(hnlmrec_bank(signal), bank)
     return res
 
 
@@ -209,77 +177,19 @@ def fields_in(config_cls, conf: dict) -> dict:
     return {k: v for k, v in conf.items() if k in names}
 
 
-def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
-    """The shipped bank of these settings when there is one; else, when the run is not here but its adapter is
-    shipped (the bank's queries changed), the bank embedded again with that adapter; else fine-tune (resumable; a
-    finished run with the same settings is reused by module 4's own cache of checkpoints and banks); returns
-    (summary with its "loss_history", NegativeBank of emitted embeddings)."""
-    cfg = hnlmrec_config(llm, signal, conf)
-    found = shipped.lookup_hnlmrec(data, cfg, split_seed)
-    stage = f"hnlmrec-bank {signal}"
-    if found.shipped is not None:
-        outputs.report(stage, found.shipped.line())
-        bank = shipped.shipped_bank(found.shipped, f"hnlmrec:{llm}:{signal}",
-                                    {"llm": llm, "cf_signal": signal, "budget": cfg.finetune.budget,
-                                     "infer_budget": cfg.infer_budget, "infer_users": cfg.infer_users})
-        summary = {**found.shipped.manifest["summary"], "folder": str(found.shipped.path.parent),
-                   "bank": str(found.shipped.path), "shipped": True}
-        return summary, bank
-    adapter = find_adapter(data.name, cfg, split_id_of(data))
-    if adapter is not None and adapter.source == "shipped":
-        return reembed_with_shipped_adapter(data, cfg, adapter, stage, found.reason)
-    summary = run_finetune(data, cfg)
-    outputs.report(stage, f"{'cached' if summary.get('finetune_reused') else 'fine-tuned'} in {summary['folder']} "
-                          f"({found.reason})")
-    bank = load_bank(data, llm, signal, cfg.finetune.budget, cfg.infer_budget, run=Path(summary["folder"]).name,
-                     infer_users=cfg.infer_users)
-    return {**summary, "loss_history": loss_history(summary["folder"]), "shipped": False}, bank
+def study_hnlmrec(data, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, NegativeBank]:
+    """Module 4's bank of the run a profile's "hnlmrec" block `conf` describes (`banks.obtain_bank`: shipped, else
+    made here); returns (summary with its "loss_history", NegativeBank of emitted embeddings)."""
+    return obtain_bank(data, hnlmrec_config(llm, signal, conf), split_seed)
 
 
-def reembed_with_shipped_adapter(data, cfg: RunConfig, adapter, stage: str, reason: str) -> tuple[dict, object]:
-    """The bank of a run that is not here but whose adapter is shipped (its shipped bank no longer fits, e.g. the
-    query template changed): emitted again with that adapter, no fine-tuning; the summary is the run's."""
-    ft = cfg.finetune
-    path = embed_bank(data, cfg, adapter.folder)
-    outputs.report(stage, f"embedded with the shipped adapter in {path} ({reason})")
-    bank = load_bank(data, ft.llm, ft.cf_signal, ft.budget, cfg.infer_budget, run=path.parent.name,
-                     infer_users=cfg.infer_users)
-    return {**adapter.bank.manifest["summary"], "folder": str(path.parent), "bank": str(path), "shipped": False,
-            "adapter_from": "shipped"}, bank
-
-
-def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, object]:
+def study_transfer(source, target, llm: str, signal: str, conf: dict, split_seed: int = 0) -> tuple[dict, NegativeBank]:
     """HNLMRec fine-tuned on `source` with conf["hnlmrec"] (reused when notebook 05 ran with the same
     settings, else fine-tuned here) emits embeddings for `target`'s first conf["target_users"] users,
     untuned; the target's CF signal comes from a teacher trained on the target's training split
     (conf["target_teacher"]). `conf` is notebook 10's settings. Returns (summary, NegativeBank)."""
-    cfg = hnlmrec_config(llm, signal, conf["hnlmrec"])
-    target_cfg = replace(cfg, infer_users=conf["target_users"])
-    teacher = TeacherConfig(**conf["target_teacher"])
-    found = shipped.lookup_transfer(source, target, target_cfg, teacher, split_seed)
-    stage = f"transfer-bank {signal} {source.name}->{target.name}"
-    if found.shipped is not None:
-        outputs.report(stage, found.shipped.line())
-        bank = shipped.shipped_bank(found.shipped, f"hnlmrec-transfer:{source.name}->{target.name}:{llm}:{signal}",
-                                    {"llm": llm, "cf_signal": signal, "source_dataset": source.name,
-                                     "infer_budget": cfg.infer_budget, "infer_users": target_cfg.infer_users})
-        return {**found.shipped.manifest["summary"], "finetuned_here": False, "bank_rows": len(bank),
-                "shipped": True}, bank
-    finetuned_here = find_adapter(source.name, cfg, split_id_of(target)) is None  # the run transfer_bank reads
-    if finetuned_here:
-        run_finetune(source, cfg)
-    bank, summary = transfer_bank(target, source.name, target_cfg, teacher)
-    outputs.report(stage, f"embedded in {summary['folder']} ({found.reason})")
-    return {**summary, "finetuned_here": finetuned_here, "bank_rows": len(bank), "shipped": False}, bank
-
-
-def loss_history(folder: Path) -> list[float]:
-    """Training losses logged by the Hugging Face trainer in the latest checkpoint of a fine-tuning run."""
-    states = sorted(Path(folder).glob("checkpoints/checkpoint-*/trainer_state.json"),
-                    key=lambda p: int(p.parent.name.split("-")[1]))
-    if not states:
-        return []
-    return [r["loss"] for r in json.loads(states[-1].read_text())["log_history"] if "loss" in r]
+    return obtain_transfer(source, target, hnlmrec_config(llm, signal, conf["hnlmrec"]), conf["target_users"],
+                           TeacherConfig(**conf["target_teacher"]), split_seed)
 
 
 FINETUNE_TIMINGS = ("s_per_step", "examples_per_s", "embedding_pass_s", "queries", "total_s")

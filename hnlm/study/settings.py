@@ -80,7 +80,7 @@ _TRANSFER = {
 
 # Methods that try to beat DNS(M,N), the strongest classic sampler (hnlm/methods/dnsmn_aligned.py, dnsmn_guard.py,
 # teacher_negatives.py). They need no LLM output beyond notebook 03's SNS bank: dnsmn-guard reads MiniLM item
-# texts, teacher-* a CF teacher trained on first use (resource "teacher:<model>"). 04 runs them (full: with
+# texts, teacher-* a CF teacher trained on first use (input teacher(<model>)). 04 runs them (full: with
 # their ablations) with dns-mn among the baselines, 06 the three main ones on both backbones.
 _BEAT_DNSMN = {
     "quick": ["sns-dnsmn", "sns-dnsmn-random", "dnsmn-guard", "teacher-negatives", "teacher-aligned"],

@@ -21,11 +21,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 
+from hnlm.atomic import write_bytes
 from hnlm.errors import MissingInputError
 from hnlm.semantic import outputs
 from hnlm.semantic.hnlmrec.infer import adapter_fingerprint
 from hnlm.semantic.hnlmrec.model import CONFIG_FILE, TRAINABLE_FILE
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, run_folder
+from hnlm.semantic.hnlmrec.run import RunConfig, run_folder
 
 LORA_FILE = "adapter/adapter_model.safetensors"
 PEFT_CONFIG_FILE = "adapter/adapter_config.json"
@@ -71,7 +72,7 @@ def ship_adapter(final: Path, folder: Path, slot: str) -> dict:
     blob = save(tensors, metadata=meta)
     digest = outputs.sha256_bytes(blob)
     name = f"{slot}.adapter.{digest[:12]}.safetensors"
-    outputs.write_atomic(Path(folder), name, blob)
+    write_bytes(Path(folder) / name, blob)
     kept = sorted(k for k, t in tensors.items() if t.is_floating_point() and t.ndim < 2)
     return {"file": name, "sha256": digest, "bytes": len(blob), "run": Path(final).parent.name,
             "source_fingerprint": adapter_fingerprint(final), "source_dtype": "float32", "stored_dtype": "float16",

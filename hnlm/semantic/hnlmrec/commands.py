@@ -7,9 +7,9 @@ import json
 from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.llm.models import require_model
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
-from hnlm.semantic.hnlmrec.pipeline import RunConfig, TeacherConfig, run_finetune
 from hnlm.semantic.hnlmrec.queries import MiningConfig
 from hnlm.semantic.hnlmrec.ranks import processes
+from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, run_finetune
 
 
 def register(subparsers) -> None:

@@ -28,9 +28,16 @@ import numpy as np
 import pandas as pd
 
 from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
-from hnlm.semantic.common import Budget, cut_words, domain_of, history_context, item_context, select_pairs, title_of
+from hnlm.semantic.common import (
+    Budget,
+    cut_words,
+    history_context,
+    item_context,
+    select_pairs,
+    template_path,
+    title_of,
+)
 
-PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 NEIGHBOURS = 3            # teacher-nearest items named in the text CF signal
 ITEM_PROFILE_WORDS = 40
 
@@ -92,10 +99,9 @@ def mine_hard_negatives(data, teacher: Teacher, users: np.ndarray, items: np.nda
     return neg, counts
 
 
-def load_template(domain: str) -> str:
-    path = PROMPT_DIR / f"hnlmrec_{domain}.txt"
-    if not path.exists():
-        path = PROMPT_DIR / "hnlmrec_item.txt"
+def load_template(dataset: str) -> str:
+    """The query template of `dataset` (common.template_path's rule), checked for its fields."""
+    path = template_path("hnlmrec", dataset)
     text = path.read_text().strip()
     for field in ("{user_profile}", "{item_title}", "{item_profile}", "{cf_signal}"):
         if field not in text:
@@ -110,7 +116,7 @@ class QueryBuilder:
     def __init__(self, data, teacher: Teacher, cf_signal: str = "text",
                  user_profiles: dict | None = None, item_profiles: dict | None = None, seed: int = 0):
         self.data, self.teacher, self.cf_signal, self.seed = data, teacher, cf_signal, seed
-        self.template = load_template(domain_of(data.name))
+        self.template = load_template(data.name)
         self.user_profiles = user_profiles or {}
         self.item_profiles = item_profiles or {}
         self.counts = {"user_profile": 0, "user_history": 0, "item_without_profile_genres_used": 0,

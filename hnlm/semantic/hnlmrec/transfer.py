@@ -11,30 +11,38 @@ The source run is the one on the split with the target's split id (`split_id_of`
 random). Artefacts, under artifacts/<target>/hnlmrec-transfer/<source>-<run tag>/split-<split id>/:
   teacher.npz        the target's teacher
   bank_<tag>.npz     emitted embeddings per target query pair (+ .json: adapter, queries, source run)
+
+A transfer bank ships in outputs/<target>/ (kind "transfer-bank"), keyed as the source run's bank (banks.py) plus
+the source's training split, the target's teacher and both query templates; `obtain_transfer` uses it first.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from hnlm.llm.models import weights_identity
 from hnlm.paths import artifacts_dir
+from hnlm.semantic import outputs
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget, split_id_of
-from hnlm.semantic.hnlmrec.adapters import run_adapter
+from hnlm.semantic.common import Budget, split_id_of, train_fingerprint
+from hnlm.semantic.hnlmrec.adapters import find_adapter, run_adapter
+from hnlm.semantic.hnlmrec.banks import query_templates, run_settings, shipped_slot
 from hnlm.semantic.hnlmrec.finetune import load_base
 from hnlm.semantic.hnlmrec.model import QueryEncoder
-from hnlm.semantic.hnlmrec.pipeline import (
+from hnlm.semantic.hnlmrec.queries import inference_queries
+from hnlm.semantic.hnlmrec.run import (
     RunConfig,
     TeacherConfig,
     bank_tag,
     get_teacher,
     query_builder,
     read_bank,
+    run_finetune,
     run_folder,
     save_bank_for,
 )
-from hnlm.semantic.hnlmrec.queries import inference_queries
 
 
 def transfer_dir(target: str, source: str, source_folder: Path, split_id: str) -> Path:
@@ -76,3 +84,50 @@ def transfer_bank(target, source: str, cfg: RunConfig,
                "users": target.n_users, "context_counts": dict(builder.counts), "teacher": target_teacher.meta,
                "timings": {"teacher_s": t_teacher, "embedding_pass_s": t_infer}}
     return bank, summary
+
+
+# ------------------------------------------------------------------------------------------ shipped, else made
+
+SHIPPED_KIND = "transfer-bank"
+
+
+def transfer_slot(source: str, cfg: RunConfig, split_id: str) -> str:
+    return f"from-{source}_{shipped_slot(cfg, split_id)}"
+
+
+def transfer_key(source, target, cfg: RunConfig, teacher: TeacherConfig, split_seed: int) -> dict:
+    """`cfg` is the target's RunConfig (its infer_users), as `transfer_bank` takes it."""
+    return {"model": weights_identity(cfg.finetune.llm), "source_dataset": source.name,
+            "source_split": train_fingerprint(source), "settings": run_settings(cfg), "teacher": asdict(teacher),
+            "bank": bank_tag(cfg.infer_budget, cfg.infer_users), "templates": query_templates(source, target),
+            "split": train_fingerprint(target), "split_seed": split_seed}
+
+
+def lookup_transfer(source, target, cfg: RunConfig, teacher: TeacherConfig, split_seed: int) -> outputs.Lookup:
+    return outputs.lookup(SHIPPED_KIND, target.name, cfg.finetune.llm,
+                          transfer_slot(source.name, cfg, split_id_of(target)),
+                          transfer_key(source, target, cfg, teacher, split_seed))
+
+
+def obtain_transfer(source, target, cfg: RunConfig, target_users: int | None, teacher: TeacherConfig,
+                    split_seed: int) -> tuple[dict, NegativeBank]:
+    """The shipped transfer bank of these settings, else the run `cfg` on `source` (reused, else fine-tuned
+    here) emits embeddings for `target`'s first `target_users` users, untuned, with the target's teacher
+    `teacher`. Returns (summary, NegativeBank)."""
+    ft = cfg.finetune
+    target_cfg = replace(cfg, infer_users=target_users)
+    found = lookup_transfer(source, target, target_cfg, teacher, split_seed)
+    stage = f"{SHIPPED_KIND} {ft.cf_signal} {source.name}->{target.name}"
+    if found.shipped is not None:
+        outputs.report(stage, found.shipped.line())
+        bank = found.shipped.bank(f"hnlmrec-transfer:{source.name}->{target.name}:{ft.llm}:{ft.cf_signal}",
+                                  {"llm": ft.llm, "cf_signal": ft.cf_signal, "source_dataset": source.name,
+                                   "infer_budget": cfg.infer_budget, "infer_users": target_users})
+        return {**found.shipped.manifest["summary"], "finetuned_here": False, "bank_rows": len(bank),
+                "shipped": True}, bank
+    finetuned_here = find_adapter(source.name, cfg, split_id_of(target)) is None  # the run transfer_bank reads
+    if finetuned_here:
+        run_finetune(source, cfg)
+    bank, summary = transfer_bank(target, source.name, target_cfg, teacher)
+    outputs.report(stage, f"embedded in {summary['folder']} ({found.reason})")
+    return {**summary, "finetuned_here": finetuned_here, "bank_rows": len(bank), "shipped": False}, bank

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hnlm.atomic import write_text
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
@@ -102,6 +103,12 @@ def bank_tag(infer_budget: str, infer_users: int | None = None) -> str:
     """File tag of an embedding pass: its budget, and the user limit when there is one."""
     tag = Budget.parse(infer_budget).tag
     return tag if infer_users is None else f"{tag}-users-{infer_users}"
+
+
+def bank_files(folder: Path, cfg: "RunConfig") -> tuple[Path, Path]:
+    """(vectors, their meta) of the embedding pass of `cfg` in a run (or transfer) folder."""
+    tag = bank_tag(cfg.infer_budget, cfg.infer_users)
+    return Path(folder) / f"bank_{tag}.npz", Path(folder) / f"bank_{tag}.json"
 
 
 def run_folder(dataset: str, cfg: "RunConfig", split_id: str) -> Path:
@@ -282,7 +289,7 @@ def finished_summary(data, folder: Path, cfg: RunConfig) -> dict | None:
     """The summary of a run that finished with these settings and already holds the bank asked for, without
     loading the LLM: a run made elsewhere (e.g. on a GPU, copied without its checkpoints) is reused as is, unless
     its teacher was trained on another training split than `data`'s (an error)."""
-    path, bank = folder / "summary.json", folder / f"bank_{bank_tag(cfg.infer_budget, cfg.infer_users)}.npz"
+    path, bank = folder / "summary.json", bank_files(folder, cfg)[0]
     if not (path.exists() and bank.exists()):
         return None
     summary = json.loads(path.read_text())
@@ -314,24 +321,22 @@ def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunC
     """Emit one embedding per query of `qset` into `folder`/bank_<tag>.npz, reused while the adapter
     (default: `folder`/final) and the queries are unchanged; an interrupted pass resumes."""
     from hnlm.semantic.hnlmrec.infer import adapter_fingerprint, emit, queries_fingerprint
-    tag = bank_tag(cfg.infer_budget, cfg.infer_users)
     users, items = qset["user"].to_numpy(np.int64), qset["item"].to_numpy(np.int64)
     key = {"adapter": adapter_fingerprint(adapter_dir or folder / "final"),
            "queries": queries_fingerprint(qset["text"].tolist(), users, items)}
-    path = folder / f"bank_{tag}.npz"
-    meta_path = folder / f"bank_{tag}.json"
+    path, meta_path = bank_files(folder, cfg)
     if path.exists() and meta_path.exists() and \
             {k: json.loads(meta_path.read_text()).get(k) for k in key} == key:
         return path
-    partial = folder / f"bank_{tag}.partial-{key['adapter']}-{key['queries']}.npz"
+    partial = path.with_name(f"{path.stem}.partial-{key['adapter']}-{key['queries']}.npz")
     emb = emit(qe, tok, qset["text"].tolist(), teacher.user_emb[users], teacher.item_emb[items],
                batch_size=cfg.infer_batch, max_length=cfg.finetune.max_length, partial=partial)
-    np.savez(path, users=users, items=items, emb=emb)
+    NegativeBank(emb, users, items, source=f"hnlmrec:{cfg.finetune.llm}:{cfg.finetune.cf_signal}").save(path)
     meta = {**key, "dataset": data.name, "split_seed": split_seed_of(data), "llm": cfg.finetune.llm,
             "cf_signal": cfg.finetune.cf_signal, "budget": cfg.infer_budget, "users_limit": cfg.infer_users,
             "train_fingerprint": train_fingerprint(data), "pooling": qe.config.pooling,
             **(extra_meta or {})}
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_text(meta_path, json.dumps(meta, indent=2))
     partial.unlink(missing_ok=True)
     return path
 
@@ -355,30 +360,32 @@ def read_bank(data, folder: Path, tag: str, source: str, meta: dict, regenerate:
     path, meta_path = folder / f"bank_{tag}.npz", folder / f"bank_{tag}.json"
     stored = json.loads(meta_path.read_text())
     check_split(path, stored.get("train_fingerprint"), train_fingerprint(data), regenerate)
-    z = np.load(path)
-    return NegativeBank(z["emb"], z["users"], z["items"], source=source,
-                        meta={**meta, "adapter": stored["adapter"], "queries": stored.get("queries"),
-                              "run": folder.name})
+    return NegativeBank.load(path, source, {**meta, "adapter": stored["adapter"], "queries": stored.get("queries"),
+                                            "run": folder.name})
 
 
-def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str, run: str | None = None,
+def load_bank(data, llm: str, cf_signal: str, budget: str, infer_budget: str, run: str,
               infer_users: int | None = None) -> NegativeBank:
-    """The emitted embeddings of a finished run on `data`'s split, for module 3's AlignmentExtension.
-
-    `run` names the settings hash (run-<hash>); without it the most recently finished run of these
-    (llm, signal, budget, split) is used, and its folder name is recorded in the bank's meta."""
+    """The emitted embeddings of the finished run `run` (its settings hash, run-<hash>) on `data`'s split, for
+    module 3's AlignmentExtension; its folder name is recorded in the bank's meta."""
     parent = run_dir(data.name, llm, cf_signal, budget, split_id_of(data))
     tag = bank_tag(infer_budget, infer_users)
-    done = sorted(parent.glob(f"run-*/bank_{tag}.json"), key=lambda p: p.stat().st_mtime)
-    if run is not None:
-        done = [p for p in done if p.parent.name in (run, f"run-{run}")]
-    folder = done[-1].parent if done else parent / (f"run-{run}" if run else "run-<hash>")
+    folder = parent / (run if run.startswith("run-") else f"run-{run}")
     command = finetune_command(data, llm, cf_signal, budget, infer_budget, infer_users)
     if not (folder / f"bank_{tag}.npz").exists() or not (folder / f"bank_{tag}.json").exists():
         raise MissingInputError(f"{folder / f'bank_{tag}.npz'} is missing: run `{command}` first")
     return read_bank(data, folder, tag, f"hnlmrec:{llm}:{cf_signal}",
                      {"llm": llm, "cf_signal": cf_signal, "budget": budget, "infer_budget": infer_budget,
                       "infer_users": infer_users}, f"rm -r {folder} && {command}")
+
+
+def loss_history(folder: Path) -> list[float]:
+    """Training losses logged by the Hugging Face trainer in the latest checkpoint of a fine-tuning run."""
+    states = sorted(Path(folder).glob("checkpoints/checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(p.parent.name.split("-")[1]))
+    if not states:
+        return []
+    return [r["loss"] for r in json.loads(states[-1].read_text())["log_history"] if "loss" in r]
 
 
 def _peak_gpu_gb() -> float | None:
