@@ -6,7 +6,7 @@ from hnlm.data.options import add_dataset_options, dataset_from_args
 
 
 def register(sub) -> None:
-    data = sub.add_parser("data", help="dataset statistics and preparation")
+    data = sub.add_parser("data")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     stats = data_sub.add_parser("stats", help="print users, items, interactions, density, split sizes and checks")
     add_dataset_options(stats, positional_name=True)

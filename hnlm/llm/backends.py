@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from hnlm.errors import UserFacingError
 from hnlm.llm.cache import JsonlCache, call_key, default_cache_path
+from hnlm.llm.catalog import check_spec, parse_openai_spec
 from hnlm.llm.structured import FieldBudgetProcessor, field_budgets, parse_reply, strip_extensions
 
 
@@ -409,19 +410,9 @@ class OpenAIBackend(Backend):
 
 
 def make_backend(spec: str, **opts) -> Backend:
-    """`qwen2.5-0.5b` | `smollm2-135m` | `hf:<id-or-folder>` | `openai:<model>@<base_url>`."""
-    from hnlm.llm.models import PACKAGED
+    """`qwen2.5-0.5b` | `smollm2-135m` | `hf:<id-or-folder>` | `openai:<model>@<base_url>` (hnlm.llm.catalog);
+    a spec this machine cannot run fails here, in one line."""
+    check_spec(spec)
     if spec.startswith("openai:"):
-        model, sep, url = spec[len("openai:"):].partition("@")
-        if not sep or not model or not url:
-            raise UserFacingError(f"bad spec {spec!r}: use openai:<model>@<base_url>, "
-                                  "e.g. openai:qwen2.5@http://127.0.0.1:8000/v1")
-        return OpenAIBackend(model, url, **opts)
-    if spec in PACKAGED:
-        return LocalBackend(spec, **opts)
-    if spec.startswith("hf:"):
-        return LocalBackend(spec[3:], **opts)
-    if Path(spec).is_dir():
-        return LocalBackend(spec, **opts)
-    raise UserFacingError(f"unknown LLM {spec!r}: use {', '.join(PACKAGED)}, hf:<id-or-folder> "
-                          "or openai:<model>@<base_url>")
+        return OpenAIBackend(*parse_openai_spec(spec), **opts)
+    return LocalBackend(spec[3:] if spec.startswith("hf:") else spec, **opts)

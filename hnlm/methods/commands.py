@@ -1,4 +1,6 @@
-"""`hnlm train` (one CF run of any method) and `hnlm methods` (what each method is and its settings)."""
+"""`hnlm train` (one CF run of any method) and `hnlm methods` (what each method is and its settings).
+
+The handler imports the LLM resources when it runs, so the parser (help, option errors) stays light."""
 
 from __future__ import annotations
 
@@ -7,30 +9,54 @@ import dataclasses
 import json
 from pathlib import Path
 
-from hnlm.cf.trainer import TrainConfig, save_result, train
+from hnlm import argtypes
+from hnlm.cf.evaluate import RANK_METRICS
+from hnlm.cf.trainer import TrainConfig
 from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.errors import UserFacingError
-from hnlm.methods import describe_methods, get_method, variant
+from hnlm.methods import describe_methods, get_method, method_names, variant
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.common import split_id_of
-from hnlm.semantic.resources import saved_resources
 
-TRAIN_OPTIONS = {"model": str, "seed": int, "epochs": int, "dim": int, "layers": int, "batch_size": int, "lr": float,
-                 "l2": float, "loss": str, "margin": float, "patience": int, "eval_every": int, "metric": str,
-                 "device": str}
+
+def metric(text: str) -> str:
+    """<name>@<K>, a rank metric of hnlm.cf.evaluate with a positive cut-off."""
+    name, _, k = text.partition("@")
+    if name not in RANK_METRICS or not k.isdigit() or int(k) < 1:
+        raise argparse.ArgumentTypeError(f"must be <metric>@<K> with a metric of {', '.join(RANK_METRICS)} and K "
+                                         f">= 1, got {text!r}")
+    return text
+
+
+def choice(*names: str):
+    def check(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(names)}, got {text!r}")
+        return text
+    return check
+
+
+TRAIN_OPTIONS = {"model": choice("lightgcn", "mf"), "seed": argtypes.non_negative_int,
+                 "epochs": argtypes.positive_int, "dim": argtypes.positive_int, "layers": argtypes.non_negative_int,
+                 "batch_size": argtypes.positive_int, "lr": argtypes.positive_float,
+                 "l2": argtypes.non_negative_float, "loss": choice("bpr", "hinge"),
+                 "margin": argtypes.non_negative_float, "patience": argtypes.positive_int,
+                 "eval_every": argtypes.positive_int, "metric": metric, "device": str}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train MF/LightGCN with one method (a classic sampler or an LLM-based one)",
+    p = sub.add_parser("train",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="methods (`hnlm methods NAME` shows a method's settings and defaults):\n"
                               + describe_methods())
     add_dataset_options(p)
     p.add_argument("--sampler", "--method", dest="method", default="rns", metavar="NAME",
+                   type=choice(*method_names()),
                    help="the method to train with (listed below)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change one of the method's settings, e.g. --set alpha=0.1 (repeatable)")
-    p.add_argument("--config", default=None, help="TOML file of training settings (names as hnlm.cf.TrainConfig)")
+    p.add_argument("--config", default=None, type=argtypes.existing_file,
+                   help="TOML file of training settings (names as hnlm.cf.TrainConfig)")
     for name, typ in TRAIN_OPTIONS.items():
         default = getattr(TrainConfig, name)
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, help=f"default {default}")
@@ -42,8 +68,8 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
 
-    m = sub.add_parser("methods", help="list the training methods, or show one method's settings and defaults")
-    m.add_argument("name", nargs="?")
+    m = sub.add_parser("methods")
+    m.add_argument("name", nargs="?", type=choice(*method_names()))
     m.set_defaults(func=run_methods)
 
 
@@ -70,8 +96,6 @@ def parse_setting(method: str, text: str) -> tuple[str, object]:
 def train_config(args) -> TrainConfig:
     overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
     if args.config:
-        if not Path(args.config).exists():
-            raise UserFacingError(f"config file {args.config} does not exist")
         return TrainConfig.from_file(args.config, **overrides)
     return TrainConfig(**overrides)
 
@@ -83,6 +107,8 @@ def result_path(data, cfg: TrainConfig, method: str) -> Path:
 
 
 def run_train(args) -> int:
+    from hnlm.cf.trainer import save_result, train
+    from hnlm.semantic.resources import saved_resources
     spec = variant(args.method, **dict(parse_setting(args.method, t) for t in args.set))
     cfg = train_config(args)
     data = dataset_from_args(args)

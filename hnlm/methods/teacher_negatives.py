@@ -32,7 +32,7 @@ from hnlm.cf.samplers import RNS, Negatives, Sampler, TableSampler
 from hnlm.methods import Method, register
 from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension, alignment_config
 from hnlm.semantic.bank import NegativeBank, user_derangement
-from hnlm.semantic.hnlmrec.pipeline import TeacherConfig
+from hnlm.semantic.hnlmrec.config import TeacherConfig
 
 
 @dataclass

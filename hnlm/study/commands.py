@@ -1,28 +1,26 @@
 """`hnlm study`: run the numbered notebooks through papermill (what `make study` calls); `hnlm study report`:
-the README's results section from the tracked result files."""
+the README's results section from the tracked result files. The handlers import the study machinery when they
+run, so the parser (help, option errors) stays light."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from hnlm import argtypes
 from hnlm.errors import UserFacingError
 from hnlm.paths import results_dir
 from hnlm.semantic.outputs import REGENERATE_VAR
-from hnlm.study.llm_outputs import STAGES, prepare, units
-from hnlm.study.publish import publish_study
-from hnlm.study.report import RESULTS_BEGIN, RESULTS_END, render_report, write_between_markers
-from hnlm.study.runner import run_study
-from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES
+from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES, STAGES
 
 
 def register(sub) -> None:
-    p = sub.add_parser("study", help="run the study notebooks in order (papermill) and print wall times")
+    p = sub.add_parser("study")
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES)
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--llm", default="qwen2.5-0.5b")
     p.add_argument("--notebooks", nargs="+", help="only these notebooks, e.g. 01_data 06_main_results")
-    p.add_argument("--seeds", type=int, nargs="+", help="override the profile's seeds")
+    p.add_argument("--seeds", type=argtypes.non_negative_int, nargs="+", help="override the profile's seeds")
     p.add_argument("--out-dir", help="result folder (default runs/<profile>/<dataset>)")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failing notebook")
     p.add_argument("--llm-only", action="store_true",
@@ -47,11 +45,13 @@ def register_report(actions) -> None:
     p.add_argument("--results", type=Path, help="folder holding <dataset>/ (default: the tracked results/)")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--write", type=Path, metavar="FILE",
-                   help=f"replace the block between {RESULTS_BEGIN} and {RESULTS_END} in FILE instead of printing")
+                   help="replace the block between the results markers in FILE (hnlm.study.report.RESULTS_BEGIN/END) "
+                        "instead of printing")
     p.set_defaults(func=run_report)
 
 
 def run_report(args) -> int:
+    from hnlm.study.report import render_report, write_between_markers
     folder = (args.results or results_dir()) / args.dataset
     markdown = render_report(folder, args.dataset)
     if args.write:
@@ -63,6 +63,9 @@ def run_report(args) -> int:
 
 
 def run(args) -> int:
+    from hnlm.study.llm_outputs import prepare, units
+    from hnlm.study.publish import publish_study
+    from hnlm.study.runner import run_study
     if args.regenerate:
         os.environ[REGENERATE_VAR] = "1"    # notebook kernels inherit it
     if args.publish and not args.llm_only:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,38 +39,14 @@ from hnlm.semantic.common import (
     split_seed_of,
     train_fingerprint,
 )
-from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, PairDataset, finetune_quality, load_base, make_trainer
+from hnlm.semantic.hnlmrec.config import FinetuneConfig, RunConfig, TeacherConfig  # noqa: F401
+from hnlm.semantic.hnlmrec.finetune import PairDataset, finetune_quality, load_base, make_trainer
 from hnlm.semantic.hnlmrec.queries import MiningConfig, QueryBuilder, Teacher, build_examples, inference_queries
 from hnlm.semantic.hnlmrec.ranks import gather_ranks, processes
 from hnlm.semantic.profiles import profiles_of
 from hnlm.semantic.sns import item_embeddings
 
 QUALITY_DISTRACTORS = 49  # distractors per held-out pair in finetune_quality (50 candidates, chance rank 25.5)
-
-
-@dataclass
-class TeacherConfig:
-    """The CF teacher whose mined hard negatives are the fine-tuning targets; unset values are TrainConfig's."""
-
-    model: str = TrainConfig.model
-    epochs: int = 20           # fixed: evaluated once at the end, never selected on validation
-    lr: float = TrainConfig.lr
-    dim: int = TrainConfig.dim
-    seed: int = TrainConfig.seed
-    batch_size: int = TrainConfig.batch_size   # larger batches make a teacher on ml-1m affordable in fast runs
-
-
-@dataclass
-class RunConfig:
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    mining: MiningConfig = field(default_factory=MiningConfig)
-    context: str = "history"           # user context: "history" (training titles) or "profile" (module 1)
-    profiles_llm: str | None = None
-    infer_budget: str = "per-user:1"   # query pairs that get an emitted embedding
-    infer_users: int | None = None     # embed only the pairs of the first N users (fast runs); None: all
-    infer_batch: int = 16
-    pair_seed: int = 0
 
 
 def run_dir(dataset: str, llm: str, cf_signal: str, budget: str, split_id: str) -> Path:
