@@ -10,6 +10,7 @@ import sys
 import warnings
 
 from hnlm.errors import UserFacingError
+from hnlm.llm.catalog import redact
 
 # command: (module exposing register(subparsers), its line in `hnlm --help`). A module's parsers set `func` to
 # a handler taking the args; one module may register several commands.
@@ -31,7 +32,7 @@ class Parser(argparse.ArgumentParser):
     """Argument errors are one line (no usage block, no traceback) and exit 2, like every other error."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, redact(f"error: {self.prog}: {message} (see {self.prog} --help)\n"))
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -56,15 +57,18 @@ def command_named(argv: list[str]) -> str | None:
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings in the tool's own format: one `warning: ...` line, no source line."""
-    print(f"warning: {message}", file=sys.stderr)
+    print(redact(f"warning: {message}"), file=sys.stderr)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except SystemExit as done:    # --help, or an argument error already printed in one line
+        return done.code
     warnings.showwarning = show_warning
     try:
         return args.func(args) or 0
     except UserFacingError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(redact(f"error: {err}"), file=sys.stderr)
         return 2

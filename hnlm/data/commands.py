@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+from hnlm.data.checks import DatasetWarning
 from hnlm.data.options import add_dataset_options, dataset_from_args
 
 
@@ -14,5 +17,8 @@ def register(sub) -> None:
 
 
 def run_stats(args) -> int:
-    print(dataset_from_args(args).describe())
+    with warnings.catch_warnings():   # describe() lists the dataset's warnings: print them once, there
+        warnings.simplefilter("ignore", DatasetWarning)
+        data = dataset_from_args(args)
+    print(data.describe())
     return 0

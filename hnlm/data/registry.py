@@ -291,5 +291,5 @@ def read_raw(preset: Preset, files: dict[str, Path], strict: bool = True) -> sou
     if preset.source == "ml-1m":
         return sources.read_ml1m()
     if preset.source == "recbole":
-        return sources.read_recbole(files["inter"], files.get("item"), files.get("user"))
+        return sources.read_recbole(files["inter"], files.get("item"), files.get("user"), strict=strict)
     return READERS[preset.source](files["reviews"], files.get("meta"), strict=strict)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from hnlm.errors import UserFacingError
 from hnlm.llm.cache import JsonlCache, call_key, default_cache_path
-from hnlm.llm.catalog import check_spec, parse_openai_spec
+from hnlm.llm.catalog import check_spec, parse_openai_spec, redact
 from hnlm.llm.structured import FieldBudgetProcessor, field_budgets, parse_reply, strip_extensions
 
 
@@ -323,7 +323,7 @@ class OpenAIBackend(Backend):
         self.api_key = api_key or os.environ.get("HNLM_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
         self.concurrency, self.max_retries, self.timeout, self.backoff = concurrency, max_retries, timeout, backoff
         self.temperature = temperature
-        self.identity = f"openai:{model}@{self.base_url}"
+        self.identity = redact(f"openai:{model}@{self.base_url}")   # keys the cache: never a credential
         self.mode = "json_schema"
         self._mode_lock = threading.Lock()
         self.retries = 0
@@ -377,14 +377,15 @@ class OpenAIBackend(Backend):
                     if wait and wait.replace(".", "", 1).isdigit():
                         time.sleep(min(float(wait), 30.0))
                 else:
-                    raise UserFacingError(f"{self.base_url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+                    raise UserFacingError(redact(f"{self.base_url} answered HTTP {resp.status_code}: "
+                                                 f"{resp.text[:300]}"))
             attempt += 1
             self.retries += 1
             if attempt <= self.max_retries:
                 time.sleep(self.backoff * 2 ** (attempt - 1) * (1 + random.random() / 4))
         kept = (f"answers already generated are kept in {self.cache.path}" if self.cache.path.exists()
                 else "no answer had been generated yet")
-        raise BackendUnavailable(f"{self.base_url} failed after {self.max_retries} retries: {last}; {kept}")
+        raise BackendUnavailable(redact(f"{self.base_url} failed after {self.max_retries} retries: {last}; {kept}"))
 
     def run(self, prompts, schema, budgets, max_new_tokens, on_done, bar):
         import httpx

@@ -6,8 +6,10 @@ Hugging Face cache (the hub is never asked unless HNLM_ONLINE=1), a local model 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from hnlm import ONLINE_VAR
 from hnlm.errors import MissingInputError, UserFacingError
@@ -38,6 +40,18 @@ def parse_openai_spec(spec: str) -> tuple[str, str]:
         raise UserFacingError(f"bad spec {spec!r}: use openai:<model>@<base_url>, "
                               "e.g. openai:qwen2.5@http://127.0.0.1:8000/v1")
     return model, url
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it removed (user:password@ and the query string), for whatever
+    is written or printed: cache keys, identities, folder names, manifests, logs, error messages."""
+    return re.sub(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", lambda m: _public_url(m.group(0)), text)
+
+
+def _public_url(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def check_spec(spec: str) -> str:

@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 from hnlm import argtypes
-from hnlm.cf.evaluate import RANK_METRICS
-from hnlm.cf.trainer import TrainConfig
+from hnlm.cf.config import RANK_METRICS, TrainConfig
 from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.errors import UserFacingError
-from hnlm.methods import describe_methods, get_method, method_names, variant
+from hnlm.methods import describe_methods, get_method, variant
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.common import split_id_of
 
@@ -26,6 +25,14 @@ def metric(text: str) -> str:
         raise argparse.ArgumentTypeError(f"must be <metric>@<K> with a metric of {', '.join(RANK_METRICS)} and K "
                                          f">= 1, got {text!r}")
     return text
+
+
+def method_name(text: str) -> str:
+    """A declared method (the registry loads here, on the first method name, not when the parser is built)."""
+    try:
+        return get_method(text).name
+    except UserFacingError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def choice(*names: str):
@@ -46,12 +53,11 @@ TRAIN_OPTIONS = {"model": choice("lightgcn", "mf"), "seed": argtypes.non_negativ
 
 def register(sub) -> None:
     p = sub.add_parser("train",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="methods (`hnlm methods NAME` shows a method's settings and defaults):\n"
-                              + describe_methods())
+                       epilog="`hnlm methods` lists the methods, `hnlm methods NAME` shows one's settings and "
+                              "defaults (listing them here would make every `hnlm train` wait for torch)")
     add_dataset_options(p)
     p.add_argument("--sampler", "--method", dest="method", default="rns", metavar="NAME",
-                   type=choice(*method_names()),
+                   type=method_name,
                    help="the method to train with (listed below)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change one of the method's settings, e.g. --set alpha=0.1 (repeatable)")
@@ -69,7 +75,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_train)
 
     m = sub.add_parser("methods")
-    m.add_argument("name", nargs="?", type=choice(*method_names()))
+    m.add_argument("name", nargs="?", type=method_name)
     m.set_defaults(func=run_methods)
 
 
@@ -115,7 +121,10 @@ def run_train(args) -> int:
     if spec.declaration.family == "llm":
         data.require_item_text(f"method {spec.method}")
     resources = saved_resources(data, args.llm, args.sns_budget, args.hnlmrec_run)
-    sampler, extension = spec.build(data, resources, cfg.seed)
+    try:
+        sampler, extension = spec.build(data, resources, cfg.seed)
+    except ValueError as err:    # a setting the sampler refuses (e.g. --set candidates=0)
+        raise UserFacingError(f"method {spec.method}: {err} (its settings: `hnlm methods {spec.method}`)") from None
     result = train(data, cfg, extension=extension, sampler=sampler, progress=not args.no_progress)
     result.update({"method": spec.method, "settings": dataclasses.asdict(spec.settings()),
                    "resources": {k: resources.digest(k) for k in spec.needs()}, "split_seed": args.split_seed})

@@ -8,6 +8,7 @@ import json
 
 from hnlm import argtypes
 from hnlm.data.options import add_dataset_options, dataset_from_args
+from hnlm.llm.catalog import redact
 
 
 def register(subparsers) -> None:
@@ -129,7 +130,7 @@ def run_profiles(args) -> int:
     for c in all_counts:
         print(f"{c['kind']} profiles: {c['requested']} requested, {c['generated']} generated, "
               f"{c['cached']} cached, {c['failed']} failed, {c['truncated_prompts']} truncated prompts")
-    summary = {"dataset": args.dataset, "llm": args.llm, "identity": backend.identity,
+    summary = {"dataset": args.dataset, "llm": redact(args.llm), "identity": backend.identity,
                "split_seed": args.split_seed, "counts": all_counts, "folder": str(folder)}
     (folder / f"counts_split-{split}.json").write_text(json.dumps(summary, indent=1))
     if args.json:

@@ -10,7 +10,6 @@ from pathlib import Path
 from hnlm import argtypes
 from hnlm.errors import UserFacingError
 from hnlm.paths import results_dir
-from hnlm.semantic.outputs import REGENERATE_VAR
 from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES, STAGES
 
 
@@ -33,8 +32,8 @@ def register(sub) -> None:
                    help="with --llm-only: copy each output into the tracked outputs/ folder with its manifest as "
                         "soon as it is made (`hnlm outputs list` shows them; commit them)")
     p.add_argument("--regenerate", action="store_true",
-                   help=f"ignore the shipped LLM outputs (outputs/) and make every one on this machine, reusing "
-                        f"only artifacts/ (sets {REGENERATE_VAR}; hours on a CPU)")
+                   help="ignore the shipped LLM outputs (outputs/) and make every one on this machine, reusing "
+                        "only artifacts/ (sets hnlm.semantic.outputs.REGENERATE_VAR; hours on a CPU)")
     p.set_defaults(func=run)
     register_report(p.add_subparsers(dest="study_command", metavar="[report]"))  # none: run the notebooks
 
@@ -63,6 +62,7 @@ def run_report(args) -> int:
 
 
 def run(args) -> int:
+    from hnlm.semantic.outputs import REGENERATE_VAR
     from hnlm.study.llm_outputs import prepare, units
     from hnlm.study.publish import publish_study
     from hnlm.study.runner import run_study
