@@ -8,7 +8,9 @@ import argparse
 import importlib
 import sys
 import warnings
+from pathlib import Path
 
+from hnlm.atomic import WRITE_ERRNOS, write_error
 from hnlm.errors import UserFacingError
 from hnlm.llm.catalog import redact
 
@@ -71,4 +73,9 @@ def main(argv=None) -> int:
         return args.func(args) or 0
     except UserFacingError as err:
         print(redact(f"error: {err}"), file=sys.stderr)
+        return 2
+    except OSError as err:    # a full disk or read-only folder met by a writer outside hnlm.atomic
+        if err.errno not in WRITE_ERRNOS or not err.filename:
+            raise
+        print(redact(f"error: {write_error(Path(err.filename).parent, err)}"), file=sys.stderr)
         return 2

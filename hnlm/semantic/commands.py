@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from hnlm import argtypes
+from hnlm.atomic import write_text
 from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.llm.catalog import redact
 
@@ -132,9 +133,8 @@ def run_profiles(args) -> int:
               f"{c['cached']} cached, {c['failed']} failed, {c['truncated_prompts']} truncated prompts")
     summary = {"dataset": args.dataset, "llm": redact(args.llm), "identity": backend.identity,
                "split_seed": args.split_seed, "counts": all_counts, "folder": str(folder)}
-    (folder / f"counts_split-{split}.json").write_text(json.dumps(summary, indent=1))
+    write_text(folder / f"counts_split-{split}.json", json.dumps(summary, indent=1))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=1)
+        write_text(args.json, json.dumps(summary, indent=1))
     print(f"profiles in {folder}")
     return 0

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hnlm.atomic import atomic_path, write_npz, write_text
 from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.bank import NegativeBank
@@ -363,17 +364,18 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, pair_seed: int = 0,
               "invalid": int(len(rec) - len(ok)), "truncated_to_20_words": int(ok["truncated"].sum()),
               "invalid_reasons": rec.loc[~rec["ok"].astype(bool), "reason"].value_counts().to_dict()})
     tag = budget.tag
-    np.savez(out / f"bank_{tag}.npz", users=ok["user"].to_numpy(np.int64),
-             items=ok["item"].to_numpy(np.int64), emb=neg_emb.astype(np.float32))
-    pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "text": ok["text"],
-                  "nearest": nearest.astype(int), "similarity": sim.astype(float),
-                  "pool": [list(map(int, p)) for p in top]}).to_parquet(out / f"grounded_{tag}.parquet")
+    write_npz(out / f"bank_{tag}.npz", users=ok["user"].to_numpy(np.int64),
+              items=ok["item"].to_numpy(np.int64), emb=neg_emb.astype(np.float32))
+    with atomic_path(out / f"grounded_{tag}.parquet") as tmp:
+        pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "text": ok["text"],
+                      "nearest": nearest.astype(int), "similarity": sim.astype(float),
+                      "pool": [list(map(int, p)) for p in top]}).to_parquet(tmp)
     meta = {"dataset": data.name, "llm": llm, "budget": budget.spec, "pair_seed": pair_seed,
             "split_seed": split_seed_of(data), "train_fingerprint": train_fingerprint(data),
             "encoder": getattr(encoder, "identity", type(encoder).__name__), "grounding_pool": pool,
             **(extra_meta or {})}
-    (out / f"quality_{tag}.json").write_text(json.dumps(q, indent=2))
-    (out / f"meta_{tag}.json").write_text(json.dumps(meta, indent=2))
+    write_text(out / f"quality_{tag}.json", json.dumps(q, indent=2))
+    write_text(out / f"meta_{tag}.json", json.dumps(meta, indent=2))
     return {"quality": q, "meta": meta, "folder": str(out)}
 
 
@@ -516,7 +518,8 @@ def build_pick_artifacts(data, llm: str, budget: Budget, builder: PickPromptBuil
               "valid_json_rate": len(ok) / max(len(rec), 1), "invalid": int(len(rec) - len(ok)),
               "numbers_out_of_range": int(ok["out_of_range"].sum()) if len(ok) else 0,
               "candidates_per_list": PICK_CANDIDATES, "context": builder.tag})
-    pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "candidates": ok["candidates"],
-                  "picked": ok["picked"], "control": control}).to_parquet(out / f"picks_{budget.tag}.parquet")
-    (out / f"quality_pick_{budget.tag}.json").write_text(json.dumps(q, indent=2))
+    with atomic_path(out / f"picks_{budget.tag}.parquet") as tmp:
+        pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int),
+                      "candidates": ok["candidates"], "picked": ok["picked"], "control": control}).to_parquet(tmp)
+    write_text(out / f"quality_pick_{budget.tag}.json", json.dumps(q, indent=2))
     return {"quality": q, "folder": str(out)}

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from hnlm.analysis.popularity import recommend, run_popularity
 from hnlm.analysis.sparsity import metrics_by_group
+from hnlm.atomic import write_npz, write_text
 from hnlm.cf.samplers import PositiveIndex
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.methods import Variant, as_variant
@@ -133,13 +134,12 @@ def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resour
         user_emb, item_emb = (e.detach().cpu() for e in model.propagate())
     users, lists = recommend(lambda u: (user_emb[torch.from_numpy(u)] @ item_emb.T).numpy(), data,
                              k=min(LIST_DEPTH, data.n_items), split="test")
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(lists_path, users=users, lists=lists)
+    write_npz(lists_path, compressed=True, users=users, lists=lists)   # atomic, then the json that marks it done
     compact = to_jsonable({"key": key, "tag": spec.tag, "backbone": spec.backbone, "method": spec.variant.name,
                            "method_name": spec.variant.method, "overrides": dict(spec.variant.overrides),
                            "family": spec.variant.declaration.family, "seed": spec.seed,
                            **{k: v for k, v in result.items() if k != "seed"}})
-    path.write_text(json.dumps(compact))
+    write_text(path, json.dumps(compact))
     return compact
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hnlm.atomic import atomic_path, write_npz, write_text
 from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
 from hnlm.llm.encoders import get_text_encoder
@@ -166,9 +167,10 @@ def mean_pairwise_cosine(emb: np.ndarray) -> float:
 def save_sns(out: dict, folder: Path) -> None:
     """Keep the bank and grounding of a study run in its run folder (notebook 04 trains with them)."""
     bank = out["bank"]
-    np.savez(folder / "sns_bank.npz", emb=bank.emb, users=bank.users, items=bank.items)
-    (folder / "sns_bank.json").write_text(json.dumps({"source": bank.source, "meta": bank.meta}))
-    out["grounded"].to_parquet(folder / "sns_grounded.parquet")
+    write_npz(folder / "sns_bank.npz", emb=bank.emb, users=bank.users, items=bank.items)
+    write_text(folder / "sns_bank.json", json.dumps({"source": bank.source, "meta": bank.meta}))
+    with atomic_path(folder / "sns_grounded.parquet") as tmp:
+        out["grounded"].to_parquet(tmp)
 
 
 def load_sns(folder: Path):

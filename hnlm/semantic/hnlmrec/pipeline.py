@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hnlm.atomic import write_npz, write_text
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
@@ -244,7 +245,7 @@ def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
     }
     if done is not None:  # report the fine-tuning speed measured when it ran, not the reload's
         summary["timings"].update(_earlier_finetune_timings(folder))
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(folder / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -302,12 +303,12 @@ def save_bank_for(data, qe, tok, qset, teacher: Teacher, folder: Path, cfg: RunC
     partial = folder / f"bank_{tag}.partial-{key['adapter']}-{key['queries']}.npz"
     emb = emit(qe, tok, qset["text"].tolist(), teacher.user_emb[users], teacher.item_emb[items],
                batch_size=cfg.infer_batch, max_length=cfg.finetune.max_length, partial=partial)
-    np.savez(path, users=users, items=items, emb=emb)
+    write_npz(path, users=users, items=items, emb=emb)
     meta = {**key, "dataset": data.name, "split_seed": split_seed_of(data), "llm": cfg.finetune.llm,
             "cf_signal": cfg.finetune.cf_signal, "budget": cfg.infer_budget, "users_limit": cfg.infer_users,
             "train_fingerprint": train_fingerprint(data), "pooling": qe.config.pooling,
             **(extra_meta or {})}
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_text(meta_path, json.dumps(meta, indent=2))
     partial.unlink(missing_ok=True)
     return path
 
