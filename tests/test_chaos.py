@@ -4,15 +4,16 @@ resumed by running the same command again each time, and its final product files
 run's.
 
 Scope, to keep the test to a few minutes on two cores: notebooks 06_main_results (the CF grid and its run store,
-result tables, figures) and 07_false_negatives (which reads 06's runs); 01_data adds only restart time. A kill
-lands a random 0-2 s after the attempt's first new product file, so later attempts reach later stages as the
-run store fills; every other attempt is killed instead at a random 0.3-6 s from its start (start-up, data
-loading), which costs little time. The stages hit are printed. After every kill no product file may be torn:
-each JSON, CSV, NPZ, PNG and PDF must read whole. At the end:
+result tables, figures) and 07_false_negatives (which reads 06's runs); 01_data adds only restart time. The kills
+take turns: a random 0.3-10 s from the start (start-up, data loading); a random 0-2 s after the attempt's n-th new
+product file (n random in 1-6: mid-training, mid-write), which reaches later stages as the run store fills; a
+random 0-8 s after the last notebook starts. The stages hit are printed. After every kill no product file
+may be torn: each JSON, CSV, NPZ, PNG and PDF must read whole. At the end:
 - the run store holds each (backbone, method, seed) run once, with its .json and .npz;
-- every product file equals the uninterrupted run's byte for byte, except fields that time the work (keys named
-  `wall_s`, `timings`, or ending in `_s`; CSV columns ending in `_s`) and the study's timing report
-  study_timings.json, which differ by nature; figures are compared byte for byte with SOURCE_DATE_EPOCH set;
+- every product file equals the uninterrupted run's byte for byte, except fields that time the work (JSON keys
+  and CSV columns `timings` or with `s` as a word of their name: wall_s, train_s_per_epoch) and the study's
+  timing report study_timings.json, which differ by nature; figures compare byte for byte with
+  SOURCE_DATE_EPOCH set;
 - the executed notebooks (papermill's logs, not read by the study) and temporary files a kill left behind
   (hidden `.<name>.*.tmp`, never read: every reader opens the final name) are not product files.
 """
@@ -104,23 +105,30 @@ def same_product(a: Path, b: Path) -> bool:
     return a.read_bytes() == b.read_bytes()
 
 
-def attempt(root: Path, rng: random.Random, log: Path, early: bool) -> str | None:
-    """Run the study; kill its process group a random 0-2 s after its first new product file, or (`early`) at a
-    random 0.3-6 s after its start if that comes first (start-up, data loading). Returns the notebook it was in
-    when killed ("startup" before the first), or None when it finished first."""
+def attempt(root: Path, rng: random.Random, log: Path, kind: str) -> str | None:
+    """Run the study and kill its process group: `early`, a random 0.3-10 s from its start (start-up, data
+    loading); `writes`, a random 0-2 s after its n-th new product file (n random in 1-6); `late`, a random 0-8 s
+    after the last notebook starts. Returns the notebook it was in when killed and what it wrote last
+    ("startup" before the first notebook), or None when it finished first."""
     before = mtimes(root)
     with log.open("w") as out:
         proc = subprocess.Popen(command(root), env=study_env(root), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    deadline = time.monotonic() + rng.uniform(0.3, 6) if early else None
+    deadline = time.monotonic() + rng.uniform(0.3, 10) if kind == "early" else None
+    wanted, written = rng.randint(1, 6), []
     while proc.poll() is None:
-        if not early and deadline is None and mtimes(root).items() - before.items():
-            deadline = time.monotonic() + rng.uniform(0, 2)
+        written = sorted(mtimes(root).items() - before.items(), key=lambda item: item[1])
+        if deadline is None and (len(written) >= wanted if kind == "writes" else
+                                 kind == "late" and f"  {NOTEBOOKS[-1]} ..." in log.read_text()):
+            deadline = time.monotonic() + rng.uniform(0, 2 if kind == "writes" else 8)
         if deadline is not None and time.monotonic() >= deadline:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             started = re.findall(r"^  (\d\d_\w+) \.\.\.$", log.read_text(), re.M)
-            return started[-1] if started else "startup"
+            last = written[-1][0] if written else ""
+            kind = "run store" if "/cf_runs/" in last else "figures" if last.startswith("figures") else \
+                "results" if last else "before any write"
+            return f"{started[-1]} ({kind})" if started else "startup"
         time.sleep(0.05)
     assert proc.returncode == 0, log.read_text()[-3000:]
     return None
@@ -136,7 +144,7 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
     rng = random.Random(20261207)
     stages, resumes = [], 0
     while len(stages) < KILLS:
-        stage = attempt(chaos, rng, tmp_path / "attempt.log", early=resumes % 2 == 0)
+        stage = attempt(chaos, rng, tmp_path / "attempt.log", kind=("early", "writes", "late")[resumes % 3])
         resumes += 1
         if stage is not None:
             stages.append(stage)
@@ -160,4 +168,4 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
           f"{resumes} resumes, {len(reference) - len(timing_reports)} files compared, {len(mismatches)} mismatches, "
           f"{len(leftover_tmp)} temporary files left by kills, {time.perf_counter() - t0:.0f} s")
     assert not mismatches, mismatches
-    assert len(set(stages)) >= 2, stages
+    assert len({stage.split(" ")[0] for stage in stages}) >= 2, stages

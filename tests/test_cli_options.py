@@ -162,3 +162,12 @@ def test_importing_hnlm_turns_the_hub_off_unless_opted_in():
                                        env={**env, **extra}, check=True).stdout.split()
     assert run({}) == ["1", "1"]
     assert run({"HNLM_ONLINE": "1"}) == ["None", "None"]
+
+
+def test_a_dataset_warning_is_printed_once_in_the_tools_format(capsys):
+    assert main(["data", "stats", "ml-1m"]) == 0
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert printed.count("interacted with >= 50% of the") == 1 and "DatasetWarning" not in printed
+    assert main(["train", "--dataset", "ml-1m", "--epochs", "0"]) == 2     # and an argument error stays one line
+    assert capsys.readouterr().err.count("\n") == 1

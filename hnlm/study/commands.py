@@ -62,27 +62,31 @@ def run_report(args) -> int:
 
 
 def run(args) -> int:
-    from hnlm.semantic.outputs import REGENERATE_VAR
-    from hnlm.study.llm_outputs import prepare, units
-    from hnlm.study.publish import publish_study
-    from hnlm.study.runner import run_study
-    if args.regenerate:
-        os.environ[REGENERATE_VAR] = "1"    # notebook kernels inherit it
     if args.publish and not args.llm_only:
         raise UserFacingError("--publish goes with --llm-only: hnlm study --llm-only --publish --profile full")
+    if args.regenerate:
+        from hnlm.semantic.outputs import REGENERATE_VAR
+        os.environ[REGENERATE_VAR] = "1"    # notebook kernels inherit it
     if args.llm_only:
-        if not args.publish:
-            prepare(args.profile, args.dataset, args.llm, args.stages)
-            return 0
-        for stage, signal in units(args.profile, args.stages):  # ship each output as soon as it is made
-            signals = [signal] if signal else None
-            prepare(args.profile, args.dataset, args.llm, [stage], signals=signals)
-            publish_study(args.profile, args.dataset, args.llm, [stage], signals=signals)
-        return 0
+        return run_llm_only(args)
+    from hnlm.study.runner import run_study
     report = run_study(args.profile, args.dataset, args.llm, notebooks=args.notebooks, seeds=args.seeds,
                        out_dir=args.out_dir, stop_on_error=args.stop_on_error)
     failed = [name for name, r in report.items() if not r["ok"]]
     if failed:
         print("failed: " + ", ".join(failed))
         return 1
+    return 0
+
+
+def run_llm_only(args) -> int:
+    from hnlm.study.llm_outputs import prepare, units
+    from hnlm.study.publish import publish_study
+    if not args.publish:
+        prepare(args.profile, args.dataset, args.llm, args.stages)
+        return 0
+    for stage, signal in units(args.profile, args.stages):  # ship each output as soon as it is made
+        signals = [signal] if signal else None
+        prepare(args.profile, args.dataset, args.llm, [stage], signals=signals)
+        publish_study(args.profile, args.dataset, args.llm, [stage], signals=signals)
     return 0
