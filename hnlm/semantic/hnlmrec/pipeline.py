@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hnlm.atomic import write_npz, write_text
+from hnlm.atomic import atomic_path, write_npz, write_text
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
@@ -185,7 +185,7 @@ def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
     if done_before is not None:
         return done_before if procs.is_main_process else None
     if procs.is_main_process:
-        (folder / "settings.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=2))
+        write_text(folder / "settings.json", json.dumps(_jsonable(asdict(cfg)), indent=2))
     t0 = time.perf_counter()
     with procs.main_process_first():  # the others then read its teacher, encoder vectors and converted LLM
         teacher = get_teacher(data, cfg.teacher, folder)
@@ -194,7 +194,8 @@ def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
         lm, tok = load_base(ft)
         ex, ds, emb, counts = training_set(data, teacher, cfg, encoder, tok)
     if procs.is_main_process:
-        ex.to_parquet(folder / "examples.parquet")
+        with atomic_path(folder / "examples.parquet") as tmp:
+            ex.to_parquet(tmp)
 
     qe = QueryEncoder(lm, ft.encoder_config(teacher.dim, encoder.dim))
     trainer = make_trainer(qe, tok, ds, ft, str(folder / "checkpoints"))
