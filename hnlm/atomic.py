@@ -11,6 +11,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from hnlm.errors import UserFacingError
 
 _NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
@@ -20,6 +22,21 @@ _NO_SPACE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is 
 
 class WriteError(UserFacingError, OSError):
     """A product file could not be written (full disk, read-only or forbidden folder); nothing was replaced."""
+
+
+WRITE_ERRNOS = frozenset(_NO_SPACE)
+
+
+def make_dir(folder: str | Path) -> Path:
+    """`folder` and its parents, or the one-line WriteError naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(folder, exc) from None
+    return folder
 
 
 def write_error(folder: Path, exc: OSError) -> WriteError:
@@ -68,3 +85,10 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
+
+
+def write_npz(path: str | Path, compressed: bool = False, **arrays) -> Path:
+    """np.savez (or savez_compressed) atomically; through a file object, as numpy would add .npz to a name."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        (np.savez_compressed if compressed else np.savez)(fh, **arrays)
+    return Path(path)

@@ -12,6 +12,8 @@ The LLM outputs that ship with the repository (tracked, never written by a run) 
 import os
 from pathlib import Path
 
+from hnlm.atomic import make_dir
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,9 +22,7 @@ def artifacts_root() -> Path:
 
 
 def artifacts_dir(*parts: str) -> Path:
-    path = artifacts_root().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return make_dir(artifacts_root().joinpath(*parts))
 
 
 def cache_root(kind: str) -> Path:
@@ -39,12 +39,8 @@ def outputs_root() -> Path:
 
 
 def figures_dir() -> Path:
-    path = Path(os.environ.get("HNLM_FIGURES", PROJECT_ROOT / "figures"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return make_dir(os.environ.get("HNLM_FIGURES", PROJECT_ROOT / "figures"))
 
 
 def results_dir() -> Path:
-    path = Path(os.environ.get("HNLM_RESULTS", PROJECT_ROOT / "results"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return make_dir(os.environ.get("HNLM_RESULTS", PROJECT_ROOT / "results"))

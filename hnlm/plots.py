@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
+from hnlm.atomic import atomic_path
 from hnlm.paths import figures_dir  # noqa: E402
 from hnlm.plot_style import (  # noqa: E402,F401
     COLUMN_WIDTH,
@@ -50,10 +51,10 @@ BAND_ALPHA = 0.12
 def save_figure(fig, name: str, folder: Path | None = None) -> list[Path]:
     """Write `<folder>/<name>.png` and `.pdf` (folder: figures/ or HNLM_FIGURES) and close the figure."""
     folder = Path(folder) if folder else figures_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.{ext}" for ext in ("png", "pdf")]
     for path in paths:
-        fig.savefig(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:])
     plt.close(fig)
     return paths
 

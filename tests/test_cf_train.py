@@ -13,6 +13,7 @@ from hnlm.cf.trainer import TrainConfig, save_result, train
 from hnlm.cli import main
 from hnlm.data import load_dataset
 from hnlm.errors import DegenerateDatasetError
+from hnlm.methods import get_method, method_names
 from tests.cf_helpers import tiny_data
 
 FAST = dict(dim=32, batch_size=4096, lr=5e-3, eval_every=1, patience=3, device="cpu")
@@ -142,6 +143,23 @@ def test_cli_train_takes_the_method_and_its_settings_from_the_config_file(tmp_pa
     capsys.readouterr()
     assert main(["train", "--dataset", "ml-100k", "--config", str(conf), "--sampler", "rns", "--no-progress"]) == 2
     assert "sampler_opts for sampler 'dns', but --sampler is 'rns'" in capsys.readouterr().err
+
+
+def self_contained(method: str) -> bool:
+    return not get_method(method).needs(get_method(method).settings())
+
+
+# dnsmn-static trains a converged teacher first (minutes): tests/test_cf_frozen.py trains it small
+@pytest.mark.parametrize("method", [m for m in method_names("classic") if self_contained(m) and m != "dnsmn-static"])
+def test_a_run_records_the_method_and_sampler_it_trained_with(method, tmp_path):
+    """Every classic sampler through `hnlm train` (the other methods need LLM outputs, a text encoder or a CF
+    teacher; the study's run store records the method of every run, hnlm.study.experiments.run_one)."""
+    out = tmp_path / "run.json"
+    assert main(["train", "--dataset", "ml-100k", "--sampler", method, "--model", "mf", "--dim", "8", "--epochs", "1",
+                 "--batch-size", "8192", "--json", str(out), "--no-progress"]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["method"] == method
+    assert saved["config"]["sampler"] == saved["sampler"]["name"] == method   # config.sampler once said "rns"
 
 
 def test_cli_trains_on_a_published_split_and_llm_methods_refuse_id_only_data(tmp_path, monkeypatch, capsys):

@@ -217,6 +217,25 @@ def test_recbole_atomic_files_match_the_ml100k_loader():
     assert own.items.loc[0, "title"] == "Toy Story" and own.items_without_text == 0
 
 
+def test_an_empty_id_is_a_malformed_row_not_a_phantom_item(tmp_path):
+    """RecBole .inter and JSON sources: strict names the file and row; lenient skips and counts it."""
+    rows = "".join(f"u{u}\ti{(u + j) % 60}\n" for u in range(60) for j in range(5))
+    (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\n" + rows + "u1\t\n" + " \ti3\n")
+    with pytest.raises(DataFormatError, match=r"x.inter: data row 301 \(after the header\) has an empty item_id"):
+        load_dataset("x", source="recbole", path=str(tmp_path / "x.inter"), cache=False, check=False)
+    data = load_dataset("x", source="recbole", path=str(tmp_path / "x.inter"), cache=False, check=False,
+                        strict=False)
+    assert (data.n_users, data.n_items, data.stats["malformed_lines"]) == (60, 60, 2)
+    records = [{"reviewerID": f"u{u}", "asin": f"i{(u + j) % 60}", "overall": 5, "unixReviewTime": 1}
+               for u in range(60) for j in range(5)]
+    write_lines(tmp_path / "r.json", records + [{"reviewerID": "u1", "asin": "", "overall": 5, "unixReviewTime": 1}])
+    with pytest.raises(DataFormatError, match=r"r.json:301: required field 'asin' is empty"):
+        load_dataset("r", source="amazon2018", reviews=str(tmp_path / "r.json"), cache=False, check=False)
+    data = load_dataset("r", source="amazon2018", reviews=str(tmp_path / "r.json"), cache=False, check=False,
+                        strict=False, filters=Filters(kcore=1))
+    assert (data.n_items, data.stats["malformed_lines"]) == (60, 1)
+
+
 def test_filters_the_data_cannot_support_are_refused(tmp_path):
     (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\n" + "".join(f"u{u}\ti{(u + j) % 60}\n"
                                                                                  for u in range(60) for j in range(5)))

@@ -149,3 +149,24 @@ def test_bad_specs():
         make_backend("openai:nourl")
     with pytest.raises(UserFacingError, match="unknown LLM"):
         make_backend("no-such-model")
+
+
+def test_secrets_reach_no_cache_key_file_name_or_message(server, tmp_path, monkeypatch, capsys):
+    """An API key, or credentials inside the base URL, are sent to the server and written nowhere: not in the
+    identity that keys the cache, the cache file or its name, a folder name, nor an error message."""
+    from hnlm.cli import main
+    from hnlm.semantic.common import safe_name
+    monkeypatch.setenv("HNLM_OPENAI_API_KEY", "sk-s3cret-key")
+    spec = f"openai:tiny@{server.url.replace('://', '://bob:pa55word@')}"
+    b = make_backend(spec, cache_path=tmp_path / "c.jsonl", progress=False, backoff=0.01)
+    assert b.generate_json(msgs("q1"), SCHEMA, max_new_tokens=64)[0].ok
+    assert server.requests[-1]["auth"].startswith("Basic ")     # the URL's credentials still reach the server
+    written = [b.identity, safe_name(spec), (tmp_path / "c.jsonl").read_text(), str(b.cache.path)]
+    server.close()
+    with pytest.raises(BackendUnavailable) as err:
+        make_backend(spec, cache_path=tmp_path / "c.jsonl", progress=False, backoff=0.01,
+                     max_retries=1).generate_json(msgs("q2"), SCHEMA)
+    assert main(["profiles", "--llm", spec, "--dataset", "no-such-dataset"]) == 2
+    written += [str(err.value), capsys.readouterr().err]
+    for text in written:
+        assert "pa55word" not in text and "s3cret" not in text, text

@@ -18,9 +18,8 @@ import scipy.sparse as sp
 import torch
 
 from hnlm.analysis.popularity import HEAD_SHARE, head_mask
+from hnlm.cf.config import RANK_METRICS
 from hnlm.errors import DegenerateDatasetError
-
-RANK_METRICS = ("recall", "ndcg", "hit", "precision")
 
 
 def _rows(m: sp.csr_matrix, users: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,58 +7,20 @@ import copy
 import dataclasses
 import json
 import time
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hnlm.cf.evaluate import RANK_METRICS, evaluate, metric_summary, require_targets
+from hnlm.atomic import write_text
+from hnlm.cf.config import RANK_METRICS, TrainConfig
+from hnlm.cf.evaluate import evaluate, metric_summary, require_targets
 from hnlm.cf.extension import Batch, BatchEmb
 from hnlm.cf.losses import pairwise_loss
 from hnlm.cf.models import build_model, l2_penalty
 from hnlm.cf.samplers import PositiveIndex, SamplerContext, get_sampler
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one CF run (the one source of their defaults; the CLI and study profiles override)."""
-
-    model: str = field(default="lightgcn", metadata={"help": "CF backbone: lightgcn or mf"})
-    dim: int = field(default=64, metadata={"help": "embedding size"})
-    layers: int = field(default=3, metadata={"help": "LightGCN propagation layers"})
-    epochs: int = field(default=300, metadata={
-        "help": "epoch cap: no method's best epoch should come near it (a capped run is flagged)"})
-    batch_size: int = field(default=2048, metadata={"help": "training pairs per batch"})
-    lr: float = field(default=5e-3, metadata={
-        "help": "Adam learning rate (1e-3 converges very slowly for LightGCN on ml-100k)"})
-    l2: float = field(default=1e-4, metadata={
-        "help": "weight of the L2 term on the batch's layer-0 embeddings (sum of squares / batch)"})
-    loss: str = field(default="bpr", metadata={"help": "pairwise loss: bpr or hinge"})
-    margin: float = field(default=0.3, metadata={"help": "hinge margin (loss=hinge)"})
-    sampler: str = field(default="rns", metadata={
-        "help": "sampler (hnlm.cf.samplers) when train() gets no sampler object; `hnlm train --config` "
-                "takes it as the method"})
-    sampler_opts: dict = field(default_factory=dict, metadata={
-        "help": "the method's settings changed from their defaults (as `--set`)"})
-    patience: int = field(default=20, metadata={
-        "help": "evaluations without improvement of `metric` on valid before stopping"})
-    eval_every: int = field(default=1, metadata={"help": "epochs between validation evaluations"})
-    metric: str = field(default="recall@20", metadata={"help": "validation metric that selects the epoch"})
-    ks: list = field(default_factory=lambda: [10, 20, 50], metadata={"help": "cut-offs K of the reported metrics"})
-    eval_batch_size: int = field(default=1024, metadata={"help": "users per full-ranking batch"})
-    seed: int = field(default=0, metadata={"help": "seed of the initialisation and the sampling"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
-        values = tomllib.loads(Path(path).read_text())
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
-        return cls(**{**values, **overrides})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -201,7 +163,8 @@ def finish_run(data, run: Run, best: BestEpoch, history: list, ks) -> dict:
         counts.update(extension.counts())
     epoch_s = [r["train_s"] for r in history]
     return {
-        "dataset": data.name, "config": dataclasses.asdict(cfg), "seed": cfg.seed,
+        # config.sampler names the sampler that trained, not the default a given sampler object replaced
+        "dataset": data.name, "config": {**dataclasses.asdict(cfg), "sampler": sampler_name(sampler)}, "seed": cfg.seed,
         "sampler": sampler.describe() if hasattr(sampler, "describe") else {"name": type(sampler).__name__},
         "extension": type(extension).__name__ if extension is not None else None,
         "device": str(resolve_device(cfg.device)),
@@ -274,13 +237,14 @@ def _run_epoch(run: Run, optimiser, all_users, all_items, epoch: int) -> dict:
     return {"loss": total / n, "train_s": time.perf_counter() - t0, "sample_s": sample_s, "epoch": epoch}
 
 
+def sampler_name(sampler) -> str:
+    return getattr(sampler, "name", type(sampler).__name__)
+
+
 def save_result(result: dict, path: str | Path) -> Path:
-    """Write the JSON-able part of a train() result (the model object is left out)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the JSON-able part of a train() result (the model object is left out), atomically."""
     clean = {k: v for k, v in result.items() if k != "model"}
-    path.write_text(json.dumps(clean, indent=1, default=_json_default))
-    return path
+    return write_text(path, json.dumps(clean, indent=1, default=_json_default))
 
 
 def _json_default(obj):

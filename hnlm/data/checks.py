@@ -117,6 +117,7 @@ def report(data, check: bool = True) -> None:
     errors = checks.get("errors", [])
     if errors and check:
         raise DegenerateDatasetError(f"dataset {data.name!r}: " + "; ".join(errors)
-                                     + " (load_dataset(..., check=False) loads it for inspection)")
+                                     + " (--allow-degenerate, or load_dataset(..., check=False), loads it for "
+                                     "inspection)")
     for message in checks.get("warnings", []) + (errors if not check else []):
         warnings.warn(f"dataset {data.name!r}: {message}", DatasetWarning, stacklevel=3)

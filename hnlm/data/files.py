@@ -7,12 +7,12 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from hnlm.atomic import write_text
 from hnlm.errors import DataFormatError, MissingInputError
 from hnlm.paths import artifacts_root
 
@@ -83,10 +83,7 @@ def content_digest(path: Path) -> str:
     cache = {k: v for k, v in _read_hash_cache(cache_path).items()
              if not k.startswith(f"{path}|") and Path(k.split("|")[0]).exists()}
     cache[key] = digest.hexdigest()
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=0))
-    tmp.replace(cache_path)  # concurrent writers: the last one wins, a reader never sees half a file
+    write_text(cache_path, json.dumps(cache, indent=0))  # concurrent writers: the last one wins, whole
     return cache[key]
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from hnlm.atomic import atomic_path, write_text
 from hnlm.data import checks
 from hnlm.errors import MissingItemTextError
 
@@ -130,14 +131,14 @@ and `stats["checks"]` the sanity checks (counts, warnings, errors; see hnlm.data
     # --- on-disk cache ---
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         for part in ("train", "valid", "test"):
-            sp.save_npz(folder / f"{part}.npz", getattr(self, part))
-        self.items.to_parquet(folder / "items.parquet")
-        self.users.to_parquet(folder / "users.parquet")
-        self.reviews.to_parquet(folder / "reviews.parquet")
+            with atomic_path(folder / f"{part}.npz") as tmp, open(tmp, "wb") as fh:
+                sp.save_npz(fh, getattr(self, part))
+        for part in ("items", "users", "reviews"):
+            with atomic_path(folder / f"{part}.parquet") as tmp:
+                getattr(self, part).to_parquet(tmp)
         # meta.json last: its presence marks a complete cache entry.
-        (folder / "meta.json").write_text(json.dumps({"name": self.name, "stats": self.stats}, indent=2))
+        write_text(folder / "meta.json", json.dumps({"name": self.name, "stats": self.stats}, indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> "Interactions":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from hnlm import argtypes
 from hnlm.data.registry import OWN_SOURCES, PRESETS, Filters, load_dataset
 
 DEFAULT_DATASET = "ml-100k"
@@ -25,18 +26,24 @@ def add_dataset_options(parser: argparse.ArgumentParser, positional_name: bool =
         group.add_argument("--dataset", default=DEFAULT_DATASET, help=name_help)
     group.add_argument("--source", choices=list(OWN_SOURCES),
                        help="format of your own data: " + "; ".join(f"{k}: {v}" for k, v in OWN_SOURCES.items()))
-    group.add_argument("--reviews", help="local reviews file (Amazon/Yelp presets and sources), .gz or not")
-    group.add_argument("--meta", help="local item metadata file (Amazon meta / Yelp business): item text for LLMs")
-    group.add_argument("--path", help="RecBole .inter file or folder, or a LightGCN split folder (--source)")
+    group.add_argument("--reviews", type=argtypes.existing_file,
+                       help="local reviews file (Amazon/Yelp presets and sources), .gz or not")
+    group.add_argument("--meta", type=argtypes.existing_file,
+                       help="local item metadata file (Amazon meta / Yelp business): item text for LLMs")
+    group.add_argument("--path", type=argtypes.existing_path,
+                       help="RecBole .inter file or folder, or a LightGCN split folder (--source)")
     group.add_argument("--min-rating", type=float, help="your own raw data: keep ratings >= this")
-    group.add_argument("--start", help="your own raw data: keep interactions from this date (YYYY-MM-DD, UTC)")
-    group.add_argument("--end", help="your own raw data: keep interactions before this date (YYYY-MM-DD, UTC)")
-    group.add_argument("--kcore", type=int, help="your own raw data: iterated k-core on users and items")
+    group.add_argument("--start", type=argtypes.date,
+                       help="your own raw data: keep interactions from this date (YYYY-MM-DD, UTC)")
+    group.add_argument("--end", type=argtypes.date,
+                       help="your own raw data: keep interactions before this date (YYYY-MM-DD, UTC)")
+    group.add_argument("--kcore", type=argtypes.positive_int,
+                       help="your own raw data: iterated k-core on users and items")
     group.add_argument("--collapse-duplicate-reviews", action="store_true",
                        help="merge product ids that carry the same review of the same user (product variants)")
     group.add_argument("--split", default="random", choices=["random", "temporal"],
                        help="per-user split of raw data, 8:1:1 (published splits are used as they are)")
-    group.add_argument("--split-seed", type=int, default=0)
+    group.add_argument("--split-seed", type=argtypes.non_negative_int, default=0)
     group.add_argument("--lenient", action="store_true", help="skip and count malformed lines instead of failing")
     group.add_argument("--allow-degenerate", action="store_true",
                        help="load a dataset on which ranking metrics are meaningless (for inspection only)")

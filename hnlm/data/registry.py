@@ -17,6 +17,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from hnlm.atomic import write_text
 from hnlm.data import sources
 from hnlm.data.checks import duplicate_review_counts, merge_variant_items, report, run_checks
 from hnlm.data.files import content_digest, require_file
@@ -216,11 +217,8 @@ def check_name(name: str, ident: dict) -> None:
 def record_name(name: str, ident: dict, files: dict[str, Path]) -> None:
     """Record what `name` was last prepared from (read by check_name)."""
     record_path = artifacts_root() / name / "dataset.json"
-    record_path.parent.mkdir(parents=True, exist_ok=True)
     record = {"identity": ident, "paths": {role: str(f) for role, f in files.items()}}
-    tmp = record_path.with_name(f"dataset.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(record_path)
+    write_text(record_path, json.dumps(record, indent=2))
 
 
 def load_dataset(name: str, seed: int = 0, split: str = "random", reviews: str | None = None,
@@ -291,5 +289,5 @@ def read_raw(preset: Preset, files: dict[str, Path], strict: bool = True) -> sou
     if preset.source == "ml-1m":
         return sources.read_ml1m()
     if preset.source == "recbole":
-        return sources.read_recbole(files["inter"], files.get("item"), files.get("user"))
+        return sources.read_recbole(files["inter"], files.get("item"), files.get("user"), strict=strict)
     return READERS[preset.source](files["reviews"], files.get("meta"), strict=strict)

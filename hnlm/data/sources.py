@@ -63,10 +63,12 @@ def iter_json_lines(path: Path, strict: bool, counts: dict) -> Iterator[tuple[in
 
 
 def _field(record: dict, key: str, path: Path, lineno: int, strict: bool, counts: dict):
-    if key in record and record[key] is not None:
-        return record[key]
+    """A required field; missing, null or empty text is malformed (an empty id would become a phantom item)."""
+    value = record.get(key)
+    if value is not None and not (isinstance(value, str) and not value.strip()):
+        return value
     if strict:
-        raise DataFormatError(f"{path}:{lineno}: required field {key!r} is missing")
+        raise DataFormatError(f"{path}:{lineno}: required field {key!r} is {'empty' if key in record else 'missing'}")
     counts["malformed_lines"] = counts.get("malformed_lines", 0) + 1
     return None
 
@@ -151,10 +153,12 @@ ATOMIC_ITEM_TEXT = {"title": ("title", "movie_title", "name", "item_name", "book
 
 
 def read_recbole(inter_path: str | Path, item_path: str | Path | None = None,
-                 user_path: str | Path | None = None) -> RawData:
+                 user_path: str | Path | None = None, strict: bool = True) -> RawData:
     """Any RecBole atomic `.inter` (user_id, item_id; rating, timestamp and review optional) with optional
-    `.item` (text columns by RecBole's usual names, see ATOMIC_ITEM_TEXT) and `.user` side files."""
-    inter = _read_atomic(inter_path, ("user_id", "item_id"))
+    `.item` (text columns by RecBole's usual names, see ATOMIC_ITEM_TEXT) and `.user` side files. A row with an
+    empty user or item id is malformed: an error naming file and line (strict), or skipped and counted."""
+    counts: dict = {}
+    inter = _without_empty_ids(_read_atomic(inter_path, ("user_id", "item_id")), Path(inter_path), strict, counts)
     frame = pd.DataFrame({"user": inter["user_id"], "item": inter["item_id"],
                           "rating": inter["rating"] if "rating" in inter else float("nan"),
                           "timestamp": inter["timestamp"] if "timestamp" in inter else 0,
@@ -174,7 +178,20 @@ def read_recbole(inter_path: str | Path, item_path: str | Path | None = None,
     users = pd.DataFrame({"user": []})
     if user_path is not None:
         users = _read_atomic(user_path, ("user_id",)).rename(columns={"user_id": "user"})
-    return RawData(_typed_inter(frame, Path(inter_path)), items, users)
+    return RawData(_typed_inter(frame, Path(inter_path)), items, users, counts)
+
+
+def _without_empty_ids(inter: pd.DataFrame, path: Path, strict: bool, counts: dict) -> pd.DataFrame:
+    empty = inter["user_id"].str.strip().eq("") | inter["item_id"].str.strip().eq("")
+    if not empty.any():
+        return inter
+    if strict:
+        row = int(empty.to_numpy().argmax())
+        column = "user_id" if not inter["user_id"].iloc[row].strip() else "item_id"
+        raise DataFormatError(f"{path}: data row {row + 1} (after the header) has an empty {column}; fix it or "
+                              f"pass --lenient to skip and count such rows ({int(empty.sum())} in the file)")
+    counts["malformed_lines"] = counts.get("malformed_lines", 0) + int(empty.sum())
+    return inter[~empty].reset_index(drop=True)
 
 
 def read_ml100k() -> RawData:

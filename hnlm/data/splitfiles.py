@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hnlm.atomic import write_text
 from hnlm.data.files import nonblank_lines, open_text, require_file
 from hnlm.data.interactions import Interactions, build_interactions
 from hnlm.data.prepare import reindex
@@ -173,8 +174,8 @@ def write_lightgcn(data: Interactions, folder: Path) -> dict[str, Path]:
         lines = [" ".join(map(str, [u, *matrix.indices[matrix.indptr[u]:matrix.indptr[u + 1]]]))
                  for u in range(matrix.shape[0]) if matrix.indptr[u + 1] > matrix.indptr[u]]
         out[part] = folder / f"{part}.txt"
-        out[part].write_text("\n".join(lines) + "\n")
+        write_text(out[part], "\n".join(lines) + "\n")
     for kind, table in (("user", data.users), ("item", data.items)):
         rows = [f"{org} {remap}" for remap, org in enumerate(table["original_id"])]
-        (folder / f"{kind}_list.txt").write_text("\n".join(["org_id remap_id", *rows]) + "\n")
+        write_text(folder / f"{kind}_list.txt", "\n".join(["org_id remap_id", *rows]) + "\n")
     return out

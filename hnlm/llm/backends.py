@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from hnlm.errors import UserFacingError
 from hnlm.llm.cache import JsonlCache, call_key, default_cache_path
+from hnlm.llm.catalog import check_spec, parse_openai_spec, redact
 from hnlm.llm.structured import FieldBudgetProcessor, field_budgets, parse_reply, strip_extensions
 
 
@@ -324,7 +325,7 @@ class OpenAIBackend(Backend):
         self.api_key = api_key or os.environ.get("HNLM_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
         self.concurrency, self.max_retries, self.timeout, self.backoff = concurrency, max_retries, timeout, backoff
         self.temperature = temperature
-        self.identity = f"openai:{model}@{self.base_url}"
+        self.identity = redact(f"openai:{model}@{self.base_url}")   # keys the cache: never a credential
         self.weights_identity = self.identity   # a served model's weights are not visible here
         self.mode = "json_schema"
         self._mode_lock = threading.Lock()
@@ -379,14 +380,15 @@ class OpenAIBackend(Backend):
                     if wait and wait.replace(".", "", 1).isdigit():
                         time.sleep(min(float(wait), 30.0))
                 else:
-                    raise UserFacingError(f"{self.base_url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+                    raise UserFacingError(redact(f"{self.base_url} answered HTTP {resp.status_code}: "
+                                                 f"{resp.text[:300]}"))
             attempt += 1
             self.retries += 1
             if attempt <= self.max_retries:
                 time.sleep(self.backoff * 2 ** (attempt - 1) * (1 + random.random() / 4))
         kept = (f"answers already generated are kept in {self.cache.path}" if self.cache.path.exists()
                 else "no answer had been generated yet")
-        raise BackendUnavailable(f"{self.base_url} failed after {self.max_retries} retries: {last}; {kept}")
+        raise BackendUnavailable(redact(f"{self.base_url} failed after {self.max_retries} retries: {last}; {kept}"))
 
     def run(self, prompts, schema, budgets, max_new_tokens, on_done, bar):
         import httpx
@@ -412,19 +414,9 @@ class OpenAIBackend(Backend):
 
 
 def make_backend(spec: str, **opts) -> Backend:
-    """`qwen2.5-0.5b` | `smollm2-135m` | `hf:<id-or-folder>` | `openai:<model>@<base_url>`."""
-    from hnlm.llm.models import PACKAGED
+    """`qwen2.5-0.5b` | `smollm2-135m` | `hf:<id-or-folder>` | `openai:<model>@<base_url>` (hnlm.llm.catalog);
+    a spec this machine cannot run fails here, in one line."""
+    check_spec(spec)
     if spec.startswith("openai:"):
-        model, sep, url = spec[len("openai:"):].partition("@")
-        if not sep or not model or not url:
-            raise UserFacingError(f"bad spec {spec!r}: use openai:<model>@<base_url>, "
-                                  "e.g. openai:qwen2.5@http://127.0.0.1:8000/v1")
-        return OpenAIBackend(model, url, **opts)
-    if spec in PACKAGED:
-        return LocalBackend(spec, **opts)
-    if spec.startswith("hf:"):
-        return LocalBackend(spec[3:], **opts)
-    if Path(spec).is_dir():
-        return LocalBackend(spec, **opts)
-    raise UserFacingError(f"unknown LLM {spec!r}: use {', '.join(PACKAGED)}, hf:<id-or-folder> "
-                          "or openai:<model>@<base_url>")
+        return OpenAIBackend(*parse_openai_spec(spec), **opts)
+    return LocalBackend(spec[3:] if spec.startswith("hf:") else spec, **opts)

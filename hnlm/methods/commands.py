@@ -1,4 +1,6 @@
-"""`hnlm train` (one CF run of any method) and `hnlm methods` (what each method is and its settings)."""
+"""`hnlm train` (one CF run of any method) and `hnlm methods` (what each method is and its settings).
+
+The handler imports the LLM resources when it runs, so the parser (help, option errors) stays light."""
 
 from __future__ import annotations
 
@@ -7,35 +9,63 @@ import dataclasses
 import json
 from pathlib import Path
 
-from hnlm.cf.trainer import TrainConfig, save_result, train
+from hnlm import argtypes
+from hnlm.cf.config import RANK_METRICS, TrainConfig
 from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.errors import UserFacingError
 from hnlm.methods import describe_methods, describe_settings, get_method, setting_help, variant
 from hnlm.paths import artifacts_dir
 from hnlm.semantic.common import split_id_of
-from hnlm.semantic.resources import provide_inputs
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-TRAIN_OPTIONS = {"model": str, "seed": int, "epochs": int, "dim": int, "layers": int, "batch_size": int, "lr": float,
-                 "l2": float, "loss": str, "margin": float, "patience": int, "eval_every": int, "metric": str,
-                 "device": str}
+def metric(text: str) -> str:
+    """<name>@<K>, a rank metric of hnlm.cf.evaluate with a positive cut-off."""
+    name, _, k = text.partition("@")
+    if name not in RANK_METRICS or not k.isdigit() or int(k) < 1:
+        raise argparse.ArgumentTypeError(f"must be <metric>@<K> with a metric of {', '.join(RANK_METRICS)} and K "
+                                         f">= 1, got {text!r}")
+    return text
+
+
+def method_name(text: str) -> str:
+    """A declared method (the registry loads here, on the first method name, not when the parser is built)."""
+    try:
+        return get_method(text).name
+    except UserFacingError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def choice(*names: str):
+    def check(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(names)}, got {text!r}")
+        return text
+    return check
+
+
+TRAIN_OPTIONS = {"model": choice("lightgcn", "mf"), "seed": argtypes.non_negative_int,
+                 "epochs": argtypes.positive_int, "dim": argtypes.positive_int, "layers": argtypes.non_negative_int,
+                 "batch_size": argtypes.positive_int, "lr": argtypes.positive_float,
+                 "l2": argtypes.non_negative_float, "loss": choice("bpr", "hinge"),
+                 "margin": argtypes.non_negative_float, "patience": argtypes.positive_int,
+                 "eval_every": argtypes.positive_int, "metric": metric, "device": str}
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train MF/LightGCN with one method (a classic sampler or an LLM-based one)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="methods (`hnlm methods NAME` lists a method's settings with their defaults "
-                              "and helps):\n" + describe_methods())
+                       epilog="`hnlm methods` lists the methods, `hnlm methods NAME` shows one's settings with their "
+                              "defaults and helps (listing them here would make every `hnlm train` wait for torch)")
     add_dataset_options(p)
-    p.add_argument("--sampler", "--method", dest="method", default=None, metavar="NAME",
-                   help=f"the method to train with (listed below; default: the --config file's `sampler`, "
+    p.add_argument("--sampler", "--method", dest="method", default=None, metavar="NAME", type=method_name,
+                   help=f"the method to train with (`hnlm methods`; default: the --config file's `sampler`, "
                         f"else {TrainConfig.sampler})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change one of the method's settings, e.g. --set alpha=0.1 (repeatable; `hnlm methods "
                         "NAME` lists them with their defaults and helps); overrides the --config file's "
                         "`sampler_opts`")
-    p.add_argument("--config", default=None, help="TOML file of training settings (names as hnlm.cf.TrainConfig, "
-                                                  "`sampler` and `sampler_opts` included); options override it")
+    p.add_argument("--config", default=None, type=argtypes.existing_file,
+                   help="TOML file of training settings (names as hnlm.cf.TrainConfig, `sampler` and `sampler_opts` "
+                        "included); options override it")
     for name, typ in TRAIN_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
                        help=f"{setting_help(TRAIN_FIELDS[name])} (default {getattr(TrainConfig, name)})")
@@ -52,7 +82,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_train)
 
     m = sub.add_parser("methods", help="list the training methods, or show one method's settings and defaults")
-    m.add_argument("name", nargs="?")
+    m.add_argument("name", nargs="?", type=method_name)
     m.set_defaults(func=run_methods)
 
 
@@ -79,8 +109,6 @@ def parse_setting(method: str, text: str) -> tuple[str, object]:
 def train_config(args) -> TrainConfig:
     overrides = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
     if args.config:
-        if not Path(args.config).exists():
-            raise UserFacingError(f"config file {args.config} does not exist")
         return TrainConfig.from_file(args.config, **overrides)
     return TrainConfig(**overrides)
 
@@ -103,6 +131,8 @@ def method_variant(args, cfg: TrainConfig):
 
 
 def run_train(args) -> int:
+    from hnlm.cf.trainer import save_result, train
+    from hnlm.semantic.resources import provide_inputs
     cfg = train_config(args)
     spec = method_variant(args, cfg)
     cfg = dataclasses.replace(cfg, sampler=spec.method, sampler_opts=dict(spec.overrides))  # recorded as trained
@@ -111,7 +141,10 @@ def run_train(args) -> int:
         data.require_item_text(f"method {spec.method}")
     resources = provide_inputs(data, args.llm, sns_budget=args.sns_budget, sns_context=args.sns_context,
                                hnlmrec_run=args.hnlmrec_run)
-    sampler, extension = spec.build(data, resources, cfg.seed)
+    try:
+        sampler, extension = spec.build(data, resources, cfg.seed)
+    except ValueError as err:    # a setting the sampler refuses (e.g. --set candidates=0)
+        raise UserFacingError(f"method {spec.method}: {err} (its settings: `hnlm methods {spec.method}`)") from None
     result = train(data, cfg, extension=extension, sampler=sampler, progress=not args.no_progress)
     result.update({"method": spec.method, "settings": dataclasses.asdict(spec.settings()),
                    "resources": resources.digests(spec.needs()), "split_seed": args.split_seed})

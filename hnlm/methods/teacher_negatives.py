@@ -34,7 +34,7 @@ from hnlm.methods import Method, register, setting_like
 from hnlm.semantic import resources as inputs
 from hnlm.semantic.alignment import AlignmentConfig, AlignmentExtension, alignment_config
 from hnlm.semantic.bank import NegativeBank, user_derangement
-from hnlm.semantic.hnlmrec.run import TeacherConfig
+from hnlm.semantic.hnlmrec.config import TeacherConfig
 
 
 @dataclass

@@ -1,16 +1,15 @@
-"""CLI of modules 1-2: `hnlm profiles` (LLM item and user profiles) and `hnlm sns` (LLM hard negatives)."""
+"""CLI of modules 1-2: `hnlm profiles` (LLM item and user profiles) and `hnlm sns` (LLM hard negatives).
+
+The handlers import the LLM stack when they run, so the parser (help, option errors) stays light (hnlm.cli)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
+from hnlm import argtypes
+from hnlm.atomic import write_text
 from hnlm.data.options import add_dataset_options, dataset_from_args
-from hnlm.llm.backends import LocalBackend, make_backend
-from hnlm.llm.encoders import get_text_encoder
-from hnlm.semantic import profiles as pf
-from hnlm.semantic import sns
-from hnlm.semantic.common import Budget, select_pairs, split_id_of
+from hnlm.llm.catalog import redact
 
 
 def register(subparsers) -> None:
@@ -18,48 +17,48 @@ def register(subparsers) -> None:
     register_sns(subparsers)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register_profiles(sub) -> None:
-    p = sub.add_parser("profiles", help="generate LLM item and user profiles (module 1)")
+    p = sub.add_parser("profiles")
     add_dataset_options(p)
-    p.add_argument("--llm", default="qwen2.5-0.5b", help="backend spec (see hnlm.llm.backends.make_backend)")
-    p.add_argument("--limit", type=positive_int, default=None,
+    p.add_argument("--llm", default="qwen2.5-0.5b", type=argtypes.llm,
+                   help="backend spec (see hnlm.llm.backends.make_backend)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=None,
                    help="only the first N items and N users (merged by id into the saved profiles)")
     p.add_argument("--kind", choices=["both", "item", "user"], default="both")
-    p.add_argument("--batch-size", type=int, default=None, help="local backend batch size")
-    p.add_argument("--summary-tokens", type=int, default=None, help="token budget of the summary")
-    p.add_argument("--reasoning-tokens", type=int, default=None, help="token budget of the reasoning")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=None, help="local backend batch size")
+    p.add_argument("--summary-tokens", type=argtypes.positive_int, default=None, help="token budget of the summary")
+    p.add_argument("--reasoning-tokens", type=argtypes.positive_int, default=None, help="token budget of the reasoning")
     p.add_argument("--json", default=None, help="also write the counts to this file")
     p.set_defaults(func=run_profiles)
 
 
 
 def register_sns(subparsers) -> None:
-    p = subparsers.add_parser("sns", help="generate LLM hard negatives (module 2), embed, ground, measure")
+    p = subparsers.add_parser("sns")
     add_dataset_options(p)
     p.add_argument("--llm", default="qwen2.5-0.5b", help="backend spec (see hnlm.llm.backends)")
     p.add_argument("--budget", default="per-user:1",
                    help="'all' (every training pair, the paper) or 'per-user:K' (K pairs per user)")
-    p.add_argument("--pair-seed", type=int, default=0, help="which K training pairs per user")
+    p.add_argument("--pair-seed", type=argtypes.non_negative_int, default=0, help="which K training pairs per user")
     p.add_argument("--context", default="profile", choices=["profile", "history"],
                    help="user described by its module-1 profile, or by training titles + demographics")
     p.add_argument("--profiles-llm", default=None, help="LLM whose module-1 profiles to use (default --llm)")
     p.add_argument("--variant", default="text", choices=["text", "pick"],
                    help="text: the LLM names a negative; pick: it picks, from a list of real training-pool "
                         "items, those the user would not enjoy (with a uniform pick of the same list as control)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: sampled (local backends)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
-    p.add_argument("--sampling-seed", type=int, default=0, help="seed of sampled decoding (reproducible runs)")
+    p.add_argument("--temperature", type=argtypes.non_negative_float, default=0.0,
+                   help="0: greedy; > 0: sampled (local backends)")
+    p.add_argument("--top-p", type=argtypes.probability, default=1.0,
+                   help="nucleus sampling mass (with --temperature > 0)")
+    p.add_argument("--sampling-seed", type=argtypes.non_negative_int, default=0,
+                   help="seed of sampled decoding (reproducible runs)")
     p.add_argument("--encoder", default="minilm")
-    p.add_argument("--pool", type=int, default=20, help="grounding: nearest non-train items kept per negative")
-    p.add_argument("--chunk", type=int, default=32, help="prompts per generate call (appended as they finish)")
-    p.add_argument("--limit-users", type=int, default=None, help="only the first N users (quick runs)")
+    p.add_argument("--pool", type=argtypes.positive_int, default=20,
+                   help="grounding: nearest non-train items kept per negative")
+    p.add_argument("--chunk", type=argtypes.positive_int, default=32,
+                   help="prompts per generate call (appended as they finish)")
+    p.add_argument("--limit-users", type=argtypes.positive_int, default=None,
+                   help="only the first N users (quick runs)")
     p.add_argument("--no-generate", action="store_true", help="only rebuild embeddings/grounding/quality")
     p.add_argument("--allow-missing", action="store_true",
                    help="build from the pairs generated so far (the rest is counted as not generated)")
@@ -67,6 +66,13 @@ def register_sns(subparsers) -> None:
 
 
 def run_sns(args) -> int:
+    from hnlm.llm.backends import make_backend
+    from hnlm.llm.catalog import check_spec
+    from hnlm.llm.encoders import get_text_encoder
+    from hnlm.semantic import sns
+    from hnlm.semantic.common import Budget, select_pairs, split_id_of
+    if not args.no_generate:
+        check_spec(args.llm)    # an unavailable LLM fails before the dataset loads
     data = dataset_from_args(args)
     data.require_item_text("LLM profiles" if args.func is run_profiles else "SNS")
     budget = Budget.parse(args.budget)
@@ -97,6 +103,9 @@ def run_sns(args) -> int:
 
 
 def run_profiles(args) -> int:
+    from hnlm.llm.backends import LocalBackend, make_backend
+    from hnlm.semantic import profiles as pf
+    from hnlm.semantic.common import split_id_of
     backend = make_backend(args.llm)  # a bad spec fails before the dataset loads
     data = dataset_from_args(args)
     data.require_item_text("LLM profiles" if args.func is run_profiles else "SNS")
@@ -122,11 +131,10 @@ def run_profiles(args) -> int:
     for c in all_counts:
         print(f"{c['kind']} profiles: {c['requested']} requested, {c['generated']} generated, "
               f"{c['cached']} cached, {c['failed']} failed, {c['truncated_prompts']} truncated prompts")
-    summary = {"dataset": args.dataset, "llm": args.llm, "identity": backend.identity,
+    summary = {"dataset": args.dataset, "llm": redact(args.llm), "identity": backend.identity,
                "split_seed": args.split_seed, "counts": all_counts, "folder": str(folder)}
-    (folder / f"counts_split-{split}.json").write_text(json.dumps(summary, indent=1))
+    write_text(folder / f"counts_split-{split}.json", json.dumps(summary, indent=1))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=1)
+        write_text(args.json, json.dumps(summary, indent=1))
     print(f"profiles in {folder}")
     return 0

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from hnlm.errors import DataFormatError, UserFacingError
+from hnlm.llm.catalog import redact
 
 HISTORY_TITLES = 5       # titles in a "history" user context (prompt length drives CPU cost)
 PROMPT_DIR = Path(__file__).parent / "prompts"
@@ -97,8 +98,8 @@ def check_split(path, made_from: str | None, fingerprint: str, regenerate: str, 
 
 
 def safe_name(name: str) -> str:
-    """A model spec or LLM name as a folder name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    """A model spec or LLM name as a folder name (credentials in a URL left out)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", redact(name))
 
 
 def domain_of(dataset: str) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hnlm.atomic import atomic_path
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.backends import make_backend
 from hnlm.llm.structured import field_budgets
@@ -179,9 +180,8 @@ def save_profiles(frame: pd.DataFrame, dataset: str, llm: str, kind: str, split_
         old = pd.read_json(path, lines=True)
         if len(old):
             frame = pd.concat([old[~old["id"].isin(frame["id"])], frame]).sort_values("id").reset_index(drop=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    tmp.replace(path)  # readers never see a half-written file
+    with atomic_path(path) as tmp:  # readers never see a half-written file
+        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
     return path
 
 

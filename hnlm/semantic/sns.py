@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hnlm.atomic import atomic_path, write_text
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.backends import make_backend
 from hnlm.llm.encoders import get_text_encoder
@@ -395,13 +396,14 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, pair_seed: int = 0,
     tag = budget.tag
     NegativeBank(neg_emb, ok["user"].to_numpy(np.int64), ok["item"].to_numpy(np.int64),
                  source=f"sns:{llm}:{budget.spec}").save(out / f"bank_{tag}.npz")
-    grounded.to_parquet(out / f"grounded_{tag}.parquet")
+    with atomic_path(out / f"grounded_{tag}.parquet") as tmp:
+        grounded.to_parquet(tmp)
     meta = {"dataset": data.name, "llm": llm, "budget": budget.spec, "pair_seed": pair_seed,
             "split_seed": split_seed_of(data), "train_fingerprint": train_fingerprint(data),
             "encoder": getattr(encoder, "identity", type(encoder).__name__), "grounding_pool": pool,
             **(extra_meta or {})}
-    (out / f"quality_{tag}.json").write_text(json.dumps(q, indent=2))
-    (out / f"meta_{tag}.json").write_text(json.dumps(meta, indent=2))
+    write_text(out / f"quality_{tag}.json", json.dumps(q, indent=2))
+    write_text(out / f"meta_{tag}.json", json.dumps(meta, indent=2))
     return {"quality": q, "meta": meta, "folder": str(out)}
 
 
@@ -673,7 +675,8 @@ def build_pick_artifacts(data, llm: str, budget: Budget, builder: PickPromptBuil
               "valid_json_rate": len(ok) / max(len(rec), 1), "invalid": int(len(rec) - len(ok)),
               "numbers_out_of_range": int(ok["out_of_range"].sum()) if len(ok) else 0,
               "candidates_per_list": PICK_CANDIDATES, "context": builder.tag})
-    pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "candidates": ok["candidates"],
-                  "picked": ok["picked"], "control": control}).to_parquet(out / f"picks_{budget.tag}.parquet")
-    (out / f"quality_pick_{budget.tag}.json").write_text(json.dumps(q, indent=2))
+    with atomic_path(out / f"picks_{budget.tag}.parquet") as tmp:
+        pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int),
+                      "candidates": ok["candidates"], "picked": ok["picked"], "control": control}).to_parquet(tmp)
+    write_text(out / f"quality_pick_{budget.tag}.json", json.dumps(q, indent=2))
     return {"quality": q, "folder": str(out)}

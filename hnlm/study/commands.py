@@ -1,29 +1,26 @@
 """`hnlm study`: run the numbered notebooks through papermill (what `make study` calls); `hnlm study report`:
-the README's results section from the tracked result files."""
+the README's results section from the tracked result files. The handlers import the study machinery when they
+run, so the parser (help, option errors) stays light."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from hnlm import argtypes
 from hnlm.errors import UserFacingError
 from hnlm.paths import results_dir
-from hnlm.semantic.outputs import REGENERATE_VAR
 from hnlm.study.executors import EXECUTORS
-from hnlm.study.llm_outputs import STAGES, prepare, units
-from hnlm.study.publish import publish_study
-from hnlm.study.report import RESULTS_BEGIN, RESULTS_END, findings_file, render_report, write_between_markers
-from hnlm.study.runner import run_study
-from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES
+from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES, STAGES
 
 
 def register(sub) -> None:
-    p = sub.add_parser("study", help="run the study notebooks in order (papermill) and print wall times")
+    p = sub.add_parser("study")
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES)
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--llm", default="qwen2.5-0.5b")
     p.add_argument("--notebooks", nargs="+", help="only these notebooks, e.g. 01_data 06_main_results")
-    p.add_argument("--seeds", type=int, nargs="+", help="override the profile's seeds")
+    p.add_argument("--seeds", type=argtypes.non_negative_int, nargs="+", help="override the profile's seeds")
     p.add_argument("--out-dir", help="result folder (default runs/<profile>/<dataset>)")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failing notebook")
     p.add_argument("--llm-only", action="store_true",
@@ -36,8 +33,8 @@ def register(sub) -> None:
                    help="with --llm-only: copy each output into the tracked outputs/ folder with its manifest as "
                         "soon as it is made (`hnlm outputs list` shows them; commit them)")
     p.add_argument("--regenerate", action="store_true",
-                   help=f"ignore the shipped LLM outputs (outputs/) and make every one on this machine, reusing "
-                        f"only artifacts/ (sets {REGENERATE_VAR}; hours on a CPU)")
+                   help="ignore the shipped LLM outputs (outputs/) and make every one on this machine, reusing "
+                        "only artifacts/ (sets hnlm.semantic.outputs.REGENERATE_VAR; hours on a CPU)")
     p.add_argument("--retune", action="store_true",
                    help="tune every method again, ignoring the trials of the tuning table (results/<dataset>/"
                         "tuning.csv for full; sets HNLM_RETUNE)")
@@ -46,8 +43,10 @@ def register(sub) -> None:
                         "cluster (sets HNLM_EXECUTOR; see hnlm.study.executors)")
     p.add_argument("--address", help="with --executor ray: the cluster to join, e.g. 10.0.0.5:6379 (default: the "
                                      "one this machine runs, else a new local one)")
-    p.add_argument("--cpus-per-run", type=float, help="with --executor ray: CPUs each run asks for (default 1)")
-    p.add_argument("--gpus-per-run", type=float, help="with --executor ray: GPUs each run asks for (default 0)")
+    p.add_argument("--cpus-per-run", type=argtypes.positive_float,
+                   help="with --executor ray: CPUs each run asks for (default 1)")
+    p.add_argument("--gpus-per-run", type=argtypes.non_negative_float,
+                   help="with --executor ray: GPUs each run asks for (default 0)")
     p.set_defaults(func=run)
     register_report(p.add_subparsers(dest="study_command", metavar="[report]"))  # none: run the notebooks
 
@@ -60,12 +59,13 @@ def register_report(actions) -> None:
     p.add_argument("--main", action="store_true",
                    help="only the main table, as the top README shows it (--main --write README.md)")
     p.add_argument("--write", nargs="?", const="", metavar="FILE",
-                   help=f"replace the block between {RESULTS_BEGIN} and {RESULTS_END} in FILE (default: the "
-                        "findings, results/<dataset>/README.md) instead of printing")
+                   help="replace the block between the results markers (hnlm.study.report.RESULTS_BEGIN/END) in "
+                        "FILE (default: the findings, results/<dataset>/README.md) instead of printing")
     p.set_defaults(func=run_report)
 
 
 def run_report(args) -> int:
+    from hnlm.study.report import findings_file, render_report, write_between_markers
     folder = (args.results or results_dir()) / args.dataset
     markdown = render_report(folder, args.dataset, main_only=args.main)
     if args.write is not None:
@@ -90,24 +90,32 @@ def executor_environment(args) -> dict:
 
 
 def run(args) -> int:
-    if args.regenerate:
-        os.environ[REGENERATE_VAR] = "1"    # notebook kernels inherit it
-    os.environ.update(executor_environment(args))
     if args.publish and not args.llm_only:
         raise UserFacingError("--publish goes with --llm-only: hnlm study --llm-only --publish --profile full")
+    if args.regenerate:
+        from hnlm.semantic.outputs import REGENERATE_VAR
+        os.environ[REGENERATE_VAR] = "1"    # notebook kernels inherit it
     if args.llm_only:
-        if not args.publish:
-            prepare(args.profile, args.dataset, args.llm, args.stages)
-            return 0
-        for stage, signal in units(args.profile, args.stages):  # ship each output as soon as it is made
-            signals = [signal] if signal else None
-            prepare(args.profile, args.dataset, args.llm, [stage], signals=signals)
-            publish_study(args.profile, args.dataset, args.llm, [stage], signals=signals)
-        return 0
+        return run_llm_only(args)
+    os.environ.update(executor_environment(args))
+    from hnlm.study.runner import run_study
     report = run_study(args.profile, args.dataset, args.llm, notebooks=args.notebooks, seeds=args.seeds,
                        out_dir=args.out_dir, stop_on_error=args.stop_on_error)
     failed = [name for name, r in report.items() if not r["ok"]]
     if failed:
         print("failed: " + ", ".join(failed))
         return 1
+    return 0
+
+
+def run_llm_only(args) -> int:
+    from hnlm.study.llm_outputs import prepare, units
+    from hnlm.study.publish import publish_study
+    if not args.publish:
+        prepare(args.profile, args.dataset, args.llm, args.stages)
+        return 0
+    for stage, signal in units(args.profile, args.stages):  # ship each output as soon as it is made
+        signals = [signal] if signal else None
+        prepare(args.profile, args.dataset, args.llm, [stage], signals=signals)
+        publish_study(args.profile, args.dataset, args.llm, [stage], signals=signals)
     return 0

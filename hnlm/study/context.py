@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hnlm.atomic import write_text
 from hnlm.cf.trainer import TrainConfig
 from hnlm.errors import MissingInputError
 from hnlm.paths import PROJECT_ROOT, figures_dir, results_dir
@@ -92,10 +93,7 @@ class NotebookRun:
         reader never sees half a file. Returns the run folder's copy."""
         tracked_dir = self.tracked_dir if tracked else None
         for folder in [self.out_dir] + ([tracked_dir] if tracked_dir else []):
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f"{filename}.tmp"
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(folder / filename)
+            write_text(folder / filename, text)
         return self.out_dir / filename
 
     def save_json(self, result: dict, name: str | None = None) -> Path:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from hnlm import atomic
 from hnlm.analysis.popularity import recommend, run_popularity
 from hnlm.analysis.sparsity import metrics_by_group
+from hnlm.atomic import write_npz, write_text
 from hnlm.cf.samplers import PositiveIndex
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.methods import Variant, as_variant
@@ -163,12 +164,10 @@ def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resour
         user_emb, item_emb = (e.detach().cpu() for e in model.propagate())
     users, lists = recommend(lambda u: (user_emb[torch.from_numpy(u)] @ item_emb.T).numpy(), data,
                              k=min(LIST_DEPTH, data.n_items), split="test")
-    with atomic.atomic_path(lists_path) as tmp:
-        with open(tmp, "wb") as fh:      # a file object: np.savez would append ".npz" to a bare name
-            np.savez_compressed(fh, users=users, lists=lists)
+    write_npz(lists_path, compressed=True, users=users, lists=lists)   # atomic, then the json that marks it done
     compact = to_jsonable({"key": key, **run_labels(spec), **{k: v for k, v in result.items() if k != "seed"}})
-    atomic.write_text(path, json.dumps(compact))     # the run exists once its JSON does (lists first)
-    atomic.write_text(folder / "keys" / key, spec.tag)
+    write_text(path, json.dumps(compact))
+    write_text(folder / "keys" / key, spec.tag)
     return compact
 
 

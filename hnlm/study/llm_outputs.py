@@ -16,9 +16,8 @@ import time
 from hnlm.data import first_users, load_dataset
 from hnlm.llm.backends import make_backend
 from hnlm.study import pipeline
-from hnlm.study.settings import TARGET_DATASET, settings
+from hnlm.study.settings import STAGES, TARGET_DATASET, settings
 
-STAGES = ("profiles", "sns", "hnlmrec", "transfer", "llm_size")
 LLM_SIZE = "11_llm_size"   # its stage makes the outputs of each LLM in its `llms`, whatever the study's LLM
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hnlm.atomic import write_text
+from hnlm.atomic import atomic_path, write_text
 from hnlm.errors import MissingInputError
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.methods import variant
@@ -132,7 +132,8 @@ def save_sns(out: dict, folder: Path) -> None:
     bank = out["bank"]
     bank.save(folder / "sns_bank.npz")
     write_text(folder / "sns_bank.json", json.dumps({"source": bank.source, "meta": bank.meta}))
-    out["grounded"].to_parquet(folder / "sns_grounded.parquet")
+    with atomic_path(folder / "sns_grounded.parquet") as tmp:
+        out["grounded"].to_parquet(tmp)
 
 
 def load_sns(folder: Path):

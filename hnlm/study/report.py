@@ -15,6 +15,7 @@ from typing import Callable
 
 import pandas as pd
 
+from hnlm.atomic import write_text
 from hnlm.cf.trainer import TrainConfig
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import PROJECT_ROOT
@@ -297,4 +298,4 @@ def write_between_markers(path: Path, markdown: str) -> None:
                               "where the results go")
     before, rest = text.split(RESULTS_BEGIN)
     after = rest.split(RESULTS_END)[1]
-    path.write_text(f"{before}{RESULTS_BEGIN}\n{markdown}\n{RESULTS_END}{after}", encoding="utf-8")
+    write_text(path, f"{before}{RESULTS_BEGIN}\n{markdown}\n{RESULTS_END}{after}")

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from hnlm.atomic import write_text
 from hnlm.errors import UserFacingError
 from hnlm.paths import PROJECT_ROOT
 from hnlm.study.context import default_out_dir
@@ -123,6 +124,6 @@ def run_study(profile: str, dataset: str, llm: str, notebooks=None, seeds=None, 
                 break
     total = sum(r["wall_s"] for r in report.values())
     print(f"  {'total':<22} {total:8.1f} s")
-    (out / "study_timings.json").write_text(json.dumps({"params": params, "notebooks": report,
-                                                        "total_s": round(total, 1)}, indent=2))
+    write_text(out / "study_timings.json", json.dumps({"params": params, "notebooks": report,
+                                                       "total_s": round(total, 1)}, indent=2))
     return report

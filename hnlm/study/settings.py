@@ -19,6 +19,7 @@ from hnlm.errors import UserFacingError
 from hnlm.methods import Variant, variant
 
 PROFILE_NAMES = ("smoke", "quick", "full")
+STAGES = ("profiles", "sns", "hnlmrec", "transfer", "llm_size")   # the LLM work of `hnlm study --llm-only`
 DEFAULT_PROFILE = "full"     # of `make study`, `hnlm study` and a notebook opened without parameters
 
 # Keys every notebook sees unless its own block overrides them.

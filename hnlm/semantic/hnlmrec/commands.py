@@ -1,59 +1,60 @@
-"""CLI: `hnlm finetune` (HNLMRec end to end; `hnlm train --sampler hnlmrec` then trains with its output)."""
+"""CLI: `hnlm finetune` (HNLMRec end to end; `hnlm train --sampler hnlmrec` then trains with its output).
+
+The handler imports the fine-tuning stack when it runs, so the parser (help, option errors) stays light."""
 
 from __future__ import annotations
 
 import json
 
+from hnlm import argtypes
 from hnlm.data.options import add_dataset_options, dataset_from_args
-from hnlm.llm.models import require_model
-from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
+from hnlm.semantic.hnlmrec.config import FinetuneConfig, RunConfig, TeacherConfig
 from hnlm.semantic.hnlmrec.queries import MiningConfig
-from hnlm.semantic.hnlmrec.ranks import processes
-from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, run_finetune
 
 
 def register(subparsers) -> None:
     d, t, m = FinetuneConfig(), TeacherConfig(), MiningConfig()
-    p = subparsers.add_parser("finetune", help="HNLMRec: LoRA fine-tune an LLM to emit hard-negative embeddings")
+    p = subparsers.add_parser("finetune")
     add_dataset_options(p)
-    p.add_argument("--llm", default=d.llm, help="qwen2.5-0.5b, smollm2-135m, hf:<id>, or a local folder")
+    p.add_argument("--llm", default=d.llm, type=argtypes.llm,
+                   help="qwen2.5-0.5b, smollm2-135m, hf:<id>, or a local folder")
     p.add_argument("--cf-signal", default=d.cf_signal, choices=["text", "soft", "none"])
     p.add_argument("--budget", default=d.budget, help="fine-tuning pairs: 'all' or 'per-user:K'")
     p.add_argument("--infer-budget", default="per-user:1", help="pairs that get an emitted embedding")
-    p.add_argument("--infer-users", type=int, default=None,
+    p.add_argument("--infer-users", type=argtypes.positive_int, default=None,
                    help="embed only the pairs of the first N users (fast runs; default: all)")
     p.add_argument("--context", default="history", choices=["history", "profile"])
     p.add_argument("--profiles-llm", default=None)
-    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--epochs", type=argtypes.positive_float, default=d.epochs)
     p.add_argument("--max-steps", type=int, default=d.max_steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--head-lr", type=float, default=d.head_lr, help="learning rate of the head(s)")
-    p.add_argument("--tau", type=float, default=d.tau)
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=d.batch_size)
+    p.add_argument("--grad-accum", type=argtypes.positive_int, default=d.grad_accum)
+    p.add_argument("--lr", type=argtypes.positive_float, default=d.lr)
+    p.add_argument("--max-length", type=argtypes.positive_int, default=d.max_length)
+    p.add_argument("--head-lr", type=argtypes.positive_float, default=d.head_lr, help="learning rate of the head(s)")
+    p.add_argument("--tau", type=argtypes.positive_float, default=d.tau)
     p.add_argument("--objective", default=d.objective, choices=["infonce", "paper"],
                    help="infonce: other queries' targets are negatives too; paper: the released objective")
     p.add_argument("--pooling", default=d.pooling, choices=["mean-centred", "last", "mean"])
-    p.add_argument("--quality-pairs", type=int, default=d.quality_pairs,
+    p.add_argument("--quality-pairs", type=argtypes.non_negative_int, default=d.quality_pairs,
                    help="fine-tuning pairs held out to measure the fine-tuned encoder")
-    p.add_argument("--lora-r", type=int, default=d.lora_r)
-    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--lora-r", type=argtypes.positive_int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=argtypes.positive_int, default=d.lora_alpha)
+    p.add_argument("--lora-dropout", type=argtypes.probability, default=d.lora_dropout)
     p.add_argument("--lora-targets", default=",".join(d.lora_targets))
-    p.add_argument("--soft-tokens", type=int, default=d.soft_tokens)
+    p.add_argument("--soft-tokens", type=argtypes.non_negative_int, default=d.soft_tokens)
     p.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="QLoRA (CUDA + bitsandbytes)")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--save-steps", type=int, default=d.save_steps)
+    p.add_argument("--save-steps", type=argtypes.positive_int, default=d.save_steps)
     p.add_argument("--teacher", default=t.model, choices=["lightgcn", "mf"])
-    p.add_argument("--teacher-epochs", type=int, default=t.epochs)
-    p.add_argument("--teacher-batch-size", type=int, default=t.batch_size)
-    p.add_argument("--candidates", type=int, default=m.candidates, help="M candidates per pair")
-    p.add_argument("--guard-top", type=float, default=m.guard_top,
+    p.add_argument("--teacher-epochs", type=argtypes.positive_int, default=t.epochs)
+    p.add_argument("--teacher-batch-size", type=argtypes.positive_int, default=t.batch_size)
+    p.add_argument("--candidates", type=argtypes.positive_int, default=m.candidates, help="M candidates per pair")
+    p.add_argument("--guard-top", type=argtypes.probability, default=m.guard_top,
                    help="skip candidates in the user's top share of non-interacted items (false-negative guard)")
-    p.add_argument("--infer-batch", type=int, default=16)
-    p.add_argument("--pair-seed", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--infer-batch", type=argtypes.positive_int, default=16)
+    p.add_argument("--pair-seed", type=argtypes.non_negative_int, default=0)
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.set_defaults(func=run)
 
@@ -75,7 +76,8 @@ def config_from_args(args) -> RunConfig:
 
 
 def run(args) -> int:
-    require_model(args.llm)    # before the teacher trains: an unavailable LLM fails in seconds, not minutes
+    from hnlm.semantic.hnlmrec.ranks import processes
+    from hnlm.semantic.hnlmrec.run import run_finetune
     with processes().main_process_first():  # under `accelerate launch`, one process prepares the dataset
         data = dataset_from_args(args)
     data.require_item_text("HNLMRec fine-tuning")

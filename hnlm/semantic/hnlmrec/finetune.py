@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,49 +22,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from hnlm.errors import UserFacingError
-from hnlm.semantic.hnlmrec.model import TRAINABLE_FILE, EncoderConfig, QueryEncoder, contrastive_loss
+from hnlm.semantic.hnlmrec.config import FinetuneConfig  # noqa: F401  (its settings, also importable from here)
+from hnlm.semantic.hnlmrec.model import TRAINABLE_FILE, QueryEncoder, contrastive_loss
 
 STAGING_DIR = ".staging"
 CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-
-
-@dataclass
-class FinetuneConfig:
-    llm: str = "qwen2.5-0.5b"
-    cf_signal: str = "text"            # "text" (as the released code) or "soft"
-    budget: str = "per-user:1"         # training pairs used for fine-tuning (sns.Budget spec)
-    epochs: float = 1.0
-    # > 0 overrides epochs. 80 steps x 8 = 640 of the 943 per-user pairs: at the ~7-11 s/step measured for
-    # LoRA on qwen2.5-0.5b (8 x 128 tokens, 2 idle cores) this keeps teacher + fine-tune + embedding pass
-    # under 20 minutes on ml-100k; -1 = full epochs.
-    max_steps: int = 80
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 2e-4                   # LoRA; the paper's 2e-5 is for 5 epochs of an 8B model
-    head_lr: float = 1e-3              # head + soft-prompt projections: new layers start from random weights
-    warmup_ratio: float = 0.05
-    max_length: int = 224              # tokens; longer queries lose the middle of their user part (queries.py)
-    tau: float = 0.05
-    objective: str = "infonce"         # "infonce" (other queries' targets as negatives) or "paper" (model.py)
-    pooling: str = "mean-centred"      # "mean-centred", "last" or "mean" (model.py)
-    centring_queries: int = 256        # fine-tuning queries the centring mean is fitted on
-    quality_pairs: int = 64            # training pairs held out of fine-tuning to measure it (finetune_quality)
-    lora_r: int = 32
-    lora_alpha: int = 32               # = r (scale 1); no measurement favoured another value
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    soft_tokens: int = 1
-    load_in_4bit: bool = False         # QLoRA (bitsandbytes, CUDA only)
-    gradient_checkpointing: bool = False
-    save_steps: int = 25
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
-
-    def encoder_config(self, cf_dim: int, out_dim: int) -> EncoderConfig:
-        return EncoderConfig(out_dim=out_dim, cf_signal=self.cf_signal, cf_dim=cf_dim,
-                             soft_tokens=self.soft_tokens, pooling=self.pooling, lora_r=self.lora_r,
-                             lora_alpha=self.lora_alpha,
-                             lora_dropout=self.lora_dropout, lora_targets=tuple(self.lora_targets))
 
 
 class PairDataset(Dataset):

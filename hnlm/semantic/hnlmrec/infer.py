@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hnlm.atomic import write_npz
 from hnlm.semantic.hnlmrec.model import TRAINABLE_FILE
 
 
@@ -51,5 +52,5 @@ def emit(encoder, tokenizer, texts: list[str], cf_user: np.ndarray, cf_item: np.
         ci = torch.from_numpy(cf_item[start:stop]).to(device)
         out[start:stop] = encoder(enc["input_ids"], enc["attention_mask"], cu, ci).float().cpu().numpy()
         if partial is not None and (n + 1) % save_every == 0:
-            np.savez(partial, emb=out, done=stop)
+            write_npz(partial, emb=out, done=stop)   # a kill mid-save keeps the previous one
     return out

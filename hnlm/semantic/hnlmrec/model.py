@@ -27,7 +27,6 @@ Choices (documented in bench/README.md):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,35 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hnlm.llm.pooling import pool_hidden
+from hnlm.semantic.hnlmrec.config import EncoderConfig  # noqa: F401  (also importable from here)
 
 TRAINABLE_FILE = "hnlmrec_trainable.pt"
 CONFIG_FILE = "hnlmrec_config.json"
-
-
-@dataclass
-class EncoderConfig:
-    out_dim: int = 384                 # text encoder (MiniLM) dimension
-    cf_signal: str = "text"            # "text", "soft" or "none"
-    cf_dim: int = 0                    # teacher CF embedding size (soft prompt only)
-    soft_tokens: int = 1               # virtual tokens per CF vector (user, item)
-    pooling: str = "mean-centred"      # "mean-centred", "last" or "mean" (see the module doc)
-    lora_r: int = 32
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    extra: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["lora_targets"] = list(self.lora_targets)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "EncoderConfig":
-        d = dict(d)
-        d["lora_targets"] = tuple(d["lora_targets"])
-        d.setdefault("pooling", "mean")  # encoders saved before pooling was a setting pooled uncentred means
-        return cls(**d)
 
 
 OBJECTIVES = ("infonce", "paper")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hnlm.atomic import write_npz
 from hnlm.errors import DataFormatError, MissingInputError, UserFacingError
 from hnlm.semantic.common import (
     Budget,
@@ -59,7 +60,7 @@ class Teacher:
 
     def save(self, path: Path) -> None:
         import json
-        np.savez(path, user_emb=self.user_emb, item_emb=self.item_emb, meta=json.dumps(self.meta))
+        write_npz(path, user_emb=self.user_emb, item_emb=self.item_emb, meta=json.dumps(self.meta))
 
     @classmethod
     def load(cls, path: Path) -> "Teacher":

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from hnlm.atomic import write_text
+from hnlm.atomic import atomic_path, write_text
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
@@ -40,38 +40,14 @@ from hnlm.semantic.common import (
     split_seed_of,
     train_fingerprint,
 )
-from hnlm.semantic.hnlmrec.finetune import FinetuneConfig, PairDataset, finetune_quality, load_base, make_trainer
+from hnlm.semantic.hnlmrec.config import FinetuneConfig, RunConfig, TeacherConfig  # noqa: F401
+from hnlm.semantic.hnlmrec.finetune import PairDataset, finetune_quality, load_base, make_trainer
 from hnlm.semantic.hnlmrec.queries import MiningConfig, QueryBuilder, Teacher, build_examples, inference_queries
 from hnlm.semantic.hnlmrec.ranks import gather_ranks, processes
 from hnlm.semantic.profiles import profiles_of
 from hnlm.semantic.sns import item_embeddings
 
 QUALITY_DISTRACTORS = 49  # distractors per held-out pair in finetune_quality (50 candidates, chance rank 25.5)
-
-
-@dataclass
-class TeacherConfig:
-    """The CF teacher whose mined hard negatives are the fine-tuning targets; unset values are TrainConfig's."""
-
-    model: str = TrainConfig.model
-    epochs: int = 20           # fixed: evaluated once at the end, never selected on validation
-    lr: float = TrainConfig.lr
-    dim: int = TrainConfig.dim
-    seed: int = TrainConfig.seed
-    batch_size: int = TrainConfig.batch_size   # larger batches make a teacher on ml-1m affordable in fast runs
-
-
-@dataclass
-class RunConfig:
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    mining: MiningConfig = field(default_factory=MiningConfig)
-    context: str = "history"           # user context: "history" (training titles) or "profile" (module 1)
-    profiles_llm: str | None = None
-    infer_budget: str = "per-user:1"   # query pairs that get an emitted embedding
-    infer_users: int | None = None     # embed only the pairs of the first N users (fast runs); None: all
-    infer_batch: int = 16
-    pair_seed: int = 0
 
 
 def run_dir(dataset: str, llm: str, cf_signal: str, budget: str, split_id: str) -> Path:
@@ -215,7 +191,7 @@ def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
     if done_before is not None:
         return done_before if procs.is_main_process else None
     if procs.is_main_process:
-        (folder / "settings.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=2))
+        write_text(folder / "settings.json", json.dumps(_jsonable(asdict(cfg)), indent=2))
     t0 = time.perf_counter()
     with procs.main_process_first():  # the others then read its teacher, encoder vectors and converted LLM
         teacher = get_teacher(data, cfg.teacher, folder)
@@ -224,7 +200,8 @@ def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
         lm, tok = load_base(ft)
         ex, ds, emb, counts = training_set(data, teacher, cfg, encoder, tok)
     if procs.is_main_process:
-        ex.to_parquet(folder / "examples.parquet")
+        with atomic_path(folder / "examples.parquet") as tmp:
+            ex.to_parquet(tmp)
 
     qe = QueryEncoder(lm, ft.encoder_config(teacher.dim, encoder.dim))
     trainer = make_trainer(qe, tok, ds, ft, str(folder / "checkpoints"))
@@ -275,7 +252,7 @@ def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
     }
     if done is not None:  # report the fine-tuning speed measured when it ran, not the reload's
         summary["timings"].update(_earlier_finetune_timings(folder))
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(folder / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
