@@ -18,15 +18,15 @@ from hnlm.data import first_users, load_dataset
 from hnlm.methods import get_method, method_names, variant
 from hnlm.methods.commands import result_path
 from hnlm.methods.dnsmn_guard import GuardedDNSMN, GuardSettings
-from hnlm.paths import artifacts_dir, artifacts_root, cache_root
+from hnlm.paths import artifacts_root, cache_root
 from hnlm.semantic import profiles as pf
 from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import split_id_of
 from hnlm.semantic.hnlmrec import banks, transfer
-from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, run_dir
+from hnlm.semantic.hnlmrec.run import RunConfig, run_dir
 from hnlm.semantic.hnlmrec.transfer import transfer_dir
-from hnlm.semantic.resources import SNS_BANK, Resources, hnlmrec_bank, teacher, teacher_dir, teacher_table
+from hnlm.semantic.resources import SNS_BANK, Resources, hnlmrec_bank, teacher, teacher_table
 from hnlm.semantic.sns import sns_dir
 
 NEW = ["sns-dnsmn", "hnlmrec-dnsmn", "dnsmn-guard", "teacher-negatives", "teacher-aligned"]
@@ -54,7 +54,7 @@ def resources(data, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("HNLM_ENCODER_CACHE", str(cache_root("encoders")))
     mp.setenv("HNLM_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
-    table = teacher_table(data, config=TeacherConfig(model="mf", epochs=1, dim=8, batch_size=16384))
+    table = teacher_table(data, config=TrainConfig(model="mf", epochs=1, dim=8, batch_size=16384))
     yield Resources({SNS_BANK: random_bank(data), hnlmrec_bank("text"): random_bank(data, seed=1),
                      teacher("mf"): table})
     mp.undo()
@@ -201,7 +201,7 @@ def test_teacher_table_is_made_from_training_data_and_cached(data, resources):
     train = data.train.toarray().astype(bool)
     assert train[table.users, table.items].all() and not train[table.users, table.neg].any()
     assert len(table.neg) + table.counts["no_candidate_passed_guard"] == data.train.nnz
-    again = teacher_table(data, config=TeacherConfig(model="mf", epochs=1, dim=8, batch_size=16384))
+    again = teacher_table(data, config=TrainConfig(model="mf", epochs=1, dim=8, batch_size=16384))
     assert np.array_equal(again.teacher.item_emb, table.teacher.item_emb) and np.array_equal(again.neg, table.neg)
     assert resources.digest(teacher("mf")) == Resources({teacher("lightgcn"): again}).digest(teacher("lightgcn"))
 
@@ -219,9 +219,7 @@ def test_a_temporal_split_names_its_artefacts_apart_from_the_random_one():
     random, temporal = load_dataset("ml-100k", seed=0), load_dataset("ml-100k", seed=0, split="temporal")
     cfg = TrainConfig(model="mf", seed=1)
     # the default random split keeps the names its stored teachers, runs and LLM outputs are under
-    assert teacher_dir(random, "mf") == artifacts_dir("ml-100k", "teacher", "split-0", "mf")
     assert result_path(random, cfg, "rns").name == "mf_rns_split0_seed1.json"
-    assert teacher_dir(temporal, "mf") == artifacts_dir("ml-100k", "teacher", "split-0-temporal", "mf")
     assert result_path(temporal, cfg, "rns").name == "mf_rns_split0-temporal_seed1.json"
     root = artifacts_root() / "ml-100k"
     assert llm_output_names(random) == [

@@ -9,9 +9,10 @@ outside the user's top share). Here that table is used directly (input `teacher(
   teacher-aligned    as the vector h of module 3, exactly as `sns` integrates the LLM's vector: the teacher's
                      item embedding of the mined negative, aligned (the adapter learns teacher -> student item
                      vectors from the catalogue) and mixed into a uniform negative at `alpha`.
-What they measure, and what they do not: the table is mined once and frozen, from a teacher that is no better
-than its students unless it converged (its valid score is in each run's counts); so these are "what one static
-table of mined negatives gives through each integration", not an upper bound of what an LLM could give. The
+What they measure, and what they do not: the teacher is trained to convergence and selected on validation (its
+valid score is in each teacher-negatives run's counts, to set beside the students'), but its table is mined once
+and frozen; so these are "what one static table of a converged model's mined negatives gives through each
+integration", not an upper bound of what an LLM could give. The
 static-vs-dynamic question itself is `dnsmn-static` against `dns-mn` (hnlm/methods/dnsmn_static.py).
 Ablations, under the same integration: `-random` replaces each mined item by a uniform one (teacher-negatives: a
 static random table, which separates the table's hardness from its being static) or each vector by a random one of
@@ -56,8 +57,8 @@ class ShareSampler(Sampler):
 
     name = "table-share"
 
-    def __init__(self, table: Sampler, base: Sampler, share: float):
-        self.table, self.base, self.share = table, base, float(share)
+    def __init__(self, table: Sampler, base: Sampler, share: float, teacher: dict | None = None):
+        self.table, self.base, self.share, self.teacher = table, base, float(share), teacher or {}
         self._counts = {"pairs": 0, "table_share": 0}
 
     def sample(self, users, pos, model, ctx):
@@ -70,7 +71,7 @@ class ShareSampler(Sampler):
         return Negatives(items)
 
     def counts(self):
-        return {**self.table.counts(), "share_sampler": {**self._counts, "share": self.share,
+        return {**self.table.counts(), "teacher": self.teacher, "share_sampler": {**self._counts, "share": self.share,
                                                           "others": self.base.name}}
 
     def describe(self):
@@ -91,7 +92,7 @@ def id_builder(ablation: str | None):
         table = resources[inputs.teacher(settings.teacher)]
         neg, source = mined_items(table, str(inputs.teacher(settings.teacher)), ablation, data.n_items, seed)
         return ShareSampler(TableSampler(table.users, table.items, neg, data.n_items, source), RNS(),
-                            settings.share), None
+                            settings.share, table.counts["teacher"]), None
     return build
 
 

@@ -6,7 +6,7 @@ Needs (a method declares them from its settings, e.g. `hnlmrec_bank(settings.sig
   rlmrec_text(source)     (user, item) text embeddings, source "profiles" or "metadata"
   hnlmrec_bank(signal)    NegativeBank of module 4's emitted vectors, CF signal "text" or "soft"
   teacher(model)          TeacherTable: a CF teacher ("lightgcn" or "mf") and the hard negative it mined for
-                          every training pair (no LLM: the upper bound of methods/teacher_negatives.py)
+                          every training pair (no LLM: the input of methods/teacher_negatives.py)
 
 `provide_inputs` gives each need a loader with one rule, the same for `hnlm train`, the notebooks and the study:
 the shipped output in outputs/ whose key matches these settings, then artifacts/ made with these settings, then
@@ -19,22 +19,23 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from hnlm.cf.config import TrainConfig
+from hnlm.cf.frozen import frozen_model
+from hnlm.cf.search import lr_protocol
 from hnlm.errors import MissingInputError
 from hnlm.llm.encoders import get_text_encoder
-from hnlm.paths import artifacts_dir
 from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget, split_id_of, split_seed_of
+from hnlm.semantic.common import Budget, split_seed_of
 from hnlm.semantic.hnlmrec.banks import obtain_bank, run_bank
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.queries import MiningConfig, Teacher, mine_hard_negatives
-from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, get_teacher
+from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig
 from hnlm.semantic.rlmrec import text_embeddings
 
 NEED_KINDS = {"sns_bank": None, "sns_grounded": None, "rlmrec_text": ("profiles", "metadata"),
@@ -100,22 +101,27 @@ class TeacherTable:
     counts: dict
 
 
-def teacher_dir(data, model: str) -> Path:
-    """artifacts/<dataset>/teacher/split-<split id>/<model>/ (`split_id_of`: seed, and kind unless random)."""
-    return artifacts_dir(data.name, "teacher", f"split-{split_id_of(data)}", model)
+def teacher_config(model: str) -> TrainConfig:
+    """The teacher of the teacher-* methods: `model` with uniform negatives, trained to convergence under the
+    study's protocol (early stopping on valid recall@20, lr-scaled validation, cap), at TrainConfig's defaults."""
+    return TrainConfig(model=model, sampler="rns", **lr_protocol(TrainConfig.lr, TrainConfig.epochs))
 
 
-def teacher_table(data, model: str = TeacherConfig.model, config: TeacherConfig | None = None) -> TeacherTable:
-    """Teacher with TeacherConfig's defaults (`config` overrides them), cached on disk under
-    `teacher_dir` and retrained when the training split or its settings change; the mining over every training
-    pair (about 20 s on ml-100k) runs each time."""
-    cfg = config or TeacherConfig(model=model)
-    teacher = get_teacher(data, cfg, teacher_dir(data, cfg.model))
+def teacher_table(data, model: str = TeacherConfig.model, config: TrainConfig | None = None) -> TeacherTable:
+    """A converged teacher (`teacher_config`, `hnlm.cf.frozen`: selected on validation, cached by content key) and
+    the hard negative it mines for every training pair (`mine_hard_negatives` with MiningConfig's defaults, about
+    20 s on ml-100k, run each time). Its validation score is in `counts["teacher"]`, to set beside the students'.
+    HNLMRec's fine-tuning keeps its own fixed-epoch teacher (`hnlm.semantic.hnlmrec.run.get_teacher`): the
+    shipped banks were made with it. `config` replaces the teacher's training (tests train a small one)."""
+    frozen = frozen_model(data, config or teacher_config(model))
+    meta = {"model": model, "best_epoch": frozen.summary["best_epoch"], "epochs_run": frozen.summary["epochs_run"],
+            "valid": {k: v for k, v in frozen.summary["valid"].items() if "@" in k}}
+    teacher = Teacher(frozen.user_emb, frozen.item_emb, meta)
     coo = data.train.tocoo()
     users, items = coo.row.astype(np.int64), coo.col.astype(np.int64)
     neg, counts = mine_hard_negatives(data, teacher, users, items, MiningConfig())
     keep = neg >= 0
-    return TeacherTable(teacher, users[keep], items[keep], neg[keep], {**counts, "teacher": teacher.meta})
+    return TeacherTable(teacher, users[keep], items[keep], neg[keep], {**counts, "teacher": meta})
 
 
 def content_digest(value) -> str:
