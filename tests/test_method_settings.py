@@ -51,8 +51,7 @@ def test_methods_command_prints_each_setting_with_default_and_help(capsys):
 
 
 def test_train_help_shows_the_train_config_helps(capsys):
-    with pytest.raises(SystemExit):
-        main(["train", "--help"])
+    assert main(["train", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert setting_help({f.name: f for f in dataclasses.fields(TrainConfig)}["patience"]) in out
     assert "`hnlm methods NAME` lists them with their defaults and helps" in out

@@ -19,6 +19,7 @@ from hnlm.llm.encoders import MiniLMEncoder
 from hnlm.semantic import rlmrec
 from hnlm.semantic.common import history_context, split_id_of
 from hnlm.semantic.profiles import save_profiles
+from hnlm.semantic.resources import rlmrec_text
 from tests.cf_helpers import tiny_data
 
 
@@ -230,6 +231,6 @@ def test_every_rlmrec_setting_reaches_the_extension():
     changed = {f.name: other(f.default) for f in dataclasses.fields(rlmrec.RLMRecConfig)}
     settings = method.make_settings(**changed)
     text = np.zeros((3, 4), np.float32)
-    _, ext = method.build(None, settings, {"rlmrec_text:profiles": (text, text)}, 0)
+    _, ext = method.build(None, settings, {rlmrec_text("profiles"): (text, text)}, 0)
     assert dataclasses.asdict(ext.config) == changed != dataclasses.asdict(rlmrec.RLMRecConfig())
 

@@ -138,11 +138,13 @@ def stored_run(data, spec: RunSpec, settings: dict, folder: Path, resources: Res
     return relabelled
 
 
+RUN_LABELS = ("tag", "backbone", "method", "method_name", "overrides", "family", "seed")
+
+
 def run_labels(spec: RunSpec) -> dict:
-    """What names a stored run in tables (the computation itself is named by its key)."""
-    return {"tag": spec.tag, "backbone": spec.backbone, "method": spec.variant.name,
-            "method_name": spec.variant.method, "overrides": dict(spec.variant.overrides),
-            "family": spec.variant.declaration.family, "seed": spec.seed}
+    """What names a stored run in tables (RUN_LABELS; the computation itself is named by its key)."""
+    return dict(zip(RUN_LABELS, (spec.tag, spec.backbone, spec.variant.name, spec.variant.method,
+                                 dict(spec.variant.overrides), spec.variant.declaration.family, spec.seed)))
 
 
 def run_one(data, spec: RunSpec, settings: dict, folder: Path, resources: Resources | None = None) -> dict:
