@@ -276,9 +276,12 @@ def best_by_lr(trials: pd.DataFrame) -> pd.DataFrame:
 def chosen_points(trials: pd.DataFrame, shared: dict) -> pd.DataFrame:
     """One row per tuned target: its chosen point and valid score, beside its valid score at the `shared`
     training setting (e.g. {"lr": 2e-2, "batch_size": 8192}) with its default settings when the search visited
-    it, and which chosen values sit at an edge of what was searched."""
+    it, and which chosen values sit at an edge of what was searched. A target whose tuning has not finished has
+    no row."""
     rows = []
     for (backbone, target), part in trials.groupby(["backbone", "target"], sort=False):
+        if not part["chosen"].any():
+            continue      # its tuning was stopped before it chose (it resumes from these rows)
         chosen = part[part["chosen"]].iloc[0]
         at_shared = part[(part["stage"] == "train grid") & (part["lr"] == shared["lr"])
                          & (part["batch_size"] == shared["batch_size"])]
