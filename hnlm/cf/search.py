@@ -49,8 +49,10 @@ class Axis:
 SHARE = Axis((0.25, 0.5, 0.75), low=0.05, high=1.0)     # a share of the training pairs a method acts on
 ALPHA = Axis((0.01, 0.05, 0.2), low=1e-4, high=1.0)     # module 3's mixing weight of the aligned vector
 
+# The batch axis may widen down to 128 and up to 131072, past a full batch of ml-100k (80,024 training pairs):
+# a chosen batch at that upper bound means "as large as the data allows", not an untested edge.
 TRAIN_SEARCH = {"lr": Axis((1e-3, 5e-3, 2e-2), low=1e-4, high=1e-1),
-                "batch_size": Axis((2048, 8192), low=512, high=32768)}
+                "batch_size": Axis((2048, 8192), low=128, high=131072)}
 
 
 def lr_protocol(lr: float, cap: int) -> dict:
