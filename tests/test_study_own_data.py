@@ -11,9 +11,10 @@ from hnlm.cli import main
 from hnlm.data import load_dataset
 from hnlm.data.splitfiles import write_lightgcn
 from hnlm.errors import DatasetConflictError
-from hnlm.study.inputs import classic_only, llm_methods_missing, skip_reason
+from hnlm.semantic.outputs import REGENERATE_VAR
+from hnlm.study.inputs import classic_only, llm_methods_missing, llm_only_stages, skip_reason
 from hnlm.study.runner import run_study
-from hnlm.study.settings import settings
+from hnlm.study.settings import STAGES, settings
 from tests.test_data_loaders import write_lines
 from tests.test_data_own import meta, reviews
 
@@ -32,13 +33,17 @@ def test_smoke_study_on_registered_amazon2018_files(tmp_path, capsys):
     assert main(["data", "add", "mytoys", "--source", "amazon2018", "--reviews", str(path), "--meta", str(meta_path),
                  "--min-rating", "4", "--kcore", "5"]) == 0
     out = tmp_path / "run"
-    report = run_study("smoke", "mytoys", LLM, notebooks=["01_data", "02_profiles", "06_main_results"], out_dir=out)
+    report = run_study("smoke", "mytoys", LLM, out_dir=out,
+                       notebooks=["01_data", "02_profiles", "06_main_results", "10_generalisation", "11_llm_size"])
     printed = capsys.readouterr().out
     assert report["01_data"]["ok"] and report["06_main_results"]["ok"]
     reason = report["02_profiles"]["skipped"]
     assert reason.startswith(f"no profiles outputs of {LLM} for mytoys") and "hnlm study --llm-only" in reason
     assert f"skipped: {reason}\n" in printed and f"skipped 02_profiles: {reason}\n" in printed
     assert "\n" not in reason
+    assert report["10_generalisation"]["skipped"].startswith("no transfer target for mytoys: notebook 10 transfers "
+                                                             "to ml-1m")
+    assert report["11_llm_size"]["skipped"].startswith("no sns outputs of smollm2-135m for mytoys")
     stats = json.loads((out / "01_data.json").read_text())
     assert {r["dataset"]: r["items"] for r in stats["datasets"]}["mytoys"] == 71
     runs, result = runs_of(out)
@@ -93,3 +98,17 @@ def test_a_notebook_reading_a_failed_or_skipped_one_is_skipped_and_06_keeps_its_
     assert "no profiles outputs of nosuch-llm for ml-100k" in llm_methods_missing(data, "nosuch-llm", "full")
     conf = classic_only(settings("full", "06_main_results"), "why")
     assert conf["semantic_methods"] == conf["hnlmrec_signals"] == [] and "rns" in conf["methods"]
+
+
+def test_regenerate_runs_what_lacks_outputs_and_llm_only_skips_a_transfer_without_target(tmp_path, monkeypatch,
+                                                                                          capsys):
+    path = write_lines(tmp_path / "Toys.json", reviews(n_users=60, n_items=80))
+    data = load_dataset("mytoys", source="amazon2018", reviews=str(path), meta=str(write_lines(
+        tmp_path / "meta.json", meta(range(80)))), cache=False)
+    assert skip_reason("03_sns", data, LLM, "smoke", {}).startswith(f"no profiles outputs of {LLM} for mytoys")
+    monkeypatch.setenv(REGENERATE_VAR, "1")   # hnlm study --regenerate: the notebooks make them here
+    assert skip_reason("03_sns", data, LLM, "smoke", {}) is None
+    assert skip_reason("10_generalisation", data, LLM, "smoke", {}).startswith("no transfer target for mytoys")
+    assert llm_only_stages("mytoys", STAGES) == [s for s in STAGES if s != "transfer"]
+    assert "[llm-only] transfer stage skipped: no transfer target for mytoys" in capsys.readouterr().out
+    assert llm_only_stages("ml-100k", STAGES) == list(STAGES)

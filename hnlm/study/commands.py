@@ -111,8 +111,10 @@ def run(args) -> int:
 
 
 def run_llm_only(args) -> int:
+    from hnlm.study.inputs import llm_only_stages
     from hnlm.study.llm_outputs import prepare, units
     from hnlm.study.publish import publish_study
+    args.stages = llm_only_stages(args.dataset, args.stages)
     if not args.publish:
         prepare(args.profile, args.dataset, args.llm, args.stages)
         return 0

@@ -52,17 +52,32 @@ def inputs_missing(notebook: str, data, llm: str, profile: str) -> str | None:
         return None
     if not data.has_item_text:
         return item_text_missing(data, "this notebook")
-    if notebook == "10_generalisation" and domain_of(data.name) != domain_of(TARGET_DATASET):
-        return (f"no transfer target for {data.name}: notebook 10 transfers to {TARGET_DATASET} "
-                f"({domain_of(TARGET_DATASET)} domain, {data.name}'s is {domain_of(data.name)})")
-    if notebook == "10_generalisation" and data.name == TARGET_DATASET:
-        return f"{data.name} is notebook 10's transfer target itself"
+    if notebook == "10_generalisation" and no_transfer_target(data.name):
+        return no_transfer_target(data.name)
     llms = settings(profile, notebook)["llms"] if notebook == "11_llm_size" else [llm]
     for each in llms:
         missing = outputs_missing(data.name, each, STAGES_READ[notebook], profile)
         if missing:
             return missing
     return None
+
+
+def no_transfer_target(dataset: str) -> str | None:
+    """Why notebook 10 (and the transfer stage of --llm-only) has nothing to transfer `dataset` to, or None."""
+    if dataset == TARGET_DATASET:
+        return f"{dataset} is notebook 10's transfer target itself"
+    if domain_of(dataset) != domain_of(TARGET_DATASET):
+        return (f"no transfer target for {dataset}: notebook 10 transfers to {TARGET_DATASET} "
+                f"({domain_of(TARGET_DATASET)} domain; {dataset}'s is {domain_of(dataset)})")
+    return None
+
+
+def llm_only_stages(dataset: str, stages) -> list[str]:
+    """The stages of `hnlm study --llm-only` that apply to `dataset` (the transfer only where 10 has a target)."""
+    reason = no_transfer_target(dataset)
+    if reason and "transfer" in stages:
+        print(f"[llm-only] transfer stage skipped: {reason}", flush=True)
+    return [stage for stage in stages if stage != "transfer" or not reason]
 
 
 def llm_methods_missing(data, llm: str, profile: str) -> str | None:
