@@ -12,25 +12,16 @@ skip nothing.
 
 from __future__ import annotations
 
-import json
 import os
 
 from hnlm.errors import MissingItemTextError
-from hnlm.paths import artifacts_root, outputs_root
+from hnlm.paths import artifacts_root
 from hnlm.semantic.common import domain_of, safe_name
-from hnlm.semantic.outputs import REGENERATE_VAR, STAGE_OF, kind_dir
+from hnlm.semantic.outputs import KINDS, REGENERATE_VAR, kind_dir
 from hnlm.study.settings import TARGET_DATASET, settings
 
-# The --llm-only stages whose outputs each LLM notebook reads (for the study's LLM; 11: for each of its llms).
-STAGES_READ = {
-    "02_profiles": ("profiles",),
-    "03_sns": ("profiles", "sns"),
-    "04_alignment": ("profiles", "sns"),
-    "05_hnlmrec": ("profiles", "sns", "hnlmrec"),
-    "10_generalisation": ("hnlmrec", "transfer"),
-    "11_llm_size": ("sns", "hnlmrec"),
-}
-LLM_METHOD_STAGES = STAGES_READ["05_hnlmrec"]   # 06's LLM methods: 03's SNS bank and module 4's banks
+# Notebooks that prompt an LLM or read its outputs (those of the study's LLM; 11: of each LLM it compares).
+LLM_NOTEBOOKS = ("02_profiles", "03_sns", "04_alignment", "05_hnlmrec", "10_generalisation", "11_llm_size")
 # Notebooks that read an earlier notebook's results from the run folder.
 READS_NOTEBOOK = {"04_alignment": "03_sns", "05_hnlmrec": "03_sns", "07_false_negatives": "06_main_results",
                   "08_popularity": "06_main_results", "09_sparsity": "06_main_results"}
@@ -47,8 +38,8 @@ def skip_reason(notebook: str, data, llm: str, profile: str, earlier: dict) -> s
 
 
 def inputs_missing(notebook: str, data, llm: str, profile: str) -> str | None:
-    """What an LLM notebook (STAGES_READ) lacks on `data`: item text, a transfer target, LLM outputs."""
-    if notebook not in STAGES_READ:
+    """What an LLM notebook lacks on `data`: item text, a transfer target, LLM outputs."""
+    if notebook not in LLM_NOTEBOOKS:
         return None
     if not data.has_item_text:
         return item_text_missing(data, "this notebook")
@@ -56,7 +47,7 @@ def inputs_missing(notebook: str, data, llm: str, profile: str) -> str | None:
         return no_transfer_target(data.name)
     llms = settings(profile, notebook)["llms"] if notebook == "11_llm_size" else [llm]
     for each in llms:
-        missing = outputs_missing(data.name, each, STAGES_READ[notebook], profile)
+        missing = outputs_missing(data.name, each, profile)
         if missing:
             return missing
     return None
@@ -84,7 +75,7 @@ def llm_methods_missing(data, llm: str, profile: str) -> str | None:
     """Why notebook 06's LLM methods cannot run on `data` (one line), or None."""
     if not data.has_item_text:
         return item_text_missing(data, "LLM methods")
-    return outputs_missing(data.name, llm, LLM_METHOD_STAGES, profile)
+    return outputs_missing(data.name, llm, profile)
 
 
 def classic_only(conf: dict, reason: str) -> dict:
@@ -103,33 +94,24 @@ def item_text_missing(data, what: str) -> str:
     raise AssertionError("item_text_missing called on data with item text")
 
 
-def outputs_missing(dataset: str, llm: str, stages, profile: str) -> str | None:
-    """One line naming the first of `stages` with no output of `llm` for `dataset`, shipped or made here
-    (None under --regenerate: the notebooks make them)."""
-    if os.environ.get(REGENERATE_VAR):
+def outputs_missing(dataset: str, llm: str, profile: str) -> str | None:
+    """One line saying that `llm` has no output for `dataset`, neither shipped nor made here, or None (also under
+    --regenerate: the notebooks make them). Any output will do: the notebooks make what a study lacks beside it
+    (e.g. the smoke profile's few profiles), as they find the rest by content."""
+    if os.environ.get(REGENERATE_VAR) or shipped(dataset, llm) or made(dataset, llm):
         return None
-    for stage in stages:
-        if not (shipped(dataset, llm, stage) or made(dataset, llm, stage)):
-            return (f"no {stage} outputs of {llm} for {dataset} (none shipped in outputs/, none made in "
-                    f"artifacts/): make them with `hnlm study --llm-only --profile {profile} --dataset {dataset} "
-                    f"--llm {llm}` (GPU or LLM server), or pass --regenerate to make them here (slow on a CPU)")
-    return None
+    return (f"no LLM outputs of {llm} for {dataset} (none shipped in outputs/, none made in artifacts/): make "
+            f"them with `hnlm study --llm-only --profile {profile} --dataset {dataset} --llm {llm}` (GPU or LLM "
+            f"server), or pass --regenerate to make them in the notebooks (slow on a CPU)")
 
 
-def shipped(dataset: str, llm: str, stage: str) -> bool:
-    """Any output of `stage` shipped in outputs/ (transfer: any made from `dataset`, under the target's name)."""
-    if stage == "transfer":
-        pattern = f"{TARGET_DATASET}*/{safe_name(llm)}/transfer-bank/*.manifest.json"
-        return any(json.loads(m.read_text()).get("source_dataset") == dataset for m in outputs_root().glob(pattern))
-    kinds = [kind for kind, of in STAGE_OF.items() if of == stage]
-    return any(any(kind_dir(dataset, llm, kind).glob("*.manifest.json")) for kind in kinds)
+def shipped(dataset: str, llm: str) -> bool:
+    """Any output of `llm` for `dataset` in outputs/ (hnlm.semantic.outputs)."""
+    return any(any(kind_dir(dataset, llm, kind).glob("*.manifest.json")) for kind in KINDS)
 
 
-def made(dataset: str, llm: str, stage: str) -> bool:
-    """Any output of `stage` made on this machine (the artefact folders of hnlm.semantic)."""
-    root, name = artifacts_root(), safe_name(llm)
-    folders = {"profiles": root.glob(f"{dataset}/profiles/{name}/*"),
-               "sns": root.glob(f"{dataset}/sns/{name}/*/*"),
-               "hnlmrec": root.glob(f"{dataset}/hnlmrec/{name}-*/*/*"),
-               "transfer": root.glob(f"{TARGET_DATASET}*/hnlmrec-transfer/{dataset}-*{name}*/*/*")}
-    return any(folders[stage])
+def made(dataset: str, llm: str) -> bool:
+    """Any output of `llm` for `dataset` made on this machine (the artefact folders of hnlm.semantic)."""
+    root, name = artifacts_root() / dataset, safe_name(llm)
+    return any(any(found) for found in (root.glob(f"profiles/{name}/*"), root.glob(f"sns/{name}/*/*"),
+                                        root.glob(f"hnlmrec/{name}-*/*/*")))
