@@ -249,7 +249,7 @@ def check_name(name: str, ident: dict) -> None:
 
 def record_name(name: str, ident: dict, files: dict[str, Path], recipe: Recipe | None) -> None:
     """Record what `name` was last prepared from (read by check_name) and, for your own data, how to load it
-    by name (read by registered_recipe)."""
+    by name (read by `registered`)."""
     record_path = artifacts_root() / name / "dataset.json"
     record = {"identity": ident, "paths": {role: str(f) for role, f in files.items()}}
     if recipe is not None:

@@ -152,7 +152,7 @@ def skipped_lines(report: dict) -> list[str]:
 
 def run_study(profile: str, dataset: str, llm: str, notebooks=None, seeds=None, out_dir=None,
               stop_on_error: bool = False) -> dict:
-    """Run `notebooks` (default: the whole study) and return {name: {"wall_s", "ok", "error"}}."""
+    """Run `notebooks` (default: the whole study) and return {name: {"wall_s", "ok", "error" or "skipped": why}}."""
     names = list(notebooks or STUDY_NOTEBOOKS)
     for name in names:
         notebook_path(name)
