@@ -45,6 +45,8 @@ BAD_INVOCATIONS = [
     ["data", "stats", "ml-100k", "--split", "nosuch"],
     ["data", "stats", "toys", "--source", "amazon2018", "--reviews", "/no/such/Toys.json.gz"],
     ["data", "stats", "mine", "--source", "recbole", "--path", "/no/such/folder"],
+    ["data", "stats", "never-registered"],
+    ["data", "add", "mine"],
     ["profiles", "--llm", "hf:nobody/x", "--limit", "1"],
     ["profiles", "--llm", "./no-such-folder"],
     ["profiles", "--llm", "openai:nourl"],
@@ -62,6 +64,7 @@ BAD_INVOCATIONS = [
     ["finetune", "--epochs", "0"],
     ["study", "--profile", "nosuch"],
     ["study", "--seeds", "-1"],
+    ["study", "--profile", "smoke", "--dataset", "never-registered"],
     ["outputs", "verify", "--sample", "0"],
 ]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hnlm.cli import main
 from hnlm.data import Filters, load_dataset
 from hnlm.data.checks import DatasetWarning
 from hnlm.data.options import add_dataset_options, dataset_from_args
@@ -156,6 +157,38 @@ def test_duplicate_reviews_across_product_ids_counted_and_collapsed(tmp_path):
                           collapse_duplicate_reviews=True)
     assert merged.n_items == 60 and merged.summary()["items_merged"] == 2
     assert merged.stats["duplicates_collapsed"] == 2
+
+
+# ---------------------------------------------------------------- a name registered once, loaded by name
+
+def test_registered_name_loads_alone_with_its_split_and_a_changed_file_is_one_error(tmp_path, capsys):
+    path = write_lines(tmp_path / "Beauty.json.gz", reviews(n_users=60, n_items=80))
+    meta_path = write_lines(tmp_path / "meta_Beauty.json", meta(range(80)))
+    assert main(["data", "add", "mine", "--source", "amazon2018", "--reviews", str(path), "--meta", str(meta_path),
+                 "--min-rating", "4", "--kcore", "5", "--split", "temporal"]) == 0
+    assert "registered mine: 60 users, 71 items" in capsys.readouterr().out
+    given = load_dataset("mine", source="amazon2018", reviews=str(path), meta=str(meta_path),
+                         filters=Filters(min_rating=4, kcore=5), split="temporal")
+    by_name = load_dataset("mine")   # what every notebook does
+    assert same_matrices(by_name, given) and by_name.stats["identity"] == given.stats["identity"]
+    assert by_name.has_item_text and not same_matrices(by_name, load_dataset("mine", split="random"))
+    assert same_matrices(load_dataset("mine"), given)   # a load with another split leaves the registration
+    with pytest.raises(UnknownDatasetError, match="give --source"):
+        load_dataset("mine", reviews=str(path))
+    write_lines(meta_path, meta(range(79)))   # the registered file changes
+    with pytest.raises(DatasetConflictError, match=r"meta_Beauty\.json changed since it was registered.*"
+                                                   r"hnlm data add mine --source amazon2018 --reviews "):
+        load_dataset("mine")
+    assert main(["data", "stats", "mine"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset 'mine': ") and err.count("\n") == 1
+
+
+def test_unregistered_name_and_add_without_source_say_how_to_register(capsys):
+    with pytest.raises(UnknownDatasetError, match="hnlm data add nosuch --source"):
+        load_dataset("nosuch")
+    assert main(["data", "add", "nosuch"]) == 2
+    assert "needs --source" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- published splits

@@ -18,8 +18,8 @@ def add_dataset_options(parser: argparse.ArgumentParser, positional_name: bool =
     """`positional_name`: the dataset is the first positional argument (as in `hnlm data stats NAME`)
     instead of --dataset."""
     group = parser.add_argument_group("dataset")
-    name_help = (f"a preset ({', '.join(PRESETS)}) or, with --source, your own name for your own data "
-                 f"(it names artifacts/<name>/)")
+    name_help = (f"a preset ({', '.join(PRESETS)}), or your own name for your own data: given with --source "
+                 f"(which registers it), or registered before (hnlm data add); it names artifacts/<name>/")
     if positional_name:
         group.add_argument("dataset", metavar="NAME", help=name_help)
     else:
@@ -41,8 +41,9 @@ def add_dataset_options(parser: argparse.ArgumentParser, positional_name: bool =
                        help="your own raw data: iterated k-core on users and items")
     group.add_argument("--collapse-duplicate-reviews", action="store_true",
                        help="merge product ids that carry the same review of the same user (product variants)")
-    group.add_argument("--split", default="random", choices=["random", "temporal"],
-                       help="per-user split of raw data, 8:1:1 (published splits are used as they are)")
+    group.add_argument("--split", choices=["random", "temporal"],
+                       help="per-user split of raw data, 8:1:1 (default: random, or the one the name was registered "
+                            "with; published splits are used as they are)")
     group.add_argument("--split-seed", type=argtypes.non_negative_int, default=0)
     group.add_argument("--lenient", action="store_true", help="skip and count malformed lines instead of failing")
     group.add_argument("--allow-degenerate", action="store_true",
@@ -58,6 +59,6 @@ def dataset_from_args(args, check: bool | None = None):
     if check is None:
         check = not args.allow_degenerate
     return load_dataset(args.dataset, seed=args.split_seed, split=args.split, reviews=args.reviews,
-                        meta=args.meta, strict=not args.lenient, source=args.source, path=args.path,
+                        meta=args.meta, strict=False if args.lenient else None, source=args.source, path=args.path,
                         filters=filters_from_args(args), collapse_duplicate_reviews=args.collapse_duplicate_reviews,
                         check=check)

@@ -6,6 +6,11 @@ A prepared dataset is cached under artifacts/<name>/data/<key>/, the key hashing
 names or dates), the filters, the split and the reader options. Every artefact keyed by the dataset name
 (profiles, negatives, runs) must describe the same data, so artifacts/<name>/dataset.json records what the
 name was prepared from, and once such artefacts exist the name is refused for other files or filters.
+
+Your own data is registered by the first load that names its source (`hnlm data add NAME --source ...`, or any
+command given --source): the record keeps how to load it (source, absolute paths, filters, split, reader
+options), so every command and notebook then loads it by name alone (`load_dataset(NAME)`), and a file whose
+bytes changed since is a one-line error.
 """
 
 from __future__ import annotations
@@ -85,6 +90,31 @@ class Filters:
         return any(v is not None for v in asdict(self).values())
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a name loads: your own data's source (None: a preset), files (absolute paths), filters, options."""
+    source: str | None
+    reviews: str | None = None
+    meta: str | None = None
+    path: str | None = None
+    filters: Filters = Filters()
+    collapse_duplicate_reviews: bool = False
+    split: str = "random"
+    strict: bool = True
+
+    @classmethod
+    def from_json(cls, blob: dict) -> "Recipe":
+        return cls(**{**blob, "filters": Filters(**blob["filters"])})
+
+    def command(self, name: str) -> str:
+        """The `hnlm data add` line that registers this recipe again."""
+        options = {"--reviews": self.reviews, "--meta": self.meta, "--path": self.path,
+                   **{f"--{k.replace('_', '-')}": v for k, v in asdict(self.filters).items()}}
+        flags = [f"{k} {v}" for k, v in options.items() if v is not None]
+        flags += ["--collapse-duplicate-reviews"] * self.collapse_duplicate_reviews + ["--lenient"] * (not self.strict)
+        return " ".join([f"hnlm data add {name} --source {self.source}", *flags, f"--split {self.split}"])
+
+
 def dataset_names() -> list[str]:
     return list(PRESETS)
 
@@ -122,9 +152,7 @@ def resolve_dataset(name: str, source: str | None, reviews: str | None, meta: st
     """The preset (or your own source with your filters) and the checked input files by role."""
     if source is None:
         if name not in PRESETS:
-            raise UnknownDatasetError(
-                f"unknown dataset {name!r}; presets: {', '.join(PRESETS)}. For your own data give it a name "
-                f"and its format with --source ({', '.join(OWN_SOURCES)})")
+            raise UnknownDatasetError(unknown_name_message(name))
         if filters.any() or path is not None:
             raise UnknownDatasetError(
                 f"preset {name!r} has fixed filters and files; to set your own, name your data differently and "
@@ -149,6 +177,11 @@ def resolve_dataset(name: str, source: str | None, reviews: str | None, meta: st
     if path is None:
         raise MissingInputError(f"--source {source} needs --path ({OWN_SOURCES[source]})")
     return preset, _split_source_files(source, Path(path).expanduser(), filters)
+
+
+def unknown_name_message(name: str) -> str:
+    return (f"unknown dataset {name!r}; presets: {', '.join(PRESETS)}. Register your own data once under a name "
+            f"with its format: hnlm data add {name} --source {{{','.join(OWN_SOURCES)}}} ... (see hnlm data add -h)")
 
 
 def _split_source_files(source: str, path: Path, filters: Filters) -> dict[str, Path]:
@@ -214,30 +247,84 @@ def check_name(name: str, ident: dict) -> None:
         f"{record_path.parent} to start that dataset over")
 
 
-def record_name(name: str, ident: dict, files: dict[str, Path]) -> None:
-    """Record what `name` was last prepared from (read by check_name)."""
+def record_name(name: str, ident: dict, files: dict[str, Path], recipe: Recipe | None) -> None:
+    """Record what `name` was last prepared from (read by check_name) and, for your own data, how to load it
+    by name (read by `registered`)."""
     record_path = artifacts_root() / name / "dataset.json"
     record = {"identity": ident, "paths": {role: str(f) for role, f in files.items()}}
+    if recipe is not None:
+        record["recipe"] = asdict(recipe)
     write_text(record_path, json.dumps(record, indent=2))
 
 
-def load_dataset(name: str, seed: int = 0, split: str = "random", reviews: str | None = None,
-                 meta: str | None = None, strict: bool = True, cache: bool = True, *, source: str | None = None,
-                 path: str | None = None, filters: Filters | None = None, collapse_duplicate_reviews: bool = False,
-                 check: bool = True) -> Interactions:
+def registered(name: str) -> tuple[Recipe, dict]:
+    """The recipe of your own data registered as `name` and the identity it was registered with."""
+    record_path = artifacts_root() / name / "dataset.json"
+    if not record_path.exists():
+        raise UnknownDatasetError(unknown_name_message(name))
+    record = json.loads(record_path.read_text())
+    if "recipe" not in record:
+        raise UnknownDatasetError(f"dataset {name!r} was prepared before names kept how to load them "
+                                  f"({record_path}): register it again with hnlm data add {name} --source ...")
+    return Recipe.from_json(record["recipe"]), record["identity"]
+
+
+def check_unchanged(name: str, recipe: Recipe, files: dict[str, Path], ident: dict, recorded: dict) -> None:
+    """A registered name loads only the bytes it was registered with: a changed file is a one-line error."""
+    changed = [str(files[role]) for role in sorted(files)
+               if recorded["files"].get(role) != ident["files"][role]]
+    changed += [f"{role} (gone)" for role in sorted(set(recorded["files"]) - set(files))]
+    if changed:
+        raise DatasetConflictError(
+            f"dataset {name!r}: {', '.join(changed)} changed since it was registered (sha256 differs); "
+            f"register the new data under another name, or again with `{recipe.command(name)}`")
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def recipe_of(name: str, split: str | None, strict: bool | None, source: str | None, reviews: str | None,
+              meta: str | None, path: str | None, filters: Filters | None,
+              collapse_duplicate_reviews: bool) -> tuple[Recipe, dict | None]:
+    """(recipe, identity it was registered with) of a load: a preset, or your own data given with `source` (a
+    new registration), as the arguments say (identity None); else the name's registration, whose files the
+    caller must not give. `split`/`strict` None: the registered ones, else "random" and strict."""
+    if source is not None or name in PRESETS:   # resolve_dataset refuses a preset your own path or filters
+        recipe = Recipe(source, _absolute(reviews), _absolute(meta), _absolute(path), filters or Filters(),
+                        collapse_duplicate_reviews, split or "random", True if strict is None else strict)
+        return recipe, None
+    if reviews or meta or path or (filters is not None and filters.any()) or collapse_duplicate_reviews:
+        raise UnknownDatasetError(f"{name!r} is not a preset: give --source with its files, or drop the file and "
+                                  f"filter options to load it as registered")
+    recipe, recorded = registered(name)
+    return replace(recipe, split=split or recipe.split, strict=recipe.strict if strict is None else strict), recorded
+
+
+def load_dataset(name: str, seed: int = 0, split: str | None = None, reviews: str | None = None,
+                 meta: str | None = None, strict: bool | None = None, cache: bool = True, *,
+                 source: str | None = None, path: str | None = None, filters: Filters | None = None,
+                 collapse_duplicate_reviews: bool = False, check: bool = True) -> Interactions:
     """Prepare a dataset by name (filter, re-index, split; or a published split as is) and cache it.
 
-    `name` is a preset (PRESETS), or with `source` (OWN_SOURCES) your own name for your own files:
+    `name` is a preset (PRESETS), with `source` (OWN_SOURCES) your own name for your own files (which
+    registers it), or a name registered earlier, loaded by name alone with the files' digests checked:
     `reviews`/`meta` for raw review files, `path` for RecBole atomic files or a LightGCN split folder.
     `filters` (your own data only) sets the rating threshold, date window and k-core.
-    `strict=False` skips malformed lines of raw files and counts them in `stats["malformed_lines"]`.
+    `split` None: "random", or the one the name was registered with.
+    `strict=False` skips malformed lines of raw files and counts them in `stats["malformed_lines"]` (None: strict,
+    or as registered).
     `collapse_duplicate_reviews` merges product ids that carry the same review (product variants).
     Sanity checks land in `stats["checks"]`; warnings are issued as DatasetWarning, and a dataset on which
     ranking metrics would be meaningless raises DegenerateDatasetError unless `check=False`.
     """
-    filters = filters or Filters()
-    preset, files = resolve_dataset(name, source, reviews, meta, path, filters)
-    ident = identity(preset, files, collapse_duplicate_reviews)
+    recipe, recorded = recipe_of(name, split, strict, source, reviews, meta, path, filters,
+                                 collapse_duplicate_reviews)
+    preset, files = resolve_dataset(name, recipe.source, recipe.reviews, recipe.meta, recipe.path, recipe.filters)
+    ident = identity(preset, files, recipe.collapse_duplicate_reviews)
+    if recorded is not None:
+        check_unchanged(name, recipe, files, ident, recorded)
+    split, strict, collapse_duplicate_reviews = recipe.split, recipe.strict, recipe.collapse_duplicate_reviews
     key = _digest([ident, seed, split, strict])[:12]
     folder = artifacts_root() / name / "data" / key
     if cache:
@@ -249,8 +336,8 @@ def load_dataset(name: str, seed: int = 0, split: str = "random", reviews: str |
         data.stats.update(identity=_digest(ident), files={role: str(f) for role, f in files.items()})
         if cache:
             data.save(artifacts_dir(name, "data", key))
-    if cache:
-        record_name(name, ident, files)
+    if cache and recorded is None:   # a load by name leaves its registration as it is
+        record_name(name, ident, files, recipe if recipe.source is not None else None)
     report(data, check)
     return data
 

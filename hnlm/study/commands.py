@@ -17,7 +17,9 @@ from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES, STAGES
 def register(sub) -> None:
     p = sub.add_parser("study")
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES)
-    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--dataset", default="ml-100k",
+                   help="a preset, or your own data registered once with `hnlm data add NAME --source ...`; "
+                        "notebooks it lacks the inputs of (item text, LLM outputs, a transfer target) are skipped")
     p.add_argument("--llm", default="qwen2.5-0.5b")
     p.add_argument("--notebooks", nargs="+", help="only these notebooks, e.g. 01_data 06_main_results")
     p.add_argument("--seeds", type=argtypes.non_negative_int, nargs="+", help="override the profile's seeds")
@@ -101,7 +103,7 @@ def run(args) -> int:
     from hnlm.study.runner import run_study
     report = run_study(args.profile, args.dataset, args.llm, notebooks=args.notebooks, seeds=args.seeds,
                        out_dir=args.out_dir, stop_on_error=args.stop_on_error)
-    failed = [name for name, r in report.items() if not r["ok"]]
+    failed = [name for name, r in report.items() if not r["ok"] and not r.get("skipped")]   # skipped: said why
     if failed:
         print("failed: " + ", ".join(failed))
         return 1
@@ -109,8 +111,10 @@ def run(args) -> int:
 
 
 def run_llm_only(args) -> int:
+    from hnlm.study.inputs import llm_only_stages
     from hnlm.study.llm_outputs import prepare, units
     from hnlm.study.publish import publish_study
+    args.stages = llm_only_stages(args.dataset, args.stages)
     if not args.publish:
         prepare(args.profile, args.dataset, args.llm, args.stages)
         return 0

@@ -4,7 +4,9 @@ Executed notebooks go to `<runs>/<profile>/<dataset>/executed/` (git-ignored). P
 project's own kernel `hnlm` (registered for the current interpreter when missing), so a fresh machine can
 never fail with NoSuchKernel or pick up another Python. What a notebook prints (the `[outputs] ...` lines, the
 "CF runs" progress bar, warnings) reaches the terminal as it runs, indented under the notebook's name; tables
-and figures stay in the executed notebook.
+and figures stay in the executed notebook. A notebook whose inputs the dataset lacks (hnlm.study.inputs) is
+skipped with its reason in one line; a failing one prints its failing cell's first lines and the exception's
+last line.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ import json
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from hnlm.atomic import write_text
+from hnlm.data import load_dataset
+from hnlm.data.checks import DatasetWarning
 from hnlm.errors import UserFacingError
 from hnlm.paths import PROJECT_ROOT
 from hnlm.study.context import default_out_dir
+from hnlm.study.inputs import skip_reason
+from hnlm.study.settings import settings
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 KERNEL_NAME = "hnlm"
@@ -96,19 +103,72 @@ def run_notebook(name: str, parameters: dict, executed_dir: Path, kernel: str) -
     return time.perf_counter() - t0
 
 
+def study_data(dataset: str, profile: str):
+    """The study's dataset as the notebooks load it (a bad name or a changed file stops here, in one line);
+    01_data reports its warnings, so they are not repeated here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)
+        return load_dataset(dataset, seed=settings(profile, "01_data")["split_seed"])
+
+
+def failure_lines(err: Exception, cell_lines: int = 4) -> list[str]:
+    """A failed notebook in a few lines: its failing cell's first lines and failing line, and the exception's
+    last line (papermill's PapermillExecutionError carries them); another error's last line."""
+    last = [line for line in f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
+            .splitlines() if line.strip()][-1:]
+    source = getattr(err, "source", None)
+    if not source:
+        return last
+    lines = [line for line in source.splitlines() if line.strip()]
+    more = ["  ..."] if len(lines) > cell_lines else []
+    failing = failing_line(getattr(err, "traceback", None) or [])
+    return ([f"in cell {getattr(err, 'exec_count', '?')}:"] + ["  " + line for line in lines[:cell_lines]] + more
+            + ([f"failing {failing}"] if failing else []) + last)
+
+
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def failing_line(traceback: list[str]) -> str | None:
+    """'line N: code' of the arrow IPython's traceback puts in the notebook cell's frame."""
+    for entry in traceback:
+        text = ANSI_CODE.sub("", entry)
+        if text.startswith("Cell In"):
+            for line in text.splitlines():
+                found = re.match(r"-+>\s*(\d+)\s?(.*)", line)
+                if found:
+                    return f"line {found[1]}: {found[2].strip()}"
+    return None
+
+
+def skipped_lines(report: dict) -> list[str]:
+    """The study summary's skipped notebooks, those skipped for the same reason on one line."""
+    by_reason = {}
+    for name, r in report.items():
+        if r.get("skipped"):
+            by_reason.setdefault(r["skipped"], []).append(name)
+    return [f"  skipped {', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+
+
 def run_study(profile: str, dataset: str, llm: str, notebooks=None, seeds=None, out_dir=None,
               stop_on_error: bool = False) -> dict:
-    """Run `notebooks` (default: the whole study) and return {name: {"wall_s", "ok", "error"}}."""
+    """Run `notebooks` (default: the whole study) and return {name: {"wall_s", "ok", "error" or "skipped": why}}."""
     names = list(notebooks or STUDY_NOTEBOOKS)
     for name in names:
         notebook_path(name)
     out = Path(out_dir) if out_dir else default_out_dir(profile, dataset)
     params = {"dataset": dataset, "llm": llm, "profile": profile, "seeds": list(seeds) if seeds else None,
               "out_dir": str(out)}
+    data = study_data(dataset, profile)
     kernel = ensure_kernel()
     report = {}
     print(f"study: profile {profile}, dataset {dataset}, llm {llm} -> {out}")
     for name in names:
+        reason = skip_reason(name, data, llm, profile, report)
+        if reason:
+            report[name] = {"ok": False, "wall_s": 0.0, "skipped": reason}
+            print(f"  {name:<22} skipped: {reason}", flush=True)
+            continue
         print(f"  {name} ...", flush=True)
         t0 = time.perf_counter()
         try:
@@ -118,12 +178,14 @@ def run_study(profile: str, dataset: str, llm: str, notebooks=None, seeds=None, 
         except Exception as err:  # papermill's error carries the failing cell; keep going to the next
             wall = time.perf_counter() - t0
             report[name] = {"ok": False, "wall_s": round(wall, 1), "error": f"{type(err).__name__}: {err}"[:2000]}
-            print(f"  {name:<22} {wall:8.1f} s  FAILED: {type(err).__name__} "
-                  f"(see {out / 'executed' / (name + '.ipynb')})", flush=True)
+            print(f"  {name:<22} {wall:8.1f} s  FAILED (see {out / 'executed' / (name + '.ipynb')})", flush=True)
+            print("\n".join("      " + line for line in failure_lines(err)), flush=True)
             if stop_on_error:
                 break
     total = sum(r["wall_s"] for r in report.values())
     print(f"  {'total':<22} {total:8.1f} s")
+    for line in skipped_lines(report):
+        print(line)
     write_text(out / "study_timings.json", json.dumps({"params": params, "notebooks": report,
                                                        "total_s": round(total, 1)}, indent=2))
     return report
