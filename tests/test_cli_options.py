@@ -63,6 +63,8 @@ BAD_INVOCATIONS = [
     ["study", "--profile", "nosuch"],
     ["study", "--seeds", "-1"],
     ["outputs", "verify", "--sample", "0"],
+    ["judge", "--limit-users", "0"],
+    ["judge", "--teacher", "nosuch"],
 ]
 
 
