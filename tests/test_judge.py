@@ -4,6 +4,7 @@ each user's number of marks, the sampler vetoes or down-weights exactly the mark
 precision is measured on validation items against chance."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from hnlm.data import load_dataset
 from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
 from hnlm.methods.dnsmn_judge import JudgedDNSMN, JudgeSettings, random_marks, shuffled_marks, user_marks
-from hnlm.semantic import judge
+from hnlm.semantic import judge, outputs
 from hnlm.semantic.sns import training_pool
 
 
@@ -124,3 +125,29 @@ def test_precision_counts_validation_hits_against_the_lists_chance(data):
     blind = dataclasses.replace(data, test=HeldOut())
     assert mark_precision(blind, [0], lists[:1], [[]])["marks"] == 0
     assert top_similar_marks([[7, 8, 9]], [2], [[0.1, 0.9, 0.5]]) == [[8, 9]]
+
+
+def test_shipped_marks_are_found_by_key_without_the_teacher_or_artifacts(data, tmp_path, monkeypatch):
+    """Records in artifacts/ ship with their prompt hashes; a clone without artifacts/ reads them back as they were
+    (no teacher trained), and an output of other settings is not used."""
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    config, llm = judge.JudgeConfig(context="history"), "smollm2-135m"
+    lists = random_lists(data)
+    prompts = judge.JudgePrompts(data, config, None, lists)
+    folder = judge.judge_dir(data.name, llm, "0")
+    folder.mkdir(parents=True, exist_ok=True)
+    ok = type("Result", (), {"ok": True, "value": {"reasoning": "r", "enjoy": [1, 3]}, "reason": None})
+    with (folder / "marks.jsonl").open("w") as fh:
+        for u in range(data.n_users):
+            fh.write(json.dumps({"user": u, **prompts.parse_marks(ok, u), "context": prompts.tag}) + "\n")
+    rows, _ = judge.records_to_ship(data, llm, prompts)
+    assert rows[5]["prompt_sha"] == outputs.prompt_sha(prompts.user_messages(5))
+    backend = make_backend(llm, progress=False)
+    outputs.publish_records(judge.SHIPPED_KIND, data.name, llm, judge.shipped_slot(prompts, "0"), rows,
+                            judge.shipped_key(data, backend, prompts, 0), {"dtype": "float32"})
+    (folder / "marks.jsonl").unlink()
+    marks = judge.obtain_marks(data, llm, config)
+    assert len(marks) == data.n_users and marks["marked"][7] == [int(lists[7][0]), int(lists[7][2])]
+    with pytest.raises(MissingInputError, match="hnlm judge"):
+        judge.obtain_marks(data, llm, judge.JudgeConfig(context="history", teacher="mf"))
