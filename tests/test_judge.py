@@ -73,10 +73,13 @@ def test_the_judge_answers_only_with_items_of_its_list(data, tmp_path):
 
 def test_answers_become_item_ids_of_the_list_with_off_list_numbers_counted():
     ok = type("Result", (), {"ok": True, "value": {"reasoning": "r", "enjoy": [2, 9, 2, 1]}, "reason": None})
-    rec = judge.parse_marks(ok, [10, 11, 12])
-    assert (rec["marked"], rec["repeated"], rec["out_of_range"]) == ([11, 10], 1, 1)
+    listed = judge.shown([10, 11, 12], 4)
+    rec = judge.parse_marks(ok, [10, 11, 12], 4)
+    assert (rec["marked"], rec["repeated"], rec["out_of_range"]) == ([listed[1], listed[0]], 1, 1)
+    assert rec["candidates"] == [10, 11, 12] and sorted(listed) == [10, 11, 12]
+    assert len({tuple(judge.shown(list(range(20)), u)) for u in range(5)}) == 5   # each user's own order
     bad = type("Result", (), {"ok": False, "value": None, "reason": "invalid JSON"})
-    assert judge.parse_marks(bad, [10])["marked"] == [] and not judge.parse_marks(bad, [10])["ok"]
+    assert judge.parse_marks(bad, [10], 0)["marked"] == [] and not judge.parse_marks(bad, [10], 0)["ok"]
 
 
 def test_missing_marks_name_the_command_that_makes_them(data):
@@ -148,6 +151,6 @@ def test_shipped_marks_are_found_by_key_without_the_teacher_or_artifacts(data, t
                             judge.shipped_key(data, backend, prompts, 0), {"dtype": "float32"})
     (folder / "marks.jsonl").unlink()
     marks = judge.obtain_marks(data, llm, config)
-    assert len(marks) == data.n_users and marks["marked"][7] == [int(lists[7][0]), int(lists[7][2])]
+    assert len(marks) == data.n_users and marks["marked"][7] == [judge.shown(lists[7], 7)[k] for k in (0, 2)]
     with pytest.raises(MissingInputError, match="hnlm judge"):
         judge.obtain_marks(data, llm, judge.JudgeConfig(context="history", teacher="mf"))

@@ -136,15 +136,17 @@ def ablated(marks: pd.DataFrame, n_users: int, ablation: str | None, seed: int) 
 
 
 def judge_precision(data, marks: pd.DataFrame, item_vectors: np.ndarray, seed: int = 0) -> pd.DataFrame:
-    """Precision on validation items of the LLM's marks, of the embedding-similarity guard's choice at the same
-    number of marks per user (the list items closest to the mean text vector of the user's training items, as
-    dnsmn-guard), and of as many items of the list at random; with each one's chance level."""
+    """Precision on validation items of the LLM's marks and, at the same number of marks per user, of the
+    embedding-similarity guard's choice (the list items closest to the mean text vector of the user's training
+    items, as dnsmn-guard), of the teacher's best-ranked items of the list (the LLM adds to CF only above this),
+    and of items of the list at random; with the chance level (the same for all: the lists' validation share)."""
     users = marks["user"].astype(int).to_numpy()
     lists = [list(map(int, c)) for c in marks["candidates"]]
     marked = [list(map(int, m)) for m in marks["marked"]]
     user_unit, item_unit = unit_rows(history_vectors(data, item_vectors)), unit_rows(item_vectors)
     sims = [(item_unit[c] @ user_unit[u]).numpy() for u, c in zip(users, lists)]
     rows = {"LLM judge": marked, "embedding guard": top_similar_marks(lists, [len(m) for m in marked], sims),
+            "teacher's top of the list": [c[:len(m)] for c, m in zip(lists, marked)],
             "random from the list": random_marks(lists, marked, seed)}
     return pd.DataFrame([{"marker": name, **mark_precision(data, users, lists, m)} for name, m in rows.items()])
 

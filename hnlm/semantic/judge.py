@@ -6,7 +6,9 @@ film, but it can attempt a classification over a short list of real items. For e
   list   the JUDGE_CANDIDATES unseen items a converged DNS(M,N) teacher (`teacher_config`, `hnlm.cf.frozen`)
          scores highest, among the items with a training interaction: training data only (the teacher is
          selected on validation by the trainer, as every model of the study; its lists never read valid/test);
-  prompt the user (module-1 profile, or training titles and side information) and the numbered list;
+  prompt the user (module-1 profile, or training titles and side information) and the numbered list, shown in a
+         random order seeded by the user (`shown`): a small model's bias for the first numbers must not coincide
+         with the teacher's ranking (SmolLM2 marks numbers 1-5 of 29 of 32 lists);
   answer JSON {"reasoning", "enjoy": at most JUDGE_MAX numbers}, each number constrained by the grammar to the
          list (`judge_schema`: an enum of 1..len(list)), stored as item ids (`marked`).
 Training with the marks is `hnlm.methods.dnsmn_judge`; their precision on validation items is measured there.
@@ -40,6 +42,7 @@ from hnlm.semantic.sns import FIELD_TOKENS, PromptBuilder, parse_tag, plain, sho
 
 JUDGE_CANDIDATES = 20    # items listed per user
 JUDGE_MAX = 5            # the most items the LLM may mark
+DISPLAY_SEED = 0         # seeds the order a user's list is shown in
 TEACHER_CANDIDATES, TEACHER_TOP = 32, 5   # the teacher's DNS(M,N) settings (DNSMN's defaults)
 SHIPPED_KIND = "judge-marks"
 RECORD_COLUMNS = ["user", "ok", "candidates", "marked", "repeated", "out_of_range", "reasoning", "reason", "context"]
@@ -110,23 +113,30 @@ class JudgePrompts(PromptBuilder):
         return judge_schema(self.config.candidates)
 
     def user_messages(self, user: int) -> list[dict]:
-        listing = "\n".join(f"{n}. {short_text(self.data, int(j))}" for n, j in enumerate(self.lists[user], 1))
+        listing = "\n".join(f"{n}. {short_text(self.data, j)}" for n, j in enumerate(shown(self.lists[user], user), 1))
         text = self.user_template.format(user_profile=self.user_text(user), candidates=listing, max_marks=JUDGE_MAX)
         return [{"role": "system", "content": self.system}, {"role": "user", "content": text}]
 
     def parse_marks(self, result, user: int) -> dict:
-        return parse_marks(result, self.lists[user])
+        return parse_marks(result, self.lists[user], user)
 
 
-def parse_marks(result, candidates) -> dict:
-    """Numbers -> item ids of the list, in order, each once (repeats and numbers off the list counted)."""
-    cands = [int(j) for j in candidates]
+def shown(candidates, user: int) -> list[int]:
+    """A user's list in the order its prompt shows it (a permutation seeded by the user)."""
+    order = np.random.default_rng([DISPLAY_SEED, int(user)]).permutation(len(candidates))
+    return [int(candidates[k]) for k in order]
+
+
+def parse_marks(result, candidates, user: int) -> dict:
+    """Numbers of the shown list -> item ids, in the answer's order, each once (repeats and numbers off the list
+    counted); `candidates` are kept in the teacher's order (best first)."""
+    cands, listed = [int(j) for j in candidates], shown(candidates, user)
     numbers = (result.value or {}).get("enjoy") if result.ok else None
     if not isinstance(numbers, list):
         return {"ok": False, "candidates": cands, "marked": [], "repeated": 0, "out_of_range": 0,
                 "reasoning": None, "reason": result.reason or "invalid"}
     valid = [n for n in numbers if isinstance(n, int) and 1 <= n <= len(cands)]
-    marked = list(dict.fromkeys(cands[n - 1] for n in valid))
+    marked = list(dict.fromkeys(listed[n - 1] for n in valid))
     return {"ok": True, "candidates": cands, "marked": marked, "repeated": len(valid) - len(marked),
             "out_of_range": len(numbers) - len(valid), "reasoning": str(result.value.get("reasoning", "")),
             "reason": None}

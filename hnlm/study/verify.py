@@ -146,7 +146,7 @@ def fresh_fields(result, main: str, old: dict) -> dict:
     if main == "text":
         return sns.parse_answer(result)
     if main == "marked":
-        return judge.parse_marks(result, old["candidates"])
+        return judge.parse_marks(result, old["candidates"], old["user"])
     return {"ok": result.ok, **{f: (result.value or {}).get(f) for f in (main, "reasoning")}}
 
 
