@@ -15,8 +15,10 @@ from hnlm.analysis.false_negatives import mark_precision, top_similar_marks
 from hnlm.data import load_dataset
 from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
+from hnlm.methods import variant
 from hnlm.methods.dnsmn_judge import JudgedDNSMN, JudgeSettings, random_marks, shuffled_marks, user_marks
 from hnlm.semantic import judge, outputs
+from hnlm.semantic.resources import JUDGE_MARKS, Resources
 from hnlm.semantic.sns import training_pool
 
 
@@ -154,3 +156,18 @@ def test_shipped_marks_are_found_by_key_without_the_teacher_or_artifacts(data, t
     assert len(marks) == data.n_users and marks["marked"][7] == [judge.shown(lists[7], 7)[k] for k in (0, 2)]
     with pytest.raises(MissingInputError, match="hnlm judge"):
         judge.obtain_marks(data, llm, judge.JudgeConfig(context="history", teacher="mf"))
+
+
+def test_the_registered_method_and_its_ablations_train_with_the_marks_they_say(data):
+    lists = random_lists(data)
+    frame = pd.DataFrame({"user": range(data.n_users), "candidates": [c.tolist() for c in lists],
+                          "marked": [c[:1 + u % 3].tolist() for u, c in enumerate(lists)]})
+    res = Resources({JUDGE_MARKS: frame})
+    built = {name: variant(name).build(data, res, seed=1)[0]
+             for name in ("dnsmn-judge", "dnsmn-judge-random", "dnsmn-judge-shuffled")}
+    own = built["dnsmn-judge"].marks
+    assert own[5, lists[5][0]] and own[5, lists[5][1]]
+    assert own.sum(1).tolist() == [1 + u % 3 for u in range(data.n_users)]
+    for name in ("dnsmn-judge-random", "dnsmn-judge-shuffled"):
+        assert torch.equal(built[name].marks.sum(1), own.sum(1)) and not torch.equal(built[name].marks, own)
+    assert variant("dnsmn-judge").needs() == (JUDGE_MARKS,)
