@@ -65,12 +65,13 @@ def test_the_judge_answers_only_with_items_of_its_list(data, tmp_path):
     results = backend.generate_json([prompts.user_messages(u) for u in users], prompts.json_schema(),
                                     max_new_tokens=prompts.max_new_tokens)
     assert all(r.ok for r in results)
-    assert all(1 <= n <= 3 for r in results for n in r.value["enjoy"])
+    assert all(len(r.value["enjoy"]) == judge.JUDGE_MARKS and 1 <= n <= 3 for r in results for n in r.value["enjoy"])
     judge.generate_marks(backend, users, prompts, tmp_path)
     marks = judge.read_marks(tmp_path / "marks.jsonl", prompts.tag)
     assert sorted(marks["user"]) == users and marks["ok"].all() and (marks["out_of_range"] == 0).all()
     for u, cands, marked in zip(marks["user"], marks["candidates"], marks["marked"]):
-        assert cands == prompts.lists[u].tolist() and set(marked) <= set(cands) and len(marked) <= judge.JUDGE_MAX
+        assert cands == prompts.lists[u].tolist() and set(marked) <= set(cands)
+        assert 1 <= len(marked) <= judge.JUDGE_MARKS
 
 
 def test_answers_become_item_ids_of_the_list_with_off_list_numbers_counted():
