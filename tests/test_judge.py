@@ -20,6 +20,7 @@ from hnlm.methods.dnsmn_judge import JudgedDNSMN, JudgeSettings, random_marks, s
 from hnlm.semantic import judge, outputs
 from hnlm.semantic.resources import JUDGE_MARKS, Resources
 from hnlm.semantic.sns import training_pool
+from hnlm.study.verify import verify
 
 
 class HeldOut:
@@ -133,9 +134,11 @@ def test_precision_counts_validation_hits_against_the_lists_chance(data):
     assert top_similar_marks([[7, 8, 9]], [2], [[0.1, 0.9, 0.5]]) == [[8, 9]]
 
 
+@pytest.mark.slow
 def test_shipped_marks_are_found_by_key_without_the_teacher_or_artifacts(data, tmp_path, monkeypatch):
     """Records in artifacts/ ship with their prompt hashes; a clone without artifacts/ reads them back as they were
-    (no teacher trained), and an output of other settings is not used."""
+    (no teacher trained), an output of other settings is not used, and `hnlm outputs verify` rebuilds the shipped
+    prompts from the records' lists and regenerates them (SmolLM2)."""
     monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
     config, llm = judge.JudgeConfig(context="history"), "smollm2-135m"
@@ -157,6 +160,8 @@ def test_shipped_marks_are_found_by_key_without_the_teacher_or_artifacts(data, t
     assert len(marks) == data.n_users and marks["marked"][7] == [judge.shown(lists[7], 7)[k] for k in (0, 2)]
     with pytest.raises(MissingInputError, match="hnlm judge"):
         judge.obtain_marks(data, llm, judge.JudgeConfig(context="history", teacher="mf"))
+    checked = verify(2, root=tmp_path / "outputs")
+    assert len(checked) == 1 and checked[0]["regenerated"] == 2 and checked[0]["prompts_changed"] == 0
 
 
 def test_the_registered_method_and_its_ablations_train_with_the_marks_they_say(data):

@@ -190,13 +190,14 @@ def shipped_slot(prompts: JudgePrompts, split_id: str) -> str:
 
 def shipped_key(data, backend, prompts: JudgePrompts, split_seed: int) -> dict:
     """What identifies shipped marks: model weights, schema, decoding budget, prompt context and template, the
-    teacher's training settings and list length, the training split."""
+    teacher's training settings, list length and display order, the training split."""
     schema = prompts.json_schema()
     _, total = field_budgets(schema, prompts.max_new_tokens)
     return {"model": backend.weights_identity, "schema": schema, "decoding": backend.decoding(total),
             "context": prompts.tag, "templates": outputs.template_hashes([prompts.template]),
             "teacher": json.loads(json.dumps(dataclasses.asdict(teacher_config(prompts.config.teacher)))),
-            "candidates": prompts.config.candidates, "split": train_fingerprint(data), "split_seed": split_seed}
+            "candidates": prompts.config.candidates, "display_seed": DISPLAY_SEED, "split": train_fingerprint(data),
+            "split_seed": split_seed}
 
 
 def lookup_shipped(data, llm: str, prompts: JudgePrompts, split_seed: int, backend=None) -> outputs.Lookup:
