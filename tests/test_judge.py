@@ -86,6 +86,13 @@ def test_answers_become_item_ids_of_the_list_with_off_list_numbers_counted():
     assert judge.parse_marks(bad, [10], 0)["marked"] == [] and not judge.parse_marks(bad, [10], 0)["ok"]
 
 
+def test_position_bias_counts_marks_among_the_first_numbers_shown():
+    cands = list(range(20))
+    first, last = judge.shown(cands, 3)[:3], judge.shown(cands, 3)[-3:]
+    frame = pd.DataFrame({"user": [3, 3], "candidates": [cands, cands], "marked": [first, last]})
+    assert judge.position_bias(frame) == {"marks": 6, "first_shown_share": 0.5, "chance": 0.15}
+
+
 def test_missing_marks_name_the_command_that_makes_them(data):
     with pytest.raises(MissingInputError, match="hnlm judge --dataset ml-100k --llm smollm2-135m"):
         judge.obtain_marks(data, "smollm2-135m", judge.JudgeConfig(context="history"))

@@ -138,7 +138,8 @@ def run_judge(args) -> int:
     marks = judge.marks_frame(judge.read_marks(path, prompts.tag).to_dict("records"))
     precision = judge_precision(data, marks[marks["user"].isin(list(users))],
                                 item_embeddings(data, get_text_encoder("minilm")))
-    summary = {"records": str(path), "generation": gen, "precision_on_valid": precision.to_dict("records")}
+    summary = {"records": str(path), "generation": gen, "position_bias": judge.position_bias(marks),
+               "precision_on_valid": precision.to_dict("records")}
     print(json.dumps(summary, indent=2, default=str))
     if args.json:
         write_text(args.json, json.dumps(summary, indent=1, default=str))

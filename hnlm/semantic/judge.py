@@ -129,6 +129,20 @@ def shown(candidates, user: int) -> list[int]:
     return [int(candidates[k]) for k in order]
 
 
+def position_bias(marks: pd.DataFrame) -> dict:
+    """Share of the marks that were shown among the first JUDGE_MARKS numbers of their list, and its chance level
+    (a judge that writes "1, 2, 3" whatever the list scores 1.0: random marks, the list being shown shuffled)."""
+    first = total = 0
+    chance = 0.0
+    for u, cands, marked in zip(marks["user"], marks["candidates"], marks["marked"]):
+        head = set(shown(cands, u)[:JUDGE_MARKS])
+        first += sum(j in head for j in marked)
+        total += len(marked)
+        chance += len(marked) * min(JUDGE_MARKS, len(cands)) / max(len(cands), 1)
+    return {"marks": total, "first_shown_share": first / total if total else None,
+            "chance": chance / total if total else None}
+
+
 def parse_marks(result, candidates, user: int) -> dict:
     """Numbers of the shown list -> item ids, in the answer's order, each once (repeats and numbers off the list
     counted); `candidates` are kept in the teacher's order (best first)."""
