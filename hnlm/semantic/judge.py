@@ -14,6 +14,8 @@ film, but it can attempt a classification over a short list of real items. For e
          marks one item). A fixed count, not "at most": allowed to mark none, qwen2.5-0.5b marked nothing for 7 of
          8 users (measured), which leaves the method nothing to act on.
 Training with the marks is `hnlm.methods.dnsmn_judge`; their precision on validation items is measured there.
+Measured (`position_bias`): SmolLM2-135M (32 users) and qwen2.5-0.5b (8 users) put every mark among the first
+three numbers shown, whatever the list: with these models the marks are random picks from the list.
 
 Records, under artifacts/<dataset>/judge/<llm>/split-<split id>/marks.jsonl (append-only, resumable, one per
 user, each with its list). Shipped marks (hnlm.semantic.outputs kind "judge-marks") are found by key: model,
