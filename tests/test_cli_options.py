@@ -66,6 +66,8 @@ BAD_INVOCATIONS = [
     ["study", "--seeds", "-1"],
     ["study", "--profile", "smoke", "--dataset", "never-registered"],
     ["outputs", "verify", "--sample", "0"],
+    ["judge", "--limit-users", "0"],
+    ["judge", "--teacher", "nosuch"],
 ]
 
 

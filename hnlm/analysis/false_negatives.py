@@ -53,3 +53,28 @@ def overall_shares(by_epoch: pd.DataFrame, chance: float) -> pd.DataFrame:
     overall["share"] = overall["false_negatives"] / overall["negatives"]
     overall["vs_chance"] = overall["share"] / chance
     return overall
+
+
+def mark_precision(data, users, candidates, marked) -> dict:
+    """Precision of per-user marks against each user's VALIDATION items (test is never read): the share of marks
+    that are validation positives, beside chance, the validation share of the lists the marks were chosen from
+    (each list weighted by its number of marks, as a uniform pick of as many items would hit). `users`,
+    `candidates` (lists) and `marked` (subsets of them) are aligned."""
+    valid = data.valid.tocsr()
+    hits = marks = 0
+    chance = 0.0
+    for u, cands, chosen in zip(users, candidates, marked):
+        positives = set(valid.indices[valid.indptr[u]:valid.indptr[u + 1]].tolist())
+        hits += sum(int(j) in positives for j in chosen)
+        marks += len(chosen)
+        chance += len(chosen) * sum(int(j) in positives for j in cands) / max(len(cands), 1)
+    return {"users": len(users), "users_with_marks": int(sum(len(m) > 0 for m in marked)), "marks": marks,
+            "valid_hits": hits, "precision": hits / marks if marks else np.nan,
+            "chance": chance / marks if marks else np.nan}
+
+
+def top_similar_marks(candidates, counts, similarity) -> list[list[int]]:
+    """For each list, its `counts[r]` items of highest `similarity[r]` (aligned with the list; ties in list
+    order): another marker's choice at the same number of marks."""
+    return [[int(cands[k]) for k in np.argsort(-np.asarray(sim, float), kind="stable")[:n]]
+            for cands, n, sim in zip(candidates, counts, similarity)]

@@ -20,6 +20,7 @@ import torch
 
 from hnlm import atomic
 from hnlm.cf.samplers import PositiveIndex
+from hnlm.cf.search import lr_protocol
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.paths import artifacts_dir
 
@@ -29,6 +30,13 @@ class FrozenModel:
     user_emb: np.ndarray       # [users, d] final (propagated) embeddings at the best validation epoch
     item_emb: np.ndarray       # [items, d]
     summary: dict              # config, best epoch, epochs run, valid metrics at the best epoch (no test)
+
+
+def dnsmn_config(model: str, lr: float, batch_size: int, candidates: int, top: int) -> TrainConfig:
+    """A DNS(M,N) model of backbone `model` trained to convergence (early stopping on valid recall@20, lr-scaled
+    validation, TrainConfig's cap): the teacher whose candidates DNS(M,N) itself ranks highest."""
+    return TrainConfig(model=model, sampler="dns-mn", lr=lr, batch_size=batch_size,
+                       sampler_opts={"candidates": candidates, "top": top}, **lr_protocol(lr, TrainConfig.epochs))
 
 
 def model_key(data, config: TrainConfig) -> str:

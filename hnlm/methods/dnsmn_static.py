@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hnlm.cf.frozen import frozen_model, mine_dnsmn
+from hnlm.cf.frozen import dnsmn_config, frozen_model, mine_dnsmn
 from hnlm.cf.samplers import DNSMN, TableSampler
-from hnlm.cf.search import lr_protocol
 from hnlm.cf.trainer import TrainConfig
 from hnlm.methods import Method, register, setting_like
 from hnlm.methods.classic import settings_of
@@ -45,10 +44,8 @@ class StaticSampler(TableSampler):
 
 
 def teacher_config(settings: StaticDNSMNSettings) -> TrainConfig:
-    return TrainConfig(model=settings.teacher, sampler="dns-mn", lr=settings.teacher_lr,
-                       batch_size=settings.teacher_batch_size,
-                       sampler_opts={"candidates": settings.candidates, "top": settings.top},
-                       **lr_protocol(settings.teacher_lr, TrainConfig.epochs))
+    return dnsmn_config(settings.teacher, settings.teacher_lr, settings.teacher_batch_size, settings.candidates,
+                        settings.top)
 
 
 def build(data, settings, resources, seed):

@@ -1,4 +1,5 @@
-"""CLI of modules 1-2: `hnlm profiles` (LLM item and user profiles) and `hnlm sns` (LLM hard negatives).
+"""CLI of modules 1-2 and the judge: `hnlm profiles` (LLM item and user profiles), `hnlm sns` (LLM hard negatives),
+`hnlm judge` (the LLM's marks of likely positives among a teacher's top unseen items).
 
 The handlers import the LLM stack when they run, so the parser (help, option errors) stays light (hnlm.cli)."""
 
@@ -15,6 +16,7 @@ from hnlm.llm.catalog import redact
 def register(subparsers) -> None:
     register_profiles(subparsers)
     register_sns(subparsers)
+    register_judge(subparsers)
 
 
 def register_profiles(sub) -> None:
@@ -99,6 +101,48 @@ def run_sns(args) -> int:
                                 pool=args.pool, extra_meta={**builder.describe(), "generation": gen},
                                 allow_missing=allow_missing, context=builder.tag)
     print(json.dumps({"folder": built["folder"], "generation": gen, "quality": built["quality"]}, indent=2))
+    return 0
+
+
+def register_judge(subparsers) -> None:
+    p = subparsers.add_parser("judge")
+    add_dataset_options(p)
+    p.add_argument("--llm", default="qwen2.5-0.5b", type=argtypes.llm, help="backend spec (see hnlm.llm.backends)")
+    p.add_argument("--context", default="profile", choices=["profile", "history"],
+                   help="user described by the LLM's module-1 profile, or by training titles + demographics")
+    p.add_argument("--teacher", default="lightgcn", choices=["lightgcn", "mf"],
+                   help="backbone of the converged DNS(M,N) teacher whose top unseen items are listed")
+    p.add_argument("--limit-users", type=argtypes.positive_int, default=None,
+                   help="only the first N users (quick runs and rate measurements)")
+    p.add_argument("--chunk", type=argtypes.positive_int, default=32,
+                   help="prompts per generate call (appended as they finish)")
+    p.add_argument("--json", default=None, help="also write the counts and precision to this file")
+    p.set_defaults(func=run_judge)
+
+
+def run_judge(args) -> int:
+    from hnlm.llm.catalog import check_spec
+    from hnlm.llm.encoders import get_text_encoder
+    from hnlm.methods.dnsmn_judge import judge_precision
+    from hnlm.semantic import judge
+    from hnlm.semantic.common import split_id_of
+    from hnlm.semantic.sns import item_embeddings
+    check_spec(args.llm)    # an unavailable LLM fails before the dataset loads
+    data = dataset_from_args(args)
+    data.require_item_text("the judge")
+    config = judge.JudgeConfig(context=args.context, teacher=args.teacher)
+    users = range(min(args.limit_users or data.n_users, data.n_users))
+    gen = judge.make_marks(data, args.llm, config, users, chunk=args.chunk)
+    prompts = judge.JudgePrompts(data, config, args.llm)
+    path = judge.judge_dir(data.name, args.llm, split_id_of(data)) / prompts.records_file
+    marks = judge.marks_frame(judge.read_marks(path, prompts.tag).to_dict("records"))
+    precision = judge_precision(data, marks[marks["user"].isin(list(users))],
+                                item_embeddings(data, get_text_encoder("minilm")))
+    summary = {"records": str(path), "generation": gen, "position_bias": judge.position_bias(marks),
+               "precision_on_valid": precision.to_dict("records")}
+    print(json.dumps(summary, indent=2, default=str))
+    if args.json:
+        write_text(args.json, json.dumps(summary, indent=1, default=str))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Shipped LLM outputs: the tracked outputs/ folder that lets a fresh clone run the study on a CPU.
 
 Layout: outputs/<dataset>/<llm>/<kind>/<slot>.<sha12>.<ext> plus <slot>.manifest.json, one manifest per file.
-Kinds: generations (JSON lines, one record per prompt: module-1 profiles, module-2 SNS negatives) and vectors
+Kinds: generations (JSON lines, one record per prompt: module-1 profiles, module-2 SNS negatives, the judge's
+marks) and vectors
 (.npz with users, items int32 and emb float16: module-4 emitted embeddings and their transfer to another
 dataset). A slot names what one file stands for (e.g. "split-0" or "text_per-user-1_split-0"); publishing a
 slot again replaces its file.
@@ -38,10 +39,10 @@ from hnlm.semantic.common import check_split, safe_name
 
 FORMAT = 1
 REGENERATE_VAR = "HNLM_REGENERATE"   # set: loaders ignore shipped outputs and make them on this machine
-GENERATION_KINDS = ("profiles-item", "profiles-user", "sns-negatives")
+GENERATION_KINDS = ("profiles-item", "profiles-user", "sns-negatives", "judge-marks")
 VECTOR_KINDS = ("hnlmrec-bank", "transfer-bank")
 KINDS = GENERATION_KINDS + VECTOR_KINDS
-STAGE_OF = {"profiles-item": "profiles", "profiles-user": "profiles", "sns-negatives": "sns",
+STAGE_OF = {"profiles-item": "profiles", "profiles-user": "profiles", "sns-negatives": "sns", "judge-marks": "judge",
             "hnlmrec-bank": "hnlmrec", "transfer-bank": "transfer"}
 
 

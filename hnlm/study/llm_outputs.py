@@ -1,9 +1,9 @@
 """The study's LLM work on its own: `hnlm study --llm-only` (e.g. on a GPU machine).
 
-Every LLM output of the study (module 1 profiles, module 2 SNS generations, module 4 fine-tuning runs with
-their embedding passes, the transfer embeddings of notebook 10, and notebook 11's outputs of every LLM it
-compares) goes through caches that notebooks 02, 03, 05, 06, 10 and 11 reuse: the append-only LLM cache (keyed
-by model, dtype and prompt) and module 4's run folders (keyed by their settings). Running this where an
+Every LLM output of the study (module 1 profiles, module 2 SNS generations, the judge's marks, module 4
+fine-tuning runs with their embedding passes, the transfer embeddings of notebook 10, and notebook 11's outputs of
+every LLM it compares) goes through caches that notebooks 02, 03, 05, 06, 10 and 11 reuse: the append-only LLM
+cache (keyed by model, dtype and prompt) and module 4's run folders (keyed by their settings). Running this where an
 accelerator is at hand with `--publish` copies them into the tracked outputs/ folder (hnlm.semantic.outputs,
 hnlm.study.publish); a clone then runs every notebook on a CPU from those shipped outputs, found by content
 whatever dtype made them.
@@ -18,6 +18,7 @@ from hnlm.llm.backends import make_backend
 from hnlm.study import pipeline
 from hnlm.study.settings import STAGES, TARGET_DATASET, settings
 
+JUDGE = "07_false_negatives"   # its "judge" setting says whether the profile makes the judge's marks
 LLM_SIZE = "11_llm_size"   # its stage makes the outputs of each LLM in its `llms`, whatever the study's LLM
 
 
@@ -43,6 +44,8 @@ def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int 
             conf = settings(profile, "03_sns")
             _, _, info = pipeline.generate_study_sns(data, llm, conf["limit_users"], conf["split_seed"],
                                                      chunk=sns_chunk, context=conf["context"])
+        elif stage == "judge":
+            info = pipeline.study_judge(data, llm, settings(profile, JUDGE)["judge"])
         elif stage == "hnlmrec":
             conf = settings(profile, "05_hnlmrec")
             info = {s: pipeline.study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"])[0]["folder"]

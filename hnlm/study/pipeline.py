@@ -19,8 +19,8 @@ from hnlm.atomic import atomic_path, write_text
 from hnlm.errors import MissingInputError
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.methods import variant
+from hnlm.semantic import judge, sns
 from hnlm.semantic import profiles as pf
-from hnlm.semantic import sns
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import Budget, select_pairs, split_id_of
 from hnlm.semantic.hnlmrec.banks import obtain_bank
@@ -89,6 +89,15 @@ def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int 
         pairs = pairs[pairs["user"] < limit_users]
     builder = sns.PromptBuilder(data, context, llm, seed=pair_seed)
     return pairs, builder, sns.obtain_negatives(data, llm, pairs, builder, split_seed, chunk)
+
+
+def study_judge(data, llm: str, wanted: bool) -> dict:
+    """The judge's marks of every user when the profile has the judge (`judge.obtain_marks`: shipped, else
+    artifacts/, else made here: the teacher, then one prompt per user)."""
+    if not wanted:
+        return {"skipped": "this profile has no judge (the judge setting of 07_false_negatives)"}
+    marks = judge.obtain_marks(data, llm, make=True)
+    return {"users": len(marks), "marks": int(marks["marked"].str.len().sum())}
 
 
 def llm_size_resources(data, llm: str, conf: dict) -> tuple[Resources, dict]:

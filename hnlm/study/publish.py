@@ -18,7 +18,7 @@ import numpy as np
 from hnlm.data import first_users, load_dataset
 from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
-from hnlm.semantic import outputs, sns
+from hnlm.semantic import judge, outputs, sns
 from hnlm.semantic import profiles as pf
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import Budget, select_pairs, split_id_of
@@ -26,7 +26,7 @@ from hnlm.semantic.hnlmrec import banks, transfer
 from hnlm.semantic.hnlmrec.adapters import attach_adapter, run_final, split_of_slot
 from hnlm.semantic.hnlmrec.queries import Teacher
 from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, bank_files, loss_history, run_folder
-from hnlm.study.llm_outputs import LLM_SIZE, STAGES, TARGET_DATASET
+from hnlm.study.llm_outputs import JUDGE, LLM_SIZE, STAGES, TARGET_DATASET
 from hnlm.study.pipeline import hnlmrec_config
 from hnlm.study.settings import settings
 
@@ -49,6 +49,8 @@ def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Pat
         lines += publish_profiles(data, llm, profile, seed, info, root)
     if "sns" in stages:
         lines.append(publish_sns(data, llm, profile, settings(profile, "03_sns"), info, root))
+    if "judge" in stages and settings(profile, JUDGE)["judge"]:
+        lines.append(publish_judge(data, llm, profile, seed, info, root))
     if "hnlmrec" in stages:
         conf = settings(profile, "05_hnlmrec")
         lines += [publish_hnlmrec(data, llm, s, conf["hnlmrec"], profile, seed, info, root)
@@ -116,6 +118,23 @@ def publish_sns(data, llm, profile, conf, info, root) -> str:
                                     rows, sns.shipped_key(data, backend, builder, conf["split_seed"]), info,
                                     {"profile": profile, "split_seed": conf["split_seed"]}, root)
     return f"sns-negatives: {len(rows)} records -> {mpath}"
+
+
+def publish_judge(data, llm, profile, seed, info, root) -> str:
+    """The judge's marks of every user at the default settings (`judge.JudgeConfig`, what the methods read)."""
+    prompts = judge.JudgePrompts(data, judge.JudgeConfig(), llm)
+    backend = make_backend(llm, progress=False)
+    found = judge.lookup_shipped(data, llm, prompts, seed, backend)
+    if found.shipped is not None:
+        return f"judge-marks: already {found.shipped.line()}"
+    rows, path = judge.records_to_ship(data, llm, prompts)
+    if len(rows) != data.n_users:
+        raise incomplete(f"{path} holds marks of {len(rows)} of {data.n_users} users", profile, data.name, llm,
+                         "judge")
+    mpath = outputs.publish_records(judge.SHIPPED_KIND, data.name, llm, judge.shipped_slot(prompts, split_id_of(data)),
+                                    rows, judge.shipped_key(data, backend, prompts, seed), info,
+                                    {"profile": profile, "split_seed": seed}, root)
+    return f"judge-marks: {len(rows)} records -> {mpath}"
 
 
 def run_bank_files(folder: Path, cfg: RunConfig, what: str, profile, dataset, llm, stage) -> tuple[dict, NegativeBank]:

@@ -19,7 +19,7 @@ from hnlm.errors import UserFacingError
 from hnlm.methods import Variant, variant
 
 PROFILE_NAMES = ("smoke", "quick", "full")
-STAGES = ("profiles", "sns", "hnlmrec", "transfer", "llm_size")   # the LLM work of `hnlm study --llm-only`
+STAGES = ("profiles", "sns", "judge", "hnlmrec", "transfer", "llm_size")   # the LLM work of `hnlm study --llm-only`
 DEFAULT_PROFILE = "full"     # of `make study`, `hnlm study` and a notebook opened without parameters
 
 # Keys every notebook sees unless its own block overrides them.
@@ -89,6 +89,9 @@ _BEAT_DNSMN = {
              "dnsmn-guard-shuffled", "teacher-negatives", "teacher-aligned"],
 }
 _BEAT_DNSMN_MAIN = ["sns-dnsmn", "dnsmn-guard", "teacher-negatives"]
+# The LLM as a judge of false negatives (hnlm/semantic/judge.py, hnlm/methods/dnsmn_judge.py): full only. Its marks
+# (one prompt per user, all 943: hours on 2 CPU cores) are not made on smoke or quick sizes; 07 reports their precision.
+_JUDGE = ["dnsmn-judge", "dnsmn-judge-random", "dnsmn-judge-shuffled"]
 
 NOTEBOOK_SETTINGS = {
     "01_data": {
@@ -116,7 +119,7 @@ NOTEBOOK_SETTINGS = {
                   "baselines": ["rns", "dns", "dns-mn"], "alpha_sweep": [0.1], **_METADATA},
         "full": {**_CF["full"], "backbones": ["lightgcn", "mf"],
                  "methods": ["rns", "dns", "dns-mn", "mixgcf", "sns", "sns-grounded", "sns-random", "sns-shuffled",
-                             "rlmrec-con", *_BEAT_DNSMN["full"]],
+                             "rlmrec-con", *_BEAT_DNSMN["full"], *_JUDGE],
                  "baselines": ["rns", "dns", "dns-mn", "mixgcf"], "alpha_sweep": [0.1, 0.5]},
     },
     "05_hnlmrec": {
@@ -135,9 +138,14 @@ NOTEBOOK_SETTINGS = {
                   **_METADATA, "hnlmrec": _HNLMREC["quick"]},
         "full": {**_CF["full"], "backbones": ["mf", "lightgcn"], "seeds": [0, 1, 2, 3, 4],   # the main table
                  "methods": ["rns", "pns", "dns", "dns-mn", "dnsmn-static", "mixgcf", "dens", "ahns"],
-                 "semantic_methods": ["sns", "sns-grounded", "rlmrec-con", *_BEAT_DNSMN_MAIN],
+                 "semantic_methods": ["sns", "sns-grounded", "rlmrec-con", *_BEAT_DNSMN_MAIN, *_JUDGE],
                  "hnlmrec_signals": ["text", "soft"],
                  "hnlmrec": _HNLMREC["full"]},
+    },
+    "07_false_negatives": {
+        "smoke": {"judge": False},
+        "quick": {"judge": False},
+        "full": {"judge": True},
     },
     "08_popularity": {
         "smoke": {"head_share": 0.2, "k": 20},

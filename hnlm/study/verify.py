@@ -17,7 +17,7 @@ import pandas as pd
 from hnlm.data import first_users, load_dataset
 from hnlm.errors import MissingInputError
 from hnlm.llm.backends import make_backend
-from hnlm.semantic import outputs, sns
+from hnlm.semantic import judge, outputs, sns
 from hnlm.semantic import profiles as pf
 from hnlm.semantic.common import Budget, split_id_of
 from hnlm.semantic.hnlmrec.adapters import Adapter, check_adapter_file, run_adapter
@@ -93,6 +93,9 @@ def generation_prompts(entry: outputs.Shipped, rows: list[dict], root):
         builder = sns.shipped_builder(data, m["key"])
         return ([builder.messages(r["user"], r["item"]) for r in rows], builder.json_schema(),
                 builder.max_new_tokens, "text")
+    if m["kind"] == judge.SHIPPED_KIND:
+        prompts = judge.shipped_prompts(data, m["key"], rows)
+        return [prompts.user_messages(r["user"]) for r in rows], prompts.json_schema(), prompts.max_new_tokens, "marked"
     kind = m["kind"].split("-")[1]
     item_profiles = None
     if kind == "user":
@@ -122,8 +125,7 @@ def verify_generations(entry: outputs.Shipped, sample: int, seed: int, root) -> 
         results = backend.generate_json([msg for msg, _ in todo], schema, max_new_tokens=max_new_tokens,
                                         desc="verify") if todo else []
     fields = ["ok", main, "reasoning"]
-    fresh = [sns.parse_answer(res) if main == "text" else
-             {"ok": res.ok, **{f: (res.value or {}).get(f) for f in (main, "reasoning")}} for res in results]
+    fresh = [fresh_fields(res, main, old) for res, (_, old) in zip(results, todo)]
     agree = {f: sum(new[f] == old[f] for new, (_, old) in zip(fresh, todo)) for f in fields}
     prefix = [shared_prefix_share(new[main], old[main]) for new, (_, old) in zip(fresh, todo)]
     now = outputs.made_with(entry.manifest["llm"])
@@ -137,6 +139,15 @@ def verify_generations(entry: outputs.Shipped, sample: int, seed: int, root) -> 
     return {"sampled": len(picked), "regenerated": n, "prompts_changed": len(picked) - n, "exact_text_share": share,
             "field_matches": agree, "shared_prefix_shares": prefix, "made_with": entry.made_with, "now": now,
             "summary": summary}
+
+
+def fresh_fields(result, main: str, old: dict) -> dict:
+    """A regenerated answer as its shipped record stores it (SNS text, judge marks, or profile fields)."""
+    if main == "text":
+        return sns.parse_answer(result)
+    if main == "marked":
+        return judge.parse_marks(result, old["candidates"], old["user"])
+    return {"ok": result.ok, **{f: (result.value or {}).get(f) for f in (main, "reasoning")}}
 
 
 def shared_prefix_share(new: str | None, old: str | None) -> float:
