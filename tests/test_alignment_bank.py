@@ -1,8 +1,10 @@
 """Negative banks: (user, item) lookup rules and the two ablations (random same-norm, shuffled users)."""
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hnlm.semantic.bank import BankIndex, NegativeBank
+from hnlm.semantic.bank import BankIndex, NegativeBank, user_derangement
 
 
 def make_bank(n_users=6, per_user=3, dim=5, seed=0):
@@ -60,3 +62,15 @@ def test_rotate_cycles_through_a_users_negatives_across_epochs():
         assert exact.tolist()[::2] == [bool(rows[0] == 3), bool(rows[2] == 4)]
     assert seen == [3, 4, 5, 3]  # user 1's rows in turn, wrapping after K = 3
     assert all(bank.users[r] == 1 for r in seen)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=2, max_size=30), st.integers(0, 1000))
+def test_user_derangement_is_a_permutation(users, seed):
+    """Several offending rows swapped at once used to duplicate rows (two users [1, 1] -> not a permutation)."""
+    users = np.asarray(users)
+    perm, kept = user_derangement(users, seed)
+    assert sorted(perm.tolist()) == list(range(len(users)))
+    assert kept == int((users[perm] == users).sum())
+    if np.bincount(users).max() * 2 <= len(users):      # a derangement exists: none may be left
+        assert kept == 0

@@ -96,8 +96,9 @@ def user_derangement(users: np.ndarray, seed: int = 0) -> tuple[np.ndarray, int]
         same = np.flatnonzero(users[perm] == users)
         if len(same) == 0:
             break
-        other = rng.integers(0, len(users), size=len(same))
-        perm[same], perm[other] = perm[other], perm[same].copy()
+        # one transposition at a time: a vectorised swap with repeated indices would duplicate rows
+        for i, j in zip(same, rng.integers(0, len(users), size=len(same))):
+            perm[i], perm[j] = perm[j], perm[i]
     return perm, int((users[perm] == users).sum())
 
 
