@@ -73,7 +73,7 @@ def test_scores_cover_the_list_whatever_its_order_and_repeat_exactly(data, smoll
     prompts = judge.JudgePrompts(data, config, None, lists)
     flipped = judge.JudgePrompts(data, config, None, {3: lists[3][::-1]})
     first, again = (smollm.yes_no_scores([prompts.user_prompts(3)]) for _ in range(2))
-    (reverse,) = smollm.yes_no_scores([flipped.user_prompts(3)])
+    reverse = smollm.yes_no_scores([flipped.user_prompts(3)])
     assert np.array_equal(first[0], again[0]) and np.array_equal(first[0], reverse[0][::-1])
     assert len(set(first[0].tolist())) > 1   # the items are told apart
     tok, model, answers = smollm.tokenizer, smollm.model, smollm.answer_tokens()
