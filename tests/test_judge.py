@@ -16,7 +16,7 @@ from hnlm.analysis.false_negatives import mark_precision, top_similar_marks
 from hnlm.cf.samplers import SamplerOptionError
 from hnlm.data import load_dataset
 from hnlm.errors import MissingInputError, UserFacingError
-from hnlm.llm.backends import make_backend, shared_prefix
+from hnlm.llm.backends import shared_prefix
 from hnlm.methods import variant
 from hnlm.methods.dnsmn_judge import JudgedDNSMN, JudgeSettings, random_marks, shuffled_marks, user_marks
 from hnlm.semantic import judge, outputs
@@ -60,8 +60,9 @@ def test_lists_hold_the_best_scored_unseen_pool_items_and_read_no_heldout_data(d
 
 @pytest.fixture(scope="module")
 def smollm():
-    """float32, so that a prompt scored over its group's shared KV cache matches a forward pass of it alone."""
-    return make_backend("smollm2-135m", dtype=torch.float32, progress=False)
+    """The judge's backend (float32: a prompt scored over its group's shared KV cache matches a forward pass of it
+    alone)."""
+    return judge.scoring_backend("smollm2-135m", progress=False)
 
 
 @pytest.mark.slow
@@ -94,6 +95,7 @@ def test_scores_cover_the_list_whatever_its_order_and_repeat_exactly(data, smoll
 def test_answer_tokens_and_the_shared_prefix(smollm):
     answers = smollm.answer_tokens()
     spelled = smollm.scoring()
+    assert spelled["dtype"] == "float32"
     assert {w.strip() for w in spelled["yes"]} == {"Yes", "yes"} and {w.strip() for w in spelled["no"]} == {"No", "no"}
     assert not set(answers["yes"]) & set(answers["no"])
     assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
@@ -102,7 +104,7 @@ def test_answer_tokens_and_the_shared_prefix(smollm):
 
 
 def test_a_server_backend_cannot_score_and_says_so_in_one_line():
-    backend = make_backend("openai:m@http://127.0.0.1:9/v1", progress=False)
+    backend = judge.scoring_backend("openai:m@http://127.0.0.1:9/v1", progress=False)
     with pytest.raises(UserFacingError, match="scoring needs a local model"):
         backend.scoring()
     with pytest.raises(UserFacingError, match="scoring needs a local model"):
@@ -178,7 +180,7 @@ def test_shipped_scores_are_found_by_key_without_the_teacher_or_artifacts(data, 
     config, llm = judge.JudgeConfig(context="history"), "smollm2-135m"
     lists = random_lists(data)
     prompts = judge.JudgePrompts(data, config, None, lists)
-    backend = make_backend(llm, progress=False)
+    backend = judge.scoring_backend(llm, progress=False)
     sampled = [int(u) for u in _sample(data.n_users, 2, 0)]
     real = dict(zip(sampled, backend.yes_no_scores([prompts.user_prompts(u) for u in sampled])))
     folder = judge.judge_dir(data.name, llm, "0")

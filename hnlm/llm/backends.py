@@ -233,7 +233,7 @@ class LocalBackend(Backend):
         return out
 
     def scoring(self) -> dict:
-        return {"score": "logP(yes)-logP(no), first answer token",
+        return {"score": "logP(yes)-logP(no), first answer token", "dtype": str(self.dtype).replace("torch.", ""),
                 **{a: [self.tokenizer.decode([i]) for i in ids] for a, ids in self.answer_tokens().items()}}
 
     def yes_no_scores(self, groups, desc="score"):

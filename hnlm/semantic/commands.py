@@ -123,13 +123,12 @@ def register_judge(subparsers) -> None:
 
 
 def run_judge(args) -> int:
-    from hnlm.llm.backends import make_backend
     from hnlm.llm.encoders import get_text_encoder
     from hnlm.methods.dnsmn_judge import judge_precision
     from hnlm.semantic import judge
     from hnlm.semantic.common import split_id_of
     from hnlm.semantic.sns import item_embeddings
-    backend = make_backend(args.llm)
+    backend = judge.scoring_backend(args.llm)
     backend.scoring()    # an LLM that cannot score fails before the dataset loads
     data = dataset_from_args(args)
     data.require_item_text("the judge")

@@ -9,7 +9,9 @@ film, but it can attempt a yes/no question about a real one. For each user:
   prompt one per listed item (`JudgePrompts.messages`): the user (module-1 profile, or training titles and side
          information), then "Would this user enjoy <title (year): genres>? Answer Yes or No.";
   score  log P(yes) - log P(no) of the answer's first token (`LocalBackend.yes_no_scores`: the user's prompts
-         share their beginning, which runs once; the items run as one batch over its KV cache).
+         share their beginning, which runs once; the items run as one batch over its KV cache), in float32
+         (`scoring_backend`): a user's scores spread little (qwen2.5-0.5b: sd 0.08 within a list), and bf16
+         rounding moved them by 0.045 on average, changing the top 3 of 3 of 4 users (measured).
 Pointwise, so no position bias by construction: an item's score does not depend on the other items or their
 order. The design it replaces had the LLM write 3 numbers of the list shown (a JSON schema); SmolLM2-135M
 (32 users) and qwen2.5-0.5b (8 users) wrote the first three numbers shown for every user: random marks.
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.stats import spearmanr
 
 from hnlm.analysis.false_negatives import top_similar_marks
@@ -49,7 +52,8 @@ JUDGE_CANDIDATES = 20    # items listed per user
 JUDGE_MARKS = 3          # default number of marks per user: the top-scoring items of its list (dnsmn-judge's `marks`)
 TEACHER_CANDIDATES, TEACHER_TOP = 32, 5   # the teacher's DNS(M,N) settings (DNSMN's defaults)
 SHIPPED_KIND = "judge-scores"
-SCORING = "yes-no"       # the decoding part of the prompts' tag: next-token scores, nothing generated
+SCORING_DTYPE = torch.float32
+SCORING = f"yes-no-{str(SCORING_DTYPE).removeprefix('torch.')}"   # the decoding part of the records' tag
 RECORD_COLUMNS = ["user", "candidates", "scores", "context"]
 SHIPPED_FIELDS = ("candidates", "scores")
 
@@ -129,6 +133,13 @@ def teacher_agreement(scores: pd.DataFrame) -> dict:
             "share_positive": float(np.mean(np.asarray(rhos) > 0)) if rhos else None}
 
 
+def scoring_backend(llm: str, **opts):
+    """The backend that scores for the judge: a local model in SCORING_DTYPE (a server spec gets its own backend,
+    whose `scoring` says in one line that it cannot score)."""
+    return make_backend(llm, **opts) if llm.startswith("openai:") else make_backend(llm, dtype=SCORING_DTYPE,
+                                                                                  **opts)
+
+
 def judge_dir(dataset: str, llm: str, split_id: str) -> Path:
     return artifacts_dir(dataset, "judge", safe_name(llm), f"split-{split_id}")
 
@@ -175,8 +186,8 @@ def shipped_slot(prompts: JudgePrompts, split_id: str) -> str:
 
 
 def shipped_key(data, backend, prompts: JudgePrompts, split_seed: int) -> dict:
-    """What identifies shipped scores: model weights, answer tokens, prompt context and template, the teacher's
-    training settings, list length, the training split."""
+    """What identifies shipped scores: model weights, answer tokens and precision, prompt context and template, the
+    teacher's training settings, list length, the training split."""
     return {"model": backend.weights_identity, "scoring": backend.scoring(), "context": prompts.tag,
             "templates": outputs.template_hashes([prompts.template]),
             "teacher": json.loads(json.dumps(dataclasses.asdict(teacher_config(prompts.config.teacher)))),
@@ -189,7 +200,7 @@ def lookup_shipped(data, llm: str, prompts: JudgePrompts, split_seed: int, backe
     if none is not None:
         return none
     return outputs.lookup(SHIPPED_KIND, data.name, llm, slot,
-                          shipped_key(data, backend or make_backend(llm, progress=False), prompts, split_seed))
+                          shipped_key(data, backend or scoring_backend(llm, progress=False), prompts, split_seed))
 
 
 def judge_command(data, llm: str, config: JudgeConfig) -> str:
@@ -206,7 +217,7 @@ def scores_frame(rows) -> pd.DataFrame:
 def make_scores(data, llm: str, config: JudgeConfig, users=None, chunk: int = 32, backend=None,
                 train_config: TrainConfig | None = None) -> dict:
     """Train (or load) the teacher, list and score `users` (default all) into artifacts/; returns the counts."""
-    backend = backend or make_backend(llm)
+    backend = backend or scoring_backend(llm)
     backend.scoring()    # a backend that cannot score fails before the teacher trains
     lists, teacher = teacher_lists(data, config, train_config)
     prompts = JudgePrompts(data, config, llm, lists)

@@ -50,7 +50,7 @@ def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Pat
     if "sns" in stages:
         lines.append(publish_sns(data, llm, profile, settings(profile, "03_sns"), info, root))
     if "judge" in stages and settings(profile, JUDGE)["judge"]:
-        lines.append(publish_judge(data, llm, profile, seed, info, root))
+        lines.append(publish_judge(data, llm, profile, seed, outputs.made_with(llm, dtype=judge.SCORING_DTYPE), root))
     if "hnlmrec" in stages:
         conf = settings(profile, "05_hnlmrec")
         lines += [publish_hnlmrec(data, llm, s, conf["hnlmrec"], profile, seed, info, root)
@@ -123,7 +123,7 @@ def publish_sns(data, llm, profile, conf, info, root) -> str:
 def publish_judge(data, llm, profile, seed, info, root) -> str:
     """The judge's scores of every user at the default settings (`judge.JudgeConfig`, what the methods read)."""
     prompts = judge.JudgePrompts(data, judge.JudgeConfig(), llm)
-    backend = make_backend(llm, progress=False)
+    backend = judge.scoring_backend(llm, progress=False)
     found = judge.lookup_shipped(data, llm, prompts, seed, backend)
     if found.shipped is not None:
         return f"{judge.SHIPPED_KIND}: already {found.shipped.line()}"

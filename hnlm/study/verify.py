@@ -155,14 +155,14 @@ def verify_scores(entry: outputs.Shipped, sample: int, seed: int, root) -> dict:
     data, _ = _data_of(entry)
     prompts = judge.shipped_prompts(data, entry.manifest["key"], picked)
     todo = [r for r in picked if outputs.prompt_sha(prompts.user_prompts(r["user"])) == r["prompt_sha"]]
-    backend = make_backend(entry.manifest["llm"], progress=False)
+    backend = judge.scoring_backend(entry.manifest["llm"], progress=False)
     fresh = backend.yes_no_scores([prompts.user_prompts(r["user"]) for r in todo], desc="verify") if todo else []
     diff = max((float(np.abs(np.asarray(new) - r["scores"]).max()) for new, r in zip(fresh, todo)), default=None)
     lists = [r["candidates"] for r in todo]
     tops = [judge.top_marks(pd.DataFrame({"candidates": lists, "scores": s}), judge.JUDGE_MARKS)
             for s in (list(fresh), [r["scores"] for r in todo])]
     same_top = sum(set(a) == set(b) for a, b in zip(*tops))
-    now = outputs.made_with(entry.manifest["llm"])
+    now = outputs.made_with(entry.manifest["llm"], dtype=judge.SCORING_DTYPE)
     summary = (f"{len(todo)} of {len(picked)} sampled users scored again ({len(picked) - len(todo)} prompts changed "
                f"since shipping); largest score difference {diff}; same top {judge.JUDGE_MARKS} for {same_top}/"
                f"{len(todo)}; shipped made with {outputs.describe(entry.made_with)}, scored again with "
