@@ -21,7 +21,7 @@ COMMANDS = {
     "profiles": ("hnlm.semantic.commands", "generate LLM item and user profiles (module 1)"),
     "sns": ("hnlm.semantic.commands", "generate LLM hard negatives (module 2), embed, ground, measure"),
     "judge": ("hnlm.semantic.commands",
-              "the LLM as a judge: which of a teacher's top unseen items would each user enjoy (marks)"),
+              "the LLM as a judge: yes/no scores of a teacher's top unseen items per user (likely positives)"),
     "finetune": ("hnlm.semantic.hnlmrec.commands",
                  "HNLMRec: LoRA fine-tune an LLM to emit hard-negative embeddings"),
     "train": ("hnlm.methods.commands", "train MF/LightGCN with one method (a classic sampler or an LLM-based one)"),

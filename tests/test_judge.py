@@ -1,6 +1,7 @@
 """The LLM as a judge of false negatives: its lists hold only unseen training-pool items and are built without
-held-out data, its answers are constrained to the list (through the real grammar with SmolLM2), its ablations keep
-each user's number of marks, the sampler vetoes or down-weights exactly the marked candidates, and the marks'
+held-out data; its yes/no scores (real SmolLM2) do not depend on the list's order, are deterministic, agree with a
+plain forward pass, and cover every listed item; its marks are the top-scoring items of the list; its ablations
+keep each user's number of marks, the sampler vetoes or down-weights exactly the marked candidates, and the marks'
 precision is measured on validation items against chance."""
 
 import dataclasses
@@ -12,15 +13,16 @@ import pytest
 import torch
 
 from hnlm.analysis.false_negatives import mark_precision, top_similar_marks
+from hnlm.cf.samplers import SamplerOptionError
 from hnlm.data import load_dataset
-from hnlm.errors import MissingInputError
-from hnlm.llm.backends import make_backend
+from hnlm.errors import MissingInputError, UserFacingError
+from hnlm.llm.backends import shared_prefix
 from hnlm.methods import variant
 from hnlm.methods.dnsmn_judge import JudgedDNSMN, JudgeSettings, random_marks, shuffled_marks, user_marks
 from hnlm.semantic import judge, outputs
-from hnlm.semantic.resources import JUDGE_MARKS, Resources
+from hnlm.semantic.resources import JUDGE_SCORES, Resources
 from hnlm.semantic.sns import training_pool
-from hnlm.study.verify import verify
+from hnlm.study.verify import _sample, verify
 
 
 class HeldOut:
@@ -56,46 +58,72 @@ def test_lists_hold_the_best_scored_unseen_pool_items_and_read_no_heldout_data(d
         assert lists[u].tolist() == best.tolist()
 
 
+@pytest.fixture(scope="module")
+def smollm():
+    """The judge's backend (float32: a prompt scored over its group's shared KV cache matches a forward pass of it
+    alone)."""
+    return judge.scoring_backend("smollm2-135m", progress=False)
+
+
 @pytest.mark.slow
-def test_the_judge_answers_only_with_items_of_its_list(data, tmp_path):
-    """Through the real constrained decoder: numbers off a 3-item list cannot be written."""
-    config = judge.JudgeConfig(context="history", candidates=3)
-    prompts = judge.JudgePrompts(data, config, None, random_lists(data, 3))
-    backend = make_backend("smollm2-135m", batch_size=4, progress=False, cache_path=tmp_path / "cache.jsonl")
-    users = [0, 1, 2, 3]
-    results = backend.generate_json([prompts.user_messages(u) for u in users], prompts.json_schema(),
-                                    max_new_tokens=prompts.max_new_tokens)
-    assert all(r.ok for r in results)
-    assert all(len(r.value["enjoy"]) == judge.JUDGE_MARKS and 1 <= n <= 3 for r in results for n in r.value["enjoy"])
-    judge.generate_marks(backend, users, prompts, tmp_path)
-    marks = judge.read_marks(tmp_path / "marks.jsonl", prompts.tag)
-    assert sorted(marks["user"]) == users and marks["ok"].all() and (marks["out_of_range"] == 0).all()
-    for u, cands, marked in zip(marks["user"], marks["candidates"], marks["marked"]):
-        assert cands == prompts.lists[u].tolist() and set(marked) <= set(cands)
-        assert 1 <= len(marked) <= judge.JUDGE_MARKS
+def test_scores_cover_the_list_whatever_its_order_and_repeat_exactly(data, smollm, tmp_path):
+    """Real SmolLM2: a user's scores are the same, bit for bit, for its list in another order and on a second run,
+    match a plain forward pass of each prompt alone, and every listed item's score is stored."""
+    config = judge.JudgeConfig(context="history", candidates=6)
+    lists = random_lists(data, 6)
+    prompts = judge.JudgePrompts(data, config, None, lists)
+    flipped = judge.JudgePrompts(data, config, None, {3: lists[3][::-1]})
+    first, again = (smollm.yes_no_scores([prompts.user_prompts(3)]) for _ in range(2))
+    reverse = smollm.yes_no_scores([flipped.user_prompts(3)])
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[0], reverse[0][::-1])
+    assert len(set(first[0].tolist())) > 1   # the items are told apart
+    tok, model, answers = smollm.tokenizer, smollm.model, smollm.answer_tokens()
+    for k in (0, 5):
+        ids = tok(smollm._render(prompts.user_prompts(3)[k]), add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            logp = model(ids["input_ids"]).logits[0, -1].float().log_softmax(-1)
+        alone = float(logp[answers["yes"]].logsumexp(-1) - logp[answers["no"]].logsumexp(-1))
+        assert first[0][k] == pytest.approx(alone, abs=1e-3)
+    judge.score_users(smollm, [3, 4], prompts, tmp_path)
+    records = judge.read_scores(tmp_path / "scores.jsonl", prompts.tag)
+    assert sorted(records["user"]) == [3, 4]
+    for u, cands, scores in zip(records["user"], records["candidates"], records["scores"]):
+        assert cands == lists[u].tolist() and len(scores) == len(cands)
+    assert records.set_index("user")["scores"][3] == pytest.approx(first[0].tolist())
 
 
-def test_answers_become_item_ids_of_the_list_with_off_list_numbers_counted():
-    ok = type("Result", (), {"ok": True, "value": {"reasoning": "r", "enjoy": [2, 9, 2, 1]}, "reason": None})
-    listed = judge.shown([10, 11, 12], 4)
-    rec = judge.parse_marks(ok, [10, 11, 12], 4)
-    assert (rec["marked"], rec["repeated"], rec["out_of_range"]) == ([listed[1], listed[0]], 1, 1)
-    assert rec["candidates"] == [10, 11, 12] and sorted(listed) == [10, 11, 12]
-    assert len({tuple(judge.shown(list(range(20)), u)) for u in range(5)}) == 5   # each user's own order
-    bad = type("Result", (), {"ok": False, "value": None, "reason": "invalid JSON"})
-    assert judge.parse_marks(bad, [10], 0)["marked"] == [] and not judge.parse_marks(bad, [10], 0)["ok"]
+def test_answer_tokens_and_the_shared_prefix(smollm):
+    answers = smollm.answer_tokens()
+    spelled = smollm.scoring()
+    assert spelled["dtype"] == "float32"
+    assert {w.strip() for w in spelled["yes"]} == {"Yes", "yes"} and {w.strip() for w in spelled["no"]} == {"No", "no"}
+    assert not set(answers["yes"]) & set(answers["no"])
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2   # each keeps a token of its own
+    assert shared_prefix([[7, 1], [8, 1]]) == 0
 
 
-def test_position_bias_counts_marks_among_the_first_numbers_shown():
-    cands = list(range(20))
-    first, last = judge.shown(cands, 3)[:3], judge.shown(cands, 3)[-3:]
-    frame = pd.DataFrame({"user": [3, 3], "candidates": [cands, cands], "marked": [first, last]})
-    assert judge.position_bias(frame) == {"marks": 6, "first_shown_share": 0.5, "chance": 0.15}
+def test_a_server_backend_cannot_score_and_says_so_in_one_line():
+    backend = judge.scoring_backend("openai:m@http://127.0.0.1:9/v1", progress=False)
+    with pytest.raises(UserFacingError, match="scoring needs a local model"):
+        backend.scoring()
+    with pytest.raises(UserFacingError, match="scoring needs a local model"):
+        backend.yes_no_scores([[[{"role": "user", "content": "x"}]]])
 
 
-def test_missing_marks_name_the_command_that_makes_them(data):
+def test_marks_are_the_top_scoring_items_of_the_list_and_follow_the_teacher_measure():
+    frame = pd.DataFrame({"user": [0, 1], "candidates": [[10, 11, 12, 13], [20, 21, 22, 23]],
+                          "scores": [[0.1, 2.0, -1.0, 2.0], [3.0, 2.0, 1.0, 0.0]]})
+    assert judge.top_marks(frame, 2) == [[11, 13], [20, 21]]    # ties in the teacher's order
+    assert all(set(m) <= set(c) for m, c in zip(judge.top_marks(frame, 4), frame["candidates"]))
+    agree = judge.teacher_agreement(frame)   # user 1 scores its list in the teacher's order, user 0 not
+    assert agree["users"] == 2 and agree["share_positive"] == 0.5 and agree["mean_spearman"] < 1
+    assert judge.teacher_agreement(frame[1:])["mean_spearman"] == pytest.approx(1.0)
+
+
+def test_missing_scores_name_the_command_that_makes_them(data):
     with pytest.raises(MissingInputError, match="hnlm judge --dataset ml-100k --llm smollm2-135m"):
-        judge.obtain_marks(data, "smollm2-135m", judge.JudgeConfig(context="history"))
+        judge.obtain_scores(data, "smollm2-135m", judge.JudgeConfig(context="history"))
 
 
 def test_ablations_keep_each_users_number_of_marks():
@@ -108,8 +136,8 @@ def test_ablations_keep_each_users_number_of_marks():
     shuffled, kept = shuffled_marks(marked)
     assert [len(m) for m in shuffled] == [len(m) for m in marked] and kept == 0
     assert all(s != m for s, m in zip(shuffled, marked) if m) and shuffled == shuffled_marks(marked)[0]
-    frame = pd.DataFrame({"user": [2], "candidates": [[5, 6, 7]], "marked": [[6]]})
-    assert user_marks(frame, 3) == ([[], [], [5, 6, 7]], [[], [], [6]])
+    frame = pd.DataFrame({"user": [2], "candidates": [[5, 6, 7]], "scores": [[0.0, 1.0, -1.0]]})
+    assert user_marks(frame, 3, 1) == ([[], [], [5, 6, 7]], [[], [], [6]])
 
 
 def picks(sampler, pick, scores=(4.0, 3.0, 2.0, 1.0)):
@@ -142,45 +170,56 @@ def test_precision_counts_validation_hits_against_the_lists_chance(data):
 
 
 @pytest.mark.slow
-def test_shipped_marks_are_found_by_key_without_the_teacher_or_artifacts(data, tmp_path, monkeypatch):
-    """Records in artifacts/ ship with their prompt hashes; a clone without artifacts/ reads them back as they were
-    (no teacher trained), an output of other settings is not used, and `hnlm outputs verify` rebuilds the shipped
-    prompts from the records' lists and regenerates them (SmolLM2)."""
+def test_shipped_scores_are_found_by_key_without_the_teacher_or_artifacts(data, tmp_path, monkeypatch):
+    """Records in artifacts/ ship with the hash of their prompts; a clone without artifacts/ reads them back as
+    they were (no teacher trained), an output of other settings is not used, and `hnlm outputs verify` rebuilds
+    the shipped prompts from the records' lists and scores them again: the same scores (SmolLM2, real for the
+    users verify samples)."""
     monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
     config, llm = judge.JudgeConfig(context="history"), "smollm2-135m"
     lists = random_lists(data)
     prompts = judge.JudgePrompts(data, config, None, lists)
+    backend = judge.scoring_backend(llm, progress=False)
+    sampled = [int(u) for u in _sample(data.n_users, 2, 0)]
+    real = dict(zip(sampled, backend.yes_no_scores([prompts.user_prompts(u) for u in sampled])))
     folder = judge.judge_dir(data.name, llm, "0")
-    folder.mkdir(parents=True, exist_ok=True)
-    ok = type("Result", (), {"ok": True, "value": {"reasoning": "r", "enjoy": [1, 3]}, "reason": None})
-    with (folder / "marks.jsonl").open("w") as fh:
+    with (folder / "scores.jsonl").open("w") as fh:
         for u in range(data.n_users):
-            fh.write(json.dumps({"user": u, **prompts.parse_marks(ok, u), "context": prompts.tag}) + "\n")
+            scores = real[u].tolist() if u in real else np.linspace(1, -1, len(lists[u])).tolist()
+            fh.write(json.dumps({"user": u, "candidates": lists[u].tolist(), "scores": scores,
+                                 "context": prompts.tag}) + "\n")
     rows, _ = judge.records_to_ship(data, llm, prompts)
-    assert rows[5]["prompt_sha"] == outputs.prompt_sha(prompts.user_messages(5))
-    backend = make_backend(llm, progress=False)
+    assert rows[5]["prompt_sha"] == outputs.prompt_sha(prompts.user_prompts(5))
     outputs.publish_records(judge.SHIPPED_KIND, data.name, llm, judge.shipped_slot(prompts, "0"), rows,
                             judge.shipped_key(data, backend, prompts, 0), {"dtype": "float32"})
-    (folder / "marks.jsonl").unlink()
-    marks = judge.obtain_marks(data, llm, config)
-    assert len(marks) == data.n_users and marks["marked"][7] == [judge.shown(lists[7], 7)[k] for k in (0, 2)]
+    (folder / "scores.jsonl").unlink()
+    scores = judge.obtain_scores(data, llm, config)
+    assert len(scores) == data.n_users and scores["candidates"][7] == lists[7].tolist()
+    assert scores["scores"][sampled[0]] == real[sampled[0]].tolist()
     with pytest.raises(MissingInputError, match="hnlm judge"):
-        judge.obtain_marks(data, llm, judge.JudgeConfig(context="history", teacher="mf"))
+        judge.obtain_scores(data, llm, judge.JudgeConfig(context="history", teacher="mf"))
     checked = verify(2, root=tmp_path / "outputs")
     assert len(checked) == 1 and checked[0]["regenerated"] == 2 and checked[0]["prompts_changed"] == 0
+    assert checked[0]["max_score_difference"] == 0.0 and checked[0]["same_top_marks"] == 2
 
 
 def test_the_registered_method_and_its_ablations_train_with_the_marks_they_say(data):
     lists = random_lists(data)
+    scores = [np.where(np.arange(20) == (u % 20), 5.0, -np.arange(20) / 10) for u in range(data.n_users)]
     frame = pd.DataFrame({"user": range(data.n_users), "candidates": [c.tolist() for c in lists],
-                          "marked": [c[:1 + u % 3].tolist() for u, c in enumerate(lists)]})
-    res = Resources({JUDGE_MARKS: frame})
-    built = {name: variant(name).build(data, res, seed=1)[0]
-             for name in ("dnsmn-judge", "dnsmn-judge-random", "dnsmn-judge-shuffled")}
-    own = built["dnsmn-judge"].marks
-    assert own[5, lists[5][0]] and own[5, lists[5][1]]
-    assert own.sum(1).tolist() == [1 + u % 3 for u in range(data.n_users)]
-    for name in ("dnsmn-judge-random", "dnsmn-judge-shuffled"):
-        assert torch.equal(built[name].marks.sum(1), own.sum(1)) and not torch.equal(built[name].marks, own)
-    assert variant("dnsmn-judge").needs() == (JUDGE_MARKS,)
+                          "scores": [s.tolist() for s in scores]})
+    res = Resources({JUDGE_SCORES: frame})
+    for marks in (1, 4):
+        built = {name: variant(name, marks=marks).build(data, res, seed=1)[0]
+                 for name in ("dnsmn-judge", "dnsmn-judge-random", "dnsmn-judge-shuffled")}
+        own = built["dnsmn-judge"].marks
+        for u in (0, 5):   # the item scored 5.0, then the teacher's best of the others
+            top = [lists[u][u % 20], *[j for j in lists[u] if j != lists[u][u % 20]][:marks - 1]]
+            assert own[u].nonzero()[:, 0].tolist() == sorted(top)
+        assert own.sum(1).tolist() == [marks] * data.n_users
+        for name in ("dnsmn-judge-random", "dnsmn-judge-shuffled"):
+            assert torch.equal(built[name].marks.sum(1), own.sum(1)) and not torch.equal(built[name].marks, own)
+    assert variant("dnsmn-judge").needs() == (JUDGE_SCORES,)
+    with pytest.raises(SamplerOptionError, match="marks"):
+        variant("dnsmn-judge", marks=0).build(data, res, seed=1)

@@ -220,7 +220,7 @@ def check_07_false_negatives(result, out_dir, fig_dir):
     by_epoch = pd.read_csv(out_dir / "07_false_negatives_by_epoch.csv")
     assert len(by_epoch) and (by_epoch["negatives"] == 80024).all()  # one negative per training pair and epoch
     assert result["sources"]["06_main_results"] > 0 and result["sns_quality"] is not None
-    assert result["judge_precision"] is None   # the judge's marks are made under the full profile only
+    assert result["judge_precision"] is None   # the judge's scores are made under the full profile only
 
 
 def check_11_llm_size(result, out_dir, fig_dir):

@@ -1,5 +1,8 @@
 """Generation backends with one interface: `generate_json(messages_list, schema) -> list[GenerationResult]`.
 
+Yes/no scoring (`yes_no_scores(groups) -> list of score arrays`): log P(yes) - log P(no) of the first token of
+the answer to each prompt, no generation; local models only (the OpenAI-compatible client here has no logprobs).
+
 Specs for `make_backend`: `qwen2.5-0.5b`, `smollm2-135m` (packaged), `hf:<id-or-folder>` (local
 transformers), `openai:<model>@<base_url>` (any OpenAI-compatible chat server; key from HNLM_OPENAI_API_KEY
 or OPENAI_API_KEY). Every call goes through the append-only cache (hnlm.llm.cache): a rerun costs nothing,
@@ -23,12 +26,18 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from hnlm.errors import UserFacingError
 from hnlm.llm.cache import JsonlCache, call_key, default_cache_path
 from hnlm.llm.catalog import check_spec, parse_openai_spec, redact
 from hnlm.llm.structured import FieldBudgetProcessor, field_budgets, parse_reply, strip_extensions
+
+# Spellings of the answers whose first-token probabilities are summed: the answer's first token may carry a
+# leading space or not (chat templates differ) and either case; only those a tokenizer writes as one token count.
+YES_TOKENS = ("Yes", " Yes", "yes", " yes")
+NO_TOKENS = ("No", " No", "no", " no")
 
 
 @dataclass
@@ -77,6 +86,17 @@ class Backend:
 
     def decoding(self, max_new_tokens: int) -> dict:
         raise NotImplementedError
+
+    def scoring(self) -> dict:
+        """What keys yes/no scores (the answer tokens); a backend that cannot score fails here, in one line."""
+        raise self.cannot_score()
+
+    def yes_no_scores(self, groups: list[list[list[dict]]], desc: str = "score") -> list[np.ndarray]:
+        raise self.cannot_score()
+
+    def cannot_score(self) -> UserFacingError:
+        return UserFacingError(f"{self.identity}: yes/no scoring needs a local model (qwen2.5-0.5b, smollm2-135m, "
+                               f"hf:<id-or-folder>); the OpenAI-compatible client here has no logprobs")
 
     def prepare(self, messages_list: list[list[dict]], max_new_tokens: int) -> list[Prompt]:
         raise NotImplementedError
@@ -201,6 +221,69 @@ class LocalBackend(Backend):
         if self.temperature > 0:
             d.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
         return d
+
+    def answer_tokens(self) -> dict[str, list[int]]:
+        """Token ids of the single-token spellings of Yes and of No (YES_TOKENS, NO_TOKENS)."""
+        out = {}
+        for answer, spellings in (("yes", YES_TOKENS), ("no", NO_TOKENS)):
+            ids = [self.tokenizer(w, add_special_tokens=False)["input_ids"] for w in spellings]
+            out[answer] = sorted({i[0] for i in ids if len(i) == 1})
+            if not out[answer]:
+                raise UserFacingError(f"{self.name}: no spelling of {answer} in {spellings} is one token")
+        return out
+
+    def scoring(self) -> dict:
+        return {"score": "logP(yes)-logP(no), first answer token", "dtype": str(self.dtype).replace("torch.", ""),
+                **{a: [self.tokenizer.decode([i]) for i in ids] for a, ids in self.answer_tokens().items()}}
+
+    def yes_no_scores(self, groups, desc="score"):
+        """Per group of prompts (chat messages; one user's, which share their beginning), log P(yes) - log P(no)
+        of the answer's first token, summing the probabilities of `answer_tokens`. A group's shared tokens run
+        once; its prompts' remaining tokens run as one batch over that KV cache, in the order of their texts, so
+        a prompt's score does not depend on the group's order."""
+        start, answers = time.time(), self.answer_tokens()
+        out = []
+        with tqdm(total=len(groups), desc=desc, disable=not self.progress, file=sys.stderr,
+                  dynamic_ncols=True) as bar:
+            for group in groups:
+                out.append(self._score_group([self._render(m) for m in group], answers))
+                bar.update(1)
+        seconds = time.time() - start
+        pairs = sum(map(len, groups))
+        self.last_stats = {"groups": len(groups), "prompts": pairs, "seconds": round(seconds, 3),
+                           "prompts_per_s": round(pairs / seconds, 2) if seconds else 0.0}
+        return out
+
+    def _score_group(self, texts: list[str], answers: dict[str, list[int]]) -> np.ndarray:
+        torch, model = self._torch, self.model
+        order = sorted(range(len(texts)), key=texts.__getitem__)
+        ids = [self.tokenizer(texts[k], add_special_tokens=False)["input_ids"] for k in order]
+        if max(map(len, ids)) > self.context_limit():
+            raise UserFacingError(f"a scored prompt has {max(map(len, ids))} tokens, over the model's "
+                                  f"{self.context_limit()}: shorten the user description")
+        shared = shared_prefix(ids)
+        rest = [i[shared:] for i in ids]
+        batch = torch.full((len(rest), max(map(len, rest))), self.tokenizer.pad_token_id)
+        for row, tokens in enumerate(rest):
+            batch[row, :len(tokens)] = torch.tensor(tokens)
+        with torch.no_grad():
+            cache = None
+            if shared:
+                cache = model(torch.tensor([ids[0][:shared]], device=model.device), use_cache=True).cache
+                cache.batch_repeat_interleave(len(rest))
+            # right padding: a real token never attends to a pad, which follows it
+            mask = torch.ones(len(rest), shared + batch.shape[1], dtype=torch.long, device=model.device)
+            # logits only where a prompt ends (the vocabulary projection is a quarter of a small model's work)
+            ends = [len(t) - 1 for t in rest]
+            keep = sorted(set(ends))
+            logits = model(batch.to(model.device), cache=cache, attention_mask=mask,
+                           logits_to_keep=torch.tensor(keep, device=model.device)).logits
+            last = logits[torch.arange(len(rest)), torch.tensor([keep.index(e) for e in ends])].float()
+            # log P(yes) - log P(no): the softmax's normaliser cancels, so raw logits give it
+            score = last[:, answers["yes"]].logsumexp(-1) - last[:, answers["no"]].logsumexp(-1)
+        scores = np.empty(len(texts))
+        scores[order] = score.cpu().numpy()
+        return scores
 
     def _render(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -411,6 +494,15 @@ class OpenAIBackend(Backend):
                 bar.update(1)
             if error:
                 raise error
+
+
+def shared_prefix(sequences: list[list[int]]) -> int:
+    """Length of the tokens all `sequences` begin with, leaving each at least one token of its own."""
+    n = min(map(len, sequences)) - 1
+    for k in range(n):
+        if len({s[k] for s in sequences}) > 1:
+            return k
+    return max(n, 0)
 
 
 def make_backend(spec: str, **opts) -> Backend:

@@ -1,9 +1,10 @@
 """DNS(M,N) with the LLM as a judge of false negatives: candidates the LLM marked as likely enjoyed by the user are
 down-weighted (or vetoed) before DNS(M,N)'s top-N pick.
 
-The marks (input JUDGE_MARKS, `hnlm.semantic.judge`) are, per user, the items the LLM chose from a list of the
-JUDGE_CANDIDATES unseen items a converged DNS(M,N) teacher ranks highest: the items DNS(M,N) most often makes
-negatives of, and among which the user's held-out positives concentrate. Per pair, over its M uniform candidates:
+The marks are, per user, the `marks` items the LLM scored highest (input JUDGE_SCORES, `hnlm.semantic.judge`: a
+yes/no score per item) in a list of the JUDGE_CANDIDATES unseen items a converged DNS(M,N) teacher ranks highest:
+the items DNS(M,N) most often makes negatives of, and among which the user's held-out positives concentrate.
+Per pair, over its M uniform candidates:
   down (default): a marked candidate's CF score is lowered by `weight` standard deviations of its row's scores;
   veto:           marked candidates are removed (a row with fewer than N unmarked candidates keeps some, counted).
 Marks cover few items per user, so only pairs whose M candidates include one are touched (`counts()`).
@@ -26,7 +27,8 @@ from hnlm.cf.search import Axis
 from hnlm.methods import Method, register, setting_like
 from hnlm.methods.classic import settings_of
 from hnlm.methods.dnsmn_guard import history_vectors, unit_rows
-from hnlm.semantic.resources import JUDGE_MARKS
+from hnlm.semantic.judge import JUDGE_CANDIDATES, JUDGE_MARKS, top_marks
+from hnlm.semantic.resources import JUDGE_SCORES
 
 MODES = ("down", "veto")
 SHUFFLE_SEED = 0   # the shuffled ablation's permutation is fixed: the same for every run and seed
@@ -40,6 +42,8 @@ class JudgeSettings:
         "help": "down: lower the CF score of candidates the LLM marked as liked; veto: remove them"})
     weight: float = field(default=1.0, metadata={
         "help": "down: how far a marked candidate's score is lowered, in sds of its row's CF scores"})
+    marks: int = field(default=JUDGE_MARKS, metadata={
+        "help": "how many items of each user's list are marked: those the LLM scored highest"})
 
 
 class JudgedDNSMN(DNSMN):
@@ -51,6 +55,9 @@ class JudgedDNSMN(DNSMN):
         super().__init__(settings.candidates, settings.top)
         if settings.mode not in MODES:
             raise SamplerOptionError(f"dnsmn-judge: mode must be one of {MODES}, got {settings.mode!r} (--set mode=)")
+        if not 1 <= settings.marks <= JUDGE_CANDIDATES:
+            raise SamplerOptionError(f"dnsmn-judge: marks must be 1 to {JUDGE_CANDIDATES}, got {settings.marks} "
+                                     f"(--set marks=)")
         self.mode, self.weight, self.source = settings.mode, float(settings.weight), source
         self.marks = torch.zeros(len(marked), n_items, dtype=torch.bool)
         for user, items in enumerate(marked):
@@ -96,11 +103,11 @@ class JudgedDNSMN(DNSMN):
                 "weight": self.weight, "marks": self.source}
 
 
-def user_marks(marks: pd.DataFrame, n_users: int) -> tuple[list[list[int]], list[list[int]]]:
-    """(list, marks) of every user (empty for a user without a record)."""
+def user_marks(scores: pd.DataFrame, n_users: int, marks: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(list, its `marks` top-scoring items) of every user (empty for a user without a record)."""
     lists, marked = [[] for _ in range(n_users)], [[] for _ in range(n_users)]
-    for u, cands, m in zip(marks["user"], marks["candidates"], marks["marked"]):
-        lists[int(u)], marked[int(u)] = [int(j) for j in cands], [int(j) for j in m]
+    for u, cands, m in zip(scores["user"], scores["candidates"], top_marks(scores, marks)):
+        lists[int(u)], marked[int(u)] = [int(j) for j in cands], m
     return lists, marked
 
 
@@ -125,8 +132,9 @@ def shuffled_marks(marked, seed: int = SHUFFLE_SEED) -> tuple[list[list[int]], i
     return out, kept
 
 
-def ablated(marks: pd.DataFrame, n_users: int, ablation: str | None, seed: int) -> tuple[list[list[int]], str]:
-    lists, marked = user_marks(marks, n_users)
+def ablated(scores: pd.DataFrame, n_users: int, marks: int, ablation: str | None,
+            seed: int) -> tuple[list[list[int]], str]:
+    lists, marked = user_marks(scores, n_users, marks)
     if ablation == "random":
         return random_marks(lists, marked, seed), f"random-from-list (seed {seed})"
     if ablation == "shuffled":
@@ -135,14 +143,16 @@ def ablated(marks: pd.DataFrame, n_users: int, ablation: str | None, seed: int) 
     return marked, "llm"
 
 
-def judge_precision(data, marks: pd.DataFrame, item_vectors: np.ndarray, seed: int = 0) -> pd.DataFrame:
-    """Precision on validation items of the LLM's marks and, at the same number of marks per user, of the
+def judge_precision(data, scores: pd.DataFrame, item_vectors: np.ndarray, marks: int = JUDGE_MARKS,
+                    seed: int = 0) -> pd.DataFrame:
+    """Precision on validation items of the LLM's marks (each user's `marks` top-scoring items of its list) and,
+    at the same number of marks per user, of the
     embedding-similarity guard's choice (the list items closest to the mean text vector of the user's training
     items, as dnsmn-guard), of the teacher's best-ranked items of the list (the LLM adds to CF only above this),
     and of items of the list at random; with the chance level (the same for all: the lists' validation share)."""
-    users = marks["user"].astype(int).to_numpy()
-    lists = [list(map(int, c)) for c in marks["candidates"]]
-    marked = [list(map(int, m)) for m in marks["marked"]]
+    users = scores["user"].astype(int).to_numpy()
+    lists = [list(map(int, c)) for c in scores["candidates"]]
+    marked = top_marks(scores, marks)
     user_unit, item_unit = unit_rows(history_vectors(data, item_vectors)), unit_rows(item_vectors)
     sims = [(item_unit[c] @ user_unit[u]).numpy() for u, c in zip(users, lists)]
     rows = {"LLM judge": marked, "embedding guard": top_similar_marks(lists, [len(m) for m in marked], sims),
@@ -153,18 +163,19 @@ def judge_precision(data, marks: pd.DataFrame, item_vectors: np.ndarray, seed: i
 
 def builder(ablation: str | None):
     def build(data, settings, resources, seed):
-        marked, source = ablated(resources[JUDGE_MARKS], data.n_users, ablation, seed)
+        marked, source = ablated(resources[JUDGE_SCORES], data.n_users, settings.marks, ablation, seed)
         return JudgedDNSMN(marked, data.n_items, settings, source), None
     return build
 
 
 def needs(settings) -> tuple:
-    return (JUDGE_MARKS,)
+    return (JUDGE_SCORES,)
 
 
-register(Method("dnsmn-judge", "DNS(M,N) whose candidates the LLM marked as liked (from the teacher's top unseen "
-                "items) are down-weighted", JudgeSettings, builder(None), needs, family="llm",
-                search={**DNSMN.search, "weight": Axis((0.5, 1.0, 2.0), low=0.1, high=10.0)}))
+register(Method("dnsmn-judge", "DNS(M,N) whose candidates the LLM scored as liked (its top `marks` of the "
+                "teacher's top unseen items) are down-weighted", JudgeSettings, builder(None), needs, family="llm",
+                search={**DNSMN.search, "weight": Axis((0.5, 1.0, 2.0), low=0.1, high=10.0),
+                        "marks": Axis((1, 3, 6), low=1, high=JUDGE_CANDIDATES)}))
 register(Method("dnsmn-judge-random", "dnsmn-judge with as many marks per user drawn at random from its list "
                 "(ablation)", JudgeSettings, builder("random"), needs, family="llm", ablation_of="dnsmn-judge"))
 register(Method("dnsmn-judge-shuffled", "dnsmn-judge with another user's marks, as many (ablation)",

@@ -3,7 +3,7 @@
   profiles.py   module 1: LLM item and user profiles (`hnlm profiles`)
   sns.py        module 2: prompts -> LLM JSON hard negatives -> MiniLM embeddings -> bank / grounded pools / quality
                 (`hnlm sns --dataset ml-100k --llm qwen2.5-0.5b --budget per-user:1 --context history`)
-  judge.py      the LLM as a judge: which of a teacher's top unseen items each user would enjoy (`hnlm judge`)
+  judge.py      the LLM as a judge: yes/no scores of a teacher's top unseen items per user (`hnlm judge`)
   bank.py       NegativeBank (any embedding table keyed by (user, positive item)), lookup, ablations
   alignment.py  module 3: AlignmentExtension, trainable adapter, e_neg' = a*adapter(h) + (1-a)*e_neg, contrastive term
   hnlmrec/      module 4: LoRA fine-tuning of the LLM with CF supervision, its embedding pass and transfer

@@ -1,5 +1,5 @@
 """CLI of modules 1-2 and the judge: `hnlm profiles` (LLM item and user profiles), `hnlm sns` (LLM hard negatives),
-`hnlm judge` (the LLM's marks of likely positives among a teacher's top unseen items).
+`hnlm judge` (the LLM's yes/no scores of a teacher's top unseen items: likely positives).
 
 The handlers import the LLM stack when they run, so the parser (help, option errors) stays light (hnlm.cli)."""
 
@@ -115,30 +115,33 @@ def register_judge(subparsers) -> None:
     p.add_argument("--limit-users", type=argtypes.positive_int, default=None,
                    help="only the first N users (quick runs and rate measurements)")
     p.add_argument("--chunk", type=argtypes.positive_int, default=32,
-                   help="prompts per generate call (appended as they finish)")
+                   help="users per scoring call (appended as they finish)")
+    p.add_argument("--marks", type=argtypes.positive_int, default=None,
+                   help="marks per user for the printed precision: its top-scoring items (default: dnsmn-judge's)")
     p.add_argument("--json", default=None, help="also write the counts and precision to this file")
     p.set_defaults(func=run_judge)
 
 
 def run_judge(args) -> int:
-    from hnlm.llm.catalog import check_spec
     from hnlm.llm.encoders import get_text_encoder
     from hnlm.methods.dnsmn_judge import judge_precision
     from hnlm.semantic import judge
     from hnlm.semantic.common import split_id_of
     from hnlm.semantic.sns import item_embeddings
-    check_spec(args.llm)    # an unavailable LLM fails before the dataset loads
+    backend = judge.scoring_backend(args.llm)
+    backend.scoring()    # an LLM that cannot score fails before the dataset loads
     data = dataset_from_args(args)
     data.require_item_text("the judge")
     config = judge.JudgeConfig(context=args.context, teacher=args.teacher)
     users = range(min(args.limit_users or data.n_users, data.n_users))
-    gen = judge.make_marks(data, args.llm, config, users, chunk=args.chunk)
+    done = judge.make_scores(data, args.llm, config, users, chunk=args.chunk, backend=backend)
     prompts = judge.JudgePrompts(data, config, args.llm)
     path = judge.judge_dir(data.name, args.llm, split_id_of(data)) / prompts.records_file
-    marks = judge.marks_frame(judge.read_marks(path, prompts.tag).to_dict("records"))
-    precision = judge_precision(data, marks[marks["user"].isin(list(users))],
-                                item_embeddings(data, get_text_encoder("minilm")))
-    summary = {"records": str(path), "generation": gen, "position_bias": judge.position_bias(marks),
+    scores = judge.scores_frame(judge.read_scores(path, prompts.tag).to_dict("records"))
+    scores = scores[scores["user"].isin(list(users))]
+    precision = judge_precision(data, scores, item_embeddings(data, get_text_encoder("minilm")),
+                                args.marks or judge.JUDGE_MARKS)
+    summary = {"records": str(path), "scoring": done, "teacher_agreement": judge.teacher_agreement(scores),
                "precision_on_valid": precision.to_dict("records")}
     print(json.dumps(summary, indent=2, default=str))
     if args.json:

@@ -1,11 +1,10 @@
 """Shipped LLM outputs: the tracked outputs/ folder that lets a fresh clone run the study on a CPU.
 
 Layout: outputs/<dataset>/<llm>/<kind>/<slot>.<sha12>.<ext> plus <slot>.manifest.json, one manifest per file.
-Kinds: generations (JSON lines, one record per prompt: module-1 profiles, module-2 SNS negatives, the judge's
-marks) and vectors
-(.npz with users, items int32 and emb float16: module-4 emitted embeddings and their transfer to another
-dataset). A slot names what one file stands for (e.g. "split-0" or "text_per-user-1_split-0"); publishing a
-slot again replaces its file.
+Kinds: generations (JSON lines, one record per prompt: module-1 profiles, module-2 SNS negatives; one per user:
+the judge's yes/no scores of its list) and vectors (.npz with users, items int32 and emb float16: module-4
+emitted embeddings and their transfer to another dataset). A slot names what one file stands for (e.g.
+"split-0" or "text_per-user-1_split-0"); publishing a slot again replaces its file.
 
 A manifest records what identifies the output (`key`: model weights identity, schema, decoding, settings,
 prompt-template hashes, training-split fingerprint; generations also store the sha256 of each record's
@@ -39,10 +38,10 @@ from hnlm.semantic.common import check_split, safe_name
 
 FORMAT = 1
 REGENERATE_VAR = "HNLM_REGENERATE"   # set: loaders ignore shipped outputs and make them on this machine
-GENERATION_KINDS = ("profiles-item", "profiles-user", "sns-negatives", "judge-marks")
+GENERATION_KINDS = ("profiles-item", "profiles-user", "sns-negatives", "judge-scores")
 VECTOR_KINDS = ("hnlmrec-bank", "transfer-bank")
 KINDS = GENERATION_KINDS + VECTOR_KINDS
-STAGE_OF = {"profiles-item": "profiles", "profiles-user": "profiles", "sns-negatives": "sns", "judge-marks": "judge",
+STAGE_OF = {"profiles-item": "profiles", "profiles-user": "profiles", "sns-negatives": "sns", "judge-scores": "judge",
             "hnlmrec-bank": "hnlmrec", "transfer-bank": "transfer"}
 
 

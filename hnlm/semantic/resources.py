@@ -7,8 +7,8 @@ Needs (a method declares them from its settings, e.g. `hnlmrec_bank(settings.sig
   hnlmrec_bank(signal)    NegativeBank of module 4's emitted vectors, CF signal "text" or "soft"
   teacher(model)          TeacherTable: a CF teacher ("lightgcn" or "mf") and the hard negative it mined for
                           every training pair (no LLM: the input of methods/teacher_negatives.py)
-  JUDGE_MARKS             frame of the LLM judge's marks: per user, its list of a teacher's top unseen items and
-                          those the LLM marked as likely enjoyed (hnlm.semantic.judge; methods/dnsmn_judge.py)
+  JUDGE_SCORES            frame of the LLM judge's scores: per user, its list of a teacher's top unseen items and
+                          the LLM's yes/no score of each (hnlm.semantic.judge; methods/dnsmn_judge.py)
 
 `provide_inputs` gives each need a loader with one rule, the same for `hnlm train`, the notebooks and the study:
 the shipped output in outputs/ whose key matches these settings, then artifacts/ made with these settings, then
@@ -42,7 +42,7 @@ from hnlm.semantic.rlmrec import text_embeddings
 
 NEED_KINDS = {"sns_bank": None, "sns_grounded": None, "rlmrec_text": ("profiles", "metadata"),
               "hnlmrec_bank": ("text", "soft", "none"), "teacher": ("lightgcn", "mf"),
-              "judge_marks": None}   # kind: its options
+              "judge_scores": None}   # kind: its options
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Need:
 
 SNS_BANK = Need("sns_bank")
 SNS_GROUNDED = Need("sns_grounded")
-JUDGE_MARKS = Need("judge_marks")
+JUDGE_SCORES = Need("judge_scores")
 
 
 def rlmrec_text(source: str) -> Need:
@@ -191,7 +191,7 @@ def provide_inputs(data, llm: str, res: Resources | None = None, sns_budget: str
     """Loaders of every need for `llm` on `data`'s split (each made only when a method asks for it):
     SNS bank and grounding (`sns.obtain_built`: shipped negatives of these settings, then artifacts/ built with
     them, else the error naming `hnlm sns`), RLMRec's text embeddings and the CF teachers (made here: minutes at
-    most), the judge's marks (`judge.obtain_marks`: shipped, else artifacts/, else made only when `make`, else the
+    most), the judge's scores (`judge.obtain_scores`: shipped, else artifacts/, else made only when `make`, else the
     error naming `hnlm judge`), module 4's banks (`banks.obtain_bank` with `hnlmrec_config(signal)`, default:
     `hnlm finetune`'s defaults; fine-tuned here only when `make`, else the error naming `hnlm finetune`;
     `hnlmrec_run`: that run-<hash> folder instead)."""
@@ -218,5 +218,5 @@ def provide_inputs(data, llm: str, res: Resources | None = None, sns_budget: str
                         loader=lambda s=signal: obtain_bank(data, config(s), split_seed, fine_tune=make)[1])
     for model in NEED_KINDS["teacher"]:
         res.provide(teacher(model), loader=lambda m=model: teacher_table(data, m))
-    res.provide(JUDGE_MARKS, loader=lambda: judge.obtain_marks(data, llm, make=make))
+    res.provide(JUDGE_SCORES, loader=lambda: judge.obtain_scores(data, llm, make=make))
     return res

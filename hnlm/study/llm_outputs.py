@@ -1,6 +1,6 @@
 """The study's LLM work on its own: `hnlm study --llm-only` (e.g. on a GPU machine).
 
-Every LLM output of the study (module 1 profiles, module 2 SNS generations, the judge's marks, module 4
+Every LLM output of the study (module 1 profiles, module 2 SNS generations, the judge's scores, module 4
 fine-tuning runs with their embedding passes, the transfer embeddings of notebook 10, and notebook 11's outputs of
 every LLM it compares) goes through caches that notebooks 02, 03, 05, 06, 10 and 11 reuse: the append-only LLM
 cache (keyed by model, dtype and prompt) and module 4's run folders (keyed by their settings). Running this where an
@@ -18,7 +18,7 @@ from hnlm.llm.backends import make_backend
 from hnlm.study import pipeline
 from hnlm.study.settings import STAGES, TARGET_DATASET, settings
 
-JUDGE = "07_false_negatives"   # its "judge" setting says whether the profile makes the judge's marks
+JUDGE = "07_false_negatives"   # its "judge" setting says whether the profile makes the judge's scores
 LLM_SIZE = "11_llm_size"   # its stage makes the outputs of each LLM in its `llms`, whatever the study's LLM
 
 

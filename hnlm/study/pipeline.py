@@ -92,12 +92,12 @@ def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int 
 
 
 def study_judge(data, llm: str, wanted: bool) -> dict:
-    """The judge's marks of every user when the profile has the judge (`judge.obtain_marks`: shipped, else
-    artifacts/, else made here: the teacher, then one prompt per user)."""
+    """The judge's scores of every user when the profile has the judge (`judge.obtain_scores`: shipped, else
+    artifacts/, else made here: the teacher, then one prompt per listed item)."""
     if not wanted:
         return {"skipped": "this profile has no judge (the judge setting of 07_false_negatives)"}
-    marks = judge.obtain_marks(data, llm, make=True)
-    return {"users": len(marks), "marks": int(marks["marked"].str.len().sum())}
+    scores = judge.obtain_scores(data, llm, make=True)
+    return {"users": len(scores), "scored_pairs": int(scores["scores"].str.len().sum())}
 
 
 def llm_size_resources(data, llm: str, conf: dict) -> tuple[Resources, dict]:

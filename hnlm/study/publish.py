@@ -50,7 +50,7 @@ def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Pat
     if "sns" in stages:
         lines.append(publish_sns(data, llm, profile, settings(profile, "03_sns"), info, root))
     if "judge" in stages and settings(profile, JUDGE)["judge"]:
-        lines.append(publish_judge(data, llm, profile, seed, info, root))
+        lines.append(publish_judge(data, llm, profile, seed, outputs.made_with(llm, dtype=judge.SCORING_DTYPE), root))
     if "hnlmrec" in stages:
         conf = settings(profile, "05_hnlmrec")
         lines += [publish_hnlmrec(data, llm, s, conf["hnlmrec"], profile, seed, info, root)
@@ -121,20 +121,20 @@ def publish_sns(data, llm, profile, conf, info, root) -> str:
 
 
 def publish_judge(data, llm, profile, seed, info, root) -> str:
-    """The judge's marks of every user at the default settings (`judge.JudgeConfig`, what the methods read)."""
+    """The judge's scores of every user at the default settings (`judge.JudgeConfig`, what the methods read)."""
     prompts = judge.JudgePrompts(data, judge.JudgeConfig(), llm)
-    backend = make_backend(llm, progress=False)
+    backend = judge.scoring_backend(llm, progress=False)
     found = judge.lookup_shipped(data, llm, prompts, seed, backend)
     if found.shipped is not None:
-        return f"judge-marks: already {found.shipped.line()}"
+        return f"{judge.SHIPPED_KIND}: already {found.shipped.line()}"
     rows, path = judge.records_to_ship(data, llm, prompts)
     if len(rows) != data.n_users:
-        raise incomplete(f"{path} holds marks of {len(rows)} of {data.n_users} users", profile, data.name, llm,
+        raise incomplete(f"{path} holds scores of {len(rows)} of {data.n_users} users", profile, data.name, llm,
                          "judge")
     mpath = outputs.publish_records(judge.SHIPPED_KIND, data.name, llm, judge.shipped_slot(prompts, split_id_of(data)),
                                     rows, judge.shipped_key(data, backend, prompts, seed), info,
                                     {"profile": profile, "split_seed": seed}, root)
-    return f"judge-marks: {len(rows)} records -> {mpath}"
+    return f"{judge.SHIPPED_KIND}: {len(rows)} records -> {mpath}"
 
 
 def run_bank_files(folder: Path, cfg: RunConfig, what: str, profile, dataset, llm, stage) -> tuple[dict, NegativeBank]:

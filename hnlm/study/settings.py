@@ -89,8 +89,9 @@ _BEAT_DNSMN = {
              "dnsmn-guard-shuffled", "teacher-negatives", "teacher-aligned"],
 }
 _BEAT_DNSMN_MAIN = ["sns-dnsmn", "dnsmn-guard", "teacher-negatives"]
-# The LLM as a judge of false negatives (hnlm/semantic/judge.py, hnlm/methods/dnsmn_judge.py): full only. Its marks
-# (one prompt per user, all 943: hours on 2 CPU cores) are not made on smoke or quick sizes; 07 reports their precision.
+# The LLM as a judge of false negatives (hnlm/semantic/judge.py, hnlm/methods/dnsmn_judge.py): full only. Its scores
+# (20 yes/no prompts per user, all 943: an hour or more on 2 CPU cores) are not made on smoke or quick sizes; 07
+# reports the marks' precision.
 _JUDGE = ["dnsmn-judge", "dnsmn-judge-random", "dnsmn-judge-shuffled"]
 
 NOTEBOOK_SETTINGS = {

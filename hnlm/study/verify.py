@@ -1,8 +1,9 @@
 """Listing and checking the shipped LLM outputs (hnlm.semantic.outputs): `hnlm outputs list` and `verify`.
 
 `list_outputs` checks every shipped file's integrity (and its adapter's). `verify` regenerates a random sample of
-shipped records on this machine (a fresh, temporary LLM cache) and prints how well they agree; vector banks are
-re-embedded with their run's adapter. Prompts, schemas and budgets come from the modules that made the outputs.
+shipped records on this machine (a fresh, temporary LLM cache) and prints how well they agree; the judge's scores
+are scored again; vector banks are re-embedded with their run's adapter. Prompts, schemas and budgets come from
+the modules that made the outputs.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def verify(sample: int, root: Path | None = None, dataset: str | None = None, ll
     for entry in entries:
         outputs.check_file(entry.manifest_path, entry.manifest)
         kind = entry.manifest["kind"]
-        check = verify_generations if kind in outputs.GENERATION_KINDS else verify_vectors
+        check = (verify_scores if kind == judge.SHIPPED_KIND else verify_generations
+                 if kind in outputs.GENERATION_KINDS else verify_vectors)
         result = {"kind": kind, "slot": entry.manifest["slot"], **check(entry, sample, seed, root)}
         print(f"[verify] {kind} {entry.manifest['slot']}: {result['summary']}", flush=True)
         results.append(result)
@@ -93,9 +95,6 @@ def generation_prompts(entry: outputs.Shipped, rows: list[dict], root):
         builder = sns.shipped_builder(data, m["key"])
         return ([builder.messages(r["user"], r["item"]) for r in rows], builder.json_schema(),
                 builder.max_new_tokens, "text")
-    if m["kind"] == judge.SHIPPED_KIND:
-        prompts = judge.shipped_prompts(data, m["key"], rows)
-        return [prompts.user_messages(r["user"]) for r in rows], prompts.json_schema(), prompts.max_new_tokens, "marked"
     kind = m["kind"].split("-")[1]
     item_profiles = None
     if kind == "user":
@@ -142,12 +141,35 @@ def verify_generations(entry: outputs.Shipped, sample: int, seed: int, root) -> 
 
 
 def fresh_fields(result, main: str, old: dict) -> dict:
-    """A regenerated answer as its shipped record stores it (SNS text, judge marks, or profile fields)."""
+    """A regenerated answer as its shipped record stores it (SNS text or profile fields)."""
     if main == "text":
         return sns.parse_answer(result)
-    if main == "marked":
-        return judge.parse_marks(result, old["candidates"], old["user"])
     return {"ok": result.ok, **{f: (result.value or {}).get(f) for f in (main, "reasoning")}}
+
+
+def verify_scores(entry: outputs.Shipped, sample: int, seed: int, root) -> dict:
+    """Score the lists of sampled users again: the largest score difference, and how many users keep their top
+    JUDGE_MARKS items (the marks at dnsmn-judge's default)."""
+    rows = entry.rows()
+    picked = [rows[i] for i in _sample(len(rows), sample, seed)]
+    data, _ = _data_of(entry)
+    prompts = judge.shipped_prompts(data, entry.manifest["key"], picked)
+    todo = [r for r in picked if outputs.prompt_sha(prompts.user_prompts(r["user"])) == r["prompt_sha"]]
+    backend = judge.scoring_backend(entry.manifest["llm"], progress=False)
+    fresh = backend.yes_no_scores([prompts.user_prompts(r["user"]) for r in todo], desc="verify") if todo else []
+    diff = max((float(np.abs(np.asarray(new) - r["scores"]).max()) for new, r in zip(fresh, todo)), default=None)
+    lists = [r["candidates"] for r in todo]
+    tops = [judge.top_marks(pd.DataFrame({"candidates": lists, "scores": s}), judge.JUDGE_MARKS)
+            for s in (list(fresh), [r["scores"] for r in todo])]
+    same_top = sum(set(a) == set(b) for a, b in zip(*tops))
+    now = outputs.made_with(entry.manifest["llm"], dtype=judge.SCORING_DTYPE)
+    summary = (f"{len(todo)} of {len(picked)} sampled users scored again ({len(picked) - len(todo)} prompts changed "
+               f"since shipping); largest score difference {diff}; same top {judge.JUDGE_MARKS} for {same_top}/"
+               f"{len(todo)}; shipped made with {outputs.describe(entry.made_with)}, scored again with "
+               f"{outputs.describe(now)}")
+    return {"sampled": len(picked), "regenerated": len(todo), "prompts_changed": len(picked) - len(todo),
+            "max_score_difference": diff, "same_top_marks": same_top, "made_with": entry.made_with, "now": now,
+            "summary": summary}
 
 
 def shared_prefix_share(new: str | None, old: str | None) -> float:
