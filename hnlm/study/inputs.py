@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 
-from hnlm.errors import MissingItemTextError
+from hnlm.errors import MissingInputError, MissingItemTextError
 from hnlm.paths import artifacts_root
+from hnlm.semantic import judge
 from hnlm.semantic.common import domain_of, safe_name
 from hnlm.semantic.outputs import KINDS, REGENERATE_VAR, kind_dir
-from hnlm.study.settings import TARGET_DATASET, settings
+from hnlm.study.settings import JUDGE_METHODS, TARGET_DATASET, settings
 
 # Notebooks that prompt an LLM or read its outputs (those of the study's LLM; 11: of each LLM it compares).
 LLM_NOTEBOOKS = ("02_profiles", "03_sns", "04_alignment", "05_hnlmrec", "10_generalisation", "11_llm_size")
@@ -84,6 +85,29 @@ def classic_only(conf: dict, reason: str) -> dict:
     if left_out:
         print(f"LLM methods left out ({', '.join(left_out)}): {reason}")
     return {**conf, "semantic_methods": [], "hnlmrec_signals": []}
+
+
+def judge_missing(data, llm: str) -> str | None:
+    """Why the LLM judge's scores for `llm` on `data` are not here (one line naming `hnlm judge`), or None when they
+    are shipped or complete in artifacts/. Notebooks never make them: 20 prompts per user take hours on a CPU."""
+    try:
+        judge.obtain_scores(data, llm)
+    except MissingInputError as err:
+        return str(err)
+    return None
+
+
+def unscored_judge_left_out(conf: dict, data, llm: str) -> dict:
+    """A notebook's settings as they are, or, when they ask for the judge (its methods, or 07's `judge` setting)
+    and its scores are not here, without the judge methods and with `judge` off, saying why in one line."""
+    lists = [k for k in ("methods", "semantic_methods") if k in conf]
+    wanted = [m for k in lists for m in conf[k] if m in JUDGE_METHODS]
+    missing = judge_missing(data, llm) if wanted or conf.get("judge") else None
+    if not missing:
+        return conf
+    print(f"judge left out ({', '.join(wanted) or 'its precision'}): {missing}")
+    return {**conf, **{k: [m for m in conf[k] if m not in JUDGE_METHODS] for k in lists},
+            **({"judge": False} if "judge" in conf else {})}
 
 
 def item_text_missing(data, what: str) -> str:
