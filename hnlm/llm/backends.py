@@ -150,7 +150,9 @@ class RowSampler:
     """Sampled decoding as the last logits processor of a greedy generate(): temperature, top-p (the smallest set
     of tokens holding `top_p` of the mass), then Gumbel noise from one RNG per row, so that the greedy pick is a
     draw from the warped distribution. Each row's RNG is seeded from its prompt's cache key (prompt, settings and
-    seed), so a draw depends on those alone: not on the batch, its padding or the rows sharing its prefill."""
+    seed), not from the batch: in float32 a draw is the same alone or in any batch, with or without a shared
+    prefill (tests/test_llm_local.py); in bf16 another batch shape can round logits differently and flip a
+    near-tie, as it can for greedy decoding, so a rerun with the same chunks is what reproduces a run exactly."""
 
     def __init__(self, keys: list[str], temperature: float, top_p: float):
         import torch
@@ -174,8 +176,7 @@ class LocalBackend(Backend):
     length-sorted batches, KV cache, greedy by default).
 
     Sampled decoding (temperature > 0, top_p; `RowSampler`): each prompt's draw is seeded by its own cache key
-    (prompt, settings, its seed), so it is reproducible whatever batch it runs in; temperature, top_p and seed are
-    part of every cache key. Rows of a batch with the same prompt (one prompt asked with several seeds) share
+    (prompt, settings, its seed), not by its batch; temperature, top_p and seed are part of every cache key. Rows of a batch with the same prompt (one prompt asked with several seeds) share
     one prefill of that prompt (`_shared_prefill`)."""
 
     def __init__(self, name: str, device: str | None = None, dtype=None, load_in_4bit: bool = False,

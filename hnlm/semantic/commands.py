@@ -63,7 +63,7 @@ def register_sns(subparsers) -> None:
     p.add_argument("--pool", type=argtypes.positive_int, default=20,
                    help="grounding: nearest non-train items kept per negative")
     p.add_argument("--chunk", type=argtypes.positive_int, default=32,
-                   help="prompts per generate call (appended as they finish)")
+                   help="pairs per generate call, with all their K samples (appended as they finish)")
     p.add_argument("--limit-users", type=argtypes.positive_int, default=None,
                    help="only the first N users (quick runs)")
     p.add_argument("--no-generate", action="store_true", help="only rebuild embeddings/grounding/quality")
