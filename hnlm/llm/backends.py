@@ -176,8 +176,9 @@ class LocalBackend(Backend):
     length-sorted batches, KV cache, greedy by default).
 
     Sampled decoding (temperature > 0, top_p; `RowSampler`): each prompt's draw is seeded by its own cache key
-    (prompt, settings, its seed), not by its batch; temperature, top_p and seed are part of every cache key. Rows of a batch with the same prompt (one prompt asked with several seeds) share
-    one prefill of that prompt (`_shared_prefill`)."""
+    (prompt, settings, its seed), not by its batch; temperature, top_p and seed are part of every cache key.
+    Rows of a batch with the same prompt (one prompt asked with several seeds) share one prefill of that prompt
+    (`_shared_prefill`)."""
 
     def __init__(self, name: str, device: str | None = None, dtype=None, load_in_4bit: bool = False,
                  batch_size: int | None = None, constrained: bool = True, temperature: float = 0.0,
