@@ -193,6 +193,8 @@ def test_copy_filter_rejects_a_copy_of_a_training_item_and_never_sees_held_out_i
     liked = int(data.train_items(user)[0])
     assert copies.is_copy(user, sns.title_of(data, liked))                      # exact, with the year
     assert copies.is_copy(user, sns.norm_title(titles[liked]).upper() + ": more of the same")   # normalised
+    assert sns.title_forms("Boot, Das (1981)") == ("das boot", "boot das")
+    assert sns.names_any("Boot, Das (1981); a war film", list(sns.title_forms("Boot, Das (1981)")))
     held = next(int(j) for j in data.heldout_items(user) if len(sns.norm_title(titles[j])) >= 4 and not sns.names_any(
         titles[j], [sns.norm_title(titles[t]) for t in data.train_items(user)]))
     assert not copies.is_copy(user, sns.title_of(data, held))                   # held-out items are not its business
@@ -205,7 +207,8 @@ def test_copy_filter_rejects_a_copy_of_a_training_item_and_never_sees_held_out_i
 def test_sample_builders_tag_each_sample_with_its_seed_and_the_copy_filter(data):
     builders = sns.sample_builders(data, "history", None, 0, sns.Decoding(0.7, 0.9, 5, samples=3, tries=2))
     assert [b.sample for b in builders] == [0, 1, 2] and [b.draw_seed for b in builders] == [5, 6, 7]
-    assert builders[1].tag.endswith("|sample-t0.7-p0.9-s6-nocopy2") and all(b.tries == 2 for b in builders)
+    assert builders[1].tag.endswith(f"|sample-t0.7-p0.9-s6-nocopy2-{sns.COPY_FILTER}")
+    assert all(b.tries == 2 for b in builders)
     assert sns.decoding_of("greedy") == sns.Decoding(0.0, 1.0, 0, 1, 0)
     assert sns.sample_builders(data, "history", None, 0, sns.GREEDY)[0].tag.endswith("|greedy")   # as shipped before
     assert sns.PromptBuilder(data, context="history").copies is None

@@ -81,18 +81,20 @@ ITEM_PROFILE_WORDS = 60  # item profiles are cut to this many words in the promp
 RECORD_COLUMNS = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated", "context", "sample",
                   "tries", "rejected"]
 DRAW_STRIDE = 1000   # try t of the sample with sampling seed s draws with seed s + DRAW_STRIDE * t
+COPY_FILTER = "titles2"   # TrainCopyFilter's matching (in the tag: records of another matching are not reused)
 
 
 # ---------------------------------------------------------------- prompts
 
 def sampling_tag(temperature: float, top_p: float, seed: int, tries: int = 0) -> str:
-    """Decoding part of a record's context tag: "greedy", or the sampling settings; "-nocopy<tries>" when
-    copies of training items are drawn again (`tries` draws at most)."""
+    """Decoding part of a record's context tag: "greedy", or the sampling settings; "-nocopy<tries>-<filter>"
+    when copies of training items are drawn again (`tries` draws at most, COPY_FILTER's title matching)."""
     base = "greedy" if temperature <= 0 else f"sample-t{temperature:g}-p{top_p:g}-s{seed}"
-    return base + (f"-nocopy{tries}" if tries else "")
+    return base + (f"-nocopy{tries}-{COPY_FILTER}" if tries else "")
 
 
-_TAG = re.compile(r"^(?:greedy|sample-t(?P<t>[0-9.e+-]+)-p(?P<p>[0-9.e+-]+)-s(?P<seed>\d+))(?:-nocopy(?P<tries>\d+))?$")
+_TAG = re.compile(r"^(?:greedy|sample-t(?P<t>[0-9.e+-]+)-p(?P<p>[0-9.e+-]+)-s(?P<seed>\d+))"
+                  r"(?:-nocopy(?P<tries>\d+)-[a-z0-9]+)?$")
 
 
 def decoding_of(tag: str) -> "Decoding":
@@ -145,7 +147,7 @@ class TrainCopyFilter:
         if not sp.issparse(train):
             raise TypeError(f"TrainCopyFilter takes the training interaction matrix, not {type(train).__name__}")
         self.train = sp.csr_matrix(train)
-        self.titles = [norm_title(t) for t in titles]
+        self.titles = [title_forms(t) for t in titles]
 
     @classmethod
     def of(cls, data) -> "TrainCopyFilter":
@@ -155,7 +157,7 @@ class TrainCopyFilter:
         return self.train.indices[self.train.indptr[user]:self.train.indptr[user + 1]]
 
     def is_copy(self, user: int, text: str) -> bool:
-        return names_any(text, [self.titles[j] for j in self.items(user)])
+        return names_any(text, [form for j in self.items(user) for form in self.titles[j]])
 
 
 class PromptBuilder:
@@ -381,6 +383,13 @@ def norm_title(title: str) -> str:
     if m:
         t = f"{m.group(2)} {m.group(1)}"
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", t.lower()).split())
+
+
+def title_forms(title: str) -> tuple[str, ...]:
+    """The normalised forms of a catalogue title a text may use: 'Boot, Das (1981)' -> ('das boot', 'boot das')
+    (its article in front, or left behind as the catalogue writes it)."""
+    as_written = " ".join(re.sub(r"[^a-z0-9 ]+", " ", re.sub(r"\s*\(.*?\)\s*", " ", str(title)).lower()).split())
+    return tuple(dict.fromkeys((norm_title(title), as_written)))
 
 
 def names_any(text: str, titles: list[str]) -> bool:
@@ -797,7 +806,7 @@ def plain(value):
 
 def parse_tag(tag: str) -> tuple[str, str, str]:
     """(context, profiles LLM or "", decoding) of a PromptBuilder.tag
-    "<history | profile:<llm>>|<template>-<prompt hash>|<greedy | sample-...>[-nocopy<tries>]"."""
+    "<history | profile:<llm>>|<template>-<prompt hash>|<greedy | sample-...>[-nocopy<tries>-<filter>]"."""
     parts = tag.split("|")
     context, _, profiles_llm = parts[0].partition(":")
     return context, profiles_llm, parts[-1]
