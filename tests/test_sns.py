@@ -213,3 +213,9 @@ def test_sample_builders_tag_each_sample_with_its_seed_and_the_copy_filter(data)
     assert sns.sample_builders(data, "history", None, 0, sns.GREEDY)[0].tag.endswith("|greedy")   # as shipped before
     assert sns.PromptBuilder(data, context="history").copies is None
     assert sns.SAMPLED.samples >= 4 and sns.SAMPLED.temperature > 0 and sns.SAMPLED.tries >= 2
+
+
+def test_greedy_decoding_refuses_several_samples(capsys):
+    from hnlm.cli import main
+    assert main(["sns", "--temperature", "0", "--samples", "2", "--no-generate"]) != 0
+    assert "--samples > 1 needs --temperature > 0" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import time
 from hnlm import argtypes
 from hnlm.atomic import write_text
 from hnlm.data.options import add_dataset_options, dataset_from_args
+from hnlm.errors import UserFacingError
 from hnlm.llm.catalog import redact
 
 
@@ -124,7 +125,10 @@ def decoding_of_args(args, sns):
     base = sns.GREEDY if args.temperature == 0 else sns.SAMPLED
     given = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.sampling_seed,
              "samples": args.samples, "tries": args.copy_tries}
-    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    decoding = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    if decoding.temperature == 0 and decoding.samples > 1:
+        raise UserFacingError("--samples > 1 needs --temperature > 0: greedy decoding gives one answer per prompt")
+    return decoding
 
 
 def run_profiles(args) -> int:
