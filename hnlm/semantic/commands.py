@@ -85,8 +85,8 @@ def run_sns(args) -> int:
     data.require_item_text("LLM profiles" if args.func is run_profiles else "SNS")
     budget = Budget.parse(args.budget)
     decoding = decoding_of_args(args, sns)
-    if args.variant == "pick":   # its answers are item ids of its list: one sample, nothing to filter
-        decoding = dataclasses.replace(decoding, samples=1, tries=0)
+    if args.variant == "pick":   # its answers are item ids of its list: one sample, nothing to filter, greedy
+        decoding = dataclasses.replace(decoding_of_args(args, sns, sns.GREEDY), samples=1, tries=0)
     make_builder = sns.PickPromptBuilder if args.variant == "pick" else sns.PromptBuilder
     builders = sns.sample_builders(data, args.context, args.profiles_llm or args.llm, args.pair_seed, decoding,
                                    make_builder)
@@ -119,10 +119,10 @@ def run_sns(args) -> int:
     return 0
 
 
-def decoding_of_args(args, sns):
-    """`hnlm sns`'s Decoding: module 2's (sns.SAMPLED) with the options given; --temperature 0 means one
-    greedy sample without the copy filter unless --samples / --copy-tries say otherwise."""
-    base = sns.GREEDY if args.temperature == 0 else sns.SAMPLED
+def decoding_of_args(args, sns, default=None):
+    """`hnlm sns`'s Decoding: `default` (module 2's, sns.SAMPLED) with the options given; --temperature 0 means
+    one greedy sample without the copy filter unless --samples / --copy-tries say otherwise."""
+    base = sns.GREEDY if args.temperature == 0 else sns.SAMPLED if args.temperature else default or sns.SAMPLED
     given = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.sampling_seed,
              "samples": args.samples, "tries": args.copy_tries}
     decoding = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
