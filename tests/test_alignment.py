@@ -276,7 +276,8 @@ def test_counts_record_the_settings_and_the_mean_user_negative_cosine(small):
     neg = torch.zeros(2, 2)
     ext.on_batch(Batch(torch.tensor([0, 2]), torch.tensor([3, 3]), torch.tensor([5, 5])),
                  BatchEmb(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.ones(2, 2), neg))
-    settings = {"source": "test", "bank_rows": 2, "bank_dim": 2, "alpha": 0.1, "weight": 0.2, "tau": 0.3,
+    settings = {"source": "test", "bank_rows": 2, "bank_samples": 1, "samples_used": [0], "bank_dim": 2,
+                "alpha": 0.1, "weight": 0.2, "tau": 0.3,
                 "hidden": [], "lookup": "pair", "train": "joint", "anchor_weight": 4.0,
                 "missing_rule": "pair keeps its ID negative, no contrastive term", "bank_budget": 5}
     first = ext.counts()["alignment"]

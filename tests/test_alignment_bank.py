@@ -1,10 +1,12 @@
 """Negative banks: (user, item) lookup rules and the two ablations (random same-norm, shuffled users)."""
 
+import io
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hnlm.semantic.bank import BankIndex, NegativeBank, user_derangement
+from hnlm.semantic.bank import BankIndex, NegativeBank, RotatingIndex, user_derangement
 
 
 def make_bank(n_users=6, per_user=3, dim=5, seed=0):
@@ -74,3 +76,41 @@ def test_user_derangement_is_a_permutation(users, seed):
     assert kept == int((users[perm] == users).sum())
     if np.bincount(users).max() * 2 <= len(users):      # a derangement exists: none may be left
         assert kept == 0
+
+
+def sampled_bank(k=3):
+    """make_bank's pairs, each with k sampled negatives (rows in sample blocks)."""
+    base = make_bank()
+    n = len(base)
+    emb = np.concatenate([base.emb + s for s in range(k)])
+    return NegativeBank(emb, np.tile(base.users, k), np.tile(base.items, k), "test",
+                        samples=np.repeat(np.arange(k), n))
+
+
+def test_rotation_visits_all_k_samples_in_order_across_epochs():
+    bank = sampled_bank(k=3)
+    index = RotatingIndex(bank, n_items=100)
+    rng = np.random.default_rng(0)
+    users, items = np.array([0, 1, 4]), np.array([0, 11, 24])   # exact pairs
+    seen = []
+    for epoch in range(6):
+        for rule in ("pair", "user"):
+            rows, exact = index.lookup(users, items, rule, rng, epoch)
+            assert (rows >= 0).all() and exact.all()
+            assert (bank.samples[rows] == epoch % 3).all()   # epoch e: sample e mod K
+            assert (bank.users[rows] == users).all() and (bank.items[rows] == items).all()
+        seen.append(rows)
+    assert {int(r) for rows in seen[:3] for r in rows[:1]} == set(np.flatnonzero((bank.users == 0) & (bank.items == 0)))
+    rows, exact = index.lookup(np.array([2]), np.array([99]), "user", rng, 4)  # a pair without its own negative
+    assert bank.users[rows[0]] == 2 and bank.samples[rows[0]] == 1 and not exact[0]
+
+
+def test_sampled_bank_file_keeps_the_samples_and_one_sample_files_are_unchanged(tmp_path):
+    bank = sampled_bank(k=2)
+    back = NegativeBank.load(bank.save(tmp_path / "b.npz"), "test")
+    assert back.n_samples == 2 and (back.samples == bank.samples).all()
+    assert (NegativeBank.load(io.BytesIO(bank.file_bytes(compact=True)), "t").samples == bank.samples).all()
+    one = make_bank()
+    with np.load(one.save(tmp_path / "one.npz")) as z:
+        assert sorted(z.files) == ["emb", "items", "users"]
+    assert (bank.randomized(1).samples == bank.samples).all() and (bank.shuffled(1).samples == bank.samples).all()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from hnlm.llm.backends import make_backend
 from hnlm.llm.structured import parse_and_validate
@@ -52,6 +53,22 @@ def test_a_tight_total_budget_still_closes_the_object(smol):
     res = smol.generate_json([messages(MOVIES[5])], SCHEMA, max_new_tokens=26)
     assert res[0].ok, (res[0].reason, res[0].raw)
     assert res[0].tokens_out <= 26 and smol.last_stats["budgets"]["summarization"] < 10
+
+
+def test_sampled_draws_depend_on_prompt_and_seed_not_on_the_batch_and_share_a_prefill(tmp_path):
+    """Sampled decoding: one prompt asked with several seeds in one batch (one shared prefill) gives, row by row,
+    what each (prompt, seed) gives alone in a batch of one (float32: no rounding flips between batch shapes);
+    two seeds of one prompt give different draws."""
+    def backend(name):
+        return make_backend("smollm2-135m", batch_size=8, progress=False, cache_path=tmp_path / f"{name}.jsonl",
+                            dtype=torch.float32, temperature=1.0, top_p=0.95, seed=0)
+    asks = [(MOVIES[0], 1), (MOVIES[0], 2), (MOVIES[1], 1), (MOVIES[0], 3)]
+    together = backend("together").generate_json([messages(t) for t, _ in asks], SCHEMA, max_new_tokens=30,
+                                                  seeds=[s for _, s in asks])
+    alone = backend("alone")
+    for (title, seed), row in zip(asks, together):
+        assert alone.generate_json([messages(title)], SCHEMA, max_new_tokens=30, seeds=[seed])[0].raw == row.raw
+    assert len({together[0].raw, together[1].raw, together[3].raw}) > 1
 
 
 def test_unconstrained_answers_are_recorded_not_replaced(tmp_path):

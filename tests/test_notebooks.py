@@ -184,7 +184,11 @@ def check_02_profiles(result, out_dir, fig_dir):
 def check_03_sns(result, out_dir, fig_dir):
     q = result["quality"]
     limit = result["meta"]["settings"]["limit_users"]
-    assert q["requested"] == limit and q["n_valid"] + q["invalid"] == q["requested"]
+    assert q["samples"] >= 4 and q["requested"] == limit * q["samples"]
+    assert q["n_valid"] + q["invalid"] == q["requested"]
+    assert q["copy_share_after_filter"] == 0 and q["copy_share_before_filter"] >= 0   # the filter's measure is exact
+    for key, value in result["report"].items():
+        assert value is None or 0 <= value <= 1 or key == "grounding_distance_mean", key
     assert result["bank_rows"] == q["n_valid"] and len(result["examples"]) == q["n_valid"]
     for key in ("valid_json_rate", "names_train_item_share", "false_hard_negative_share",
                 "false_hard_negative_chance", "pool_heldout_share"):

@@ -22,7 +22,7 @@ from hnlm.semantic.hnlmrec import banks, transfer
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, bank_files, run_folder
 from hnlm.study import pipeline, publish
-from hnlm.study.llm_outputs import LLM_SIZE, prepare
+from hnlm.study.llm_outputs import LLM_SIZE, block_users, prepare, units
 from hnlm.study.settings import settings
 from hnlm.study.verify import list_outputs, shared_prefix_share, verify
 
@@ -239,12 +239,12 @@ def test_study_sns_and_hnlmrec_use_shipped_outputs_without_a_model(data, tmp_pat
                 "truncated": False, "prompt_sha": sha} for (u, i), sha in shas.items()]
     outputs.publish_records("sns-negatives", "ml-100k", llm, sns.shipped_slot(builder, "0"), records,
                             sns.shipped_key(data, backend, builder, 0), BF16)
-    _, _, gen = pipeline.generate_study_sns(data, llm, 2, context="history")
+    _, _, gen = pipeline.generate_study_sns(data, llm, 2, context="history", decoding=sns.GREEDY)
     assert gen["shipped"] == 2 and gen["generated"] == 0
     cached = sns.read_negatives(sns.sns_dir("ml-100k", llm, "0") / "negatives.jsonl", builder.tag)
     assert sorted(cached["text"]) == ["neg 0", "neg 1"]
     assert "2 records copied" in capsys.readouterr().out
-    pipeline.generate_study_sns(data, llm, 2, context="history")
+    pipeline.generate_study_sns(data, llm, 2, context="history", decoding=sns.GREEDY)
     assert "0 records copied" in capsys.readouterr().out           # a rerun appends nothing
 
     conf = settings("smoke", "05_hnlmrec")["hnlmrec"]
@@ -279,15 +279,23 @@ def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tm
     assert items[5] == "item 5" and users[7] == "user 7" and "[outputs] profiles: shipped" in capsys.readouterr().out
 
     conf = settings("full", "03_sns")
-    builder = sns.PromptBuilder(data, conf["context"], llm)
+    builders = sns.sample_builders(data, conf["context"], llm, 0, sns.DECODINGS[conf["decoding"]])
     pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
     with (sns.sns_dir("ml-100k", llm, "0") / "negatives.jsonl").open("w") as fh:
-        for u, i in zip(pairs["user"], pairs["item"]):
-            fh.write(json.dumps({"user": int(u), "item": int(i), "ok": True, "text": f"neg {u}", "reasoning": "r",
-                                 "reason": None, "words": 2, "truncated": False, "context": builder.tag}) + "\n")
-    assert "943 records" in publish.publish_sns(data, llm, "full", conf, BF16, None)
+        for b in builders:
+            for u, i in zip(pairs["user"], pairs["item"]):
+                fh.write(json.dumps({"user": int(u), "item": int(i), "ok": True, "text": f"neg {u} {b.sample}",
+                                     "reasoning": "r", "reason": None, "words": 2, "truncated": False, "tries": 1,
+                                     "rejected": [], "context": b.tag, "sample": b.sample}) + "\n")
+    first = block_users(data.n_users, 1)   # the first unit of --publish: its users' K samples
+    lines = publish.publish_sns(data, llm, "full", conf, BF16, None, users=first)
+    assert len(lines) == len(builders) >= 4 and all(f": {first} records" in line for line in lines)
+    lines = publish.publish_sns(data, llm, "full", conf, BF16, None)   # the last block replaces it
+    assert all(": 943 records" in line for line in lines)
+    assert all(": already shipped" in line for line in publish.publish_sns(data, llm, "full", conf, BF16, None))
     _, _, gen = pipeline.generate_study_sns(data, llm, 4, context=conf["context"])
-    assert gen["shipped"] == 4 and "0 records copied" in capsys.readouterr().out
+    assert gen["shipped"] == 4 * len(builders) and gen["generated"] == 0
+    assert "0 records copied" in capsys.readouterr().out
 
     hconf = settings("smoke", "05_hnlmrec")["hnlmrec"]
     cfg = pipeline.hnlmrec_config(llm, "soft", hconf)
@@ -452,3 +460,11 @@ def test_verify_reembeds_vectors_with_the_runs_adapter(data, finetuned_run, tmp_
     shutil.rmtree(run_folder("ml-100k", cfg, "0") / "final")
     (result,) = verify(2)
     assert result["adapter"] == "shipped" and result["cosine_min"] > 0.999, result["summary"]
+
+
+def test_publish_ships_the_full_sns_stage_in_growing_blocks_of_users():
+    """`hnlm study --llm-only --publish` (full profile) ships the SNS negatives in SNS_BLOCKS units, each of all K
+    samples of the first users, the last of all users; a profile that limits its users ships in one unit."""
+    blocks = [part for stage, part in units("full", ["sns"])]
+    assert blocks == [1, 2, 3, 4] and [block_users(943, b) for b in blocks] == [236, 472, 708, None]
+    assert units("smoke", ["sns"]) == [("sns", None)]

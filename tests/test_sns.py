@@ -175,3 +175,47 @@ def test_similarity_to_positive_per_negative_with_a_derangement_of_the_other_pai
     assert all(v in (0.0, 1.0) for v in sim["random item"])            # unit short texts: same item or not
     other = np.array([neg[r] @ short[items[k]] for k in range(3) for r in range(3) if r != k]).reshape(3, 2)
     assert all(sim["another pair's negative"][k] in other[k] for k in range(3))
+
+
+def test_copy_filter_rejects_a_copy_of_a_training_item_and_never_sees_held_out_items(data):
+    """The filter the generation path builds knows each user's training items and nothing else: naming one is a
+    copy (exact or normalised title), naming a held-out (valid/test) item is not; only a sparse training matrix
+    is accepted."""
+    copies = sns.PromptBuilder(data, context="history", decoding=sns.SAMPLED.tag(0)).copies
+    titles = data.items["title"].fillna("")
+    for user in range(data.n_users):
+        train, held = data.train_items(user), data.heldout_items(user)
+        assert sorted(copies.items(user).tolist()) == sorted(train.tolist())   # fails if handed valid/test items
+        assert not set(copies.items(user).tolist()) & set(held.tolist())
+    user = next(u for u in range(data.n_users)
+                if any(len(sns.norm_title(titles[j])) >= 4 and not sns.names_any(titles[j], [
+                    sns.norm_title(titles[t]) for t in data.train_items(u)]) for j in data.heldout_items(u)))
+    liked = int(data.train_items(user)[0])
+    assert copies.is_copy(user, sns.title_of(data, liked))                      # exact, with the year
+    assert copies.is_copy(user, sns.norm_title(titles[liked]).upper() + ": more of the same")   # normalised
+    assert sns.title_forms("Boot, Das (1981)") == ("das boot", "boot das")
+    assert sns.names_any("Boot, Das (1981); a war film", list(sns.title_forms("Boot, Das (1981)")))
+    held = next(int(j) for j in data.heldout_items(user) if len(sns.norm_title(titles[j])) >= 4 and not sns.names_any(
+        titles[j], [sns.norm_title(titles[t]) for t in data.train_items(user)]))
+    assert not copies.is_copy(user, sns.title_of(data, held))                   # held-out items are not its business
+    with pytest.raises(TypeError, match="training interaction matrix"):
+        sns.TrainCopyFilter(data, list(titles))
+    with pytest.raises(TypeError, match="training interaction matrix"):
+        sns.TrainCopyFilter(data.heldout_items(user), list(titles))
+
+
+def test_sample_builders_tag_each_sample_with_its_seed_and_the_copy_filter(data):
+    builders = sns.sample_builders(data, "history", None, 0, sns.Decoding(0.7, 0.9, 5, samples=3, tries=2))
+    assert [b.sample for b in builders] == [0, 1, 2] and [b.draw_seed for b in builders] == [5, 6, 7]
+    assert builders[1].tag.endswith(f"|sample-t0.7-p0.9-s6-nocopy2-{sns.COPY_FILTER}")
+    assert all(b.tries == 2 for b in builders)
+    assert sns.decoding_of("greedy") == sns.Decoding(0.0, 1.0, 0, 1, 0)
+    assert sns.sample_builders(data, "history", None, 0, sns.GREEDY)[0].tag.endswith("|greedy")   # as shipped before
+    assert sns.PromptBuilder(data, context="history").copies is None
+    assert sns.SAMPLED.samples >= 4 and sns.SAMPLED.temperature > 0 and sns.SAMPLED.tries >= 2
+
+
+def test_greedy_decoding_refuses_several_samples(capsys):
+    from hnlm.cli import main
+    assert main(["sns", "--temperature", "0", "--samples", "2", "--no-generate"]) != 0
+    assert "--samples > 1 needs --temperature > 0" in capsys.readouterr().err

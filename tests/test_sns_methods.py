@@ -27,15 +27,18 @@ def artefacts(tmp_path_factory):
     data = load_dataset("ml-100k", seed=0)
     pairs = sns.select_pairs(data, Budget(1), seed=0)
     out = sns.sns_dir(data.name, "test-llm", "0")
-    builder = sns.PromptBuilder(data, "profile", "test-llm")   # as `hnlm sns` tags records (no profile is read)
+    # as `hnlm sns` tags records of its default decoding, K samples (no profile is read)
+    builders = sns.sample_builders(data, "profile", "test-llm", 0, sns.SAMPLED)
     with (out / "negatives.jsonl").open("w") as fh:
-        for n, (u, i) in enumerate(zip(pairs["user"], pairs["item"])):
-            ok = n % 10 != 9  # every tenth answer invalid, as an LLM might produce
-            fh.write(json.dumps({"user": int(u), "item": int(i), "ok": ok, "text": TEXTS[n % 4] if ok else None,
-                                 "reasoning": "r" if ok else None, "reason": None if ok else "invalid json",
-                                 "words": 6, "truncated": False, "context": builder.tag}) + "\n")
+        for b in builders:
+            for n, (u, i) in enumerate(zip(pairs["user"], pairs["item"])):
+                ok = n % 10 != 9  # every tenth answer invalid, as an LLM might produce
+                fh.write(json.dumps({"user": int(u), "item": int(i), "ok": ok,
+                                     "text": TEXTS[(n + b.sample) % 4] if ok else None,
+                                     "reasoning": "r" if ok else None, "reason": None if ok else "invalid json",
+                                     "words": 6, "truncated": False, "context": b.tag, "sample": b.sample}) + "\n")
     built = sns.build_artifacts(data, "test-llm", Budget(1), get_text_encoder("minilm"), pool=10,
-                                extra_meta={"context_tag": builder.tag}, context=builder.tag)
+                                extra_meta={"context_tag": builders[0].tag}, contexts=[b.tag for b in builders])
     yield root, built
     mp.undo()
 
@@ -77,7 +80,7 @@ def test_train_cli_runs_each_semantic_method(artefacts, tmp_path, monkeypatch, m
     monkeypatch.setenv("HNLM_ARTIFACTS", str(root))
     out = tmp_path / "r.json"
     pool = ["--set", "pool=5"] if method == "sns-grounded" else []
-    rc = main(["train", "--dataset", "ml-100k", "--model", "mf", "--sampler", method, "--epochs", "1",
+    rc = main(["train", "--dataset", "ml-100k", "--model", "mf", "--sampler", method, "--epochs", "5",
                "--dim", "8", "--batch-size", "8192", "--llm", "test-llm", *pool,
                "--json", str(out), "--no-progress"])
     assert rc == 0
@@ -85,10 +88,12 @@ def test_train_cli_runs_each_semantic_method(artefacts, tmp_path, monkeypatch, m
     if method == "sns-grounded":
         c = counts["grounded_sampler"]
         assert c["grounded"] > 0 and c["grounded"] + c["base_by_share"] + c["base_no_pool"] == c["pairs"]
+        assert c["samples"] == sns.SAMPLED.samples and c["samples_used"] == list(range(c["samples"]))  # rotation
     else:
         c = counts["alignment"]
         assert c["with_negative"] > 0 and c["missing"] > 0  # users whose only answer was invalid
         assert c["bank_budget"] == "per-user:1"
+        assert c["bank_samples"] == sns.SAMPLED.samples and c["samples_used"] == list(range(c["bank_samples"]))
         if method != "sns":
             assert c["bank_ablation"] == method.split("-")[1]
 
@@ -96,8 +101,8 @@ def test_train_cli_runs_each_semantic_method(artefacts, tmp_path, monkeypatch, m
 @pytest.mark.slow   # embeds 943 negatives and the catalogue twice with MiniLM: about 2 minutes on 2 busy cores
 def test_train_on_a_fresh_clone_builds_the_bank_from_the_shipped_negatives(tmp_path, monkeypatch, capsys):
     """Nothing in artifacts/: `hnlm train --sampler sns` finds qwen2.5-0.5b's SNS negatives shipped in outputs/
-    (profile context, as notebook 03 and `hnlm sns` make them), builds module 2's bank from them and trains;
-    no LLM runs."""
+    (profile context, K sampled negatives per user with the copy filter, as notebook 03 and `hnlm sns` make
+    them), builds module 2's bank from them and trains; no LLM runs."""
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
     out = tmp_path / "r.json"
     assert main(["train", "--dataset", "ml-100k", "--model", "mf", "--sampler", "sns", "--epochs", "1", "--dim", "8",
@@ -107,4 +112,6 @@ def test_train_on_a_fresh_clone_builds_the_bank_from_the_shipped_negatives(tmp_p
     assert counts["with_negative"] > 0 and counts["bank_budget"] == "per-user:1"
     data = load_dataset("ml-100k", seed=0)
     meta = sns.load_meta(data, "qwen2.5-0.5b", Budget(1))
-    assert meta["context_tag"].startswith("profile:qwen2.5-0.5b|") and meta["quality"]["requested"] == data.n_users
+    assert meta["context_tag"].startswith("profile:qwen2.5-0.5b|")
+    assert meta["quality"]["requested"] == data.n_users * sns.SAMPLED.samples == data.n_users * meta["samples"]
+    assert counts["bank_samples"] == sns.SAMPLED.samples

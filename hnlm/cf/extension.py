@@ -12,6 +12,7 @@ class Batch(NamedTuple):
     users: torch.Tensor   # LongTensor [B]
     pos: torch.Tensor     # LongTensor [B]
     neg: torch.Tensor     # LongTensor [B], the sampler's ID negatives
+    epoch: int = 0        # 0-based epoch (extensions that rotate through K sampled negatives read it)
 
 
 class BatchEmb(NamedTuple):

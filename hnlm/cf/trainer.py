@@ -201,7 +201,7 @@ def batch_loss(run: Run, users, pos, negs, layer0) -> torch.Tensor:
     emb = BatchEmb(ctx.user_emb.index_select(0, users), ctx.item_emb.index_select(0, pos), neg_emb)
     extra = []
     if extension is not None:
-        emb, ext_loss = extension.on_batch(Batch(users, pos, negs.items), emb)
+        emb, ext_loss = extension.on_batch(Batch(users, pos, negs.items, ctx.epoch), emb)
         if ext_loss is not None:
             extra.append(ext_loss)
     if getattr(negs, "loss", None) is not None:

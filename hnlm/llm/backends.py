@@ -76,6 +76,7 @@ class Backend:
         self._cache: JsonlCache | None = None
         self.progress = progress
         self.last_stats: dict = {}
+        self.tokens_out = 0   # tokens generated (not cached) over the backend's life: rates across calls
 
     @property
     def cache(self) -> JsonlCache:
@@ -107,13 +108,18 @@ class Backend:
         raise NotImplementedError
 
     def generate_json(self, messages_list: list[list[dict]], schema: dict, max_new_tokens: int | None = None,
-                      desc: str = "generate") -> list[GenerationResult]:
+                      desc: str = "generate", seeds: list[int] | None = None) -> list[GenerationResult]:
+        """Answers to `messages_list` under `schema`; `seeds`: a sampling seed per prompt (sampled decoding; default
+        the backend's), part of each prompt's cache key, so one prompt may be asked with several seeds at once."""
         start = time.time()
         budgets, total = field_budgets(schema, max_new_tokens)
         prompts = self.prepare(messages_list, total)
         decoding = self.decoding(total)
-        for p in prompts:
-            p.key = call_key(self.identity, p.payload, decoding, schema)
+        for j, p in enumerate(prompts):
+            p.meta["seed"] = getattr(self, "seed", 0) if seeds is None else int(seeds[j])
+            sampled = "seed" in decoding
+            p.key = call_key(self.identity, p.payload, {**decoding, "seed": p.meta["seed"]} if sampled else decoding,
+                             schema)
         todo, seen = [], set()
         for p in prompts:
             if p.key not in self.cache and p.key not in seen:
@@ -142,6 +148,7 @@ class Backend:
                      tokens_per_s=round(stats["tokens_out"] / seconds, 2) if seconds else 0.0,
                      max_new_tokens=total, budgets=budgets)
         self.last_stats = stats
+        self.tokens_out += stats["tokens_out"]
         if todo and self.progress:
             print(f"[{desc}] {stats['generated']} generated, {stats['cached']} cached, {stats['failed']} "
                   f"failed, {stats['truncated_prompts']} truncated prompts in {seconds:.1f}s: "
@@ -159,13 +166,39 @@ class Backend:
 
 # ------------------------------------------------------------------ local transformers
 
+class RowSampler:
+    """Sampled decoding as the last logits processor of a greedy generate(): temperature, top-p (the smallest set
+    of tokens holding `top_p` of the mass), then Gumbel noise from one RNG per row, so that the greedy pick is a
+    draw from the warped distribution. Each row's RNG is seeded from its prompt's cache key (prompt, settings and
+    seed), not from the batch: in float32 a draw is the same alone or in any batch, with or without a shared
+    prefill (tests/test_llm_local.py); in bf16 another batch shape can round logits differently and flip a
+    near-tie, as it can for greedy decoding, so a rerun with the same chunks is what reproduces a run exactly."""
+
+    def __init__(self, keys: list[str], temperature: float, top_p: float):
+        import torch
+        self.torch, self.temperature, self.top_p = torch, temperature, top_p
+        self.gens = [torch.Generator().manual_seed(int(k[:15], 16)) for k in keys]
+
+    def __call__(self, input_ids, scores):
+        torch = self.torch
+        scores = scores.float() / self.temperature
+        if self.top_p < 1:
+            ordered, idx = scores.sort(descending=True, dim=-1)
+            probs = ordered.softmax(-1)
+            ordered = ordered.masked_fill(probs.cumsum(-1) - probs > self.top_p, float("-inf"))
+            scores = torch.full_like(scores, float("-inf")).scatter(-1, idx, ordered)
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.gens]).to(scores.device)
+        return scores - torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+
+
 class LocalBackend(Backend):
     """Batched, grammar-constrained generation with a transformers causal LM (left padding,
     length-sorted batches, KV cache, greedy by default).
 
-    Sampled decoding (temperature > 0, top_p): the torch RNG is seeded with `seed` before each batch, so the
-    same prompts with the same batch size and settings give the same outputs; temperature, top_p and seed are
-    part of every cache key."""
+    Sampled decoding (temperature > 0, top_p; `RowSampler`): each prompt's draw is seeded by its own cache key
+    (prompt, settings, its seed), not by its batch; temperature, top_p and seed are part of every cache key.
+    Rows of a batch with the same prompt (one prompt asked with several seeds) share one prefill of that prompt
+    (`_shared_prefill`)."""
 
     def __init__(self, name: str, device: str | None = None, dtype=None, load_in_4bit: bool = False,
                  batch_size: int | None = None, constrained: bool = True, temperature: float = 0.0,
@@ -219,7 +252,7 @@ class LocalBackend(Backend):
     def decoding(self, max_new_tokens: int) -> dict:
         d = {"max_new_tokens": max_new_tokens, "constrained": self.constrained, "budget": "fields-v1"}
         if self.temperature > 0:
-            d.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+            d.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed, sampler="row-gumbel")
         return d
 
     def answer_tokens(self) -> dict[str, list[int]]:
@@ -339,12 +372,33 @@ class LocalBackend(Backend):
         return self._grammars[key]
 
     def run(self, prompts, schema, budgets, max_new_tokens, on_done, bar):
-        order = sorted(prompts, key=lambda p: -p.n_tokens)  # similar lengths share a batch: little padding
+        # similar lengths share a batch (little padding); one prompt's rows stay together (one prefill)
+        order = sorted(prompts, key=lambda p: (-p.n_tokens, p.payload))
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             records = self._generate_batch(batch, schema, budgets, max_new_tokens)
             on_done(list(zip(batch, records)))
             bar.update(len(batch))
+
+    def _shared_prefill(self, batch, enc) -> dict:
+        """generate()'s `cache` when rows repeat a prompt: the distinct prompts' KV cache (all tokens but the last),
+        computed once and copied to each row of its prompt; {} when every row's prompt is distinct."""
+        torch = self._torch
+        from transformers import DynamicCache
+        first = {}
+        for row, p in enumerate(batch):
+            first.setdefault(p.payload, row)
+        if len(first) == len(batch):
+            return {}
+        uniq = torch.tensor(list(first.values()), device=enc["input_ids"].device)
+        ids, mask = enc["input_ids"][uniq, :-1], enc["attention_mask"][uniq, :-1]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        with torch.no_grad():
+            self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        slot = {payload: n for n, payload in enumerate(first)}
+        cache.reorder_cache(torch.tensor([slot[p.payload] for p in batch], device=ids.device))
+        return {"cache": cache}
 
     def _generate_batch(self, batch, schema, budgets, max_new_tokens):
         torch = self._torch
@@ -362,14 +416,14 @@ class LocalBackend(Backend):
             processors.append(budget_proc)
         gen = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
         gen.max_new_tokens, gen.pad_token_id, gen.use_cache = max_new_tokens, tok.pad_token_id, True
-        gen.do_sample = self.temperature > 0
-        if gen.do_sample:
-            gen.temperature, gen.top_p, gen.top_k = self.temperature, self.top_p, None
-            torch.manual_seed(self.seed)
-        else:
-            gen.temperature = gen.top_p = gen.top_k = None
+        gen.do_sample = False   # sampled decoding is RowSampler's, after the grammar
+        gen.temperature = gen.top_p = gen.top_k = None
+        extra = {}
+        if self.temperature > 0:
+            processors.append(RowSampler([p.key for p in batch], self.temperature, self.top_p))
+            extra = self._shared_prefill(batch, enc)
         with torch.no_grad():
-            out = model.generate(**enc, generation_config=gen, logits_processor=processors)
+            out = model.generate(**enc, **extra, generation_config=gen, logits_processor=processors)
         eos = set(gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id])
         eos.add(tok.pad_token_id)
         records = []
@@ -429,7 +483,7 @@ class OpenAIBackend(Backend):
             return {"type": "json_schema", "json_schema": {"name": "answer", "schema": clean, "strict": True}}
         return {"type": "json_object", "schema": clean}
 
-    def _post(self, client, messages, schema, max_tokens):
+    def _post(self, client, messages, schema, max_tokens, seed: int):
         import httpx
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         last = "no attempt"
@@ -439,7 +493,7 @@ class OpenAIBackend(Backend):
             body = {"model": self.model_name, "messages": messages, "max_tokens": max_tokens,
                     "temperature": self.temperature, "response_format": self._response_format(schema, mode)}
             if self.temperature > 0:
-                body.update(top_p=self.top_p, seed=self.seed)
+                body.update(top_p=self.top_p, seed=seed)
             try:
                 resp = client.post(f"{self.base_url}/chat/completions", json=body, headers=headers)
             except (httpx.TimeoutException, httpx.TransportError) as err:
@@ -476,7 +530,8 @@ class OpenAIBackend(Backend):
     def run(self, prompts, schema, budgets, max_new_tokens, on_done, bar):
         import httpx
         with httpx.Client(timeout=self.timeout) as client, ThreadPoolExecutor(self.concurrency) as pool:
-            futures = {pool.submit(self._post, client, p.payload, schema, max_new_tokens): p for p in prompts}
+            futures = {pool.submit(self._post, client, p.payload, schema, max_new_tokens, p.meta["seed"]): p
+                       for p in prompts}
             error = None
             for fut in as_completed(futures):
                 p = futures[fut]

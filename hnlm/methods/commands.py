@@ -75,6 +75,9 @@ def register(sub) -> None:
     g.add_argument("--sns-budget", default="per-user:1", help="budget the SNS negatives were generated with")
     g.add_argument("--sns-context", default="profile", choices=["profile", "history"],
                    help="user context the SNS negatives were generated with (as `hnlm sns --context`)")
+    g.add_argument("--sns-decoding", default="sampled", choices=["sampled", "greedy"],
+                   help="decoding the SNS negatives were generated with: sampled (module 2's K samples per pair, "
+                        "copy filter; as `hnlm sns`) or greedy (one negative, no filter; `hnlm sns --temperature 0`)")
     g.add_argument("--hnlmrec-run", default=None,
                    help="fine-tuning run (run-<hash>; default: the run with `hnlm finetune`'s default settings)")
     p.add_argument("--json", default=None, help="write the result here (default: artifacts/<dataset>/runs/...)")
@@ -140,7 +143,7 @@ def run_train(args) -> int:
     if spec.declaration.family == "llm":
         data.require_item_text(f"method {spec.method}")
     resources = provide_inputs(data, args.llm, sns_budget=args.sns_budget, sns_context=args.sns_context,
-                               hnlmrec_run=args.hnlmrec_run)
+                               sns_decoding=args.sns_decoding, hnlmrec_run=args.hnlmrec_run)
     try:
         sampler, extension = spec.build(data, resources, cfg.seed)
     except ValueError as err:    # a setting the sampler refuses (e.g. --set candidates=0)

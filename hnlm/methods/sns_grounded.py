@@ -11,7 +11,7 @@ import torch
 from hnlm.cf.samplers import RNS, Negatives, Sampler
 from hnlm.cf.search import SHARE
 from hnlm.methods import Method, register
-from hnlm.semantic.bank import BankIndex, NegativeBank
+from hnlm.semantic.bank import NegativeBank, RotatingIndex
 from hnlm.semantic.resources import SNS_GROUNDED
 
 
@@ -28,7 +28,8 @@ class GroundedSampler(Sampler):
     """ID negatives from the grounded SNS pools: for a share of the pairs, a random item among the
     catalogue items nearest the pair's (or, with lookup "user", the user's) generated negatives (training
     items were excluded when grounding); the other pairs, and pairs without a pool, use the base sampler
-    (counted)."""
+    (counted). With K sampled negatives per pair (the frame's `sample` column), epoch e uses the pools of
+    sample e mod K."""
 
     name = "sns-grounded"
 
@@ -36,18 +37,21 @@ class GroundedSampler(Sampler):
                  seed: int = 0, source: str = "sns"):
         pools = np.array([np.asarray(p, dtype=np.int64)[:pool] for p in grounded["pool"]])
         self.pools = pools.reshape(len(grounded), -1)
-        self.index = BankIndex(NegativeBank(np.zeros((len(grounded), 1), np.float32),
-                                            grounded["user"].to_numpy(), grounded["item"].to_numpy(),
-                                            source), data.n_items)
+        samples = grounded["sample"].to_numpy() if "sample" in grounded else None
+        self.index = RotatingIndex(NegativeBank(np.zeros((len(grounded), 1), np.float32),
+                                                grounded["user"].to_numpy(), grounded["item"].to_numpy(),
+                                                source, samples=samples), data.n_items)
         self.base, self.share, self.lookup, self.source = base, share, lookup, source
         self.pool = self.pools.shape[1]
         self.rng = np.random.default_rng(seed)
         self._counts = {"pairs": 0, "grounded": 0, "base_by_share": 0, "base_no_pool": 0}
+        self._samples_used: set[int] = set()
 
     def sample(self, users, pos, model, ctx):
         negs = self.base.sample(users, pos, model, ctx)
         u, p = users.cpu().numpy(), pos.cpu().numpy()
-        rows, _ = self.index.lookup(u, p, self.lookup, self.rng)
+        rows, _ = self.index.lookup(u, p, self.lookup, self.rng, ctx.epoch)
+        self._samples_used.add(self.index.sample_of(ctx.epoch))
         take = (rows >= 0) & (self.rng.random(len(rows)) < self.share)
         c = self._counts
         c["pairs"] += len(rows)
@@ -64,6 +68,7 @@ class GroundedSampler(Sampler):
 
     def counts(self) -> dict:
         return {"grounded_sampler": {**self._counts, "share": self.share, "pool": self.pool,
+                                     "samples": self.index.k, "samples_used": sorted(self._samples_used),
                                      "lookup": self.lookup, "source": self.source}}
 
 

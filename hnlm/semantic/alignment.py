@@ -19,6 +19,8 @@ How the adapter learns (`train`):
       (cos(u, h) -> -0.98, h's norm grows), BPR's gradient vanishes and LightGCN stops learning at the
       popularity level (test recall@20 0.19 vs 0.36 for RNS). Kept as an ablation.
 
+A bank with K sampled negatives per pair rotates: epoch e uses sample e mod K (`RotatingIndex`).
+
 Missing negatives (no row for the pair, nor for the user under the "user" rule) are counted and the pair
 keeps its plain ID negative and gets no contrastive term; never a random vector.
 """
@@ -36,7 +38,7 @@ from torch import nn
 from hnlm.cf.extension import Extension
 from hnlm.errors import UserFacingError
 from hnlm.llm.encoders import get_text_encoder
-from hnlm.semantic.bank import LOOKUP_RULES, BankIndex, NegativeBank
+from hnlm.semantic.bank import LOOKUP_RULES, NegativeBank, RotatingIndex
 from hnlm.semantic.sns import item_embeddings
 
 
@@ -105,12 +107,13 @@ class AlignmentExtension(Extension):
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._counts = {"pairs": 0, "with_negative": 0, "exact_pair": 0, "user_reuse": 0, "missing": 0}
+        self._samples_used: set[int] = set()   # which of the K samples training rotated through
         self._cos_sum = 0.0
 
     def setup(self, model, data) -> None:
         if len(self.bank) == 0:
             raise ValueError("the negative bank is empty: generate negatives first (hnlm sns ...)")
-        self.index = BankIndex(self.bank, data.n_items)
+        self.index = RotatingIndex(self.bank, data.n_items)
         torch.manual_seed(self.seed)
         self.adapter = make_mlp([self.bank.dim, *self.config.hidden, cf_dim(model)])
 
@@ -120,8 +123,9 @@ class AlignmentExtension(Extension):
     def on_batch(self, batch, emb):
         users = batch.users.cpu().numpy()
         pos = batch.pos.cpu().numpy()
-        rows, exact = self.index.lookup(users, pos, self.config.lookup, self._rng)
+        rows, exact = self.index.lookup(users, pos, self.config.lookup, self._rng, batch.epoch)
         have = rows >= 0
+        self._samples_used.add(self.index.sample_of(batch.epoch))
         c = self._counts
         c["pairs"] += len(rows)
         c["with_negative"] += int(have.sum())
@@ -167,6 +171,7 @@ class AlignmentExtension(Extension):
         c["mean_cos_user_aligned"] = self._cos_sum / max(c["with_negative"], 1)
         cfg = self.config
         return {"alignment": {**c, "source": self.bank.source, "bank_rows": len(self.bank),
+                              "bank_samples": self.bank.n_samples, "samples_used": sorted(self._samples_used),
                               "bank_dim": self.bank.dim, "alpha": cfg.alpha, "weight": cfg.weight,
                               "tau": cfg.tau, "hidden": list(cfg.hidden), "lookup": cfg.lookup,
                               "train": cfg.train, "anchor_weight": cfg.anchor_weight,

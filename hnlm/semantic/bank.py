@@ -4,7 +4,10 @@ and module 4 (fine-tuned LLM embeddings); independent of the CF engine.
 
 A bank's file is one .npz of `users`, `items` (the pair keys) and `emb` (one row per pair), written by
 `NegativeBank.save` (int64 keys, float32 vectors; atomically) or, for the tracked outputs/ folder, as
-`NegativeBank.file_bytes(compact=True)` (int32 keys, float16 vectors), and read by `NegativeBank.load`."""
+`NegativeBank.file_bytes(compact=True)` (int32 keys, float16 vectors), and read by `NegativeBank.load`.
+
+A bank may hold K sampled negatives per pair (`samples`: 0..K-1, the sample each row is, e.g. module 2's K
+sampled generations); `RotatingIndex` then uses sample e mod K in epoch e, so training rotates through all K."""
 
 from __future__ import annotations
 
@@ -32,14 +35,29 @@ class NegativeBank:
     items: np.ndarray
     source: str
     meta: dict = field(default_factory=dict)
+    samples: np.ndarray | None = None   # sample index of each row (None: one sample, all 0)
 
     def __post_init__(self):
         self.emb = np.ascontiguousarray(self.emb, dtype=np.float32)
         self.users = np.asarray(self.users, dtype=np.int64)
         self.items = np.asarray(self.items, dtype=np.int64)
-        if not (len(self.emb) == len(self.users) == len(self.items)):
+        self.samples = (np.zeros(len(self.users), np.int64) if self.samples is None
+                        else np.asarray(self.samples, dtype=np.int64))
+        if not (len(self.emb) == len(self.users) == len(self.items) == len(self.samples)):
             raise ValueError(f"bank rows disagree: emb {len(self.emb)}, users {len(self.users)}, "
-                             f"items {len(self.items)}")
+                             f"items {len(self.items)}, samples {len(self.samples)}")
+
+    @property
+    def n_samples(self) -> int:
+        """K: how many sampled negatives a pair has (1 for a bank without samples)."""
+        return int(self.samples.max()) + 1 if len(self.samples) else 1
+
+    def _arrays(self, keys=np.int64, vectors=np.float32) -> dict:
+        """The file's arrays; `samples` only when there are several (one-sample files keep their old bytes)."""
+        out = {"users": self.users.astype(keys), "items": self.items.astype(keys), "emb": self.emb.astype(vectors)}
+        if self.n_samples > 1:
+            out["samples"] = self.samples.astype(keys)
+        return out
 
     @property
     def dim(self) -> int:
@@ -49,14 +67,14 @@ class NegativeBank:
         """The bank's .npz file; `compact`: int32 keys and float16 vectors (shipped banks)."""
         keys, vectors = (np.int32, np.float16) if compact else (np.int64, np.float32)
         buf = io.BytesIO()
-        np.savez(buf, users=self.users.astype(keys), items=self.items.astype(keys), emb=self.emb.astype(vectors))
+        np.savez(buf, **self._arrays(keys, vectors))
         return buf.getvalue()
 
     def save(self, path: str | Path) -> Path:
         """Write the bank's file at `path` (a reader sees the old file or the new one, never half)."""
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:   # a file object: np.savez would add ".npz" to a name
-                np.savez(fh, users=self.users, items=self.items, emb=self.emb)
+                np.savez(fh, **self._arrays())
         return Path(path)
 
     @classmethod
@@ -64,7 +82,8 @@ class NegativeBank:
         """The bank saved at `path` (either layout; vectors come back as float32). A damaged file raises
         OSError, ValueError or KeyError: the caller names the command that makes it again."""
         with np.load(path) as z:
-            return cls(z["emb"], z["users"], z["items"], source, dict(meta or {}))
+            samples = z["samples"] if "samples" in z.files else None
+            return cls(z["emb"], z["users"], z["items"], source, dict(meta or {}), samples)
 
     def __len__(self) -> int:
         return len(self.emb)
@@ -76,14 +95,14 @@ class NegativeBank:
         noise /= np.linalg.norm(noise, axis=1, keepdims=True)
         noise *= np.linalg.norm(self.emb, axis=1, keepdims=True)
         return NegativeBank(noise, self.users, self.items, f"{self.source}|random-same-norm",
-                            {**self.meta, "ablation": "random", "ablation_seed": seed})
+                            {**self.meta, "ablation": "random", "ablation_seed": seed}, self.samples)
 
     def shuffled(self, seed: int = 0) -> "NegativeBank":
         """Ablation: the vectors permuted across users (keys stay, so coverage is unchanged)."""
         perm, kept = user_derangement(self.users, seed)
         return NegativeBank(self.emb[perm], self.users, self.items, f"{self.source}|shuffled-users",
                             {**self.meta, "ablation": "shuffled", "ablation_seed": seed,
-                             "rows_left_with_own_user": kept})
+                             "rows_left_with_own_user": kept}, self.samples)
 
 
 def user_derangement(users: np.ndarray, seed: int = 0) -> tuple[np.ndarray, int]:
@@ -173,3 +192,25 @@ class BankIndex:
         elif rule != "pair":
             raise ValueError(f"unknown lookup rule {rule!r}; choose from {LOOKUP_RULES}")
         return rows, exact
+
+
+class RotatingIndex:
+    """Epoch rotation over a bank's K samples: epoch e looks up (with `BankIndex`'s rules) only the rows of
+    sample e mod K, so K epochs visit every sampled negative of a pair once, in sample order. Rows returned
+    are rows of the whole bank. A bank with one sample behaves as a plain `BankIndex`."""
+
+    def __init__(self, bank: NegativeBank, n_items: int):
+        self.k = bank.n_samples
+        self.rows = [np.flatnonzero(bank.samples == s) for s in range(self.k)]
+        self.parts = [BankIndex(NegativeBank(np.zeros((len(r), 1), np.float32), bank.users[r], bank.items[r],
+                                             bank.source), n_items) for r in self.rows]
+
+    def sample_of(self, epoch: int) -> int:
+        return int(epoch) % self.k
+
+    def lookup(self, users: np.ndarray, items: np.ndarray, rule: str, rng: np.random.Generator,
+               epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """BankIndex.lookup among the rows of sample `epoch` mod K (rows of the whole bank, -1 where none)."""
+        s = self.sample_of(epoch)
+        rows, exact = self.parts[s].lookup(users, items, rule, rng)
+        return np.where(rows >= 0, self.rows[s][np.maximum(rows, 0)] if len(self.rows[s]) else -1, -1), exact

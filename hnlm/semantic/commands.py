@@ -5,11 +5,14 @@ The handlers import the LLM stack when they run, so the parser (help, option err
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 
 from hnlm import argtypes
 from hnlm.atomic import write_text
 from hnlm.data.options import add_dataset_options, dataset_from_args
+from hnlm.errors import UserFacingError
 from hnlm.llm.catalog import redact
 
 
@@ -48,17 +51,22 @@ def register_sns(subparsers) -> None:
     p.add_argument("--variant", default="text", choices=["text", "pick"],
                    help="text: the LLM names a negative; pick: it picks, from a list of real training-pool "
                         "items, those the user would not enjoy (with a uniform pick of the same list as control)")
-    p.add_argument("--temperature", type=argtypes.non_negative_float, default=0.0,
-                   help="0: greedy; > 0: sampled (local backends)")
-    p.add_argument("--top-p", type=argtypes.probability, default=1.0,
-                   help="nucleus sampling mass (with --temperature > 0)")
-    p.add_argument("--sampling-seed", type=argtypes.non_negative_int, default=0,
-                   help="seed of sampled decoding (reproducible runs)")
+    p.add_argument("--temperature", type=argtypes.non_negative_float, default=None,
+                   help="0: greedy (one sample, no copy filter unless --copy-tries); > 0: sampled "
+                        "(default: module 2's, hnlm.semantic.sns.SAMPLED)")
+    p.add_argument("--top-p", type=argtypes.probability, default=None,
+                   help="nucleus sampling mass (with --temperature > 0; default: module 2's)")
+    p.add_argument("--sampling-seed", type=argtypes.non_negative_int, default=None,
+                   help="seed of sampled decoding (sample k uses seed + k; default: module 2's)")
+    p.add_argument("--samples", type=argtypes.positive_int, default=None,
+                   help="K sampled negatives per pair (default: module 2's; 1 with greedy)")
+    p.add_argument("--copy-tries", type=argtypes.non_negative_int, default=None,
+                   help="draws per negative while it names a training item of the user (0: no copy filter)")
     p.add_argument("--encoder", default="minilm")
     p.add_argument("--pool", type=argtypes.positive_int, default=20,
                    help="grounding: nearest non-train items kept per negative")
     p.add_argument("--chunk", type=argtypes.positive_int, default=32,
-                   help="prompts per generate call (appended as they finish)")
+                   help="pairs per generate call, with all their K samples (appended as they finish)")
     p.add_argument("--limit-users", type=argtypes.positive_int, default=None,
                    help="only the first N users (quick runs)")
     p.add_argument("--no-generate", action="store_true", help="only rebuild embeddings/grounding/quality")
@@ -78,29 +86,38 @@ def run_sns(args) -> int:
     data = dataset_from_args(args)
     data.require_item_text("LLM profiles" if args.func is run_profiles else "SNS")
     budget = Budget.parse(args.budget)
-    sampling = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.sampling_seed}
-    decoding = sns.sampling_tag(**sampling)
+    decoding = decoding_of_args(args, sns)
+    if args.variant == "pick":   # its answers are item ids of its list: one sample, nothing to filter, greedy
+        decoding = dataclasses.replace(decoding_of_args(args, sns, sns.GREEDY), samples=1, tries=0)
     make_builder = sns.PickPromptBuilder if args.variant == "pick" else sns.PromptBuilder
-    builder = make_builder(data, args.context, args.profiles_llm or args.llm, seed=args.pair_seed, decoding=decoding)
+    builders = sns.sample_builders(data, args.context, args.profiles_llm or args.llm, args.pair_seed, decoding,
+                                   make_builder)
     pairs = select_pairs(data, budget, args.pair_seed)
     if args.limit_users is not None:
         pairs = pairs[pairs["user"] < args.limit_users]
     gen = {}
     if not args.no_generate:
-        backend = make_backend(args.llm, **(sampling if args.temperature > 0 else {}))
+        backend = make_backend(args.llm, **decoding.backend_options())
         out = sns.sns_dir(data.name, args.llm, split_id_of(data))
-        gen = sns.generate_negatives(data, backend, pairs, builder, out, chunk=args.chunk)
-        gen["backend"] = backend.identity
+        t0 = time.perf_counter()
+        gen = sns.generate_negatives(data, backend, pairs, builders, out, chunk=args.chunk)
+        seconds = time.perf_counter() - t0
+        made = gen["generated"] - gen["from_llm_cache"] + gen["redrawn"]
+        gen.update(backend=backend.identity, samples=len(builders), seconds=round(seconds, 1),
+                   prompts_per_s=made / seconds if made else None,
+                   tokens_per_s=backend.tokens_out / seconds if made else None)
     allow_missing = args.allow_missing or args.limit_users is not None
     if args.variant == "pick":
-        built = sns.build_pick_artifacts(data, args.llm, budget, builder, pair_seed=args.pair_seed,
+        built = sns.build_pick_artifacts(data, args.llm, budget, builders[0], pair_seed=args.pair_seed,
                                          allow_missing=allow_missing)
         print(json.dumps({"folder": built["folder"], "generation": gen, "quality": built["quality"]}, indent=2))
         return 0
     built = sns.build_artifacts(data, args.llm, budget, get_text_encoder(args.encoder), pair_seed=args.pair_seed,
-                                pool=args.pool, extra_meta={**builder.describe(), "generation": gen},
-                                allow_missing=allow_missing, context=builder.tag)
-    print(json.dumps({"folder": built["folder"], "generation": gen, "quality": built["quality"]}, indent=2))
+                                pool=args.pool, extra_meta={**builders[0].describe(), "generation": gen,
+                                                            "decoding": sns.decoding_meta(decoding)},
+                                allow_missing=allow_missing, contexts=[b.tag for b in builders])
+    print(json.dumps({"folder": built["folder"], "generation": gen, "quality": built["quality"],
+                      "report": sns.report(built["quality"])}, indent=2))
     return 0
 
 
@@ -147,6 +164,18 @@ def run_judge(args) -> int:
     if args.json:
         write_text(args.json, json.dumps(summary, indent=1, default=str))
     return 0
+
+
+def decoding_of_args(args, sns, default=None):
+    """`hnlm sns`'s Decoding: `default` (module 2's, sns.SAMPLED) with the options given; --temperature 0 means
+    one greedy sample without the copy filter unless --samples / --copy-tries say otherwise."""
+    base = sns.GREEDY if args.temperature == 0 else sns.SAMPLED if args.temperature else default or sns.SAMPLED
+    given = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.sampling_seed,
+             "samples": args.samples, "tries": args.copy_tries}
+    decoding = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    if decoding.temperature == 0 and decoding.samples > 1:
+        raise UserFacingError("--samples > 1 needs --temperature > 0: greedy decoding gives one answer per prompt")
+    return decoding
 
 
 def run_profiles(args) -> int:

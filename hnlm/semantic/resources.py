@@ -130,8 +130,9 @@ def teacher_table(data, model: str = TeacherConfig.model, config: TrainConfig | 
 
 def content_digest(value) -> str:
     """Changes whenever the vectors, pairs or rows of a resource do."""
-    if isinstance(value, NegativeBank):
-        return array_digest(value.emb, value.users, value.items)
+    if isinstance(value, NegativeBank):   # the samples' order counts when there are several
+        extra = (value.samples,) if value.n_samples > 1 else ()
+        return array_digest(value.emb, value.users, value.items, *extra)
     if isinstance(value, TeacherTable):
         return array_digest(value.teacher.user_emb, value.teacher.item_emb, value.users, value.items, value.neg)
     if isinstance(value, pd.DataFrame):
@@ -187,20 +188,20 @@ class Resources:
 
 def provide_inputs(data, llm: str, res: Resources | None = None, sns_budget: str = "per-user:1",
                    sns_context: str = "profile", hnlmrec_config: Callable[[str], RunConfig] | None = None,
-                   hnlmrec_run: str | None = None, make: bool = False) -> Resources:
-    """Loaders of every need for `llm` on `data`'s split (each made only when a method asks for it):
-    SNS bank and grounding (`sns.obtain_built`: shipped negatives of these settings, then artifacts/ built with
-    them, else the error naming `hnlm sns`), RLMRec's text embeddings and the CF teachers (made here: minutes at
-    most), the judge's scores (`judge.obtain_scores`: shipped, else artifacts/, else made only when `make`, else the
-    error naming `hnlm judge`), module 4's banks (`banks.obtain_bank` with `hnlmrec_config(signal)`, default:
-    `hnlm finetune`'s defaults; fine-tuned here only when `make`, else the error naming `hnlm finetune`;
-    `hnlmrec_run`: that run-<hash> folder instead)."""
+                   hnlmrec_run: str | None = None, make: bool = False, sns_decoding: str = "sampled") -> Resources:
+    """Loaders of every need for `llm` on `data`'s split (each made only when a method asks for it): SNS bank and
+    grounding (`sns.obtain_built` with sns.DECODINGS[sns_decoding]: shipped negatives of these settings, then
+    artifacts/ built with them, else the error naming `hnlm sns`), RLMRec's text embeddings and the CF teachers
+    (made here: minutes at most), the judge's scores (`judge.obtain_scores`: shipped, else artifacts/, else made
+    only when `make`, else the error naming `hnlm judge`), module 4's banks (`banks.obtain_bank` with
+    `hnlmrec_config(signal)`, default: `hnlm finetune`'s defaults; fine-tuned here only when `make`, else the error
+    naming `hnlm finetune`; `hnlmrec_run`: that run-<hash> folder instead)."""
     res = res if res is not None else Resources()
     budget, split_seed = Budget.parse(sns_budget), split_seed_of(data)
 
     def built(load):
         def loader():
-            sns.obtain_built(data, llm, budget, sns_context)
+            sns.obtain_built(data, llm, budget, sns_context, decoding=sns.DECODINGS[sns_decoding])
             return load(data, llm, budget)
         return loader
 

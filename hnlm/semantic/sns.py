@@ -31,10 +31,13 @@ import hashlib
 import json
 import re
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from hnlm.atomic import atomic_path, write_text
 from hnlm.errors import MissingInputError, UserFacingError
@@ -75,14 +78,87 @@ SNS_SCHEMA = {  # property order is the order the constrained decoder writes the
 # Token budgets per string field (the LLM layer forces the closing quote when one is spent).
 FIELD_TOKENS = {"reasoning": 24, "hard_negative_item": 28}
 ITEM_PROFILE_WORDS = 60  # item profiles are cut to this many words in the prompt
-RECORD_COLUMNS = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated", "context"]
+RECORD_COLUMNS = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated", "context", "sample",
+                  "tries", "rejected"]
+DRAW_STRIDE = 1000   # try t of the sample with sampling seed s draws with seed s + DRAW_STRIDE * t
+COPY_FILTER = "titles2"   # TrainCopyFilter's matching (in the tag: records of another matching are not reused)
 
 
 # ---------------------------------------------------------------- prompts
 
-def sampling_tag(temperature: float, top_p: float, seed: int) -> str:
-    """Decoding part of a record's context tag: "greedy", or the sampling settings."""
-    return "greedy" if temperature <= 0 else f"sample-t{temperature:g}-p{top_p:g}-s{seed}"
+def sampling_tag(temperature: float, top_p: float, seed: int, tries: int = 0) -> str:
+    """Decoding part of a record's context tag: "greedy", or the sampling settings; "-nocopy<tries>-<filter>"
+    when copies of training items are drawn again (`tries` draws at most, COPY_FILTER's title matching)."""
+    base = "greedy" if temperature <= 0 else f"sample-t{temperature:g}-p{top_p:g}-s{seed}"
+    return base + (f"-nocopy{tries}-{COPY_FILTER}" if tries else "")
+
+
+_TAG = re.compile(r"^(?:greedy|sample-t(?P<t>[0-9.e+-]+)-p(?P<p>[0-9.e+-]+)-s(?P<seed>\d+))"
+                  r"(?:-nocopy(?P<tries>\d+)-[a-z0-9]+)?$")
+
+
+def decoding_of(tag: str) -> "Decoding":
+    """The one-sample Decoding a `sampling_tag` names (its seed: that sample's)."""
+    m = _TAG.match(tag)
+    if m is None:
+        raise ValueError(f"not a decoding tag: {tag!r}")
+    return Decoding(float(m.group("t") or 0), float(m.group("p") or 1), int(m.group("seed") or 0), 1,
+                    int(m.group("tries") or 0))
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How module 2 decodes: K = `samples` negatives per pair, sample k drawn at `temperature` / `top_p` with
+    sampling seed `seed` + k; a draw that names one of the user's training items (`TrainCopyFilter`) is drawn
+    again with seed + k + DRAW_STRIDE * t, `tries` draws in all (then the pair's sample k is invalid, counted);
+    tries 0: no filter. Each sample is its own record set (context tag `tag(k)`), shipped output and row block
+    of the bank, so a larger K extends a smaller one. K = 4, the least the study asks for, chosen for generation
+    time (each sample is one more row per pair, plus redraws of copies; bench/README.md): on SmolLM2 (32 users,
+    history context, t 0.8 / top-p 0.95) the 4 samples were 95% distinct against 34% for greedy, and on the
+    smoke profile notebook 03 runs in under 2 minutes (docs/usage.md, Methods)."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    seed: int = 0
+    samples: int = 4
+    tries: int = 4
+
+    def tag(self, k: int = 0) -> str:
+        return sampling_tag(self.temperature, self.top_p, self.seed + k, self.tries)
+
+    def backend_options(self) -> dict:
+        """make_backend's sampling options (none for greedy)."""
+        return ({"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+                if self.temperature > 0 else {})
+
+
+SAMPLED = Decoding()   # the study's negatives (notebooks 03-08)
+GREEDY = Decoding(temperature=0.0, top_p=1.0, seed=0, samples=1, tries=0)   # one greedy negative, no filter: the
+# negatives shipped before K samples existed (notebook 11 compares LLM sizes with them)
+DECODINGS = {"sampled": SAMPLED, "greedy": GREEDY}   # by the name study settings use
+COPY_REASON = "copy of a training item"   # reason of a sample whose every draw was a copy
+
+
+class TrainCopyFilter:
+    """Is a generated negative a copy of one of the user's TRAINING items (`names_any` of their normalised
+    titles)? Built from the training interaction matrix alone, so it cannot see held-out items: `of(data)`
+    reads `data.train` and nothing else; anything but a sparse matrix is refused."""
+
+    def __init__(self, train, titles: list[str]):
+        if not sp.issparse(train):
+            raise TypeError(f"TrainCopyFilter takes the training interaction matrix, not {type(train).__name__}")
+        self.train = sp.csr_matrix(train)
+        self.titles = [title_forms(t) for t in titles]
+
+    @classmethod
+    def of(cls, data) -> "TrainCopyFilter":
+        return cls(data.train, list(data.items["title"].fillna("")))
+
+    def items(self, user: int) -> np.ndarray:
+        return self.train.indices[self.train.indptr[user]:self.train.indptr[user + 1]]
+
+    def is_copy(self, user: int, text: str) -> bool:
+        return names_any(text, [form for j in self.items(user) for form in self.titles[j]])
 
 
 class PromptBuilder:
@@ -101,8 +177,11 @@ class PromptBuilder:
         return parse_answer(result)
 
     def __init__(self, data, context: str = "profile", profiles_llm: str | None = None, seed: int = 0,
-                 decoding: str = "greedy"):
+                 decoding: str = "greedy", sample: int = 0):
         self.data = data
+        self.sample, self.decoding = sample, decoding_of(decoding)
+        self.draw_seed, self.tries = self.decoding.seed, self.decoding.tries
+        self._copies: TrainCopyFilter | None = None
         self.context = context
         self.template = template_path(self.template_prefix, data.name)
         self.system, self.user_template = chat_template(self.template)
@@ -117,6 +196,13 @@ class PromptBuilder:
         prompt = json.dumps([self.system, self.user_template, self.json_schema()])
         prompt = hashlib.sha256(prompt.encode()).hexdigest()[:8]
         self.tag = f"{base}|{self.template_prefix}-{prompt}|{decoding}"
+
+    @property
+    def copies(self) -> TrainCopyFilter | None:
+        """The copy filter of these records (None without one)."""
+        if self.tries and self._copies is None:
+            self._copies = TrainCopyFilter.of(self.data)
+        return self._copies
 
     @property
     def item_profiles(self) -> dict[int, str]:
@@ -203,34 +289,79 @@ def parse_answer(result) -> dict:
             "reason": None, "words": len(words), "truncated": len(words) > MAX_WORDS}
 
 
-def generate_negatives(data, backend, pairs: pd.DataFrame, builder: PromptBuilder, out: Path,
-                       chunk: int = 32, max_new_tokens: int | None = None, order_seed: int = 0) -> dict:
-    """Generate the pairs missing from out/<builder.records_file>, appending each chunk as it finishes."""
-    path = out / builder.records_file
-    done = read_negatives(path, builder.tag, builder.columns)
-    have = set(zip(done["user"].astype(int), done["item"].astype(int)))
-    todo = [(int(u), int(i)) for u, i in zip(pairs["user"], pairs["item"]) if (int(u), int(i)) not in have]
+def sample_builders(data, context: str, profiles_llm: str | None, pair_seed: int, decoding: Decoding,
+                    make=PromptBuilder) -> list[PromptBuilder]:
+    """One PromptBuilder per sample k of `decoding` (context tag `decoding.tag(k)`), in sample order."""
+    return [make(data, context, profiles_llm, seed=pair_seed, decoding=decoding.tag(k), sample=k)
+            for k in range(decoding.samples)]
+
+
+def draw_records(backend, part: list[tuple[PromptBuilder, int, int]], budget: int, desc: str) -> list[dict]:
+    """Records of the (builder, user, item) triples `part` (several samples of one pair ask the same prompt with
+    their own seeds, in one call: one prefill per prompt). With a copy filter (builder.tries > 0) an answer naming
+    one of the user's training items is drawn again with the sample's next seed (sampled decoding only: greedy
+    would repeat it), builder.tries draws in all; `rejected` keeps the copies drawn, `tries` the draws made; a
+    pair-sample still answered by a copy after its last draw is invalid (reason COPY_REASON)."""
+    prompts: dict[tuple[int, int], list[dict]] = {}
+    messages = [prompts.setdefault((u, i), b.messages(u, i)) for b, u, i in part]
+    sampled = getattr(backend, "temperature", 0) > 0
+    records: list[dict] = [{} for _ in part]
+    rejected: list[list[str]] = [[] for _ in part]
+    todo, exhausted, t = list(range(len(part))), set(), 0
+    while todo:
+        results = backend.generate_json([messages[j] for j in todo], part[0][0].json_schema(), max_new_tokens=budget,
+                                        desc=desc if t == 0 else f"{desc} redraw {t}",
+                                        seeds=[part[j][0].draw_seed + DRAW_STRIDE * t for j in todo])
+        again = []
+        for j, res in zip(todo, results):
+            builder, u, i = part[j]
+            records[j] = {**builder.parse(res, u, i), "cached": bool(getattr(res, "cached", False))}
+            if builder.copies is not None and records[j]["ok"] and builder.copies.is_copy(u, records[j]["text"]):
+                rejected[j].append(records[j]["text"])
+                if sampled and t + 1 < builder.tries:
+                    again.append(j)
+                else:
+                    exhausted.add(j)
+        todo, t = again, t + 1
+    for j in exhausted:
+        records[j].update(ok=False, text=None, reason=COPY_REASON)
+    return [{**rec, "tries": len(rej) + (j not in exhausted), "rejected": rej}
+            for j, (rec, rej) in enumerate(zip(records, rejected))]
+
+
+def generate_negatives(data, backend, pairs: pd.DataFrame, builders, out: Path, chunk: int = 32,
+                       max_new_tokens: int | None = None, order_seed: int = 0) -> dict:
+    """Generate the records missing from out/<records_file> of each of `builders` (one PromptBuilder, or the samples
+    of `sample_builders`): `chunk` pairs at a time with all their missing samples in one call (`draw_records`:
+    one prefill per prompt, copies of training items drawn again), appending each chunk as it finishes."""
+    builders = builders if isinstance(builders, list) else [builders]
+    path = out / builders[0].records_file
     # Users in a seeded random order: an interrupted run leaves an unbiased subset of users covered.
     rank = np.random.default_rng(order_seed).permutation(data.n_users)
-    todo.sort(key=lambda pair: rank[pair[0]])
-    budget = max_new_tokens or builder.max_new_tokens
-    cached = 0
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        results = backend.generate_json([builder.messages(u, i) for u, i in part], builder.json_schema(),
-                                        max_new_tokens=budget,
-                                        desc=f"SNS {start + len(part)}/{len(todo)}")
+    todo = []
+    for b in builders:
+        done = read_negatives(path, b.tag, b.columns)
+        have = set(zip(done["user"].astype(int), done["item"].astype(int)))
+        todo += [(b, int(u), int(i)) for u, i in zip(pairs["user"], pairs["item"]) if (int(u), int(i)) not in have]
+    todo.sort(key=lambda t: (rank[t[1]], t[1], t[2], t[0].sample))
+    budget = max_new_tokens or builders[0].max_new_tokens
+    cached = redrawn = 0
+    step = chunk * len(builders)
+    for start in range(0, len(todo), step):
+        part = todo[start:start + step]
+        records = draw_records(backend, part, budget, f"SNS {start + len(part)}/{len(todo)}")
         with path.open("a") as fh:
-            for (u, i), res in zip(part, results):
-                cached += bool(getattr(res, "cached", False))
-                record = {"user": u, "item": i, **builder.parse(res, u, i), "context": builder.tag}
-                fh.write(json.dumps(record) + "\n")
-    fallbacks = builder.profile_fallbacks(pairs)
+            for (b, u, i), rec in zip(part, records):
+                cached += rec.pop("cached")
+                redrawn += len(rec["rejected"]) - (rec["reason"] == COPY_REASON)
+                fh.write(json.dumps({"user": u, "item": i, **rec, "context": b.tag, "sample": b.sample}) + "\n")
+    fallbacks = builders[0].profile_fallbacks(pairs)
     if fallbacks["pairs_item_without_profile"]:
         print(f"SNS: {fallbacks['pairs_item_without_profile']} pairs ({fallbacks['items_without_profile']} items) "
               f"have no item profile: their genres stand in for it", file=sys.stderr)
-    return {"requested": len(pairs), "already_done": len(pairs) - len(todo), "generated": len(todo),
-            "from_llm_cache": cached, **fallbacks}
+    requested = len(pairs) * len(builders)
+    return {"requested": requested, "already_done": requested - len(todo), "generated": len(todo),
+            "from_llm_cache": cached, "redrawn": redrawn, **fallbacks}
 
 
 def sns_schema() -> dict:
@@ -253,6 +384,13 @@ def norm_title(title: str) -> str:
     if m:
         t = f"{m.group(2)} {m.group(1)}"
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", t.lower()).split())
+
+
+def title_forms(title: str) -> tuple[str, ...]:
+    """The normalised forms of a catalogue title a text may use: 'Boot, Das (1981)' -> ('das boot', 'boot das')
+    (its article in front, or left behind as the catalogue writes it)."""
+    as_written = " ".join(re.sub(r"[^a-z0-9 ]+", " ", re.sub(r"\s*\(.*?\)\s*", " ", str(title)).lower()).split())
+    return tuple(dict.fromkeys((norm_title(title), as_written)))
 
 
 def names_any(text: str, titles: list[str]) -> bool:
@@ -306,15 +444,38 @@ def similarity_to_positive(neg_emb: np.ndarray, items: np.ndarray, short_emb: np
             "another pair's negative": np.einsum("nd,nd->n", neg_emb[other], short_emb[items])}
 
 
+def copy_shares(data, rec: pd.DataFrame) -> dict:
+    """Copies of the user's training items before and after the copy filter, over every answered record
+    (`rec`: valid ones and those the filter left invalid): before, the first draw named one (`rejected` holds
+    it, or the kept text does when no filter ran); after, the kept text still does."""
+    copies = TrainCopyFilter.of(data)
+    n = max(len(rec), 1)
+    rejected = [r if isinstance(r, list) else [] for r in rec.get("rejected", pd.Series([None] * len(rec)))]
+    after = [bool(ok) and copies.is_copy(int(u), t) for u, t, ok in zip(rec["user"], rec["text"], rec["ok"])]
+    before = [bool(rej) or a for rej, a in zip(rejected, after)]
+    return {"copy_share_before_filter": sum(before) / n, "copy_share_after_filter": sum(after) / n,
+            "copies_rejected": int(sum(len(r) for r in rejected)),
+            "copy_filter_exhausted": int(sum(r == COPY_REASON for r in rec["reason"]))}
+
+
+def catalogue_share(data, texts) -> float:
+    """Share of texts that name some catalogue item (a normalised title of >= 4 characters): the rest are
+    not items of this catalogue (inventions, or none)."""
+    titles = sorted({t for t in (norm_title(x) for x in data.items["title"].fillna("")) if len(t) >= 4})
+    texts = list(texts)
+    return sum(names_any(t, titles) for t in texts) / max(len(texts), 1)
+
+
 def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray, nearest: np.ndarray,
-            nearest_any: np.ndarray, top: np.ndarray, seed: int = 0) -> dict:
+            nearest_any: np.ndarray, top: np.ndarray, seed: int = 0, similarity: np.ndarray | None = None) -> dict:
     """Quality of the valid negatives `rec` (rows aligned with neg_emb); held-out items read here only.
 
     Similarities (`similarity_to_positive`) compare like with like: a generated text (a title and a short
     description) against the positive's short text (title and genres, `short_emb`), with two baselines.
     Distinct shares: distinct generated texts (case-folded), and distinct nearest catalogue items (grounding),
     over valid negatives. false_hard_negative_share (the nearest non-train item is a held-out item of the
-    user) comes with its chance level (a uniform non-train item)."""
+    user) comes with its chance level (a uniform non-train item). grounding_distance_mean: 1 - cosine of each
+    text with its nearest non-train item (`similarity`); catalogue_item_share: texts naming a catalogue title."""
     users, items = rec["user"].to_numpy(int), rec["item"].to_numpy(int)
     titles = [norm_title(t) for t in data.items["title"].fillna("")]
     names_train = names_pos = held_near = held_pool = 0
@@ -346,7 +507,37 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray,
         "similarity_reference": "positive's short text (title + genres), as the generated text",
         "distinct_texts_share": rec["text"].str.lower().nunique() / n,
         "distinct_nearest_items_share": len(set(nearest.tolist())) / n,
+        "grounding_distance_mean": float(1 - np.mean(similarity)) if similarity is not None and len(rec) else None,
+        "catalogue_item_share": catalogue_share(data, rec["text"]),
     }
+
+
+REPORT = {   # quality key: what it says (the measures `hnlm sns` and notebook 03 report per output)
+    "copy_share_before_filter": "names a training item of the user, first draw (before the copy filter)",
+    "copy_share_after_filter": "names a training item of the user, kept negative (after the filter)",
+    "false_hard_negative_share": "nearest non-train catalogue item is a held-out positive of the user",
+    "false_hard_negative_chance": "the same for a uniform non-train item (chance)",
+    "distinct_texts_share": "distinct negatives (case-folded texts) over valid ones",
+    "invalid_share": "answers without a usable negative (invalid JSON, or a copy after every draw)",
+    "non_catalogue_share": "valid negatives naming no catalogue title (inventions)",
+    "grounding_distance_mean": "1 - cosine of a negative with its nearest non-train catalogue item",
+}
+
+
+def report(q: dict) -> dict:
+    """The REPORT measures of a quality dict (invalid and non-catalogue shares derived from it)."""
+    derived = {"invalid_share": 1 - q["valid_json_rate"] if q.get("valid_json_rate") is not None else None,
+               "non_catalogue_share": 1 - q["catalogue_item_share"] if q.get("catalogue_item_share") is not None
+               else None}
+    return {k: derived[k] if k in derived else q.get(k) for k in REPORT}
+
+
+def copy_examples(data, rec: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Up to n records whose first draw was a copy of a training item: the copies rejected and what was kept."""
+    hit = rec[[isinstance(r, list) and len(r) > 0 for r in rec.get("rejected", [None] * len(rec))]].head(n)
+    return pd.DataFrame({"user": hit["user"].astype(int), "positive": [title_of(data, int(i)) for i in hit["item"]],
+                         "rejected copies": [" | ".join(r) for r in hit["rejected"]],
+                         "kept negative": hit["text"].where(hit["ok"].astype(bool), "(none: copies only)")})
 
 
 def embed_and_ground(data, ok: pd.DataFrame, encoder, pool: int, seed: int) -> tuple[np.ndarray, pd.DataFrame, dict]:
@@ -355,23 +546,39 @@ def embed_and_ground(data, ok: pd.DataFrame, encoder, pool: int, seed: int) -> t
     neg_emb = encoder.encode(ok["text"].tolist()) if len(ok) else np.zeros((0, encoder.dim), np.float32)
     item_emb = item_embeddings(data, encoder)
     nearest, sim, top, nearest_any = ground(neg_emb, ok["user"].to_numpy(int), item_emb, data, pool)
-    q = quality(data, ok, neg_emb, short_embeddings(data, encoder), nearest, nearest_any, top, seed=seed)
+    q = quality(data, ok, neg_emb, short_embeddings(data, encoder), nearest, nearest_any, top, seed=seed,
+                similarity=sim)
     grounded = pd.DataFrame({"user": ok["user"].astype(int), "item": ok["item"].astype(int), "text": ok["text"],
                              "nearest": nearest.astype(int), "similarity": sim.astype(float),
-                             "pool": [list(map(int, p)) for p in top]})
+                             "pool": [list(map(int, p)) for p in top], "sample": sample_column(ok)})
     return neg_emb, grounded, q
 
 
+def sample_column(frame: pd.DataFrame) -> np.ndarray:
+    """Each record's sample index (0 where records have none: one sample)."""
+    if "sample" not in frame:
+        return np.zeros(len(frame), np.int64)
+    return frame["sample"].fillna(0).to_numpy(np.int64)
+
+
+def read_samples(path: Path, contexts: list[str], cols: list[str] = RECORD_COLUMNS) -> pd.DataFrame:
+    """The records of each context tag (sample k: contexts[k]), with their sample index."""
+    frames = [read_negatives(path, c, cols).assign(sample=k) for k, c in enumerate(contexts)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
 def generated_records(data, llm: str, budget: Budget, pair_seed: int, records: pd.DataFrame, allow_missing: bool,
-                      command: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """(every generated record of the budget's pairs, the valid ones, pairs never generated). Missing pairs
-    (an interrupted run) are an error unless allowed, and are counted apart from invalid answers."""
-    pairs = select_pairs(data, budget, pair_seed)
-    rec = pairs.merge(records, on=["user", "item"], how="left")
+                      command: str, samples: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(every generated record of the budget's pairs and `samples` samples, the valid ones, pair-samples never
+    generated). Missing ones (an interrupted run) are an error unless allowed, and are counted apart from
+    invalid answers."""
+    pairs = select_pairs(data, budget, pair_seed).merge(pd.DataFrame({"sample": range(samples)}), how="cross")
+    records = records.assign(sample=sample_column(records))
+    rec = pairs.merge(records, on=["user", "item", "sample"], how="left")
     missing = int(rec["ok"].isna().sum())
     if missing and not allow_missing:
-        raise MissingInputError(f"{missing} of {len(rec)} pairs of budget {budget.spec} have no generated output "
-                                f"in {sns_dir(data.name, llm, split_id_of(data))}: run `{command} --budget "
+        raise MissingInputError(f"{missing} of {len(rec)} pair-samples of budget {budget.spec} have no generated "
+                                f"output in {sns_dir(data.name, llm, split_id_of(data))}: run `{command} --budget "
                                 f"{budget.spec} {split_options(data)}` first (or build from what exists with "
                                 f"--allow-missing)")
     rec = rec[rec["ok"].notna()].reset_index(drop=True)
@@ -379,29 +586,33 @@ def generated_records(data, llm: str, budget: Budget, pair_seed: int, records: p
 
 
 def build_artifacts(data, llm: str, budget: Budget, encoder, pair_seed: int = 0, pool: int = 20,
-                    extra_meta: dict | None = None, allow_missing: bool = False, context: str | None = None) -> dict:
-    """Embed, ground and measure the negatives of a budget; write bank / grounded / quality / meta."""
+                    extra_meta: dict | None = None, allow_missing: bool = False, contexts: list[str] = ()) -> dict:
+    """Embed, ground and measure the negatives of a budget, sample k made with context tag contexts[k]; write
+    bank (rows in sample blocks, `NegativeBank.samples`) / grounded / quality / meta (the contexts in order)."""
     out = sns_dir(data.name, llm, split_id_of(data))
     pairs = select_pairs(data, budget, pair_seed)
     command = f"hnlm sns --dataset {data.name} --llm {llm} --pair-seed {pair_seed}" + (
-        f" --context {parse_tag(context)[0]}" if context else "")
-    rec, ok, missing = generated_records(data, llm, budget, pair_seed, read_negatives(out / "negatives.jsonl", context),
-                                         allow_missing, command)
+        f" --context {parse_tag(contexts[0])[0]}" if contexts else "")
+    records = read_samples(out / "negatives.jsonl", list(contexts)) if contexts else read_negatives(
+        out / "negatives.jsonl")
+    rec, ok, missing = generated_records(data, llm, budget, pair_seed, records, allow_missing, command,
+                                         max(len(contexts), 1))
     neg_emb, grounded, q = embed_and_ground(data, ok, encoder, pool, pair_seed)
-    q.update({"budget_pairs": int(len(pairs)), "not_generated": missing,
+    q.update(copy_shares(data, rec[rec["ok"].astype(bool) | (rec["reason"] == COPY_REASON)]))
+    q.update({"budget_pairs": int(len(pairs)), "samples": max(len(contexts), 1), "not_generated": missing,
               "coverage_users": int(ok["user"].nunique()) / data.n_users,
               "requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
               "invalid": int(len(rec) - len(ok)), "truncated_to_20_words": int(ok["truncated"].sum()),
               "invalid_reasons": rec.loc[~rec["ok"].astype(bool), "reason"].value_counts().to_dict()})
     tag = budget.tag
     NegativeBank(neg_emb, ok["user"].to_numpy(np.int64), ok["item"].to_numpy(np.int64),
-                 source=f"sns:{llm}:{budget.spec}").save(out / f"bank_{tag}.npz")
+                 source=f"sns:{llm}:{budget.spec}", samples=sample_column(ok)).save(out / f"bank_{tag}.npz")
     with atomic_path(out / f"grounded_{tag}.parquet") as tmp:
         grounded.to_parquet(tmp)
     meta = {"dataset": data.name, "llm": llm, "budget": budget.spec, "pair_seed": pair_seed,
             "split_seed": split_seed_of(data), "train_fingerprint": train_fingerprint(data),
             "encoder": getattr(encoder, "identity", type(encoder).__name__), "grounding_pool": pool,
-            **(extra_meta or {})}
+            "samples": max(len(contexts), 1), "sample_contexts": list(contexts), **(extra_meta or {})}
     write_text(out / f"quality_{tag}.json", json.dumps(q, indent=2))
     write_text(out / f"meta_{tag}.json", json.dumps(meta, indent=2))
     return {"quality": q, "meta": meta, "folder": str(out)}
@@ -436,7 +647,8 @@ def load_bank(data, llm: str, budget: Budget) -> NegativeBank:
     q = meta.pop("quality")
     return NegativeBank.load(path, f"sns:{llm}:{budget.spec}",
                              {"budget": budget.spec, "llm": llm, "encoder": meta["encoder"],
-                              "valid_json_rate": q["valid_json_rate"], "context": meta.get("context")})
+                              "valid_json_rate": q["valid_json_rate"], "context": meta.get("context"),
+                              "samples": meta.get("samples", 1), "sample_contexts": meta.get("sample_contexts")})
 
 
 def load_grounded(data, llm: str, budget: Budget) -> pd.DataFrame:
@@ -446,22 +658,29 @@ def load_grounded(data, llm: str, budget: Budget) -> pd.DataFrame:
 # ---------------------------------------------------------------- shipped negatives, else cached, else made
 
 SHIPPED_KIND = "sns-negatives"   # hnlm.semantic.outputs kind of the negatives shipped in outputs/
-SHIPPED_FIELDS = ("ok", "text", "reasoning", "reason", "words", "truncated")
+SHIPPED_FIELDS = ("ok", "text", "reasoning", "reason", "words", "truncated", "tries", "rejected")
+FIELD_DEFAULTS = {"tries": 1, "rejected": []}   # of records shipped before the copy filter existed
 
 
 def shipped_slot(builder: PromptBuilder, split_id: str) -> str:
+    """One slot per sample: its context tag names its decoding, sampling seed and copy filter."""
     return f"{safe_name(builder.tag)}_split-{split_id}"
 
 
 def shipped_key(data, backend, builder: PromptBuilder, split_seed: int) -> dict:
     """What identifies shipped negatives besides their prompts, from the objects that make them: the builder's
-    schema, decoding budget, template and context tag, the backend's weights and decoding, the training split."""
+    schema, decoding budget, template and context tag, the backend's weights and decoding (sampled: with the
+    sample's seed), the training split; a sample other than 0 records its index."""
     schema = builder.json_schema()
     _, total = field_budgets(schema, builder.max_new_tokens)
-    return {"model": backend.weights_identity, "schema": schema, "decoding": backend.decoding(total),
-            "max_words": MAX_WORDS, "context": builder.tag, "prompt_seed": builder.seed,
-            "templates": outputs.template_hashes([builder.template]),
-            "split": train_fingerprint(data), "split_seed": split_seed}
+    decoding = backend.decoding(total)
+    if "seed" in decoding:
+        decoding["seed"] = builder.draw_seed
+    key = {"model": backend.weights_identity, "schema": schema, "decoding": decoding,
+           "max_words": MAX_WORDS, "context": builder.tag, "prompt_seed": builder.seed,
+           "templates": outputs.template_hashes([builder.template]),
+           "split": train_fingerprint(data), "split_seed": split_seed}
+    return {**key, "sample": builder.sample} if builder.sample else key
 
 
 def prompt_hashes(builder: PromptBuilder, pairs: pd.DataFrame) -> dict:
@@ -473,81 +692,109 @@ def prompt_hashes(builder: PromptBuilder, pairs: pd.DataFrame) -> dict:
 def lookup_shipped(data, llm: str, builder: PromptBuilder, pairs: pd.DataFrame, split_seed: int,
                    backend=None) -> outputs.Lookup:
     """The shipped negatives of `pairs` made with these prompts and settings (`backend`: the one that would make
-    them, default `llm`'s; made only when something is shipped in the slot)."""
+    them, default `llm`'s with the builder's decoding; made only when something is shipped in the slot)."""
     slot = shipped_slot(builder, split_id_of(data))
     none = outputs.not_shipped(SHIPPED_KIND, data.name, llm, slot)
     if none is not None:
         return none
-    key = shipped_key(data, backend or make_backend(llm, progress=False), builder, split_seed)
-    return outputs.lookup(SHIPPED_KIND, data.name, llm, slot, key, prompt_hashes(builder, pairs),
-                          id_fields=("user", "item"))
+    backend = backend or make_backend(llm, progress=False, **builder.decoding.backend_options())
+    return outputs.lookup(SHIPPED_KIND, data.name, llm, slot, shipped_key(data, backend, builder, split_seed),
+                          prompt_hashes(builder, pairs), id_fields=("user", "item"))
 
 
-def copy_into_cache(rows: list[dict], folder: Path, context: str) -> int:
+def shipped_fields(record) -> dict:
+    """SHIPPED_FIELDS of a record (a dict or a row), FIELD_DEFAULTS where it has none."""
+    get = record.get if isinstance(record, dict) else lambda f, d=None: getattr(record, f, d)
+    values = {f: plain(get(f, None)) for f in SHIPPED_FIELDS}
+    return {f: FIELD_DEFAULTS[f] if v is None and f in FIELD_DEFAULTS else v for f, v in values.items()}
+
+
+def copy_into_cache(rows: list[dict], folder: Path, builder: PromptBuilder) -> int:
     """Append shipped records to artifacts' negatives.jsonl where it lacks them or holds other answers
     (the last record of a pair wins), so grounding and banks are built from the shipped answers."""
-    have = read_negatives(folder / "negatives.jsonl", context)
-    known = {(int(r.user), int(r.item)): tuple(getattr(r, f) for f in SHIPPED_FIELDS) for r in have.itertuples()}
-    new = [r for r in rows if known.get((r["user"], r["item"])) != tuple(r[f] for f in SHIPPED_FIELDS)]
+    have = read_negatives(folder / "negatives.jsonl", builder.tag)
+    known = {(int(r.user), int(r.item)): shipped_fields(r) for r in have.itertuples()}
+    new = [r for r in rows if known.get((r["user"], r["item"])) != shipped_fields(r)]
     if new:
         with (folder / "negatives.jsonl").open("a") as fh:
             for r in new:
-                fh.write(json.dumps({"user": r["user"], "item": r["item"], **{f: r[f] for f in SHIPPED_FIELDS},
-                                     "context": context}) + "\n")
+                fh.write(json.dumps({"user": r["user"], "item": r["item"], **shipped_fields(r),
+                                     "context": builder.tag, "sample": builder.sample}) + "\n")
     return len(new)
 
 
-def obtain_negatives(data, llm: str, pairs: pd.DataFrame, builder: PromptBuilder, split_seed: int,
+def obtain_negatives(data, llm: str, pairs: pd.DataFrame, builders: list[PromptBuilder], split_seed: int,
                      chunk: int = 32) -> dict:
-    """The negatives of `pairs` in artifacts' negatives.jsonl: shipped ones whose prompts match are copied there,
-    else the missing pairs are generated (LLM cache, then the model). Returns the generation counts."""
-    backend = make_backend(llm)
+    """The negatives of `pairs`, every sample of `builders` (`sample_builders`), in artifacts' negatives.jsonl:
+    shipped samples whose prompts match are copied there, the others' missing records are generated together
+    (LLM cache, then the model). Returns the generation counts over pair-samples, with the rate of the model."""
+    backend = make_backend(llm, **builders[0].decoding.backend_options())
     folder = sns_dir(data.name, llm, split_id_of(data))
-    found = lookup_shipped(data, llm, builder, pairs, split_seed, backend)
-    if found.shipped is not None:
-        copied = copy_into_cache(found.rows, folder, builder.tag)
+    todo, reasons, shipped, made_with = [], [], 0, None
+    for b in builders:
+        found = lookup_shipped(data, llm, b, pairs, split_seed, backend)
+        if found.shipped is None:
+            todo.append(b)
+            reasons.append(found.reason)
+            continue
+        copied = copy_into_cache(found.rows, folder, b)
         outputs.report(SHIPPED_KIND, f"{found.shipped.line(len(found.rows))}; {copied} records copied into "
                                      f"{folder / 'negatives.jsonl'}")
-        return {"requested": len(pairs), "already_done": len(pairs), "generated": 0, "from_llm_cache": 0,
-                "shipped": len(found.rows), "backend": found.shipped.manifest["key"]["model"],
-                "made_with": found.shipped.made_with, "seconds": None, "prompts_per_s": None, "tokens_per_s": None}
-    gen = generate_negatives(data, backend, pairs, builder, folder, chunk=chunk)
-    outputs.report(SHIPPED_KIND, f"{gen['already_done']} already in {folder / 'negatives.jsonl'}, "
-                                 f"{gen['from_llm_cache']} from the LLM cache, generated "
-                                 f"{gen['generated'] - gen['from_llm_cache']} ({found.reason})")
-    return {**gen, "backend": backend.identity, "shipped": 0,
-            **{k: backend.last_stats.get(k) for k in ("seconds", "prompts_per_s", "tokens_per_s")}}
+        shipped, made_with = shipped + len(found.rows), found.shipped.made_with
+    gen = {"generated": 0, "from_llm_cache": 0, "redrawn": 0, "already_done": 0}
+    t0 = time.perf_counter()
+    if todo:
+        gen = generate_negatives(data, backend, pairs, todo, folder, chunk=chunk)
+        outputs.report(SHIPPED_KIND, f"{gen['already_done']} already in {folder / 'negatives.jsonl'}, "
+                                     f"{gen['from_llm_cache']} from the LLM cache, generated "
+                                     f"{gen['generated'] - gen['from_llm_cache']} and {gen['redrawn']} redraws of "
+                                     f"copies ({'; '.join(dict.fromkeys(reasons))})")
+    seconds = time.perf_counter() - t0
+    made = gen["generated"] - gen["from_llm_cache"] + gen["redrawn"]
+    return {**gen, "requested": len(pairs) * len(builders), "already_done": gen["already_done"] + shipped,
+            "shipped": shipped, "samples": len(builders), "made_with": made_with,
+            "backend": backend.identity if todo else found.shipped.manifest["key"]["model"],
+            "seconds": round(seconds, 1) if made else None, "prompts_per_s": made / seconds if made else None,
+            "tokens_per_s": backend.tokens_out / seconds if made else None}
 
 
 def obtain_built(data, llm: str, budget: Budget, context: str = "profile", pair_seed: int = 0,
-                 encoder: str = "minilm", pool: int = 20) -> None:
+                 encoder: str = "minilm", pool: int = 20, decoding: Decoding = SAMPLED) -> None:
     """Make sure module 2's bank, grounding and quality of these settings are in artifacts/, without an LLM:
-    shipped negatives whose prompts match are copied into negatives.jsonl (then the bank is built from them);
-    else a bank built there with this context and pair seed is kept; else it is built from the records there,
-    and missing pairs are an error naming the `hnlm sns` that generates them."""
-    builder = PromptBuilder(data, context, llm, seed=pair_seed)
+    shipped negatives (of every sample of `decoding`) whose prompts match are copied into negatives.jsonl (then
+    the bank is built from them); else a bank built there with these contexts and pair seed is kept; else it is
+    built from the records there, and missing pairs are an error naming the `hnlm sns` that generates them."""
+    builders = sample_builders(data, context, llm, pair_seed, decoding)
     folder = sns_dir(data.name, llm, split_id_of(data))
     pairs = select_pairs(data, budget, pair_seed)
-    found = lookup_shipped(data, llm, builder, pairs, split_seed_of(data))
-    copied = copy_into_cache(found.rows, folder, builder.tag) if found.shipped is not None else 0
+    found = [lookup_shipped(data, llm, b, pairs, split_seed_of(data)) for b in builders]
+    copied = sum(copy_into_cache(f.rows, folder, b) for f, b in zip(found, builders) if f.shipped is not None)
     meta_path = folder / f"meta_{budget.tag}.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if not copied and (meta.get("context_tag"), meta.get("pair_seed")) == (builder.tag, pair_seed):
-        outputs.report(SHIPPED_KIND, f"bank built in {folder} ({found.reason})")
+    tags = [b.tag for b in builders]
+    reasons = "; ".join(dict.fromkeys(f.reason for f in found))
+    if not copied and (meta.get("sample_contexts"), meta.get("pair_seed")) == (tags, pair_seed):
+        outputs.report(SHIPPED_KIND, f"bank built in {folder} ({reasons})")
         return
-    where = found.shipped.line(len(found.rows)) if found.shipped is not None else str(folder / "negatives.jsonl")
-    outputs.report(SHIPPED_KIND, f"building the bank from {where} ({found.reason})")
-    build_artifacts(data, llm, budget, get_text_encoder(encoder), pair_seed, pool, extra_meta=builder.describe(),
-                    context=builder.tag)
+    shipped = [f.shipped.line(len(f.rows)) for f in found if f.shipped is not None]
+    outputs.report(SHIPPED_KIND, f"building the bank from {'; '.join(shipped) or folder / 'negatives.jsonl'} "
+                                 f"({reasons})")
+    build_artifacts(data, llm, budget, get_text_encoder(encoder), pair_seed, pool,
+                    extra_meta={**builders[0].describe(), "decoding": decoding_meta(decoding)}, contexts=tags)
+
+
+def decoding_meta(decoding: Decoding) -> dict:
+    return {"temperature": decoding.temperature, "top_p": decoding.top_p, "seed": decoding.seed,
+            "samples": decoding.samples, "copy_filter_tries": decoding.tries}
 
 
 def records_to_ship(data, llm: str, builder: PromptBuilder, pairs: pd.DataFrame) -> tuple[list[dict], Path]:
-    """The generated records of `pairs` in artifacts/ as they ship (with their prompt hashes; fewer than the
-    pairs while generation is incomplete), and the file they come from."""
+    """The generated records of `pairs` (of the builder's sample) in artifacts/ as they ship (with their prompt
+    hashes; fewer than the pairs while generation is incomplete), and the file they come from."""
     path = sns_dir(data.name, llm, split_id_of(data)) / "negatives.jsonl"
     done = pairs.merge(read_negatives(path, builder.tag), on=["user", "item"])
     shas = prompt_hashes(builder, pairs)
-    return [{"user": int(r.user), "item": int(r.item), **{f: plain(getattr(r, f)) for f in SHIPPED_FIELDS},
+    return [{"user": int(r.user), "item": int(r.item), **shipped_fields(r),
              "prompt_sha": shas[(int(r.user), int(r.item))]} for r in done.itertuples()], path
 
 
@@ -560,16 +807,17 @@ def plain(value):
 
 def parse_tag(tag: str) -> tuple[str, str, str]:
     """(context, profiles LLM or "", decoding) of a PromptBuilder.tag
-    "<history | profile:<llm>>|<template>-<prompt hash>|<greedy | sample-...>"."""
+    "<history | profile:<llm>>|<template>-<prompt hash>|<greedy | sample-...>[-nocopy<tries>-<filter>]"."""
     parts = tag.split("|")
     context, _, profiles_llm = parts[0].partition(":")
     return context, profiles_llm, parts[-1]
 
 
 def shipped_builder(data, key: dict) -> PromptBuilder:
-    """The PromptBuilder that made shipped negatives of key `key` (its context tag and prompt seed)."""
-    context, profiles_llm, _ = parse_tag(key["context"])
-    return PromptBuilder(data, context, profiles_llm or None, seed=key.get("prompt_seed", 0))
+    """The PromptBuilder that made shipped negatives of key `key` (its context tag, sample and prompt seed)."""
+    context, profiles_llm, decoding = parse_tag(key["context"])
+    return PromptBuilder(data, context, profiles_llm or None, seed=key.get("prompt_seed", 0), decoding=decoding,
+                         sample=key.get("sample", 0))
 
 
 # ---------------------------------------------------------------- candidate-list variant
@@ -604,12 +852,17 @@ class PickPromptBuilder(PromptBuilder):
     max_new_tokens = FIELD_TOKENS["reasoning"] + 3 * PICK_MAX + 24
 
     def __init__(self, data, context: str = "profile", profiles_llm: str | None = None, seed: int = 0,
-                 decoding: str = "greedy"):
+                 decoding: str = "greedy", sample: int = 0):
         self.pool = training_pool(data)
-        super().__init__(data, context, profiles_llm, seed, decoding)
+        super().__init__(data, context, profiles_llm, seed, decoding, sample)
 
     def json_schema(self) -> dict:
         return pick_schema()
+
+    @property
+    def copies(self) -> None:
+        """Picks are ids of real items of the list: no copy filter."""
+        return None
 
     def candidates(self, user: int, item: int) -> np.ndarray:
         unseen = np.setdiff1d(self.pool, self.data.train_items(user))

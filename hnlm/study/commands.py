@@ -112,14 +112,13 @@ def run(args) -> int:
 
 def run_llm_only(args) -> int:
     from hnlm.study.inputs import llm_only_stages
-    from hnlm.study.llm_outputs import prepare, units
+    from hnlm.study.llm_outputs import prepare, unit_options, units
     from hnlm.study.publish import publish_study
     args.stages = llm_only_stages(args.dataset, args.stages)
     if not args.publish:
         prepare(args.profile, args.dataset, args.llm, args.stages)
         return 0
-    for stage, signal in units(args.profile, args.stages):  # ship each output as soon as it is made
-        signals = [signal] if signal else None
-        prepare(args.profile, args.dataset, args.llm, [stage], signals=signals)
-        publish_study(args.profile, args.dataset, args.llm, [stage], signals=signals)
+    for stage, part in units(args.profile, args.stages):  # ship each output as soon as it is made
+        prepare(args.profile, args.dataset, args.llm, [stage], **unit_options(stage, part))
+        publish_study(args.profile, args.dataset, args.llm, [stage], **unit_options(stage, part))
     return 0

@@ -15,17 +15,20 @@ import time
 
 from hnlm.data import first_users, load_dataset
 from hnlm.llm.backends import make_backend
+from hnlm.semantic.sns import DECODINGS
 from hnlm.study import pipeline
 from hnlm.study.settings import STAGES, TARGET_DATASET, settings
 
 JUDGE = "07_false_negatives"   # its "judge" setting says whether the profile makes the judge's scores
 LLM_SIZE = "11_llm_size"   # its stage makes the outputs of each LLM in its `llms`, whatever the study's LLM
+SNS_BLOCKS = 4   # `--publish` ships the sns stage in this many growing blocks of users (all K samples each)
 
 
 def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int = 256,
-            profile_batch: int = 128, signals=None) -> dict:
+            profile_batch: int = 128, signals=None, sns_block: int | None = None) -> dict:
     """Run the LLM stages of the study under `profile`, in order; returns seconds and counts per stage.
-    `signals` limits the fine-tuning stages (hnlmrec, transfer) to these CF signals (default: the profile's)."""
+    `signals` limits the fine-tuning stages (hnlmrec, transfer) to these CF signals (default: the profile's),
+    `sns_block` the sns stage to the users of that block (`block_users`; default: the profile's)."""
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}: choose from {', '.join(STAGES)}")
@@ -42,8 +45,10 @@ def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int 
             info = {"counts": out["counts"]}
         elif stage == "sns":
             conf = settings(profile, "03_sns")
-            _, _, info = pipeline.generate_study_sns(data, llm, conf["limit_users"], conf["split_seed"],
-                                                     chunk=sns_chunk, context=conf["context"])
+            users = conf["limit_users"] if sns_block is None else block_users(data.n_users, sns_block)
+            _, _, info = pipeline.generate_study_sns(data, llm, users, conf["split_seed"],
+                                                     chunk=sns_chunk, context=conf["context"],
+                                                     decoding=DECODINGS[conf["decoding"]])
         elif stage == "judge":
             info = pipeline.study_judge(data, llm, settings(profile, JUDGE)["judge"])
         elif stage == "hnlmrec":
@@ -69,15 +74,32 @@ def llm_size_outputs(data, llm: str, conf: dict, sns_chunk: int) -> dict:
     made = {}
     if "sns" in conf["methods"]:
         made["sns"] = pipeline.generate_study_sns(data, llm, conf["limit_users"], conf["split_seed"],
-                                                  chunk=sns_chunk, context=conf["context"])[2]["generated"]
+                                                  chunk=sns_chunk, context=conf["context"],
+                                                  decoding=DECODINGS[conf["decoding"]])[2]["generated"]
     for s in conf["signals"]:
         made[s] = pipeline.study_hnlmrec(data, llm, s, conf["hnlmrec"], conf["split_seed"])[0]["folder"]
     return made
 
 
-def units(profile: str, stages=STAGES) -> list[tuple[str, str | None]]:
-    """The study's LLM work as (stage, CF signal or None) units in run order: what `--publish` ships one at a
-    time, so that an interrupted run keeps every output it finished."""
+def units(profile: str, stages=STAGES) -> list[tuple[str, str | int | None]]:
+    """The study's LLM work as (stage, part) units in run order: what `--publish` ships one at a time, so that
+    an interrupted run keeps every output it finished. Part: the CF signal of a fine-tuning stage, the block
+    (1..SNS_BLOCKS) of the sns stage when the profile makes it for every user, else None."""
     signal_conf = {"hnlmrec": "05_hnlmrec", "transfer": "10_generalisation"}
-    return [(stage, signal) for stage in STAGES if stage in stages
-            for signal in (settings(profile, signal_conf[stage])["signals"] if stage in signal_conf else [None])]
+    blocks = range(1, SNS_BLOCKS + 1) if settings(profile, "03_sns")["limit_users"] is None else [None]
+    return [(stage, part) for stage in STAGES if stage in stages
+            for part in (settings(profile, signal_conf[stage])["signals"] if stage in signal_conf
+                         else blocks if stage == "sns" else [None])]
+
+
+def block_users(n_users: int, block: int) -> int | None:
+    """The first users the sns block `block` of SNS_BLOCKS covers (None: all): blocks grow, each one published
+    (all K samples of its users) replaces the previous one's output."""
+    return None if block >= SNS_BLOCKS else -(-n_users * block // SNS_BLOCKS)
+
+
+def unit_options(stage: str, part) -> dict:
+    """prepare's and publish_study's options that restrict them to one unit's part."""
+    if part is None:
+        return {}
+    return {"sns_block": part} if stage == "sns" else {"signals": [part]}

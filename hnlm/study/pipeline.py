@@ -47,48 +47,52 @@ def words(texts) -> np.ndarray:
 
 def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair_seed: int = 0,
               encoder: str = "minilm", pool: int = 20, chunk: int = 32, context: str = "profile",
-              official: bool = True) -> dict:
-    """One hard negative per user (budget per-user:1) for the first `limit_users` users (all: None):
-    generate (cached, resumable), embed, ground to the catalogue, measure. Returns the generation counts,
-    quality measures, the valid records, a NegativeBank and the grounded frame. A complete run writes
-    module 2's official artefacts unless `official` is False (a side analysis with another prompt context
-    must not replace notebook 03's bank)."""
+              official: bool = True, decoding: sns.Decoding = sns.SAMPLED) -> dict:
+    """K = decoding.samples hard negatives per user (budget per-user:1) for the first `limit_users` users (all:
+    None): generate (cached, resumable), embed, ground to the catalogue, measure. Returns the generation counts,
+    quality measures, the records (every sample, column `sample`), a NegativeBank and the grounded frame. A
+    complete run writes module 2's official artefacts unless `official` is False (a side analysis with another
+    prompt context must not replace notebook 03's bank)."""
 
     budget = Budget.parse("per-user:1")
-    pairs, builder, gen = generate_study_sns(data, llm, limit_users, split_seed, pair_seed, chunk, context)
+    pairs, builders, gen = generate_study_sns(data, llm, limit_users, split_seed, pair_seed, chunk, context, decoding)
     folder = sns.sns_dir(data.name, llm, split_id_of(data))
     enc = get_text_encoder(encoder)
+    tags = [b.tag for b in builders]
+    records = sns.read_samples(folder / "negatives.jsonl", tags)
     if limit_users is None and official:  # the complete budget: module 2's official artefacts
-        built = sns.build_artifacts(data, llm, budget, enc, pair_seed, pool, context=builder.tag,
-                                    extra_meta={**builder.describe(), "generation": gen})
+        built = sns.build_artifacts(data, llm, budget, enc, pair_seed, pool, contexts=tags,
+                                    extra_meta={**builders[0].describe(), "generation": gen,
+                                                "decoding": sns.decoding_meta(decoding)})
         bank, grounded = sns.load_bank(data, llm, budget), sns.load_grounded(data, llm, budget)
-        quality = built["quality"]
-        records = pairs.merge(sns.read_negatives(folder / "negatives.jsonl", builder.tag),
-                              on=["user", "item"])
-        return {"generation": gen, "quality": quality, "records": records, "bank": bank, "grounded": grounded}
-    rec = pairs.merge(sns.read_negatives(folder / "negatives.jsonl", builder.tag), on=["user", "item"],
-                      how="left")
-    ok = rec[rec["ok"].fillna(False).astype(bool)].reset_index(drop=True)
+        return {"generation": gen, "quality": built["quality"], "bank": bank, "grounded": grounded,
+                "records": pairs.merge(records, on=["user", "item"])}
+    rec, ok, _ = sns.generated_records(data, llm, budget, pair_seed, records, True, "hnlm sns", len(tags))
+    rec = rec[rec["user"].isin(pairs["user"])].reset_index(drop=True)
+    ok = ok[ok["user"].isin(pairs["user"])].reset_index(drop=True)
     neg_emb, grounded, quality = sns.embed_and_ground(data, ok, enc, pool, pair_seed)
-    quality.update({"requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
+    quality.update(sns.copy_shares(data, rec[rec["ok"].astype(bool) | (rec["reason"] == sns.COPY_REASON)]))
+    quality.update({"requested": int(len(rec)), "samples": len(tags), "valid_json_rate": len(ok) / max(len(rec), 1),
                     "invalid": int(len(rec) - len(ok))})
     covered = "all-users" if limit_users is None else f"first-{limit_users}-users"
     bank = NegativeBank(neg_emb, ok["user"].to_numpy(int), ok["item"].to_numpy(int),
-                        source=f"sns:{llm}:{builder.tag}:{covered}",
-                        meta={"budget": f"per-user:1, {covered}", "llm": llm, "encoder": enc.identity})
+                        source=f"sns:{llm}:{tags[0]}:{covered}", samples=sns.sample_column(ok),
+                        meta={"budget": f"per-user:1, {covered}", "llm": llm, "encoder": enc.identity,
+                              "samples": len(tags), "sample_contexts": tags})
     return {"generation": gen, "quality": quality, "records": rec, "bank": bank, "grounded": grounded}
 
 
 def generate_study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair_seed: int = 0,
-                       chunk: int = 32, context: str = "profile"):
-    """The LLM half of `study_sns` (cached, resumable): (pairs, PromptBuilder, generation counts). Shipped
-    negatives whose prompts match are copied into the artifacts' record file instead of being generated."""
+                       chunk: int = 32, context: str = "profile", decoding: sns.Decoding = sns.SAMPLED):
+    """The LLM half of `study_sns` (cached, resumable): (pairs, PromptBuilders of the samples, generation
+    counts). Shipped negatives whose prompts match are copied into the artifacts' record file instead of being
+    generated."""
 
     pairs = select_pairs(data, Budget.parse("per-user:1"), pair_seed)
     if limit_users is not None:
         pairs = pairs[pairs["user"] < limit_users]
-    builder = sns.PromptBuilder(data, context, llm, seed=pair_seed)
-    return pairs, builder, sns.obtain_negatives(data, llm, pairs, builder, split_seed, chunk)
+    builders = sns.sample_builders(data, context, llm, pair_seed, decoding)
+    return pairs, builders, sns.obtain_negatives(data, llm, pairs, builders, split_seed, chunk)
 
 
 def study_judge(data, llm: str, wanted: bool) -> dict:
@@ -107,7 +111,7 @@ def llm_size_resources(data, llm: str, conf: dict) -> tuple[Resources, dict]:
     resources, info = Resources(), {"llm": llm}
     if "sns" in conf["methods"]:
         out = study_sns(data, llm, conf["limit_users"], conf["split_seed"], context=conf["context"],
-                        official=False)
+                        official=False, decoding=sns.DECODINGS[conf["decoding"]])
         resources.provide(SNS_BANK, out["bank"])
         q = out["quality"]
         info.update({"sns_valid_json_rate": q["valid_json_rate"], "sns_distinct_texts": q["distinct_texts_share"],

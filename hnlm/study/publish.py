@@ -26,7 +26,7 @@ from hnlm.semantic.hnlmrec import banks, transfer
 from hnlm.semantic.hnlmrec.adapters import attach_adapter, run_final, split_of_slot
 from hnlm.semantic.hnlmrec.queries import Teacher
 from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, bank_files, loss_history, run_folder
-from hnlm.study.llm_outputs import JUDGE, LLM_SIZE, STAGES, TARGET_DATASET
+from hnlm.study.llm_outputs import JUDGE, LLM_SIZE, STAGES, TARGET_DATASET, block_users
 from hnlm.study.pipeline import hnlmrec_config
 from hnlm.study.settings import settings
 
@@ -37,10 +37,10 @@ def incomplete(what: str, profile: str, dataset: str, llm: str, stage: str) -> M
 
 
 def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Path | None = None,
-                  signals=None) -> list[str]:
+                  signals=None, sns_block: int | None = None) -> list[str]:
     """Publish every finished LLM output of `stages` under `profile` (fine-tuning stages: of `signals`, default
-    the profile's); returns one report line per output. An output already shipped with the same key is left
-    as it is."""
+    the profile's; sns: the users of `sns_block` if given, `llm_outputs.block_users`); returns one report line per
+    output. An output already shipped with the same key is left as it is."""
     seed = settings(profile, "01_data")["split_seed"]
     data = load_dataset(dataset, seed=seed)
     info = outputs.made_with(llm)
@@ -48,7 +48,8 @@ def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Pat
     if "profiles" in stages:
         lines += publish_profiles(data, llm, profile, seed, info, root)
     if "sns" in stages:
-        lines.append(publish_sns(data, llm, profile, settings(profile, "03_sns"), info, root))
+        users = None if sns_block is None else block_users(data.n_users, sns_block)
+        lines += publish_sns(data, llm, profile, settings(profile, "03_sns"), info, root, users)
     if "judge" in stages and settings(profile, JUDGE)["judge"]:
         lines.append(publish_judge(data, llm, profile, seed, outputs.made_with(llm, dtype=judge.SCORING_DTYPE), root))
     if "hnlmrec" in stages:
@@ -73,7 +74,7 @@ def publish_llm_size(data, profile, seed, root) -> list[str]:
     for llm in conf["llms"]:
         info = outputs.made_with(llm)
         if "sns" in conf["methods"]:
-            lines.append(f"{llm} " + publish_sns(data, llm, profile, conf, info, root))
+            lines += [f"{llm} {line}" for line in publish_sns(data, llm, profile, conf, info, root)]
         lines += [f"{llm} " + publish_hnlmrec(data, llm, s, conf["hnlmrec"], profile, seed, info, root)
                   for s in conf["signals"]]
     return lines
@@ -101,23 +102,37 @@ def publish_profiles(data, llm, profile, seed, info, root) -> list[str]:
     return lines
 
 
-def publish_sns(data, llm, profile, conf, info, root) -> str:
+def publish_sns(data, llm, profile, conf, info, root, users: int | None = None) -> list[str]:
+    """Ship each sample of conf["decoding"] as its own output (its slot and key name its sampling seed and
+    sample index); `users`: the records of the first `users` users only (a block of `hnlm study --llm-only
+    --publish`, replaced by the next, larger one; the manifest records `users`)."""
     if conf["limit_users"] is not None:
         raise incomplete(f"profile {profile} makes SNS negatives for the first {conf['limit_users']} users only; "
                          f"ship the complete set", "full", data.name, llm, "sns")
     pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
-    builder = sns.PromptBuilder(data, conf["context"], llm, seed=0)
-    backend = make_backend(llm, progress=False)
-    found = sns.lookup_shipped(data, llm, builder, pairs, conf["split_seed"], backend)
-    if found.shipped is not None:
-        return f"sns-negatives: already {found.shipped.line()}"
-    rows, path = sns.records_to_ship(data, llm, builder, pairs)
-    if len(rows) != len(pairs):
-        raise incomplete(f"{path} holds {len(rows)} of {len(pairs)} pairs", profile, data.name, llm, "sns")
-    mpath = outputs.publish_records(sns.SHIPPED_KIND, data.name, llm, sns.shipped_slot(builder, split_id_of(data)),
-                                    rows, sns.shipped_key(data, backend, builder, conf["split_seed"]), info,
-                                    {"profile": profile, "split_seed": conf["split_seed"]}, root)
-    return f"sns-negatives: {len(rows)} records -> {mpath}"
+    pairs = pairs if users is None else pairs[pairs["user"] < users]
+    decoding = sns.DECODINGS[conf["decoding"]]
+    builders = sns.sample_builders(data, conf["context"], llm, 0, decoding)
+    backend = make_backend(llm, progress=False, **decoding.backend_options())
+    lines = []
+    for builder in builders:
+        found = sns.lookup_shipped(data, llm, builder, pairs, conf["split_seed"], backend)
+        what = f"sns-negatives sample {builder.sample}" if decoding.samples > 1 else "sns-negatives"
+        if found.shipped is not None:
+            lines.append(f"{what}: already {found.shipped.line()}")
+            continue
+        rows, path = sns.records_to_ship(data, llm, builder, pairs)
+        if len(rows) != len(pairs):
+            raise incomplete(f"{path} holds {len(rows)} of {len(pairs)} pairs of sample {builder.sample}", profile,
+                             data.name, llm, "sns")
+        mpath = outputs.publish_records(sns.SHIPPED_KIND, data.name, llm,
+                                        sns.shipped_slot(builder, split_id_of(data)), rows,
+                                        sns.shipped_key(data, backend, builder, conf["split_seed"]), info,
+                                        {"profile": profile, "split_seed": conf["split_seed"],
+                                         "sample": builder.sample, "samples": decoding.samples,
+                                         "users": users or data.n_users}, root)
+        lines.append(f"{what}: {len(rows)} records -> {mpath}")
+    return lines
 
 
 def publish_judge(data, llm, profile, seed, info, root) -> str:

@@ -107,9 +107,10 @@ NOTEBOOK_SETTINGS = {
         "full": {"limit": None, "examples": 3},
     },
     "03_sns": {
-        "smoke": {"limit_users": 4, "context": "profile", "examples": 4},
-        "quick": {"limit_users": 48, "context": "profile", "examples": 8},
-        "full": {"limit_users": None, "context": "profile", "examples": 10},
+        # decoding: a name of hnlm.semantic.sns.DECODINGS ("sampled": K negatives per user, copy filter)
+        "smoke": {"limit_users": 4, "context": "profile", "examples": 4, "decoding": "sampled"},
+        "quick": {"limit_users": 48, "context": "profile", "examples": 8, "decoding": "sampled"},
+        "full": {"limit_users": None, "context": "profile", "examples": 10, "decoding": "sampled"},
     },
     # 04 (full) runs MF too: a method's gain on either backbone is the LLM's only if it beats its ablations there.
     "04_alignment": {
@@ -169,9 +170,10 @@ NOTEBOOK_SETTINGS = {
     # `hnlm study --llm-only --stages llm_size` makes (and with --publish ships) every LLM's outputs it needs.
     "11_llm_size": {
         "smoke": {**_CF["smoke"], "backbones": ["lightgcn"], "llms": ["smollm2-135m"], "methods": ["sns"],
-                  "limit_users": 4, "context": "history", "signals": ["text"], "hnlmrec": _HNLMREC["smoke"]},
+                  "limit_users": 4, "context": "history", "decoding": "greedy", "signals": ["text"],
+                  "hnlmrec": _HNLMREC["smoke"]},
         **{name: {**_CF[name], "backbones": ["lightgcn"], "llms": ["smollm2-135m", "qwen2.5-0.5b"], "methods": ["sns"],
-                  "limit_users": None, "context": "history", "signals": ["text"],
+                  "limit_users": None, "context": "history", "decoding": "greedy", "signals": ["text"],
                   "hnlmrec": _HNLMREC[name]} for name in ("quick", "full")},
     },
 }

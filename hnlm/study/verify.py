@@ -112,8 +112,8 @@ def verify_generations(entry: outputs.Shipped, sample: int, seed: int, root) -> 
     decoding = sns.parse_tag(m["key"]["context"])[2] if m["kind"] == sns.SHIPPED_KIND else "greedy"
     if decoding != "greedy":
         return {"sampled": 0, "regenerated": 0,
-                "summary": f"not regenerated: made with sampled decoding ({decoding}), whose draws depend on the "
-                           f"batch they were made in; verify compares greedy generations only"}
+                "summary": f"not regenerated: made with sampled decoding ({decoding}) (a kept text may be a "
+                           f"redraw of the copy filter); verify compares greedy generations only"}
     rows = entry.rows()
     picked = [rows[i] for i in _sample(len(rows), sample, seed)]
     messages, schema, max_new_tokens, main = generation_prompts(entry, picked, root)
