@@ -49,7 +49,7 @@ from hnlm.llm.backends import make_backend
 from hnlm.paths import artifacts_dir
 from hnlm.semantic import outputs
 from hnlm.semantic.common import safe_name, split_id_of, split_options, split_seed_of, train_fingerprint
-from hnlm.semantic.sns import PromptBuilder, parse_tag, short_text, training_pool
+from hnlm.semantic.sns import GREEDY, PromptBuilder, parse_tag, short_text, training_pool
 
 JUDGE_CANDIDATES = 20    # items listed per user
 JUDGE_MARKS = 3          # default number of marks per user: the top-scoring items of its list (dnsmn-judge's `marks`)
@@ -110,6 +110,10 @@ class JudgePrompts(PromptBuilder):
     def __init__(self, data, config: JudgeConfig, profiles_llm: str | None = None, lists=None):
         self.config, self.lists = config, lists
         super().__init__(data, config.context, profiles_llm, seed=0, decoding=SCORING)
+
+    @staticmethod
+    def decoding_of(tag: str):   # scored, not sampled: no draw seeds, no copy filter
+        return GREEDY
 
     def json_schema(self) -> None:   # nothing is generated: the answer is read from the next token's distribution
         return None

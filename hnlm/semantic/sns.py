@@ -176,10 +176,14 @@ class PromptBuilder:
     def parse(self, result, user: int, item: int) -> dict:
         return parse_answer(result)
 
+    @staticmethod
+    def decoding_of(tag: str) -> "Decoding":
+        return decoding_of(tag)
+
     def __init__(self, data, context: str = "profile", profiles_llm: str | None = None, seed: int = 0,
                  decoding: str = "greedy", sample: int = 0):
         self.data = data
-        self.sample, self.decoding = sample, decoding_of(decoding)
+        self.sample, self.decoding = sample, self.decoding_of(decoding)
         self.draw_seed, self.tries = self.decoding.seed, self.decoding.tries
         self._copies: TrainCopyFilter | None = None
         self.context = context
