@@ -12,7 +12,7 @@ from hnlm.data import load_dataset
 from hnlm.errors import MissingInputError
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.semantic import sns
-from hnlm.semantic.common import OtherSplitError, split_id_of, train_fingerprint
+from hnlm.semantic.common import SNS_DECODING, OtherSplitError, split_id_of, train_fingerprint
 from hnlm.semantic.sns import Budget
 
 TEXTS = ["Batman Forever: a loud superhero sequel", "Sleepless in Seattle, a romantic comedy",
@@ -101,8 +101,8 @@ def test_train_cli_runs_each_semantic_method(artefacts, tmp_path, monkeypatch, m
 @pytest.mark.slow   # embeds 943 negatives and the catalogue twice with MiniLM: about 2 minutes on 2 busy cores
 def test_train_on_a_fresh_clone_builds_the_bank_from_the_shipped_negatives(tmp_path, monkeypatch, capsys):
     """Nothing in artifacts/: `hnlm train --sampler sns` finds qwen2.5-0.5b's SNS negatives shipped in outputs/
-    (profile context, K sampled negatives per user with the copy filter, as notebook 03 and `hnlm sns` make
-    them), builds module 2's bank from them and trains; no LLM runs."""
+    (profile context, with the decoding those shipped have: SNS_DECODING), builds module 2's bank from them and
+    trains; no LLM runs."""
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
     out = tmp_path / "r.json"
     assert main(["train", "--dataset", "ml-100k", "--model", "mf", "--sampler", "sns", "--epochs", "1", "--dim", "8",
@@ -113,5 +113,6 @@ def test_train_on_a_fresh_clone_builds_the_bank_from_the_shipped_negatives(tmp_p
     data = load_dataset("ml-100k", seed=0)
     meta = sns.load_meta(data, "qwen2.5-0.5b", Budget(1))
     assert meta["context_tag"].startswith("profile:qwen2.5-0.5b|")
-    assert meta["quality"]["requested"] == data.n_users * sns.SAMPLED.samples == data.n_users * meta["samples"]
-    assert counts["bank_samples"] == sns.SAMPLED.samples
+    shipped = sns.DECODINGS[SNS_DECODING]
+    assert meta["quality"]["requested"] == data.n_users * shipped.samples == data.n_users * meta["samples"]
+    assert counts["bank_samples"] == shipped.samples

@@ -14,6 +14,11 @@ import pandas as pd
 from hnlm.errors import DataFormatError, UserFacingError
 from hnlm.llm.catalog import redact
 
+# The SNS decoding (a name of hnlm.semantic.sns.DECODINGS) of the study's full and quick profiles, `hnlm train` and
+# the input provider: the one whose qwen2.5-0.5b negatives are shipped. "greedy" (one negative per user, no copy
+# filter) until the "sampled" outputs (K = 4 per user, copy filter), regenerated in blocks, are all shipped.
+SNS_DECODING = "greedy"
+
 HISTORY_TITLES = 5       # titles in a "history" user context (prompt length drives CPU cost)
 PROMPT_DIR = Path(__file__).parent / "prompts"
 

@@ -33,7 +33,7 @@ from hnlm.errors import MissingInputError
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.semantic import judge, sns
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget, split_seed_of
+from hnlm.semantic.common import SNS_DECODING, Budget, split_seed_of
 from hnlm.semantic.hnlmrec.banks import obtain_bank, run_bank
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.queries import MiningConfig, Teacher, mine_hard_negatives
@@ -188,7 +188,7 @@ class Resources:
 
 def provide_inputs(data, llm: str, res: Resources | None = None, sns_budget: str = "per-user:1",
                    sns_context: str = "profile", hnlmrec_config: Callable[[str], RunConfig] | None = None,
-                   hnlmrec_run: str | None = None, make: bool = False, sns_decoding: str = "sampled") -> Resources:
+                   hnlmrec_run: str | None = None, make: bool = False, sns_decoding: str = SNS_DECODING) -> Resources:
     """Loaders of every need for `llm` on `data`'s split (each made only when a method asks for it): SNS bank and
     grounding (`sns.obtain_built` with sns.DECODINGS[sns_decoding]: shipped negatives of these settings, then
     artifacts/ built with them, else the error naming `hnlm sns`), RLMRec's text embeddings and the CF teachers

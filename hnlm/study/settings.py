@@ -17,6 +17,7 @@ import copy
 
 from hnlm.errors import UserFacingError
 from hnlm.methods import Variant, variant
+from hnlm.semantic.common import SNS_DECODING
 
 PROFILE_NAMES = ("smoke", "quick", "full")
 STAGES = ("profiles", "sns", "judge", "hnlmrec", "transfer", "llm_size")   # the LLM work of `hnlm study --llm-only`
@@ -107,10 +108,11 @@ NOTEBOOK_SETTINGS = {
         "full": {"limit": None, "examples": 3},
     },
     "03_sns": {
-        # decoding: a name of hnlm.semantic.sns.DECODINGS ("sampled": K negatives per user, copy filter)
+        # decoding: a name of hnlm.semantic.sns.DECODINGS ("sampled": K negatives per user, copy filter); smoke makes
+        # its own (SmolLM2, 4 users), quick and full use the shipped qwen2.5-0.5b ones (SNS_DECODING)
         "smoke": {"limit_users": 4, "context": "profile", "examples": 4, "decoding": "sampled"},
-        "quick": {"limit_users": 48, "context": "profile", "examples": 8, "decoding": "sampled"},
-        "full": {"limit_users": None, "context": "profile", "examples": 10, "decoding": "sampled"},
+        "quick": {"limit_users": 48, "context": "profile", "examples": 8, "decoding": SNS_DECODING},
+        "full": {"limit_users": None, "context": "profile", "examples": 10, "decoding": SNS_DECODING},
     },
     # 04 (full) runs MF too: a method's gain on either backbone is the LLM's only if it beats its ablations there.
     "04_alignment": {
