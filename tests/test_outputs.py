@@ -92,6 +92,8 @@ def test_lookup_is_by_content_and_reports_the_dtype(tmp_path):
     assert prompt.shipped is None and "1 of 2 prompts changed" in prompt.reason
     more = outputs.lookup("profiles-item", "ml-100k", "m", "split-0", KEY, {**wanted, (2,): "p2"}, root=tmp_path)
     assert more.shipped is None and "1 not shipped" in more.reason
+    assert [r["id"] for r in more.rows] == [0, 1]       # the part shipped so far: a blocked job resumes from it
+    assert prompt.rows is None                           # a changed prompt: nothing of it may be reused
     absent = outputs.lookup("profiles-user", "ml-100k", "m", "split-0", KEY, wanted, root=tmp_path)
     assert absent.shipped is None and absent.reason.startswith("none shipped")
 
@@ -278,7 +280,7 @@ def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tm
     items, users = pf.profiles_of(data, llm)
     assert items[5] == "item 5" and users[7] == "user 7" and "[outputs] profiles: shipped" in capsys.readouterr().out
 
-    conf = settings("full", "03_sns")
+    conf = {**settings("full", "03_sns"), "decoding": "sampled"}    # K samples: what is published in blocks
     builders = sns.sample_builders(data, conf["context"], llm, 0, sns.DECODINGS[conf["decoding"]])
     pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
     with (sns.sns_dir("ml-100k", llm, "0") / "negatives.jsonl").open("w") as fh:

@@ -317,7 +317,8 @@ def key_differences(stored: dict, wanted: dict) -> list[str]:
 
 @dataclass
 class Lookup:
-    """What a lookup found: `shipped` (None on a miss) and a one-line reason for the report."""
+    """What a lookup found: `shipped` (None on a miss) and a one-line reason for the report; `rows`: the records
+    that fit (all of them on a hit; on a miss, those shipped so far when the output lacks only some prompts)."""
     shipped: Shipped | None
     reason: str
     rows: list[dict] | None = None
@@ -355,9 +356,10 @@ def lookup(kind: str, dataset: str, llm: str, slot: str, key: dict, prompts: dic
     by_id = {tuple(r[f] for f in id_fields): r for r in rows}
     absent = [i for i in prompts if i not in by_id]
     changed = [i for i, sha in prompts.items() if i in by_id and by_id[i]["prompt_sha"] != sha]
-    if absent or changed:
+    if absent or changed:   # rows: the part that fits, when only some prompts are missing (a block of a long job)
+        part = [by_id[i] for i in prompts if i in by_id] if not changed else None
         return Lookup(None, f"shipped {shipped.path.name} does not fit: {len(changed)} of {len(prompts)} prompts "
-                            f"changed, {len(absent)} not shipped")
+                            f"changed, {len(absent)} not shipped", part)
     return Lookup(shipped, "match", [by_id[i] for i in prompts])
 
 

@@ -737,9 +737,10 @@ def obtain_negatives(data, llm: str, pairs: pd.DataFrame, builders: list[PromptB
     todo, reasons, shipped, made_with = [], [], 0, None
     for b in builders:
         found = lookup_shipped(data, llm, b, pairs, split_seed, backend)
-        if found.shipped is None:
+        if found.shipped is None:   # a partly shipped output (blocks of users) is resumed, not made again
+            copied = copy_into_cache(found.rows, folder, b) if found.rows else 0
             todo.append(b)
-            reasons.append(found.reason)
+            reasons.append(found.reason + (f"; its {copied} fitting records copied" if copied else ""))
             continue
         copied = copy_into_cache(found.rows, folder, b)
         outputs.report(SHIPPED_KIND, f"{found.shipped.line(len(found.rows))}; {copied} records copied into "
