@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hnlm.atomic import atomic_dir, atomic_named_path, make_dir, write_text
 from hnlm.llm.pooling import pool_hidden
 from hnlm.semantic.hnlmrec.config import EncoderConfig  # noqa: F401  (also importable from here)
 
@@ -183,13 +184,15 @@ class QueryEncoder(nn.Module):
                 if not k.startswith("lm.") or "lora_" in k}
 
     def save(self, folder: str | Path) -> None:
-        """LoRA adapter (peft format, in adapter/) + head/soft projections + config."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(str(folder / "adapter"))
-        torch.save({k: v for k, v in self.trainable_state().items() if not k.startswith("lm.")},
-                   folder / TRAINABLE_FILE)
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=1))
+        """LoRA adapter (peft format, in adapter/) + head/soft projections + config, each written atomically (the
+        config last: it marks a complete save); a caller that needs the folder whole writes it through
+        hnlm.atomic.atomic_dir."""
+        folder = make_dir(folder)
+        with atomic_dir(folder / "adapter") as tmp:
+            self.lm.save_pretrained(str(tmp))
+        with atomic_named_path(folder / TRAINABLE_FILE) as tmp:   # torch.save records the name
+            torch.save({k: v for k, v in self.trainable_state().items() if not k.startswith("lm.")}, tmp)
+        write_text(folder / CONFIG_FILE, json.dumps(self.config.to_json(), indent=1))
 
     def load_trainable(self, folder: str | Path) -> None:
         """Restore head/soft projections and LoRA weights saved by `save` (resume or reload)."""
