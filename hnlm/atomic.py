@@ -148,3 +148,24 @@ def write_npz(path: str | Path, compressed: bool = False, **arrays) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         (np.savez_compressed if compressed else np.savez)(fh, **arrays)
     return Path(path)
+
+
+def append_lines(path: str | Path, lines: list[str]) -> None:
+    """Append whole lines to an append-only log in one fsynced write. A torn last line (a kill mid-append) is
+    ended first, so it stays one unreadable line that readers skip instead of swallowing the next record."""
+    path = Path(path)
+    blob = "".join(line + "\n" for line in lines).encode("utf-8")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise write_error(path.parent, exc) from exc
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            blob = b"\n" + blob
+        os.write(fd, blob)
+        os.fsync(fd)
+    except OSError as exc:
+        raise write_error(path.parent, exc) from exc
+    finally:
+        os.close(fd)

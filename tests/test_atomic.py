@@ -59,3 +59,12 @@ def test_named_path_gives_the_writer_the_final_name(tmp_path):
         torch.save({"w": torch.ones(2)}, tmp)
     assert atomic_copy.read_bytes() == direct.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["direct", "w.pt"]
+
+
+def test_append_after_a_torn_line_keeps_the_next_record_whole(tmp_path):
+    log = tmp_path / "negatives.jsonl"
+    atomic.append_lines(log, ['{"a": 1}'])
+    with log.open("a") as fh:
+        fh.write('{"b": ')                       # a kill mid-append
+    atomic.append_lines(log, ['{"c": 3}', '{"d": 4}'])
+    assert log.read_text().splitlines() == ['{"a": 1}', '{"b": ', '{"c": 3}', '{"d": 4}']

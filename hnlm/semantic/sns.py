@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hnlm.atomic import atomic_path, write_text
+from hnlm.atomic import append_lines, atomic_path, write_text
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.backends import make_backend
 from hnlm.llm.encoders import get_text_encoder
@@ -220,11 +220,9 @@ def generate_negatives(data, backend, pairs: pd.DataFrame, builder: PromptBuilde
         results = backend.generate_json([builder.messages(u, i) for u, i in part], builder.json_schema(),
                                         max_new_tokens=budget,
                                         desc=f"SNS {start + len(part)}/{len(todo)}")
-        with path.open("a") as fh:
-            for (u, i), res in zip(part, results):
-                cached += bool(getattr(res, "cached", False))
-                record = {"user": u, "item": i, **builder.parse(res, u, i), "context": builder.tag}
-                fh.write(json.dumps(record) + "\n")
+        cached += sum(bool(getattr(res, "cached", False)) for res in results)
+        append_lines(path, [json.dumps({"user": u, "item": i, **builder.parse(res, u, i), "context": builder.tag})
+                            for (u, i), res in zip(part, results)])
     fallbacks = builder.profile_fallbacks(pairs)
     if fallbacks["pairs_item_without_profile"]:
         print(f"SNS: {fallbacks['pairs_item_without_profile']} pairs ({fallbacks['items_without_profile']} items) "
@@ -490,10 +488,9 @@ def copy_into_cache(rows: list[dict], folder: Path, context: str) -> int:
     known = {(int(r.user), int(r.item)): tuple(getattr(r, f) for f in SHIPPED_FIELDS) for r in have.itertuples()}
     new = [r for r in rows if known.get((r["user"], r["item"])) != tuple(r[f] for f in SHIPPED_FIELDS)]
     if new:
-        with (folder / "negatives.jsonl").open("a") as fh:
-            for r in new:
-                fh.write(json.dumps({"user": r["user"], "item": r["item"], **{f: r[f] for f in SHIPPED_FIELDS},
-                                     "context": context}) + "\n")
+        append_lines(folder / "negatives.jsonl", [json.dumps({"user": r["user"], "item": r["item"],
+                                                              **{f: r[f] for f in SHIPPED_FIELDS}, "context": context})
+                                                  for r in new])
     return len(new)
 
 

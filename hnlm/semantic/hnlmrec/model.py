@@ -80,6 +80,14 @@ def backbone_of(lm):
     return getattr(base, base.base_model_prefix)
 
 
+def sort_target_modules(path: Path) -> None:
+    """peft writes target_modules, a set, in the process's string-hash order: sorted, a save's bytes repeat."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 class QueryEncoder(nn.Module):
     """LoRA LM + pooling + head (+ soft CF prompt). `forward` returns L2-normalised q [B, out_dim]."""
 
@@ -190,6 +198,7 @@ class QueryEncoder(nn.Module):
         folder = make_dir(folder)
         with atomic_dir(folder / "adapter") as tmp:
             self.lm.save_pretrained(str(tmp))
+            sort_target_modules(tmp / "adapter_config.json")
         with atomic_named_path(folder / TRAINABLE_FILE) as tmp:   # torch.save records the name
             torch.save({k: v for k, v in self.trainable_state().items() if not k.startswith("lm.")}, tmp)
         write_text(folder / CONFIG_FILE, json.dumps(self.config.to_json(), indent=1))
