@@ -176,6 +176,7 @@ def measure_finetune(data, qe, tok, ex, emb: np.ndarray, teacher: Teacher, cfg: 
 def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
     """The run's summary; None in the processes other than the main one of a multi-process launch (see
     hnlmrec.ranks: they train, the main process writes)."""
+    import torch
     from transformers import TrainerState
 
     from hnlm.llm.encoders import get_text_encoder
@@ -201,6 +202,7 @@ def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
         with atomic_path(folder / "examples.parquet") as tmp:
             ex.to_parquet(tmp)
 
+    torch.manual_seed(ft.seed)  # LoRA and head init: the same whether this process trained the teacher or loaded it
     qe = QueryEncoder(lm, ft.encoder_config(teacher.dim, encoder.dim))
     trainer = make_trainer(qe, tok, ds, ft, str(folder / "checkpoints"))
     ckpts = sorted((folder / "checkpoints").glob("checkpoint-*"))
