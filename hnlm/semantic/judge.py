@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hnlm.atomic import append_lines
 from hnlm.cf.config import TrainConfig
 from hnlm.cf.frozen import dnsmn_config, frozen_model
 from hnlm.errors import MissingInputError
@@ -189,11 +190,9 @@ def generate_marks(backend, users, prompts: JudgePrompts, out: Path, chunk: int 
         results = backend.generate_json([prompts.user_messages(u) for u in part], prompts.json_schema(),
                                         max_new_tokens=prompts.max_new_tokens,
                                         desc=f"judge {start + len(part)}/{len(todo)}")
-        with path.open("a") as fh:
-            for u, res in zip(part, results):
-                cached += bool(getattr(res, "cached", False))
-                fh.write(json.dumps({"user": u, **prompts.parse_marks(res, u),
-                                     "context": prompts.tag}) + "\n")
+        cached += sum(bool(getattr(res, "cached", False)) for res in results)
+        append_lines(path, [json.dumps({"user": u, **prompts.parse_marks(res, u), "context": prompts.tag})
+                            for u, res in zip(part, results)])
     return {"requested": len(users), "already_done": len(users) - len(todo), "generated": len(todo),
             "from_llm_cache": cached}
 
