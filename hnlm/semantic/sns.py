@@ -39,6 +39,7 @@ import pandas as pd
 from hnlm.atomic import append_lines, atomic_path, write_text
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.backends import make_backend
+from hnlm.llm.catalog import redact
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.llm.structured import field_budgets
 from hnlm.paths import artifacts_dir
@@ -113,7 +114,7 @@ class PromptBuilder:
         self.seed = seed
         self.items_without_profile: set[int] = set()
         # Stored with every record: negatives made from another context, prompt or decoding are never reused.
-        base = "history" if context == "history" else f"profile:{profiles_llm}"
+        base = "history" if context == "history" else f"profile:{redact(profiles_llm)}"  # written: no credentials
         prompt = json.dumps([self.system, self.user_template, self.json_schema()])
         prompt = hashlib.sha256(prompt.encode()).hexdigest()[:8]
         self.tag = f"{base}|{self.template_prefix}-{prompt}|{decoding}"
