@@ -114,7 +114,7 @@ class PromptBuilder:
         self.seed = seed
         self.items_without_profile: set[int] = set()
         # Stored with every record: negatives made from another context, prompt or decoding are never reused.
-        base = "history" if context == "history" else f"profile:{redact(profiles_llm)}"  # written: no credentials
+        base = "history" if context == "history" else f"profile:{redact(str(profiles_llm))}"  # written: no credentials
         prompt = json.dumps([self.system, self.user_template, self.json_schema()])
         prompt = hashlib.sha256(prompt.encode()).hexdigest()[:8]
         self.tag = f"{base}|{self.template_prefix}-{prompt}|{decoding}"
