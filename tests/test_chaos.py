@@ -18,14 +18,14 @@ may be torn: each JSON, CSV, NPZ, PNG and PDF must read whole. At the end:
   (hidden `.<name>.*.tmp`, never read: every reader opens the final name) are not product files.
 
 `hnlm finetune` and `hnlm sns` (SmolLM2 in float32, smoke sizes: a 2-step fine-tune with a 2-user bank, SNS for
-4 users in chunks of 2) get the same treatment, 4 and 3 kills on a schedule (the delays random): a random
-3-12 s from the start (start-up, data, teacher), then a random delay after a file the stage writes appears in
-the attempt (see FINETUNE_KILLS, SNS_KILLS). Their product files are the run folder (without checkpoints/,
-the trainer's resumption state) and the SNS folder; they must equal an uninterrupted run's byte for byte,
-except the fields that time the work or record how this process got there (summary.json's
-train_runtime_s, resumed_from_step, finetune_reused; SNS meta's generation counts: already done, generated,
-from the LLM cache), and negatives.jsonl, an append log compared as the records its reader sees (a kill
-leaves a torn line that it skips).
+4 users in chunks of 2) get the same treatment, 4 and 3 kills on a schedule (the delays random): one a random
+few seconds from the start (start-up, data, teacher or LLM load), then each a random delay after a file the
+stage writes appears in the attempt (see FINETUNE_KILLS, SNS_KILLS; one may miss when its stage outruns it).
+Their product files are the run folder (without checkpoints/, the trainer's resumption state) and the SNS
+folder; they must equal an uninterrupted run's byte for byte, except the fields that time the work or record
+how this process got there (summary.json's train_runtime_s, resumed_from_step, finetune_reused; SNS meta's
+generation counts: already done, generated, from the LLM cache), and negatives.jsonl, an append log compared
+as the records its reader sees (a kill leaves a torn line that it skips).
 """
 
 import json
@@ -216,9 +216,9 @@ FINETUNE_KILLS = [(None, (3, 12), "start-up, data, teacher"),
                   ("examples.parquet", (0, 2), "LLM load, trainer set-up, first step"),
                   ("checkpoints/checkpoint-", (0, 3), "training, checkpoint saves"),
                   ("final/", (0, 2), "quality and embedding passes, bank writes")]
-SNS_KILLS = [(None, (3, 12), "start-up, data, LLM load"),
+SNS_KILLS = [(None, (2, 5), "start-up, data, LLM load"),           # before the first prompt is cached
              ("negatives.jsonl", (0, 3), "generation of the next chunk"),
-             ("negatives.jsonl", (0, 2), "last chunk, embedding, grounding, writes")]
+             ("negatives.jsonl", (0, 0.5), "last chunk, embedding, grounding, writes")]
 HOW_IT_RAN = {"train_runtime_s", "resumed_from_step", "finetune_reused", "generation"}
 
 
