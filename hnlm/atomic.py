@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,15 +59,70 @@ def atomic_path(path: str | Path, mode: int = 0o644):
         raise write_error(path.parent, exc) from exc
     try:
         yield Path(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        _replace(Path(tmp), path, mode)
     except OSError as exc:
         _remove(tmp)
         raise write_error(path.parent, exc) from exc
     except BaseException:
         _remove(tmp)
+        raise
+
+
+@contextmanager
+def atomic_named_path(path: str | Path, mode: int = 0o644):
+    """As atomic_path, but the temporary file bears `path`'s own name, in a temporary folder beside it: for
+    writers that record the name in the file (torch.save names its zip archive after it), whose bytes must not
+    depend on a temporary name."""
+    path = Path(path)
+    folder = _temporary_dir(path)
+    try:
+        yield folder / path.name
+        _replace(folder / path.name, path, mode)
+    except OSError as exc:
+        raise write_error(path.parent, exc) from exc
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _temporary_dir(path: Path) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise write_error(path.parent, exc) from exc
+
+
+def _replace(tmp: Path, path: Path, mode: int) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temporary folder beside `path` for a writer that fills a folder (save_pretrained); on success its
+    files are fsynced and it is renamed to `path`, on any error removed. An old `path` is renamed aside first and
+    removed after: a kill between the two renames leaves `path` absent (made again), never a mix of two saves."""
+    path = Path(path)
+    tmp = _temporary_dir(path)
+    try:
+        yield tmp
+        for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            with open(file, "rb") as fh:
+                os.fsync(fh.fileno())
+        tmp.chmod(0o755)
+        old = path.with_name(f".{path.name}.old.tmp")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)    # left by a kill between the renames
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(path.parent, exc) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -92,3 +148,24 @@ def write_npz(path: str | Path, compressed: bool = False, **arrays) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         (np.savez_compressed if compressed else np.savez)(fh, **arrays)
     return Path(path)
+
+
+def append_lines(path: str | Path, lines: list[str]) -> None:
+    """Append whole lines to an append-only log in one fsynced write. A torn last line (a kill mid-append) is
+    ended first, so it stays one unreadable line that readers skip instead of swallowing the next record."""
+    path = Path(path)
+    blob = "".join(line + "\n" for line in lines).encode("utf-8")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise write_error(path.parent, exc) from exc
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            blob = b"\n" + blob
+        os.write(fd, blob)
+        os.fsync(fd)
+    except OSError as exc:
+        raise write_error(path.parent, exc) from exc
+    finally:
+        os.close(fd)

@@ -16,12 +16,23 @@ may be torn: each JSON, CSV, NPZ, PNG and PDF must read whole. At the end:
   SOURCE_DATE_EPOCH set;
 - the executed notebooks (papermill's logs, not read by the study) and temporary files a kill left behind
   (hidden `.<name>.*.tmp`, never read: every reader opens the final name) are not product files.
+
+`hnlm finetune` and `hnlm sns` (SmolLM2 in float32, smoke sizes: a 2-step fine-tune with a 2-user bank, SNS for
+4 users in chunks of 2) get the same treatment, 4 and 3 kills on a schedule (the delays random): one a random
+few seconds from the start (start-up, data, teacher or LLM load), then each a random delay after a file the
+stage writes appears in the attempt (see FINETUNE_KILLS, SNS_KILLS; one may miss when its stage outruns it).
+Their product files are the run folder (without checkpoints/, the trainer's resumption state) and the SNS
+folder; they must equal an uninterrupted run's byte for byte, except the fields that time the work or record
+how this process got there (summary.json's train_runtime_s, resumed_from_step, finetune_reused; SNS meta's
+generation counts: already done, generated, from the LLM cache), and negatives.jsonl, an append log compared
+as the records its reader sees (a kill leaves a torn line that it skips).
 """
 
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +43,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hnlm.semantic.sns import read_negatives
 from hnlm.study.experiments import RUN_LABELS
 
 NOTEBOOKS = ["06_main_results", "07_false_negatives"]
@@ -76,7 +88,15 @@ def mtimes(root: Path) -> dict[str, int]:
 def read_whole(path: Path) -> None:
     """Raise unless `path` reads as a complete file of its kind."""
     data = path.read_bytes()
-    if path.suffix == ".json":
+    if path.suffix == ".parquet":
+        pd.read_parquet(path)
+    elif path.suffix == ".pt":
+        import torch
+        torch.load(path, weights_only=True)
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        load_file(path)
+    elif path.suffix == ".json":
         json.loads(data)
     elif path.suffix == ".csv":
         pd.read_csv(path)
@@ -87,6 +107,14 @@ def read_whole(path: Path) -> None:
         assert data.startswith(b"\x89PNG") and data.endswith(b"IEND\xaeB`\x82"), "torn PNG"
     elif path.suffix == ".pdf":
         assert data.rstrip().endswith(b"%%EOF"), "torn PDF"
+
+
+def assert_none_torn(files: dict[str, Path], when: str) -> None:
+    for rel, path in files.items():
+        try:
+            read_whole(path)
+        except Exception as err:  # noqa: BLE001 - any failure to read is a torn file
+            pytest.fail(f"{when}: {rel} is torn: {err}")
 
 
 def without_timings(value):
@@ -150,11 +178,7 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
         resumes += 1
         if stage is not None:
             stages.append(stage)
-            for rel, path in product_files(chaos).items():
-                try:
-                    read_whole(path)
-                except Exception as err:  # noqa: BLE001 - any failure to read is a torn file
-                    pytest.fail(f"after kill {len(stages)} (in {stage}): {rel} is torn: {err}")
+            assert_none_torn(product_files(chaos), f"after kill {len(stages)} (in {stage})")
     subprocess.run(command(chaos), env=study_env(chaos), check=True, capture_output=True)   # finish, untouched
     final = product_files(chaos)
 
@@ -177,3 +201,108 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
           f"{len(leftover_tmp)} temporary files left by kills, {time.perf_counter() - t0:.0f} s")
     assert not mismatches, mismatches
     assert len({stage.split(" ")[0] for stage in stages}) >= 2, stages
+
+
+# ------------------------------------------------------------ hnlm finetune and hnlm sns
+
+SMOKE_FINETUNE = ["finetune", "--dataset", "ml-100k", "--llm", "smollm2-135m", "--max-steps", "2",
+                  "--batch-size", "2", "--save-steps", "1", "--max-length", "160", "--quality-pairs", "4",
+                  "--centring-queries", "4", "--infer-users", "2", "--infer-batch", "1", "--teacher", "mf",
+                  "--teacher-epochs", "1"]
+SMOKE_SNS = ["sns", "--dataset", "ml-100k", "--llm", "smollm2-135m", "--context", "history", "--limit-users", "4",
+             "--chunk", "2"]
+# (file written in the attempt, or None: from the start; delay range in s): each kill in the stage it names
+FINETUNE_KILLS = [(None, (3, 12), "start-up, data, teacher"),
+                  ("examples.parquet", (0, 2), "LLM load, trainer set-up, first step"),
+                  ("checkpoints/checkpoint-", (0, 3), "training, checkpoint saves"),
+                  ("final/", (0, 2), "quality and embedding passes, bank writes")]
+SNS_KILLS = [(None, (2, 5), "start-up, data, LLM load"),           # before the first prompt is cached
+             ("negatives.jsonl", (0, 3), "generation of the next chunk"),
+             ("negatives.jsonl", (0, 0.5), "last chunk, embedding, grounding, writes")]
+HOW_IT_RAN = {"train_runtime_s", "resumed_from_step", "finetune_reused", "generation"}
+
+
+def stage_env(root: Path) -> dict:
+    return {**study_env(root), "HNLM_LLM_DTYPE": "float32"}
+
+
+def stage_files(root: Path, checkpoints: bool = False) -> dict[str, Path]:
+    """A stage's product files: the fine-tuning run folder (its checkpoints only when asked), the SNS folder."""
+    found = {}
+    for base in ("artifacts/ml-100k/hnlmrec", "artifacts/ml-100k/sns"):
+        for path in (root / base).rglob("*"):
+            rel = path.relative_to(root)
+            if path.is_file() and (checkpoints or "checkpoints" not in rel.parts) and \
+                    not any(part.startswith(".") for part in rel.parts):
+                found[str(rel)] = path
+    return found
+
+
+def killed_attempt(args: list[str], root: Path, rng: random.Random, trigger: str | None,
+                   delays: tuple[float, float]) -> bool:
+    """Run `hnlm <args>` and SIGKILL it a random `delays` s after it writes a file whose path holds `trigger`
+    (None: after its start); returns whether it was killed (False: it finished first)."""
+    before = {rel: p.stat().st_mtime_ns for rel, p in stage_files(root, checkpoints=True).items()}
+    proc = subprocess.Popen([sys.executable, "-m", "hnlm", *args], env=stage_env(root), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + rng.uniform(*delays) if trigger is None else None
+    while proc.poll() is None:
+        if deadline is None:
+            for rel, path in stage_files(root, checkpoints=True).items():
+                try:
+                    fresh = trigger in rel and path.stat().st_mtime_ns != before.get(rel)
+                except FileNotFoundError:
+                    continue
+                if fresh:
+                    deadline = time.monotonic() + rng.uniform(*delays)
+                    break
+        if deadline is not None and time.monotonic() >= deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    assert proc.returncode == 0, f"hnlm {' '.join(args)} failed"
+    return False
+
+
+def same_stage_product(a: Path, b: Path) -> bool:
+    if a.name == "negatives.jsonl":
+        cols = list(read_negatives(a).columns)
+        return read_negatives(a).sort_values(["user", "item"]).reset_index(drop=True).equals(
+            read_negatives(b)[cols].sort_values(["user", "item"]).reset_index(drop=True))
+    if a.suffix == ".json":
+        def kept(p):
+            return {k: v for k, v in without_timings(json.loads(p.read_text())).items() if k not in HOW_IT_RAN}
+        return kept(a) == kept(b)
+    return same_product(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,kills", [(SMOKE_FINETUNE, FINETUNE_KILLS), (SMOKE_SNS, SNS_KILLS)],
+                         ids=["finetune", "sns"])
+def test_killed_llm_stage_resumes_to_the_same_products(tmp_path, args, kills):
+    work, clean = tmp_path / "stage", tmp_path / "clean"     # one path for both: summaries record it
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hnlm", *args], env=stage_env(work), check=True, capture_output=True)
+    work.rename(clean)
+    reference = stage_files(clean)
+    for shared in ("artifacts/ml-100k/data", "artifacts/ml-100k/dataset.json", "artifacts/encoders"):
+        copy = shutil.copytree if (clean / shared).is_dir() else shutil.copy2
+        (work / shared).parent.mkdir(parents=True, exist_ok=True)
+        copy(clean / shared, work / shared)          # prepared data and text vectors: not what is tested here
+    rng = random.Random(20261207)
+    killed, resumes = [], 0
+    for trigger, delays, stage in kills:
+        resumes += 1
+        if killed_attempt(args, work, rng, trigger, delays):
+            killed.append(stage)
+            assert_none_torn(stage_files(work), f"after kill {len(killed)} (in {stage})")
+    subprocess.run([sys.executable, "-m", "hnlm", *args], env=stage_env(work), check=True, capture_output=True)
+    final = stage_files(work)
+    mismatches = [rel for rel in sorted(reference) if rel not in final or not same_stage_product(reference[rel],
+                                                                                              final[rel])]
+    print(f"\nchaos {args[0]}: {len(killed)} kills ({'; '.join(killed)}), {resumes} resumes, "
+          f"{len(reference)} files compared, {len(mismatches)} mismatches, {time.perf_counter() - t0:.0f} s")
+    assert set(final) == set(reference), set(final) ^ set(reference)
+    assert not mismatches, mismatches
+    assert len(killed) >= len(kills) - 1, killed      # a kill may miss only when its stage outran its delay

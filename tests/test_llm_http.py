@@ -3,6 +3,7 @@
 `{"type": "json_object", "schema": ...}`), including errors, garbage envelopes and invalid answers."""
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -170,3 +171,19 @@ def test_secrets_reach_no_cache_key_file_name_or_message(server, tmp_path, monke
     written += [str(err.value), capsys.readouterr().err]
     for text in written:
         assert "pa55word" not in text and "s3cret" not in text, text
+
+
+def test_study_notebooks_get_a_redacted_spec_and_the_backend_the_credentials(server, tmp_path, monkeypatch):
+    """`hnlm study` passes its notebooks the spec without credentials (papermill writes parameters into the
+    executed notebook); make_backend, in the kernel, gets them back from the environment the kernel inherits."""
+    from hnlm.llm.catalog import SPEC_VAR
+    from hnlm.study.runner import notebook_llm
+    monkeypatch.delenv(SPEC_VAR, raising=False)     # restored after the test: notebook_llm sets it
+    spec = f"openai:tiny@{server.url.replace('://', '://bob:pa55word@')}"
+    public = notebook_llm(spec)
+    assert public == f"openai:tiny@{server.url}" and "pa55word" in os.environ[SPEC_VAR]
+    b = make_backend(public, cache_path=tmp_path / "c.jsonl", progress=False, backoff=0.01)
+    assert b.generate_json(msgs("q1"), SCHEMA, max_new_tokens=64)[0].ok
+    assert server.requests[-1]["auth"].startswith("Basic ")     # the credentials reached the server
+    assert "pa55word" not in b.identity + (tmp_path / "c.jsonl").read_text()
+    assert make_backend(f"openai:other@{server.url}", progress=False).base_url == server.url   # another spec: as is

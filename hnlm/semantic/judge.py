@@ -42,6 +42,7 @@ import torch
 from scipy.stats import spearmanr
 
 from hnlm.analysis.false_negatives import top_similar_marks
+from hnlm.atomic import append_lines
 from hnlm.cf.config import TrainConfig
 from hnlm.cf.frozen import dnsmn_config, frozen_model
 from hnlm.errors import MissingInputError
@@ -176,10 +177,9 @@ def score_users(backend, users, prompts: JudgePrompts, out: Path, chunk: int = 3
         scores = backend.yes_no_scores([prompts.user_prompts(u) for u in part],
                                        desc=f"judge {start + len(part)}/{len(todo)}")
         seconds, pairs = seconds + backend.last_stats["seconds"], pairs + backend.last_stats["prompts"]
-        with path.open("a") as fh:
-            for u, s in zip(part, scores):
-                fh.write(json.dumps({"user": u, "candidates": [int(j) for j in prompts.lists[u]],
-                                     "scores": [float(x) for x in s], "context": prompts.tag}) + "\n")
+        append_lines(path, [json.dumps({"user": u, "candidates": [int(j) for j in prompts.lists[u]],
+                                        "scores": [float(x) for x in s], "context": prompts.tag})
+                            for u, s in zip(part, scores)])
     return {"requested": len(users), "already_done": len(users) - len(todo), "scored_users": len(todo),
             "scored_pairs": pairs, "seconds": round(seconds, 1),
             "users_per_s": round(len(todo) / seconds, 3) if seconds else None,

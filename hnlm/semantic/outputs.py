@@ -31,6 +31,7 @@ import numpy as np
 
 from hnlm.atomic import write_bytes
 from hnlm.errors import UserFacingError
+from hnlm.llm.catalog import redact
 from hnlm.llm.models import PACKAGED, default_dtype, resolve_device, sha256_of, smollm_gguf
 from hnlm.paths import outputs_root
 from hnlm.semantic.bank import NegativeBank
@@ -155,7 +156,7 @@ def _publish(kind: str, dataset: str, llm: str, slot: str, data: bytes, ext: str
     mpath = folder / f"{slot}.manifest.json"
     previous = json.loads(mpath.read_text()).get("file") if mpath.exists() else None
     write_bytes(folder / name, data)
-    manifest = {"format": FORMAT, "kind": kind, "dataset": dataset, "llm": llm, "slot": slot, "file": name,
+    manifest = {"format": FORMAT, "kind": kind, "dataset": dataset, "llm": redact(llm), "slot": slot, "file": name,
                 "sha256": digest, "bytes": len(data), "records": records, "key": key, "key_sha256": key_sha(key),
                 "made_with": info, "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **(extra or {})}

@@ -39,9 +39,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from hnlm.atomic import atomic_path, write_text
+from hnlm.atomic import append_lines, atomic_path, write_text
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.llm.backends import make_backend
+from hnlm.llm.catalog import redact
 from hnlm.llm.encoders import get_text_encoder
 from hnlm.llm.structured import field_budgets
 from hnlm.paths import artifacts_dir
@@ -196,7 +197,7 @@ class PromptBuilder:
         self.seed = seed
         self.items_without_profile: set[int] = set()
         # Stored with every record: negatives made from another context, prompt or decoding are never reused.
-        base = "history" if context == "history" else f"profile:{profiles_llm}"
+        base = "history" if context == "history" else f"profile:{redact(str(profiles_llm))}"  # written: no credentials
         prompt = json.dumps([self.system, self.user_template, self.json_schema()])
         prompt = hashlib.sha256(prompt.encode()).hexdigest()[:8]
         self.tag = f"{base}|{self.template_prefix}-{prompt}|{decoding}"
@@ -354,11 +355,11 @@ def generate_negatives(data, backend, pairs: pd.DataFrame, builders, out: Path, 
     for start in range(0, len(todo), step):
         part = todo[start:start + step]
         records = draw_records(backend, part, budget, f"SNS {start + len(part)}/{len(todo)}")
-        with path.open("a") as fh:
-            for (b, u, i), rec in zip(part, records):
-                cached += rec.pop("cached")
-                redrawn += len(rec["rejected"]) - (rec["reason"] == COPY_REASON)
-                fh.write(json.dumps({"user": u, "item": i, **rec, "context": b.tag, "sample": b.sample}) + "\n")
+        for rec in records:
+            cached += rec.pop("cached")
+            redrawn += len(rec["rejected"]) - (rec["reason"] == COPY_REASON)
+        append_lines(path, [json.dumps({"user": u, "item": i, **rec, "context": b.tag, "sample": b.sample})
+                            for (b, u, i), rec in zip(part, records)])
     fallbacks = builders[0].profile_fallbacks(pairs)
     if fallbacks["pairs_item_without_profile"]:
         print(f"SNS: {fallbacks['pairs_item_without_profile']} pairs ({fallbacks['items_without_profile']} items) "
@@ -720,10 +721,9 @@ def copy_into_cache(rows: list[dict], folder: Path, builder: PromptBuilder) -> i
     known = {(int(r.user), int(r.item)): shipped_fields(r) for r in have.itertuples()}
     new = [r for r in rows if known.get((r["user"], r["item"])) != shipped_fields(r)]
     if new:
-        with (folder / "negatives.jsonl").open("a") as fh:
-            for r in new:
-                fh.write(json.dumps({"user": r["user"], "item": r["item"], **shipped_fields(r),
-                                     "context": builder.tag, "sample": builder.sample}) + "\n")
+        append_lines(folder / "negatives.jsonl", [json.dumps({"user": r["user"], "item": r["item"], **shipped_fields(r),
+                                                              "context": builder.tag, "sample": builder.sample})
+                                                  for r in new])
     return len(new)
 
 

@@ -12,6 +12,7 @@ last line.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -22,6 +23,7 @@ from hnlm.atomic import write_text
 from hnlm.data import load_dataset
 from hnlm.data.checks import DatasetWarning
 from hnlm.errors import UserFacingError
+from hnlm.llm.catalog import SPEC_VAR, redact
 from hnlm.paths import PROJECT_ROOT
 from hnlm.study.context import default_out_dir
 from hnlm.study.inputs import skip_reason
@@ -150,6 +152,16 @@ def skipped_lines(report: dict) -> list[str]:
     return [f"  skipped {', '.join(names)}: {reason}" for reason, names in by_reason.items()]
 
 
+def notebook_llm(llm: str) -> str:
+    """The --llm spec as the notebooks, the log and the timing report get it: without the credentials of its
+    URL (papermill writes parameters into the executed notebook). The full spec reaches the kernels through
+    their environment (catalog.SPEC_VAR), where only make_backend reads it."""
+    public = redact(llm)
+    if public != llm:
+        os.environ[SPEC_VAR] = llm
+    return public
+
+
 def run_study(profile: str, dataset: str, llm: str, notebooks=None, seeds=None, out_dir=None,
               stop_on_error: bool = False) -> dict:
     """Run `notebooks` (default: the whole study) and return {name: {"wall_s", "ok", "error" or "skipped": why}}."""
@@ -157,6 +169,7 @@ def run_study(profile: str, dataset: str, llm: str, notebooks=None, seeds=None, 
     for name in names:
         notebook_path(name)
     out = Path(out_dir) if out_dir else default_out_dir(profile, dataset)
+    llm = notebook_llm(llm)
     params = {"dataset": dataset, "llm": llm, "profile": profile, "seeds": list(seeds) if seeds else None,
               "out_dir": str(out)}
     data = study_data(dataset, profile)

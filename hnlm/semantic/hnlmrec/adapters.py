@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 
-from hnlm.atomic import write_bytes
+from hnlm.atomic import atomic_dir, write_bytes
 from hnlm.errors import MissingInputError
 from hnlm.semantic import outputs
 from hnlm.semantic.hnlmrec.infer import adapter_fingerprint
@@ -133,12 +133,13 @@ def restore_adapter(bank: outputs.Shipped, target: Path) -> Path:
             part, name = key.split("/", 1)
             t = fh.get_tensor(key)
             parts[part][name] = t.float() if t.is_floating_point() else t
-    (target / "adapter").mkdir(parents=True, exist_ok=True)
-    save_file(parts["lora"], str(target / LORA_FILE))
-    (target / PEFT_CONFIG_FILE).write_text(meta["peft_config"])
-    torch.save(parts["heads"], target / TRAINABLE_FILE)
-    (target / CONFIG_FILE).write_text(meta["encoder_config"])
-    marker.write_text(entry["sha256"])
+    with atomic_dir(target) as tmp:     # whole or absent: the marker is trusted with the rest
+        (tmp / "adapter").mkdir()
+        save_file(parts["lora"], str(tmp / LORA_FILE))
+        (tmp / PEFT_CONFIG_FILE).write_text(meta["peft_config"])
+        torch.save(parts["heads"], tmp / TRAINABLE_FILE)
+        (tmp / CONFIG_FILE).write_text(meta["encoder_config"])
+        (tmp / RESTORED_FROM).write_text(entry["sha256"])
     return target
 
 

@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--objective", default=d.objective, choices=["infonce", "paper"],
                    help="infonce: other queries' targets are negatives too; paper: the released objective")
     p.add_argument("--pooling", default=d.pooling, choices=["mean-centred", "last", "mean"])
+    p.add_argument("--centring-queries", type=argtypes.positive_int, default=d.centring_queries,
+                   help="fine-tuning queries the centring mean of --pooling mean-centred is fitted on")
     p.add_argument("--quality-pairs", type=argtypes.non_negative_int, default=d.quality_pairs,
                    help="fine-tuning pairs held out to measure the fine-tuned encoder")
     p.add_argument("--lora-r", type=argtypes.positive_int, default=d.lora_r)
@@ -64,7 +66,8 @@ def config_from_args(args) -> RunConfig:
         llm=args.llm, cf_signal=args.cf_signal, budget=args.budget, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         head_lr=args.head_lr, max_length=args.max_length, tau=args.tau, objective=args.objective,
-        pooling=args.pooling, quality_pairs=args.quality_pairs, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        pooling=args.pooling, centring_queries=args.centring_queries, quality_pairs=args.quality_pairs,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=tuple(args.lora_targets.split(",")),
         soft_tokens=args.soft_tokens, load_in_4bit=args.load_in_4bit,
         gradient_checkpointing=args.gradient_checkpointing, save_steps=args.save_steps, seed=args.seed)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hnlm.atomic import atomic_dir, atomic_named_path, make_dir, write_text
 from hnlm.llm.pooling import pool_hidden
 from hnlm.semantic.hnlmrec.config import EncoderConfig  # noqa: F401  (also importable from here)
 
@@ -77,6 +78,14 @@ def backbone_of(lm):
     """The transformer body (no LM head): the vocabulary projection is never needed here."""
     base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     return getattr(base, base.base_model_prefix)
+
+
+def sort_target_modules(path: Path) -> None:
+    """peft writes target_modules, a set, in the process's string-hash order: sorted, a save's bytes repeat."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 class QueryEncoder(nn.Module):
@@ -183,13 +192,16 @@ class QueryEncoder(nn.Module):
                 if not k.startswith("lm.") or "lora_" in k}
 
     def save(self, folder: str | Path) -> None:
-        """LoRA adapter (peft format, in adapter/) + head/soft projections + config."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(str(folder / "adapter"))
-        torch.save({k: v for k, v in self.trainable_state().items() if not k.startswith("lm.")},
-                   folder / TRAINABLE_FILE)
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=1))
+        """LoRA adapter (peft format, in adapter/) + head/soft projections + config, each written atomically (the
+        config last: it marks a complete save); a caller that needs the folder whole writes it through
+        hnlm.atomic.atomic_dir."""
+        folder = make_dir(folder)
+        with atomic_dir(folder / "adapter") as tmp:
+            self.lm.save_pretrained(str(tmp))
+            sort_target_modules(tmp / "adapter_config.json")
+        with atomic_named_path(folder / TRAINABLE_FILE) as tmp:   # torch.save records the name
+            torch.save({k: v for k, v in self.trainable_state().items() if not k.startswith("lm.")}, tmp)
+        write_text(folder / CONFIG_FILE, json.dumps(self.config.to_json(), indent=1))
 
     def load_trainable(self, folder: str | Path) -> None:
         """Restore head/soft projections and LoRA weights saved by `save` (resume or reload)."""

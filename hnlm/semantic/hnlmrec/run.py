@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hnlm.atomic import atomic_path, write_text
+from hnlm.atomic import atomic_dir, atomic_path, make_dir, write_text
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
@@ -89,9 +89,7 @@ def bank_files(folder: Path, cfg: "RunConfig") -> tuple[Path, Path]:
 
 def run_folder(dataset: str, cfg: "RunConfig", split_id: str) -> Path:
     ft = cfg.finetune
-    folder = run_dir(dataset, ft.llm, ft.cf_signal, ft.budget, split_id) / f"run-{settings_key(cfg)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return make_dir(run_dir(dataset, ft.llm, ft.cf_signal, ft.budget, split_id) / f"run-{settings_key(cfg)}")
 
 
 def train_teacher(data, cfg: TeacherConfig) -> Teacher:
@@ -178,6 +176,7 @@ def measure_finetune(data, qe, tok, ex, emb: np.ndarray, teacher: Teacher, cfg: 
 def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
     """The run's summary; None in the processes other than the main one of a multi-process launch (see
     hnlmrec.ranks: they train, the main process writes)."""
+    import torch
     from transformers import TrainerState
 
     from hnlm.llm.encoders import get_text_encoder
@@ -203,6 +202,7 @@ def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
         with atomic_path(folder / "examples.parquet") as tmp:
             ex.to_parquet(tmp)
 
+    torch.manual_seed(ft.seed)  # LoRA and head init: the same whether this process trained the teacher or loaded it
     qe = QueryEncoder(lm, ft.encoder_config(teacher.dim, encoder.dim))
     trainer = make_trainer(qe, tok, ds, ft, str(folder / "checkpoints"))
     ckpts = sorted((folder / "checkpoints").glob("checkpoint-*"))
@@ -221,7 +221,8 @@ def run_finetune(data, cfg: RunConfig, resume: bool = True) -> dict | None:
     ranks = gather_ranks(qe, losses)
     if not procs.is_main_process:
         return None
-    qe.save(folder / "final")
+    with atomic_dir(folder / "final") as tmp:   # whole or absent: run_final trusts a final/ with its config
+        qe.save(tmp)
 
     quality = measure_finetune(data, qe, tok, ex, emb, teacher, cfg)
     t2 = time.perf_counter()

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from hnlm.atomic import make_dir
 from hnlm.llm.models import weights_identity
 from hnlm.paths import artifacts_dir
 from hnlm.semantic import outputs
@@ -47,9 +48,7 @@ from hnlm.semantic.hnlmrec.run import (
 
 def transfer_dir(target: str, source: str, source_folder: Path, split_id: str) -> Path:
     run_tag = f"{source_folder.parent.parent.name}-{source_folder.name}"  # <llm-signal-budget>-run-<hash>
-    folder = artifacts_dir(target, "hnlmrec-transfer", f"{source}-{run_tag}", f"split-{split_id}")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return make_dir(artifacts_dir(target, "hnlmrec-transfer", f"{source}-{run_tag}", f"split-{split_id}"))
 
 
 def transfer_bank(target, source: str, cfg: RunConfig,
