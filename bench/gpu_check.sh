@@ -5,13 +5,14 @@
 #
 # Checks, in order of value (each packs its results into $OUT/results.tgz as it finishes, so a run cut off
 # by a time limit still returns what it did):
-#   1. SNS: bf16 generation through the structured (JSON-schema) decoder, one hard negative per user
-#      (`hnlm sns --budget per-user:1 --context history`), CUDA
+#   1. SNS: bf16 generation through the structured (JSON-schema) decoder, K = 4 sampled hard negatives per user
+#      sharing one prefill, copies of training items drawn again (`hnlm sns --budget per-user:1 --context history`)
 #   2. HNLMRec: the InfoNCE fine-tune for a few steps, then the embedding pass that emits the bank, text signal
 #   3. the same with 4-bit QLoRA (bitsandbytes nf4)
 #   4. the same with the soft-prompt CF signal
 #   5. a CF run on CUDA (`hnlm train --device cuda`, LightGCN + DNS(M,N), a few epochs)
 #   6. all ml-100k item and user profiles (`hnlm profiles`), batched
+#   7. the LLM judge: yes/no scores (float32) of a converged teacher's top unseen items (`hnlm judge`, 64 users)
 # GPU_CHECK_STAGES="1 2 5" runs some; GPU_CHECK_SMOKE=1 GPU_CHECK_DEVICE=cpu GPU_CHECK_STAGES=5 is a local dry run.
 # The MiniLM text encoder is not installed there: its cache (artifacts/encoders) travels instead, and SNS
 # negatives are embedded afterwards on the CPU with `hnlm sns ... --no-generate`.
@@ -24,7 +25,7 @@ OUT=${OUT:-/tmp/gpu_check_out}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
 LLM=${GPU_CHECK_LLM:-qwen2.5-0.5b}
-STAGES=${GPU_CHECK_STAGES:-1 2 3 4 5 6}
+STAGES=${GPU_CHECK_STAGES:-1 2 3 4 5 6 7}
 SMOKE=${GPU_CHECK_SMOKE:-0}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}   # cpu for a local dry run of the CF check
 DEADLINE=${GPU_CHECK_DEADLINE:-540}  # seconds: a stage still running then is stopped, and packed (device calls: 600 s)
@@ -81,6 +82,8 @@ for s in $STAGES; do case $s in
   5) stage cf-cuda $PY -m hnlm train --dataset ml-100k --sampler dns-mn --device "$DEVICE" --batch-size 2048 \
        "${EPOCHS[@]}" --json "$OUT/cf_cuda.json" ;;
   6) stage profiles $PY -m hnlm profiles --dataset ml-100k --llm "$LLM" --batch-size 128 "${LIMIT[@]}" ;;
+  7) stage judge $PY -m hnlm judge --dataset ml-100k --llm "$LLM" --limit-users "${JUDGE_USERS:-64}" \
+       --json "$OUT/judge.json" ;;
 esac; done
 echo "done $(date +%T)" | tee -a "$LOG"
 printf '%s\n' "${SUMMARY[@]}" | tee -a "$LOG"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The study's LLM outputs on a lent GPU machine that reaches no package index or model hub:
-# `hnlm study --llm-only --profile full` (SNS negatives, HNLMRec runs, transfer embeddings), with the packaged
+# `hnlm study --llm-only --profile full` (SNS negatives, the judge's scores, HNLMRec runs, transfer embeddings), with
+# the packaged
 # qwen2.5-0.5b (real weights, sent in chunks and sha256-checked through HNLM_QWEN_GGUF).
 #
 #   bash bench/gpu_study_llm.sh stash   # once per call that carries .whl_a, .whl_b or .xfer/partNN: keeps them
@@ -15,7 +16,7 @@ mkdir -p "$OUT" /tmp/xfer /tmp/whl
 LOG=$OUT/gpu_study_llm.log
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=/tmp/site:$PWD
 PY=${PY:-python3}
-STAGES=${GPU_STUDY_STAGES:-sns hnlmrec transfer}
+STAGES=${GPU_STUDY_STAGES:-sns judge hnlmrec transfer}
 DEADLINE=${GPU_STUDY_DEADLINE:-480}
 
 if [ "${1:-}" = stash ]; then
@@ -34,7 +35,7 @@ pack() {  # without checkpoints and final/ adapters (17 MB each: too big to come
           # elsewhere still loads the text run's final/ (it checks the transfer bank against the adapter):
           # for this study it came back split, `tar cf - <run>/final | gzip | split -b 7000000`
   tar czf "$OUT/results.tgz" -C artifacts --exclude='checkpoints' --exclude='final' \
-    $(cd artifacts && ls -d llm_cache ml-100k/sns ml-100k/hnlmrec ml-1m-first2000 2>/dev/null) 2>>"$LOG"
+    $(cd artifacts && ls -d llm_cache ml-100k/sns ml-100k/judge ml-100k/hnlmrec ml-1m-first2000 2>/dev/null) 2>>"$LOG"
 }
 
 {
