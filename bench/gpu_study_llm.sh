@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The study's LLM outputs on a lent GPU machine that reaches no package index or model hub:
 # `hnlm study --llm-only --profile full` (SNS negatives, the judge's scores, HNLMRec runs, transfer embeddings), with
-# the packaged
-# qwen2.5-0.5b (real weights, sent in chunks and sha256-checked through HNLM_QWEN_GGUF).
+# the packaged qwen2.5-0.5b (real weights, sent in chunks and sha256-checked through HNLM_QWEN_GGUF).
 #
 #   bash bench/gpu_study_llm.sh stash   # once per call that carries .whl_a, .whl_b or .xfer/partNN: keeps them
 #                                       # in /tmp (each call replaces the carried paths) and installs wheels
