@@ -134,7 +134,7 @@ def test_batch_loss_by_hand():
     with_ext = hand_run(extension=ext)
     assert float(batch_loss(with_ext, users, pos, given, layer0)) == pytest.approx(
         (softplus(-0.5) + softplus(-2)) / 2 + l2 + 0.2 + 0.7)
-    assert [t.tolist() for t in ext.batch] == [[0, 2], [1, 3], [4, 0]]
+    assert [t.tolist() for t in ext.batch[:3]] == [[0, 2], [1, 3], [4, 0]] and ext.batch.epoch == 0
 
 
 def test_train_on_a_frozen_model_averages_the_epoch_loss_and_stops_on_patience(tmp_path):
