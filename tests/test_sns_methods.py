@@ -81,7 +81,7 @@ def test_train_cli_runs_each_semantic_method(artefacts, tmp_path, monkeypatch, m
     out = tmp_path / "r.json"
     pool = ["--set", "pool=5"] if method == "sns-grounded" else []
     rc = main(["train", "--dataset", "ml-100k", "--model", "mf", "--sampler", method, "--epochs", "5",
-               "--dim", "8", "--batch-size", "8192", "--llm", "test-llm", *pool,
+               "--dim", "8", "--batch-size", "8192", "--llm", "test-llm", "--sns-decoding", "sampled", *pool,
                "--json", str(out), "--no-progress"])
     assert rc == 0
     counts = json.loads(out.read_text())["counts"]
