@@ -39,7 +39,7 @@ def measure(data, pairs, llm: str, context: str, decoding: sns.Decoding, togethe
         recs = sns.read_samples(Path(tmp) / "negatives.jsonl", [b.tag for b in builders])
     redraws = sum(g["redrawn"] for g in gens)
     ok = recs[recs["ok"].astype(bool)]
-    answered = recs[recs["ok"].astype(bool) | (recs["reason"] == sns.COPY_REASON)]
+    answered = sns.answered(recs)
     return {"seconds": round(seconds, 1), "rows": len(recs) + redraws, "redraws": redraws,
             "rows_per_s": round((len(recs) + redraws) / seconds, 3), "negatives_per_s": round(len(recs) / seconds, 3),
             "tokens_per_s": round(backend.tokens_out / seconds, 1), "samples": len(builders),

@@ -181,7 +181,7 @@ def test_copy_filter_rejects_a_copy_of_a_training_item_and_never_sees_held_out_i
     """The filter the generation path builds knows each user's training items and nothing else: naming one is a
     copy (exact or normalised title), naming a held-out (valid/test) item is not; only a sparse training matrix
     is accepted."""
-    copies = sns.PromptBuilder(data, context="history", decoding=sns.SAMPLED.tag(0)).copies
+    copies = sns.PromptBuilder(data, context="history", decoding=sns.SAMPLED.tag(0)).draw_filter
     titles = data.items["title"].fillna("")
     for user in range(data.n_users):
         train, held = data.train_items(user), data.heldout_items(user)
@@ -193,15 +193,32 @@ def test_copy_filter_rejects_a_copy_of_a_training_item_and_never_sees_held_out_i
     liked = int(data.train_items(user)[0])
     assert copies.is_copy(user, sns.title_of(data, liked))                      # exact, with the year
     assert copies.is_copy(user, sns.norm_title(titles[liked]).upper() + ": more of the same")   # normalised
-    assert sns.title_forms("Boot, Das (1981)") == ("das boot", "boot das")
+    assert sns.title_forms("Boot, Das (1981)") == ("das boot", "boot das")   # 'boot' alone: too short to match
+    assert sns.title_forms("Die Hard (1988)") == ("die hard",)                  # not an article at the front
+    assert sns.names_any("Secret Garden", list(sns.title_forms("Secret Garden, The (1993)")))   # article dropped
+    assert sns.names_any("The Rainmaker", list(sns.title_forms("Rainmaker, The (1997)")))
     assert sns.names_any("Boot, Das (1981); a war film", list(sns.title_forms("Boot, Das (1981)")))
     held = next(int(j) for j in data.heldout_items(user) if len(sns.norm_title(titles[j])) >= 4 and not sns.names_any(
         titles[j], [sns.norm_title(titles[t]) for t in data.train_items(user)]))
     assert not copies.is_copy(user, sns.title_of(data, held))                   # held-out items are not its business
     with pytest.raises(TypeError, match="training interaction matrix"):
-        sns.TrainCopyFilter(data, list(titles))
+        sns.DrawFilter(data, list(titles))
     with pytest.raises(TypeError, match="training interaction matrix"):
-        sns.TrainCopyFilter(data.heldout_items(user), list(titles))
+        sns.DrawFilter(data.heldout_items(user), list(titles))
+
+
+def test_draw_filter_rejects_texts_that_name_no_item_and_keeps_descriptions(data):
+    """Genre words, a field name, a bare article or year and texts about the user name no item (read record by
+    record in the qwen draws); a film's title or a description of an item is kept."""
+    rules = sns.DrawFilter.of(data)
+    user = 0
+    for text in ["Drama", "Crime thriller", "Action Thriller Drama Sci-Fi War Children's Musical", "Reasoning",
+                 "The", "The (1993)", "The 199", "The movie", "The user dislikes the genre Drama and Romance."]:
+        assert rules.reject_reason(user, text) == sns.NOT_ITEM_REASON, text
+    for text in ["The Matrix", "The Walking Dead", "The psychological thriller set in a lighthouse",
+                 "The documentary about a young woman who discovers she"]:
+        assert rules.reject_reason(user, text) is None, text
+    assert rules.reject_reason(user, sns.title_of(data, int(data.train_items(user)[0]))) == sns.COPY_REASON
 
 
 def test_sample_builders_tag_each_sample_with_its_seed_and_the_copy_filter(data):
@@ -211,7 +228,7 @@ def test_sample_builders_tag_each_sample_with_its_seed_and_the_copy_filter(data)
     assert all(b.tries == 2 for b in builders)
     assert sns.decoding_of("greedy") == sns.Decoding(0.0, 1.0, 0, 1, 0)
     assert sns.sample_builders(data, "history", None, 0, sns.GREEDY)[0].tag.endswith("|greedy")   # as shipped before
-    assert sns.PromptBuilder(data, context="history").copies is None
+    assert sns.PromptBuilder(data, context="history").draw_filter is None
     assert sns.SAMPLED.samples >= 4 and sns.SAMPLED.temperature > 0 and sns.SAMPLED.tries >= 2
 
 

@@ -86,21 +86,22 @@ def test_sampled_candidate_picks_are_reproducible_and_valid(tmp_path, monkeypatc
 def test_sampled_negatives_are_reproducible_with_their_seed_and_copies_are_drawn_again(tmp_path, monkeypatch):
     """K = 2 sampled negatives for 3 users on SmolLM2, twice with one seed (separate caches: the same records,
     redraws included) and once with another seed (other texts). The copy filter here counts every catalogue
-    title as the users' (a real TrainCopyFilter over an all-ones matrix), so copies occur and are drawn again:
-    every rejected text is a copy, every kept one is not, and a pair left with copies only is invalid."""
+    title as the users' (a real DrawFilter over an all-ones matrix), so copies occur and are drawn again: every
+    rejected text is a copy or names no item, every kept one is neither, and a pair left with rejects only is
+    invalid with its last draw's reason."""
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
     data = load_dataset("ml-100k", seed=0)
     pairs = sns.select_pairs(data, Budget(1), seed=0)
     pairs = pairs[pairs["user"] < 3]
-    everything = sns.TrainCopyFilter(sp.csr_matrix(np.ones((data.n_users, data.n_items))),
-                                     list(data.items["title"].fillna("")))
+    everything = sns.DrawFilter(sp.csr_matrix(np.ones((data.n_users, data.n_items))),
+                                list(data.items["title"].fillna("")), sns.genre_words_of(data))
 
     def run(name: str, decoding: sns.Decoding):
         backend = make_backend("smollm2-135m", batch_size=4, progress=False,
                                cache_path=tmp_path / f"cache-{name}.jsonl", **decoding.backend_options())
         builders = sns.sample_builders(data, "history", None, 0, decoding)
         for b in builders:
-            b._copies = everything
+            b._filter = everything
         (tmp_path / name).mkdir()
         sns.generate_negatives(data, backend, pairs, builders, tmp_path / name, chunk=2)
         return sns.read_samples(tmp_path / name / "negatives.jsonl", [b.tag for b in builders])
@@ -113,8 +114,9 @@ def test_sampled_negatives_are_reproducible_with_their_seed_and_copies_are_drawn
     assert (other["reasoning"].tolist() != a.loc[a["sample"] == 0, "reasoning"].tolist())
     assert sum(len(r) for r in a["rejected"]) > 0   # copies happened and were drawn again
     for r in a.itertuples():
-        assert all(everything.is_copy(r.user, t) for t in r.rejected)
+        assert all(everything.reject_reason(r.user, t) is not None for t in r.rejected)
         if r.ok:
-            assert not everything.is_copy(r.user, r.text) and r.tries == len(r.rejected) + 1
-        elif r.reason == sns.COPY_REASON:
+            assert everything.reject_reason(r.user, r.text) is None and r.tries == len(r.rejected) + 1
+        elif r.reason in sns.FILTER_REASONS:
             assert r.tries == len(r.rejected) == decoding.tries and r.text is None
+            assert everything.reject_reason(r.user, r.rejected[-1]) == r.reason

@@ -82,14 +82,15 @@ ITEM_PROFILE_WORDS = 60  # item profiles are cut to this many words in the promp
 RECORD_COLUMNS = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated", "context", "sample",
                   "tries", "rejected"]
 DRAW_STRIDE = 1000   # try t of the sample with sampling seed s draws with seed s + DRAW_STRIDE * t
-COPY_FILTER = "titles2"   # TrainCopyFilter's matching (in the tag: records of another matching are not reused)
+COPY_FILTER = "titles3items"   # DrawFilter's rules (in the tag: records of other rules are not reused)
 
 
 # ---------------------------------------------------------------- prompts
 
 def sampling_tag(temperature: float, top_p: float, seed: int, tries: int = 0) -> str:
     """Decoding part of a record's context tag: "greedy", or the sampling settings; "-nocopy<tries>-<filter>"
-    when copies of training items are drawn again (`tries` draws at most, COPY_FILTER's title matching)."""
+    when copies of training items and answers naming no item are drawn again (`tries` draws at most, the
+    rules of DrawFilter, versioned by COPY_FILTER)."""
     base = "greedy" if temperature <= 0 else f"sample-t{temperature:g}-p{top_p:g}-s{seed}"
     return base + (f"-nocopy{tries}-{COPY_FILTER}" if tries else "")
 
@@ -110,8 +111,9 @@ def decoding_of(tag: str) -> "Decoding":
 @dataclass(frozen=True)
 class Decoding:
     """How module 2 decodes: K = `samples` negatives per pair, sample k drawn at `temperature` / `top_p` with
-    sampling seed `seed` + k; a draw that names one of the user's training items (`TrainCopyFilter`) is drawn
-    again with seed + k + DRAW_STRIDE * t, `tries` draws in all (then the pair's sample k is invalid, counted);
+    sampling seed `seed` + k; a draw that names one of the user's training items or no item at all
+    (`DrawFilter`) is drawn again with seed + k + DRAW_STRIDE * t, `tries` draws in all (then the pair's sample k
+    is invalid, with the last draw's reason, counted);
     tries 0: no filter. Each sample is its own record set (context tag `tag(k)`), shipped output and row block
     of the bank, so a larger K extends a smaller one. K = 4, the least the study asks for, chosen for generation
     time (each sample is one more row per pair, plus redraws of copies; bench/README.md): on SmolLM2 (32 users,
@@ -137,29 +139,54 @@ SAMPLED = Decoding()   # the study's negatives (notebooks 03-08)
 GREEDY = Decoding(temperature=0.0, top_p=1.0, seed=0, samples=1, tries=0)   # one greedy negative, no filter: the
 # negatives shipped before K samples existed (notebook 11 compares LLM sizes with them)
 DECODINGS = {"sampled": SAMPLED, "greedy": GREEDY}   # by the name study settings use
-COPY_REASON = "copy of a training item"   # reason of a sample whose every draw was a copy
+COPY_REASON = "copy of a training item"   # reason of a sample whose last draw was a copy
+NOT_ITEM_REASON = "names no item"   # reason of a sample whose last draw was only genres, the user or a field name
+FILTER_REASONS = (COPY_REASON, NOT_ITEM_REASON)   # answered, but every draw rejected by the DrawFilter
+# Words that name no particular item: with the catalogue's genre words, a text made only of them is no item.
+NOT_ITEM_WORDS = frozenset("the a an and or of with in to on s movie movies film films title reasoning hard "
+                           "negative item items genre genres kind type none unknown n a".split())
+USER_WORDS = frozenset({"user", "users", "user s"})   # a text about the user describes a taste, not an item
 
 
-class TrainCopyFilter:
-    """Is a generated negative a copy of one of the user's TRAINING items (`names_any` of their normalised
-    titles)? Built from the training interaction matrix alone, so it cannot see held-out items: `of(data)`
-    reads `data.train` and nothing else; anything but a sparse matrix is refused."""
+class DrawFilter:
+    """Which sampled draws are not negatives, and why (`reject_reason`): a copy of one of the user's TRAINING
+    items (`names_any` of their title forms), or a text that names no item at all (only genre words of the
+    catalogue and NOT_ITEM_WORDS, e.g. "Drama", "The (1993)", "Reasoning"; or one about the user, "The user
+    dislikes ..."). Built from the training interaction matrix and the catalogue alone, so it cannot see held-out
+    items: `of(data)` reads `data.train` and `data.items`; anything but a sparse matrix is refused."""
 
-    def __init__(self, train, titles: list[str]):
+    def __init__(self, train, titles: list[str], genre_words: frozenset[str] = frozenset()):
         if not sp.issparse(train):
-            raise TypeError(f"TrainCopyFilter takes the training interaction matrix, not {type(train).__name__}")
+            raise TypeError(f"DrawFilter takes the training interaction matrix, not {type(train).__name__}")
         self.train = sp.csr_matrix(train)
         self.titles = [title_forms(t) for t in titles]
+        self.no_item_words = NOT_ITEM_WORDS | genre_words
 
     @classmethod
-    def of(cls, data) -> "TrainCopyFilter":
-        return cls(data.train, list(data.items["title"].fillna("")))
+    def of(cls, data) -> "DrawFilter":
+        return cls(data.train, list(data.items["title"].fillna("")), genre_words_of(data))
 
     def items(self, user: int) -> np.ndarray:
         return self.train.indices[self.train.indptr[user]:self.train.indptr[user + 1]]
 
     def is_copy(self, user: int, text: str) -> bool:
         return names_any(text, [form for j in self.items(user) for form in self.titles[j]])
+
+    def names_no_item(self, text: str) -> bool:
+        words = norm_title(text).split()
+        return not any(w not in self.no_item_words and not w.isdigit() for w in words) or bool(
+            USER_WORDS & set(words))
+
+    def reject_reason(self, user: int, text: str) -> str | None:
+        if self.is_copy(user, text):
+            return COPY_REASON
+        return NOT_ITEM_REASON if self.names_no_item(text) else None
+
+
+def genre_words_of(data) -> frozenset[str]:
+    """The words of the catalogue's categories ("Sci-Fi|Film-Noir" -> sci, fi, film, noir)."""
+    cats = data.items["categories"].fillna("") if "categories" in data.items else pd.Series([], dtype=str)
+    return frozenset(w for c in cats for w in re.sub(r"[^a-z0-9]+", " ", str(c).lower()).split())
 
 
 class PromptBuilder:
@@ -186,7 +213,7 @@ class PromptBuilder:
         self.data = data
         self.sample, self.decoding = sample, self.decoding_of(decoding)
         self.draw_seed, self.tries = self.decoding.seed, self.decoding.tries
-        self._copies: TrainCopyFilter | None = None
+        self._filter: DrawFilter | None = None
         self.context = context
         self.template = template_path(self.template_prefix, data.name)
         self.system, self.user_template = chat_template(self.template)
@@ -203,11 +230,11 @@ class PromptBuilder:
         self.tag = f"{base}|{self.template_prefix}-{prompt}|{decoding}"
 
     @property
-    def copies(self) -> TrainCopyFilter | None:
-        """The copy filter of these records (None without one)."""
-        if self.tries and self._copies is None:
-            self._copies = TrainCopyFilter.of(self.data)
-        return self._copies
+    def draw_filter(self) -> DrawFilter | None:
+        """The filter of these records' draws (None without one)."""
+        if self.tries and self._filter is None:
+            self._filter = DrawFilter.of(self.data)
+        return self._filter
 
     @property
     def item_profiles(self) -> dict[int, str]:
@@ -303,16 +330,17 @@ def sample_builders(data, context: str, profiles_llm: str | None, pair_seed: int
 
 def draw_records(backend, part: list[tuple[PromptBuilder, int, int]], budget: int, desc: str) -> list[dict]:
     """Records of the (builder, user, item) triples `part` (several samples of one pair ask the same prompt with
-    their own seeds, in one call: one prefill per prompt). With a copy filter (builder.tries > 0) an answer naming
-    one of the user's training items is drawn again with the sample's next seed (sampled decoding only: greedy
-    would repeat it), builder.tries draws in all; `rejected` keeps the copies drawn, `tries` the draws made; a
-    pair-sample still answered by a copy after its last draw is invalid (reason COPY_REASON)."""
+    their own seeds, in one call: one prefill per prompt). With a draw filter (builder.tries > 0) an answer the
+    filter rejects (a copy of one of the user's training items, or no item) is drawn again with the sample's next
+    seed (sampled decoding only: greedy would repeat it), builder.tries draws in all; `rejected` keeps the
+    rejected draws, `tries` the draws made; a pair-sample still rejected after its last draw is invalid (reason:
+    its last draw's, one of FILTER_REASONS)."""
     prompts: dict[tuple[int, int], list[dict]] = {}
     messages = [prompts.setdefault((u, i), b.messages(u, i)) for b, u, i in part]
     sampled = getattr(backend, "temperature", 0) > 0
     records: list[dict] = [{} for _ in part]
     rejected: list[list[str]] = [[] for _ in part]
-    todo, exhausted, t = list(range(len(part))), set(), 0
+    todo, exhausted, t = list(range(len(part))), {}, 0
     while todo:
         results = backend.generate_json([messages[j] for j in todo], part[0][0].json_schema(), max_new_tokens=budget,
                                         desc=desc if t == 0 else f"{desc} redraw {t}",
@@ -321,15 +349,17 @@ def draw_records(backend, part: list[tuple[PromptBuilder, int, int]], budget: in
         for j, res in zip(todo, results):
             builder, u, i = part[j]
             records[j] = {**builder.parse(res, u, i), "cached": bool(getattr(res, "cached", False))}
-            if builder.copies is not None and records[j]["ok"] and builder.copies.is_copy(u, records[j]["text"]):
+            rules = builder.draw_filter
+            why = rules.reject_reason(u, records[j]["text"]) if rules is not None and records[j]["ok"] else None
+            if why is not None:
                 rejected[j].append(records[j]["text"])
                 if sampled and t + 1 < builder.tries:
                     again.append(j)
                 else:
-                    exhausted.add(j)
+                    exhausted[j] = why
         todo, t = again, t + 1
-    for j in exhausted:
-        records[j].update(ok=False, text=None, reason=COPY_REASON)
+    for j, why in exhausted.items():
+        records[j].update(ok=False, text=None, reason=why)
     return [{**rec, "tries": len(rej) + (j not in exhausted), "rejected": rej}
             for j, (rec, rej) in enumerate(zip(records, rejected))]
 
@@ -357,7 +387,7 @@ def generate_negatives(data, backend, pairs: pd.DataFrame, builders, out: Path, 
         records = draw_records(backend, part, budget, f"SNS {start + len(part)}/{len(todo)}")
         for rec in records:
             cached += rec.pop("cached")
-            redrawn += len(rec["rejected"]) - (rec["reason"] == COPY_REASON)
+            redrawn += len(rec["rejected"]) - (rec["reason"] in FILTER_REASONS)
         append_lines(path, [json.dumps({"user": u, "item": i, **rec, "context": b.tag, "sample": b.sample})
                             for (b, u, i), rec in zip(part, records)])
     fallbacks = builders[0].profile_fallbacks(pairs)
@@ -379,6 +409,8 @@ def sns_schema() -> dict:
 
 # ---------------------------------------------------------------- embedding, grounding, quality
 
+_LEADING_ARTICLES = ("the", "a", "an")   # dropped from a title's front ("Die Hard" keeps its "Die")
+BARE_TITLE_CHARS = 6
 _TITLE_ARTICLE = re.compile(r"^(.*), (the|a|an|la|le|les|il|el|das|der|die)$", re.I)
 
 
@@ -392,10 +424,16 @@ def norm_title(title: str) -> str:
 
 
 def title_forms(title: str) -> tuple[str, ...]:
-    """The normalised forms of a catalogue title a text may use: 'Boot, Das (1981)' -> ('das boot', 'boot das')
-    (its article in front, or left behind as the catalogue writes it)."""
+    """The normalised forms of a catalogue title a text may use: its article in front, left behind as the
+    catalogue writes it, or dropped: 'Secret Garden, The (1993)' -> ('the secret garden', 'secret garden the',
+    'secret garden'). The form without its article is kept when it has >= BARE_TITLE_CHARS characters, so that
+    'Net, The' does not match every text with the word "net" in it."""
     as_written = " ".join(re.sub(r"[^a-z0-9 ]+", " ", re.sub(r"\s*\(.*?\)\s*", " ", str(title)).lower()).split())
-    return tuple(dict.fromkeys((norm_title(title), as_written)))
+    full = norm_title(title)
+    moved = _TITLE_ARTICLE.match(re.sub(r"\s*\(.*?\)\s*", " ", str(title)).strip())
+    first, _, rest = full.partition(" ")
+    bare = rest if (moved or first in _LEADING_ARTICLES) and len(rest) >= BARE_TITLE_CHARS else None
+    return tuple(f for f in dict.fromkeys((full, as_written, bare)) if f)
 
 
 def names_any(text: str, titles: list[str]) -> bool:
@@ -450,23 +488,40 @@ def similarity_to_positive(neg_emb: np.ndarray, items: np.ndarray, short_emb: np
 
 
 def copy_shares(data, rec: pd.DataFrame) -> dict:
-    """Copies of the user's training items before and after the copy filter, over every answered record
-    (`rec`: valid ones and those the filter left invalid): before, the first draw named one (`rejected` holds
-    it, or the kept text does when no filter ran); after, the kept text still does."""
-    copies = TrainCopyFilter.of(data)
+    """What the draw filter met, over every answered record (`rec`: valid ones and those the filter left invalid):
+    copies of the user's training items and texts naming no item (`DrawFilter`), in the first draw (`rejected`
+    holds it, or the kept text does when no draw was rejected) and in the kept text; rejected draws by reason, and
+    pair-samples left invalid by reason."""
+    rules = DrawFilter.of(data)
     n = max(len(rec), 1)
     rejected = [r if isinstance(r, list) else [] for r in rec.get("rejected", pd.Series([None] * len(rec)))]
-    after = [bool(ok) and copies.is_copy(int(u), t) for u, t, ok in zip(rec["user"], rec["text"], rec["ok"])]
-    before = [bool(rej) or a for rej, a in zip(rejected, after)]
-    return {"copy_share_before_filter": sum(before) / n, "copy_share_after_filter": sum(after) / n,
-            "copies_rejected": int(sum(len(r) for r in rejected)),
-            "copy_filter_exhausted": int(sum(r == COPY_REASON for r in rec["reason"]))}
+    kept = [t if bool(ok) else None for t, ok in zip(rec["text"], rec["ok"])]
+    firsts = [rej[0] if rej else t for rej, t in zip(rejected, kept)]
+    users = rec["user"].astype(int).tolist()
+
+    def share(texts, test) -> float:
+        return sum(t is not None and test(u, t) for u, t in zip(users, texts)) / n
+
+    def no_item(_, t):
+        return rules.names_no_item(t)
+
+    reasons = [rules.reject_reason(u, t) for u, rej in zip(users, rejected) for t in rej]
+    return {"copy_share_before_filter": share(firsts, rules.is_copy), "copy_share_after_filter": share(kept, rules.is_copy),
+            "no_item_share_before_filter": share(firsts, no_item), "no_item_share_after_filter": share(kept, no_item),
+            "copies_rejected": reasons.count(COPY_REASON), "no_items_rejected": reasons.count(NOT_ITEM_REASON),
+            "copy_filter_exhausted": int(sum(r == COPY_REASON for r in rec["reason"])),
+            "no_item_exhausted": int(sum(r == NOT_ITEM_REASON for r in rec["reason"]))}
+
+
+def answered(rec: pd.DataFrame) -> pd.DataFrame:
+    """The records with an answer: valid ones and those the draw filter left invalid (FILTER_REASONS)."""
+    return rec[rec["ok"].astype(bool) | rec["reason"].isin(FILTER_REASONS)]
 
 
 def catalogue_share(data, texts) -> float:
-    """Share of texts that name some catalogue item (a normalised title of >= 4 characters): the rest are
-    not items of this catalogue (inventions, or none)."""
-    titles = sorted({t for t in (norm_title(x) for x in data.items["title"].fillna("")) if len(t) >= 4})
+    """Share of texts that name some catalogue item (a title form of >= 4 characters, `title_forms`): the rest
+    are not items of this catalogue (inventions, descriptions, or none)."""
+    titles = sorted({f for x in data.items["title"].fillna("") for f in title_forms(x) if len(f) >= 4})
     texts = list(texts)
     return sum(names_any(t, titles) for t in texts) / max(len(texts), 1)
 
@@ -482,15 +537,15 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray,
     user) comes with its chance level (a uniform non-train item). grounding_distance_mean: 1 - cosine of each
     text with its nearest non-train item (`similarity`); catalogue_item_share: texts naming a catalogue title."""
     users, items = rec["user"].to_numpy(int), rec["item"].to_numpy(int)
-    titles = [norm_title(t) for t in data.items["title"].fillna("")]
+    titles = [title_forms(t) for t in data.items["title"].fillna("")]
     names_train = names_pos = held_near = held_pool = 0
     chance_near = 0.0
     in_train_any = 0
     for r, (u, i, text) in enumerate(zip(users, items, rec["text"])):
         train = data.train_items(u)
         held = set(data.heldout_items(u).tolist())
-        names_train += names_any(text, [titles[j] for j in train])
-        names_pos += names_any(text, [titles[i]])
+        names_train += names_any(text, [f for j in train for f in titles[j]])
+        names_pos += names_any(text, list(titles[i]))
         in_train_any += int(nearest_any[r]) in set(train.tolist())
         held_near += int(nearest[r]) in held
         held_pool += sum(int(j) in held for j in top[r]) / top.shape[1]
@@ -520,11 +575,13 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray,
 REPORT = {   # quality key: what it says (the measures `hnlm sns` and notebook 03 report per output)
     "copy_share_before_filter": "names a training item of the user, first draw (before the copy filter)",
     "copy_share_after_filter": "names a training item of the user, kept negative (after the filter)",
+    "no_item_share_before_filter": "names no item (genre words only, the user, a field name), first draw",
+    "no_item_share_after_filter": "names no item, kept negative (after the filter)",
     "false_hard_negative_share": "nearest non-train catalogue item is a held-out positive of the user",
     "false_hard_negative_chance": "the same for a uniform non-train item (chance)",
     "distinct_texts_share": "distinct negatives (case-folded texts) over valid ones",
-    "invalid_share": "answers without a usable negative (invalid JSON, or a copy after every draw)",
-    "non_catalogue_share": "valid negatives naming no catalogue title (inventions)",
+    "invalid_share": "answers without a usable negative (invalid JSON, or rejected at every draw)",
+    "non_catalogue_share": "valid negatives naming no catalogue title (other films, descriptions, inventions)",
     "grounding_distance_mean": "1 - cosine of a negative with its nearest non-train catalogue item",
 }
 
@@ -603,7 +660,7 @@ def build_artifacts(data, llm: str, budget: Budget, encoder, pair_seed: int = 0,
     rec, ok, missing = generated_records(data, llm, budget, pair_seed, records, allow_missing, command,
                                          max(len(contexts), 1))
     neg_emb, grounded, q = embed_and_ground(data, ok, encoder, pool, pair_seed)
-    q.update(copy_shares(data, rec[rec["ok"].astype(bool) | (rec["reason"] == COPY_REASON)]))
+    q.update(copy_shares(data, answered(rec)))
     q.update({"budget_pairs": int(len(pairs)), "samples": max(len(contexts), 1), "not_generated": missing,
               "coverage_users": int(ok["user"].nunique()) / data.n_users,
               "requested": int(len(rec)), "valid_json_rate": len(ok) / max(len(rec), 1),
@@ -865,8 +922,8 @@ class PickPromptBuilder(PromptBuilder):
         return pick_schema()
 
     @property
-    def copies(self) -> None:
-        """Picks are ids of real items of the list: no copy filter."""
+    def draw_filter(self) -> None:
+        """Picks are ids of real items of the list: no draw filter."""
         return None
 
     def candidates(self, user: int, item: int) -> np.ndarray:

@@ -71,7 +71,7 @@ def study_sns(data, llm: str, limit_users: int | None, split_seed: int = 0, pair
     rec = rec[rec["user"].isin(pairs["user"])].reset_index(drop=True)
     ok = ok[ok["user"].isin(pairs["user"])].reset_index(drop=True)
     neg_emb, grounded, quality = sns.embed_and_ground(data, ok, enc, pool, pair_seed)
-    quality.update(sns.copy_shares(data, rec[rec["ok"].astype(bool) | (rec["reason"] == sns.COPY_REASON)]))
+    quality.update(sns.copy_shares(data, sns.answered(rec)))
     quality.update({"requested": int(len(rec)), "samples": len(tags), "valid_json_rate": len(ok) / max(len(rec), 1),
                     "invalid": int(len(rec) - len(ok))})
     covered = "all-users" if limit_users is None else f"first-{limit_users}-users"
