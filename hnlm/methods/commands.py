@@ -15,7 +15,7 @@ from hnlm.data.options import add_dataset_options, dataset_from_args
 from hnlm.errors import UserFacingError
 from hnlm.methods import describe_methods, describe_settings, get_method, setting_help, variant
 from hnlm.paths import artifacts_dir
-from hnlm.semantic.common import SNS_DECODING, split_id_of
+from hnlm.semantic.common import SNS_DECODING, SNS_DECODING_NAMES, split_id_of
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 def metric(text: str) -> str:
@@ -75,7 +75,7 @@ def register(sub) -> None:
     g.add_argument("--sns-budget", default="per-user:1", help="budget the SNS negatives were generated with")
     g.add_argument("--sns-context", default="profile", choices=["profile", "history"],
                    help="user context the SNS negatives were generated with (as `hnlm sns --context`)")
-    g.add_argument("--sns-decoding", default=SNS_DECODING, choices=["sampled", "greedy"],
+    g.add_argument("--sns-decoding", default=SNS_DECODING, choices=SNS_DECODING_NAMES,
                    help="decoding the SNS negatives were generated with: sampled (module 2's K samples per pair, "
                         "copy filter; as `hnlm sns`) or greedy (one negative, no filter; `hnlm sns --temperature 0`)")
     g.add_argument("--hnlmrec-run", default=None,

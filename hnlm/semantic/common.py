@@ -18,6 +18,7 @@ from hnlm.llm.catalog import redact
 # the input provider: the one whose qwen2.5-0.5b negatives are shipped. "greedy" (one negative per user, no copy
 # filter) until the "sampled" outputs (K = 4 per user, copy filter), regenerated in blocks, are all shipped.
 SNS_DECODING = "greedy"
+SNS_DECODING_NAMES = ("sampled", "greedy")   # the keys of hnlm.semantic.sns.DECODINGS, for command-line choices
 
 HISTORY_TITLES = 5       # titles in a "history" user context (prompt length drives CPU cost)
 PROMPT_DIR = Path(__file__).parent / "prompts"

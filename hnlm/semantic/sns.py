@@ -49,6 +49,7 @@ from hnlm.paths import artifacts_dir
 from hnlm.semantic import outputs
 from hnlm.semantic.bank import NegativeBank
 from hnlm.semantic.common import (
+    SNS_DECODING_NAMES,
     Budget,
     chat_template,
     check_split,
@@ -138,7 +139,7 @@ class Decoding:
 SAMPLED = Decoding()   # the study's negatives (notebooks 03-08)
 GREEDY = Decoding(temperature=0.0, top_p=1.0, seed=0, samples=1, tries=0)   # one greedy negative, no filter: the
 # negatives shipped before K samples existed (notebook 11 compares LLM sizes with them)
-DECODINGS = {"sampled": SAMPLED, "greedy": GREEDY}   # by the name study settings use
+DECODINGS = dict(zip(SNS_DECODING_NAMES, (SAMPLED, GREEDY)))   # by the name study settings use
 COPY_REASON = "copy of a training item"   # reason of a sample whose last draw was a copy
 NOT_ITEM_REASON = "names no item"   # reason of a sample whose last draw was only genres, the user or a field name
 FILTER_REASONS = (COPY_REASON, NOT_ITEM_REASON)   # answered, but every draw rejected by the DrawFilter
@@ -506,7 +507,8 @@ def copy_shares(data, rec: pd.DataFrame) -> dict:
         return rules.names_no_item(t)
 
     reasons = [rules.reject_reason(u, t) for u, rej in zip(users, rejected) for t in rej]
-    return {"copy_share_before_filter": share(firsts, rules.is_copy), "copy_share_after_filter": share(kept, rules.is_copy),
+    return {"copy_share_before_filter": share(firsts, rules.is_copy),
+            "copy_share_after_filter": share(kept, rules.is_copy),
             "no_item_share_before_filter": share(firsts, no_item), "no_item_share_after_filter": share(kept, no_item),
             "copies_rejected": reasons.count(COPY_REASON), "no_items_rejected": reasons.count(NOT_ITEM_REASON),
             "copy_filter_exhausted": int(sum(r == COPY_REASON for r in rec["reason"])),

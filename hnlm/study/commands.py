@@ -10,6 +10,7 @@ from pathlib import Path
 from hnlm import argtypes
 from hnlm.errors import UserFacingError
 from hnlm.paths import results_dir
+from hnlm.semantic.common import SNS_DECODING_NAMES
 from hnlm.study.executors import EXECUTORS
 from hnlm.study.settings import DEFAULT_PROFILE, PROFILE_NAMES, STAGES
 
@@ -34,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--publish", action="store_true",
                    help="with --llm-only: copy each output into the tracked outputs/ folder with its manifest as "
                         "soon as it is made (`hnlm outputs list` shows them; commit them)")
+    p.add_argument("--sns-decoding", choices=SNS_DECODING_NAMES, default=None,
+                   help="with --llm-only: which SNS negatives to make (default: the profile's, the ones its "
+                        "notebooks read)")
     p.add_argument("--regenerate", action="store_true",
                    help="ignore the shipped LLM outputs (outputs/) and make every one on this machine, reusing "
                         "only artifacts/ (sets hnlm.semantic.outputs.REGENERATE_VAR; hours on a CPU)")
@@ -116,9 +120,10 @@ def run_llm_only(args) -> int:
     from hnlm.study.publish import publish_study
     args.stages = llm_only_stages(args.dataset, args.stages)
     if not args.publish:
-        prepare(args.profile, args.dataset, args.llm, args.stages)
+        prepare(args.profile, args.dataset, args.llm, args.stages, sns_decoding=args.sns_decoding)
         return 0
     for stage, part in units(args.profile, args.stages):  # ship each output as soon as it is made
-        prepare(args.profile, args.dataset, args.llm, [stage], **unit_options(stage, part))
-        publish_study(args.profile, args.dataset, args.llm, [stage], **unit_options(stage, part))
+        options = {**unit_options(stage, part), "sns_decoding": args.sns_decoding}
+        prepare(args.profile, args.dataset, args.llm, [stage], **options)
+        publish_study(args.profile, args.dataset, args.llm, [stage], **options)
     return 0

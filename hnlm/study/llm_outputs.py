@@ -25,10 +25,12 @@ SNS_BLOCKS = 4   # `--publish` ships the sns stage in this many growing blocks o
 
 
 def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int = 256,
-            profile_batch: int = 128, signals=None, sns_block: int | None = None) -> dict:
+            profile_batch: int = 128, signals=None, sns_block: int | None = None,
+            sns_decoding: str | None = None) -> dict:
     """Run the LLM stages of the study under `profile`, in order; returns seconds and counts per stage.
     `signals` limits the fine-tuning stages (hnlmrec, transfer) to these CF signals (default: the profile's),
-    `sns_block` the sns stage to the users of that block (`block_users`; default: the profile's)."""
+    `sns_block` the sns stage to the users of that block (`block_users`; default: the profile's), `sns_decoding`
+    its decoding (a DECODINGS name; default: the profile's)."""
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}: choose from {', '.join(STAGES)}")
@@ -44,7 +46,7 @@ def prepare(profile: str, dataset: str, llm: str, stages=STAGES, sns_chunk: int 
             out = pipeline.generate_study_profiles(data, backend, llm, conf["limit"], conf["split_seed"])
             info = {"counts": out["counts"]}
         elif stage == "sns":
-            conf = settings(profile, "03_sns")
+            conf = sns_settings(profile, sns_decoding)
             users = conf["limit_users"] if sns_block is None else block_users(data.n_users, sns_block)
             _, _, info = pipeline.generate_study_sns(data, llm, users, conf["split_seed"],
                                                      chunk=sns_chunk, context=conf["context"],
@@ -90,6 +92,12 @@ def units(profile: str, stages=STAGES) -> list[tuple[str, str | int | None]]:
     return [(stage, part) for stage in STAGES if stage in stages
             for part in (settings(profile, signal_conf[stage])["signals"] if stage in signal_conf
                          else blocks if stage == "sns" else [None])]
+
+
+def sns_settings(profile: str, decoding: str | None = None) -> dict:
+    """Notebook 03's settings under `profile`, with its decoding replaced by `decoding` when given."""
+    conf = settings(profile, "03_sns")
+    return {**conf, "decoding": decoding} if decoding else conf
 
 
 def block_users(n_users: int, block: int) -> int | None:

@@ -26,7 +26,7 @@ from hnlm.semantic.hnlmrec import banks, transfer
 from hnlm.semantic.hnlmrec.adapters import attach_adapter, run_final, split_of_slot
 from hnlm.semantic.hnlmrec.queries import Teacher
 from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, bank_files, loss_history, run_folder
-from hnlm.study.llm_outputs import JUDGE, LLM_SIZE, STAGES, TARGET_DATASET, block_users
+from hnlm.study.llm_outputs import JUDGE, LLM_SIZE, STAGES, TARGET_DATASET, block_users, sns_settings
 from hnlm.study.pipeline import hnlmrec_config
 from hnlm.study.settings import settings
 
@@ -37,10 +37,11 @@ def incomplete(what: str, profile: str, dataset: str, llm: str, stage: str) -> M
 
 
 def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Path | None = None,
-                  signals=None, sns_block: int | None = None) -> list[str]:
+                  signals=None, sns_block: int | None = None, sns_decoding: str | None = None) -> list[str]:
     """Publish every finished LLM output of `stages` under `profile` (fine-tuning stages: of `signals`, default
-    the profile's; sns: the users of `sns_block` if given, `llm_outputs.block_users`); returns one report line per
-    output. An output already shipped with the same key is left as it is."""
+    the profile's; sns: the users of `sns_block` if given, `llm_outputs.block_users`, decoded as `sns_decoding`
+    says, default the profile's); returns one report line per output. An output already shipped with the same
+    key is left as it is."""
     seed = settings(profile, "01_data")["split_seed"]
     data = load_dataset(dataset, seed=seed)
     info = outputs.made_with(llm)
@@ -49,7 +50,7 @@ def publish_study(profile: str, dataset: str, llm: str, stages=STAGES, root: Pat
         lines += publish_profiles(data, llm, profile, seed, info, root)
     if "sns" in stages:
         users = None if sns_block is None else block_users(data.n_users, sns_block)
-        lines += publish_sns(data, llm, profile, settings(profile, "03_sns"), info, root, users)
+        lines += publish_sns(data, llm, profile, sns_settings(profile, sns_decoding), info, root, users)
     if "judge" in stages and settings(profile, JUDGE)["judge"]:
         lines.append(publish_judge(data, llm, profile, seed, outputs.made_with(llm, dtype=judge.SCORING_DTYPE), root))
     if "hnlmrec" in stages:
