@@ -17,12 +17,12 @@ from hnlm.paths import cache_root, outputs_root
 from hnlm.semantic import outputs, sns
 from hnlm.semantic import profiles as pf
 from hnlm.semantic.bank import NegativeBank
-from hnlm.semantic.common import Budget, OtherSplitError, select_pairs
+from hnlm.semantic.common import SNS_DECODING, Budget, OtherSplitError, select_pairs
 from hnlm.semantic.hnlmrec import banks, transfer
 from hnlm.semantic.hnlmrec.finetune import FinetuneConfig
 from hnlm.semantic.hnlmrec.run import RunConfig, TeacherConfig, bank_files, run_folder
 from hnlm.study import pipeline, publish
-from hnlm.study.llm_outputs import LLM_SIZE, block_users, prepare, units
+from hnlm.study.llm_outputs import LLM_SIZE, block_users, prepare, sns_settings, units
 from hnlm.study.settings import settings
 from hnlm.study.verify import list_outputs, shared_prefix_share, verify
 
@@ -470,3 +470,6 @@ def test_publish_ships_the_full_sns_stage_in_growing_blocks_of_users():
     blocks = [part for stage, part in units("full", ["sns"])]
     assert blocks == [1, 2, 3, 4] and [block_users(943, b) for b in blocks] == [236, 472, 708, None]
     assert units("smoke", ["sns"]) == [("sns", None)]
+    # --sns-decoding makes (and ships) another decoding's negatives than the one the profile's notebooks read
+    assert sns_settings("full")["decoding"] == SNS_DECODING
+    assert sns_settings("full", "sampled") == {**sns_settings("full"), "decoding": "sampled"}

@@ -52,7 +52,7 @@ def register_sns(subparsers) -> None:
                    help="text: the LLM names a negative; pick: it picks, from a list of real training-pool "
                         "items, those the user would not enjoy (with a uniform pick of the same list as control)")
     p.add_argument("--temperature", type=argtypes.non_negative_float, default=None,
-                   help="0: greedy (one sample, no copy filter unless --copy-tries); > 0: sampled "
+                   help="0: greedy (one sample, no draw filter unless --copy-tries); > 0: sampled "
                         "(default: module 2's, hnlm.semantic.sns.SAMPLED)")
     p.add_argument("--top-p", type=argtypes.probability, default=None,
                    help="nucleus sampling mass (with --temperature > 0; default: module 2's)")
@@ -61,7 +61,8 @@ def register_sns(subparsers) -> None:
     p.add_argument("--samples", type=argtypes.positive_int, default=None,
                    help="K sampled negatives per pair (default: module 2's; 1 with greedy)")
     p.add_argument("--copy-tries", type=argtypes.non_negative_int, default=None,
-                   help="draws per negative while it names a training item of the user (0: no copy filter)")
+                   help="draws per negative while it copies a training item of the user or names no item "
+                        "(sns.DrawFilter; 0: no filter)")
     p.add_argument("--encoder", default="minilm")
     p.add_argument("--pool", type=argtypes.positive_int, default=20,
                    help="grounding: nearest non-train items kept per negative")

@@ -16,7 +16,7 @@ from hnlm.llm.catalog import redact
 
 # The SNS decoding (a name of hnlm.semantic.sns.DECODINGS) of the study's full and quick profiles, `hnlm train` and
 # the input provider: the one whose qwen2.5-0.5b negatives are shipped. "greedy" (one negative per user, no copy
-# filter) until the "sampled" outputs (K = 4 per user, copy filter), regenerated in blocks, are all shipped.
+# filter) until the "sampled" outputs (K = 4 per user, draw filter), regenerated in blocks, are all shipped.
 SNS_DECODING = "greedy"
 SNS_DECODING_NAMES = ("sampled", "greedy")   # the keys of hnlm.semantic.sns.DECODINGS, for command-line choices
 

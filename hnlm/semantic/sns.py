@@ -369,7 +369,7 @@ def generate_negatives(data, backend, pairs: pd.DataFrame, builders, out: Path, 
                        max_new_tokens: int | None = None, order_seed: int = 0) -> dict:
     """Generate the records missing from out/<records_file> of each of `builders` (one PromptBuilder, or the samples
     of `sample_builders`): `chunk` pairs at a time with all their missing samples in one call (`draw_records`:
-    one prefill per prompt, copies of training items drawn again), appending each chunk as it finishes."""
+    one prefill per prompt, draws the DrawFilter rejects drawn again), appending each chunk as it finishes."""
     builders = builders if isinstance(builders, list) else [builders]
     path = out / builders[0].records_file
     # Users in a seeded random order: an interrupted run leaves an unbiased subset of users covered.
@@ -575,7 +575,7 @@ def quality(data, rec: pd.DataFrame, neg_emb: np.ndarray, short_emb: np.ndarray,
 
 
 REPORT = {   # quality key: what it says (the measures `hnlm sns` and notebook 03 report per output)
-    "copy_share_before_filter": "names a training item of the user, first draw (before the copy filter)",
+    "copy_share_before_filter": "names a training item of the user, first draw (before the draw filter)",
     "copy_share_after_filter": "names a training item of the user, kept negative (after the filter)",
     "no_item_share_before_filter": "names no item (genre words only, the user, a field name), first draw",
     "no_item_share_after_filter": "names no item, kept negative (after the filter)",
@@ -597,11 +597,11 @@ def report(q: dict) -> dict:
 
 
 def copy_examples(data, rec: pd.DataFrame, n: int) -> pd.DataFrame:
-    """Up to n records whose first draw was a copy of a training item: the copies rejected and what was kept."""
+    """Up to n records whose first draw the draw filter rejected: the rejected draws and what was kept."""
     hit = rec[[isinstance(r, list) and len(r) > 0 for r in rec.get("rejected", [None] * len(rec))]].head(n)
     return pd.DataFrame({"user": hit["user"].astype(int), "positive": [title_of(data, int(i)) for i in hit["item"]],
-                         "rejected copies": [" | ".join(r) for r in hit["rejected"]],
-                         "kept negative": hit["text"].where(hit["ok"].astype(bool), "(none: copies only)")})
+                         "rejected draws": [" | ".join(r) for r in hit["rejected"]],
+                         "kept negative": hit["text"].where(hit["ok"].astype(bool), "(none: every draw rejected)")})
 
 
 def embed_and_ground(data, ok: pd.DataFrame, encoder, pool: int, seed: int) -> tuple[np.ndarray, pd.DataFrame, dict]:
@@ -723,11 +723,11 @@ def load_grounded(data, llm: str, budget: Budget) -> pd.DataFrame:
 
 SHIPPED_KIND = "sns-negatives"   # hnlm.semantic.outputs kind of the negatives shipped in outputs/
 SHIPPED_FIELDS = ("ok", "text", "reasoning", "reason", "words", "truncated", "tries", "rejected")
-FIELD_DEFAULTS = {"tries": 1, "rejected": []}   # of records shipped before the copy filter existed
+FIELD_DEFAULTS = {"tries": 1, "rejected": []}   # of records shipped before the draw filter existed
 
 
 def shipped_slot(builder: PromptBuilder, split_id: str) -> str:
-    """One slot per sample: its context tag names its decoding, sampling seed and copy filter."""
+    """One slot per sample: its context tag names its decoding, sampling seed and draw filter."""
     return f"{safe_name(builder.tag)}_split-{split_id}"
 
 

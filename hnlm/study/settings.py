@@ -108,7 +108,7 @@ NOTEBOOK_SETTINGS = {
         "full": {"limit": None, "examples": 3},
     },
     "03_sns": {
-        # decoding: a name of hnlm.semantic.sns.DECODINGS ("sampled": K negatives per user, copy filter); smoke makes
+        # decoding: a name of hnlm.semantic.sns.DECODINGS ("sampled": K negatives per user, draw filter); smoke makes
         # its own (SmolLM2, 4 users), quick and full use the shipped qwen2.5-0.5b ones (SNS_DECODING)
         "smoke": {"limit_users": 4, "context": "profile", "examples": 4, "decoding": "sampled"},
         "quick": {"limit_users": 48, "context": "profile", "examples": 8, "decoding": SNS_DECODING},
