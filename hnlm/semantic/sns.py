@@ -145,8 +145,8 @@ NOT_ITEM_REASON = "names no item"   # reason of a sample whose last draw was onl
 FILTER_REASONS = (COPY_REASON, NOT_ITEM_REASON)   # answered, but every draw rejected by the DrawFilter
 # Words that name no particular item: with the catalogue's genre words, a text made only of them is no item.
 NOT_ITEM_WORDS = frozenset("the a an and or of with in to on s movie movies film films title reasoning hard "
-                           "negative item items genre genres kind type none unknown n a".split())
-USER_WORDS = frozenset({"user", "users", "user s"})   # a text about the user describes a taste, not an item
+                           "negative item items genre genres kind type none unknown n".split())
+USER_WORDS = frozenset({"user", "users"})   # a text about the user describes a taste, not an item
 
 
 class DrawFilter:
