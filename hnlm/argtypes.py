@@ -25,6 +25,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def epochs_or_converged(text: str) -> int | None:
+    """A positive number of epochs, or "converged" (None: train until validation stops improving)."""
+    if text == "converged":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err}, or 'converged'") from None
+
+
 def positive_float(text: str) -> float:
     value = _number(float, text)
     if not value > 0:

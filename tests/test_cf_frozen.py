@@ -52,3 +52,17 @@ def test_static_dnsmn_trains_on_its_frozen_table_and_reports_its_teacher(data):
     table = result["counts"]["table_sampler"]
     assert extension is None and table["from_table"] == table["pairs"] == 2 * data.train.nnz
     assert result["counts"]["teacher"]["valid"]["recall@20"] > 0
+
+
+def test_hnlmrec_teacher_with_no_epoch_count_is_the_converged_frozen_model(data):
+    """TeacherConfig(epochs=None): HNLMRec's teacher is the stored converged model of uniform sampling (early
+    stopping on validation under the lr-scaled protocol), its valid score and best epoch in the meta."""
+    from hnlm.cf.search import lr_protocol
+    from hnlm.semantic.hnlmrec.run import TeacherConfig, train_teacher
+    cfg = TeacherConfig(model="mf", epochs=None, lr=2e-2, dim=8, batch_size=4096)
+    teacher = train_teacher(data, cfg)
+    frozen = frozen_model(data, TrainConfig(model="mf", lr=2e-2, dim=8, batch_size=4096, sampler="rns",
+                                            **lr_protocol(2e-2, TrainConfig.epochs)))
+    assert np.array_equal(teacher.item_emb, frozen.item_emb) and np.array_equal(teacher.user_emb, frozen.user_emb)
+    assert teacher.meta["best_epoch"] == frozen.summary["best_epoch"] < frozen.summary["epochs_run"]
+    assert teacher.meta["valid_recall@20_recorded_only"] == frozen.summary["valid"]["recall@20"] > 0

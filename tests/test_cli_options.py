@@ -62,6 +62,7 @@ BAD_INVOCATIONS = [
     ["finetune", "--guard-top", "-0.1"],
     ["finetune", "--batch-size", "0"],
     ["finetune", "--epochs", "0"],
+    ["finetune", "--teacher-epochs", "soon"],
     ["study", "--profile", "nosuch"],
     ["study", "--seeds", "-1"],
     ["study", "--profile", "smoke", "--dataset", "never-registered"],

@@ -49,7 +49,9 @@ def register(subparsers) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--save-steps", type=argtypes.positive_int, default=d.save_steps)
     p.add_argument("--teacher", default=t.model, choices=["lightgcn", "mf"])
-    p.add_argument("--teacher-epochs", type=argtypes.positive_int, default=t.epochs)
+    p.add_argument("--teacher-epochs", type=argtypes.epochs_or_converged, default=t.epochs,
+                   help="epochs of the CF teacher, evaluated once at the end; 'converged': early stopping on valid "
+                        "recall@20 under the study's protocol, the best epoch kept (hnlm.cf.frozen)")
     p.add_argument("--teacher-batch-size", type=argtypes.positive_int, default=t.batch_size)
     p.add_argument("--candidates", type=argtypes.positive_int, default=m.candidates, help="M candidates per pair")
     p.add_argument("--guard-top", type=argtypes.probability, default=m.guard_top,

@@ -79,7 +79,8 @@ class TeacherConfig:
     """The CF teacher whose mined hard negatives are the fine-tuning targets; unset values are TrainConfig's."""
 
     model: str = TrainConfig.model
-    epochs: int = 20           # fixed: evaluated once at the end, never selected on validation
+    epochs: int | None = 20    # fixed: evaluated once at the end, never selected on validation; None: converged
+    # (early stopping on valid recall@20 with the lr-scaled protocol, best epoch kept: hnlm.cf.frozen)
     lr: float = TrainConfig.lr
     dim: int = TrainConfig.dim
     seed: int = TrainConfig.seed

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from hnlm.atomic import atomic_dir, atomic_path, make_dir, write_text
+from hnlm.cf.frozen import frozen_model
+from hnlm.cf.search import lr_protocol
 from hnlm.cf.trainer import TrainConfig, train
 from hnlm.errors import MissingInputError, UserFacingError
 from hnlm.paths import artifacts_dir
@@ -93,9 +95,12 @@ def run_folder(dataset: str, cfg: "RunConfig", split_id: str) -> Path:
 
 
 def train_teacher(data, cfg: TeacherConfig) -> Teacher:
-    """CF teacher on the training split; evaluation only at the last epoch, so no epoch is chosen on
-    validation data (its valid score is recorded, never used)."""
+    """CF teacher on the training split: `cfg.epochs` epochs with evaluation only at the last, so no epoch is
+    chosen on validation data (its valid score is recorded, never used); epochs None: a converged model
+    (`converged_teacher`)."""
     import torch
+    if cfg.epochs is None:
+        return converged_teacher(data, cfg)
     tc = TrainConfig(model=cfg.model, epochs=cfg.epochs, lr=cfg.lr, dim=cfg.dim, seed=cfg.seed,
                      batch_size=cfg.batch_size, eval_every=cfg.epochs, patience=cfg.epochs + 1, sampler="rns")
     result = train(data, tc)
@@ -105,6 +110,17 @@ def train_teacher(data, cfg: TeacherConfig) -> Teacher:
             "valid_recall@20_recorded_only": result["valid"].get("recall@20")}
     return Teacher(user.detach().cpu().numpy().astype(np.float32),
                    item.detach().cpu().numpy().astype(np.float32), meta)
+
+
+def converged_teacher(data, cfg: TeacherConfig) -> Teacher:
+    """The teacher trained to convergence: a stored `hnlm.cf.frozen` model of uniform sampling (early stopping on
+    valid recall@20, lr-scaled validation and cap, the best epoch's state), shared with any other user of it."""
+    config = TrainConfig(model=cfg.model, lr=cfg.lr, dim=cfg.dim, seed=cfg.seed, batch_size=cfg.batch_size,
+                         sampler="rns", **lr_protocol(cfg.lr, TrainConfig.epochs))
+    model = frozen_model(data, config)
+    meta = {**asdict(cfg), "train_fingerprint": train_fingerprint(data), "best_epoch": model.summary["best_epoch"],
+            "valid_recall@20_recorded_only": model.summary["valid"].get("recall@20")}
+    return Teacher(model.user_emb, model.item_emb, meta)
 
 
 def get_teacher(data, cfg: TeacherConfig, folder: Path) -> Teacher:
