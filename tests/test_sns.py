@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from hnlm.data import load_dataset
 from hnlm.errors import UserFacingError
@@ -219,6 +220,20 @@ def test_draw_filter_rejects_texts_that_name_no_item_and_keeps_descriptions(data
                  "The documentary about a young woman who discovers she"]:
         assert rules.reject_reason(user, text) is None, text
     assert rules.reject_reason(user, sns.title_of(data, int(data.train_items(user)[0]))) == sns.COPY_REASON
+
+
+def test_draw_filter_rejects_near_copies_part_of_or_misspelling_a_training_title():
+    """Near-copies read in qwen's kept negatives: a part of a training title, a misspelt one; other films, a
+    single shared word and long descriptions that mention a title's words are not copies."""
+    titles = ["Three Colors: Red (1994)", "Like Water for Chocolate (Como agua para chocolate) (1992)",
+              "Immortal Beloved (1994)", "Incognito (1997)", "Lost World: Jurassic Park, The (1997)", "Matrix, The"]
+    train = sp.csr_matrix(np.ones((1, len(titles) - 1)))   # the user's training items: all but the last title
+    rules = sns.DrawFilter(sp.hstack([train, sp.csr_matrix((1, 1))]).tocsr(), titles)
+    for text in ["Three Colors", "Water For Chocolate", "Imortal Beloved", "The Inconognito", "The Lost World"]:
+        assert rules.is_copy(0, text), text
+    for text in ["The Matrix", "Colors", "The Red Violin", "Chocolat",
+                 "A quiet drama about three sisters, the colors of grief and water for chocolate lovers"]:
+        assert not rules.is_copy(0, text), text
 
 
 def test_sample_builders_tag_each_sample_with_its_seed_and_the_copy_filter(data):
