@@ -215,7 +215,8 @@ def test_draw_filter_rejects_texts_that_name_no_item_and_keeps_descriptions(data
     user = 0
     for text in ["Drama", "Crime thriller", "Action Thriller Drama Sci-Fi War Children's Musical", "Reasoning",
                  "The", "The (1993)", "The 199", "The movie", "The user dislikes the genre Drama and Romance.",
-                 "Romantic comedies", "Epic", "First Reasoning", "Psychological thrillers"]:
+                 "Romantic comedies", "Epic", "First Reasoning", "Psychological thrillers", "The movies",
+                 "The movie is a crime thriller", "It's a science fiction film"]:
         assert rules.reject_reason(user, text) == sns.NOT_ITEM_REASON, text
     for text in ["The Matrix", "The Walking Dead", "The psychological thriller set in a lighthouse",
                  "The documentary about a young woman who discovers she"]:
@@ -227,13 +228,13 @@ def test_draw_filter_rejects_near_copies_part_of_or_misspelling_a_training_title
     """Near-copies read in qwen's kept negatives: a part of a training title, a misspelt one; other films, a
     single shared word and long descriptions that mention a title's words are not copies."""
     titles = ["Three Colors: Red (1994)", "Like Water for Chocolate (Como agua para chocolate) (1992)",
-              "Immortal Beloved (1994)", "Incognito (1997)", "Lost World: Jurassic Park, The (1997)", "Matrix, The"]
-    train = sp.csr_matrix(np.ones((1, len(titles) - 1)))   # the user's training items: all but the last title
-    rules = sns.DrawFilter(sp.hstack([train, sp.csr_matrix((1, 1))]).tocsr(), titles)
+              "Immortal Beloved (1994)", "Incognito (1997)", "Lost World: Jurassic Park, The (1997)", "Matrix, The", "Net, The (1995)"]
+    # every title is one of the user's training items
+    rules = sns.DrawFilter(sp.csr_matrix(np.ones((1, len(titles)))), titles)
     for text in ["Three Colors", "Water For Chocolate", "Imortal Beloved", "The Inconognito", "The Lost World",
-                 "Incognita"]:
+                 "Incognita", "Matrix", "Net"]:
         assert rules.is_copy(0, text), text
-    for text in ["The Matrix", "Colors", "The Red Violin", "Chocolat",
+    for text in ["Colors", "The Red Violin", "Chocolat", "Fishing net",
                  "A quiet drama about three sisters, the colors of grief and water for chocolate lovers"]:
         assert not rules.is_copy(0, text), text
 

@@ -84,7 +84,7 @@ ITEM_PROFILE_WORDS = 60  # item profiles are cut to this many words in the promp
 RECORD_COLUMNS = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated", "context", "sample",
                   "tries", "rejected"]
 DRAW_STRIDE = 1000   # try t of the sample with sampling seed s draws with seed s + DRAW_STRIDE * t
-COPY_FILTER = "titles5items2"   # DrawFilter's rules (in the tag: records of other rules are not reused)
+COPY_FILTER = "titles6items3"   # DrawFilter's rules (in the tag: records of other rules are not reused)
 
 
 # ---------------------------------------------------------------- prompts
@@ -145,8 +145,9 @@ COPY_REASON = "copy of a training item"   # reason of a sample whose last draw w
 NOT_ITEM_REASON = "names no item"   # reason of a sample whose last draw was only genres, the user or a field name
 FILTER_REASONS = (COPY_REASON, NOT_ITEM_REASON)   # answered, but every draw rejected by the DrawFilter
 # Words that name no particular item: with the catalogue's genre words, a text made only of them is no item.
-NOT_ITEM_WORDS = frozenset("the a an and or of with in to on s movie film title reasoning hard negative item genre "
-                           "kind type none unknown n romantic epic theme psychological".split())
+NOT_ITEM_WORDS = frozenset("the a an and or of with in to on s is it its this that about for from by as at be are was "
+                           "movie film title reasoning hard negative item genre kind type none unknown n romantic epic "
+                           "theme psychological science fiction".split())
 FIELD_WORDS = frozenset({"reasoning"})   # a JSON field's name inside the answer: the format leaked, no item
 USER_WORDS = frozenset({"user", "users"})   # a text about the user describes a taste, not an item
 NEAR_COPY_WORDS = 8      # a text of at most this many words may be a near-copy of a title (longer: a description)
@@ -180,7 +181,7 @@ class DrawFilter:
 
     def names_no_item(self, text: str) -> bool:
         words = norm_title(text).split()
-        return not any(singular(w) not in self.no_item_words and not w.isdigit() for w in words) or bool(
+        return all(w.isdigit() or not self.no_item_words.isdisjoint(word_forms(w)) for w in words) or bool(
             (USER_WORDS | FIELD_WORDS) & set(words))
 
     def reject_reason(self, user: int, text: str) -> str | None:
@@ -190,7 +191,8 @@ class DrawFilter:
 
 
 def near_copy(text: str, forms: list[str]) -> bool:
-    """Is a title-like text (at most NEAR_COPY_WORDS words) part of one of the title forms ("Three Colors" of
+    """Is a title-like text (at most NEAR_COPY_WORDS words) one of the title forms without its article ("Juror" of
+    'Juror, The', however short), part of one ("Three Colors" of
     'Three Colors: Red', "Water For Chocolate" of 'Like Water for Chocolate'; >= 2 words and >= 8 characters) or a
     misspelling of one (difflib ratio >= NEAR_COPY_RATIO, forms of >= BARE_TITLE_CHARS characters)? Leading
     articles are ignored on both sides. Found reading qwen's kept negatives under exact matching: 43 of 644 were
@@ -200,18 +202,21 @@ def near_copy(text: str, forms: list[str]) -> bool:
         return False
     part = len(t) >= 8 and len(t.split()) >= 2
     for form in map(without_article, forms):
-        if part and f" {t} " in f" {form} ":
+        if t == form or part and f" {t} " in f" {form} ":
             return True
         if len(form) >= BARE_TITLE_CHARS and difflib.SequenceMatcher(None, t, form).ratio() >= NEAR_COPY_RATIO:
             return True
     return False
 
 
-def singular(word: str) -> str:
-    """'comedies' -> 'comedy', 'thrillers' -> 'thriller' (enough for genre words)."""
+def word_forms(word: str) -> set[str]:
+    """A word and its possible singulars: 'comedies' -> comedies, comedie, comedy; 'movies' -> ..., movie."""
+    forms = {word}
+    if word.endswith("s") and len(word) > 3:
+        forms.add(word[:-1])
     if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    return word[:-1] if word.endswith("s") and len(word) > 3 and not word.endswith("ss") else word
+        forms.add(word[:-3] + "y")
+    return forms
 
 
 def without_article(normalised: str) -> str:
