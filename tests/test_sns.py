@@ -228,7 +228,8 @@ def test_draw_filter_rejects_near_copies_part_of_or_misspelling_a_training_title
     """Near-copies read in qwen's kept negatives: a part of a training title, a misspelt one; other films, a
     single shared word and long descriptions that mention a title's words are not copies."""
     titles = ["Three Colors: Red (1994)", "Like Water for Chocolate (Como agua para chocolate) (1992)",
-              "Immortal Beloved (1994)", "Incognito (1997)", "Lost World: Jurassic Park, The (1997)", "Matrix, The", "Net, The (1995)"]
+              "Immortal Beloved (1994)", "Incognito (1997)", "Lost World: Jurassic Park, The (1997)", "Matrix, The",
+              "Net, The (1995)"]
     # every title is one of the user's training items
     rules = sns.DrawFilter(sp.csr_matrix(np.ones((1, len(titles)))), titles)
     for text in ["Three Colors", "Water For Chocolate", "Imortal Beloved", "The Inconognito", "The Lost World",
