@@ -216,7 +216,8 @@ def test_draw_filter_rejects_texts_that_name_no_item_and_keeps_descriptions(data
     for text in ["Drama", "Crime thriller", "Action Thriller Drama Sci-Fi War Children's Musical", "Reasoning",
                  "The", "The (1993)", "The 199", "The movie", "The user dislikes the genre Drama and Romance.",
                  "Romantic comedies", "Epic", "First Reasoning", "Psychological thrillers", "The movies",
-                 "The movie is a crime thriller", "It's a science fiction film"]:
+                 "The movie is a crime thriller", "It's a science fiction film",
+                 "I'm sorry, but I can't assist with that request."]:
         assert rules.reject_reason(user, text) == sns.NOT_ITEM_REASON, text
     for text in ["The Matrix", "The Walking Dead", "The psychological thriller set in a lighthouse",
                  "The documentary about a young woman who discovers she"]:

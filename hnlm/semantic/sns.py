@@ -84,7 +84,7 @@ ITEM_PROFILE_WORDS = 60  # item profiles are cut to this many words in the promp
 RECORD_COLUMNS = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated", "context", "sample",
                   "tries", "rejected"]
 DRAW_STRIDE = 1000   # try t of the sample with sampling seed s draws with seed s + DRAW_STRIDE * t
-COPY_FILTER = "titles6items3"   # DrawFilter's rules (in the tag: records of other rules are not reused)
+COPY_FILTER = "titles6items4"   # DrawFilter's rules (in the tag: records of other rules are not reused)
 
 
 # ---------------------------------------------------------------- prompts
@@ -150,15 +150,17 @@ NOT_ITEM_WORDS = frozenset("the a an and or of with in to on s is it its this th
                            "theme psychological science fiction".split())
 FIELD_WORDS = frozenset({"reasoning"})   # a JSON field's name inside the answer: the format leaked, no item
 USER_WORDS = frozenset({"user", "users"})   # a text about the user describes a taste, not an item
+REFUSAL = re.compile(r"\b(i m sorry|i am sorry|i can t|i cannot|as an ai)\b")   # on norm_title's text
 NEAR_COPY_WORDS = 8      # a text of at most this many words may be a near-copy of a title (longer: a description)
 NEAR_COPY_RATIO = 0.8    # difflib ratio at or above which a title-like text is a misspelt title ("Imortal Beloved")
 
 
 class DrawFilter:
     """Which sampled draws are not negatives, and why (`reject_reason`): a copy of one of the user's TRAINING
-    items (`names_any` of their title forms), or a text that names no item at all (only genre words of the
-    catalogue and NOT_ITEM_WORDS, e.g. "Drama", "The (1993)", "Reasoning"; or one about the user, "The user
-    dislikes ..."). Built from the training interaction matrix and the catalogue alone, so it cannot see held-out
+    items (`names_any` of their title forms, or a `near_copy`), or a text that names no item at all (only genre
+    words of the catalogue and NOT_ITEM_WORDS, e.g. "Drama", "The (1993)"; the JSON field's name, "First
+    Reasoning"; one about the user, "The user dislikes ..."; a refusal, "I'm sorry, but I can't ..."). Every
+    rule comes from reading qwen2.5-0.5b's draws record by record (bench/README.md, module 2). Built from the training interaction matrix and the catalogue alone, so it cannot see held-out
     items: `of(data)` reads `data.train` and `data.items`; anything but a sparse matrix is refused."""
 
     def __init__(self, train, titles: list[str], genre_words: frozenset[str] = frozenset()):
@@ -181,6 +183,8 @@ class DrawFilter:
 
     def names_no_item(self, text: str) -> bool:
         words = norm_title(text).split()
+        if REFUSAL.search(" ".join(words)):
+            return True
         return all(w.isdigit() or not self.no_item_words.isdisjoint(word_forms(w)) for w in words) or bool(
             (USER_WORDS | FIELD_WORDS) & set(words))
 
