@@ -161,7 +161,8 @@ class DrawFilter:
     words of the catalogue and NOT_ITEM_WORDS, e.g. "Drama", "The (1993)"; the JSON field's name, "First
     Reasoning"; one about the user, "The user dislikes ..."; a refusal, "I'm sorry, but I can't ..."). Every
     rule comes from reading qwen2.5-0.5b's draws record by record (bench/README.md, module 2). Built from the
-    training interaction matrix and the catalogue alone, so it cannot see held-out items: `of(data)` reads `data.train` and `data.items`; anything but a sparse matrix is refused."""
+    training interaction matrix and the catalogue alone, so it cannot see held-out items: `of(data)` reads
+    `data.train` and `data.items`; anything but a sparse matrix is refused."""
 
     def __init__(self, train, titles: list[str], genre_words: frozenset[str] = frozenset()):
         if not sp.issparse(train):
