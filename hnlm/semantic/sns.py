@@ -142,11 +142,11 @@ GREEDY = Decoding(temperature=0.0, top_p=1.0, seed=0, samples=1, tries=0)   # on
 # negatives shipped before K samples existed (notebook 11 compares LLM sizes with them)
 DECODINGS = dict(zip(SNS_DECODING_NAMES, (SAMPLED, GREEDY)))   # by the name study settings use
 COPY_REASON = "copy of a training item"   # reason of a sample whose last draw was a copy
-NOT_ITEM_REASON = "names no item"   # reason of a sample whose last draw was only genres, the user or a field name
+NOT_ITEM_REASON = "names no item"   # reason of a sample whose last draw named no item (DrawFilter.names_no_item)
 FILTER_REASONS = (COPY_REASON, NOT_ITEM_REASON)   # answered, but every draw rejected by the DrawFilter
 # Words that name no particular item: with the catalogue's genre words, a text made only of them is no item.
 NOT_ITEM_WORDS = frozenset("the a an and or of with in to on s is it its this that about for from by as at be are was "
-                           "movie film title reasoning hard negative item genre kind type none unknown n romantic epic "
+                           "movie film title hard negative item genre kind type none unknown n romantic epic "
                            "theme psychological science fiction".split())
 FIELD_WORDS = frozenset({"reasoning"})   # a JSON field's name inside the answer: the format leaked, no item
 USER_WORDS = frozenset({"user", "users"})   # a text about the user describes a taste, not an item
@@ -197,10 +197,9 @@ class DrawFilter:
 
 def near_copy(text: str, forms: list[str]) -> bool:
     """Is a title-like text (at most NEAR_COPY_WORDS words) one of the title forms without its article ("Juror" of
-    'Juror, The', however short), part of one ("Three Colors" of
-    'Three Colors: Red', "Water For Chocolate" of 'Like Water for Chocolate'; >= 2 words and >= 8 characters) or a
-    misspelling of one (difflib ratio >= NEAR_COPY_RATIO, forms of >= BARE_TITLE_CHARS characters)? Leading
-    articles are ignored on both sides. Found reading qwen's kept negatives under exact matching: 43 of 644 were
+    'Juror, The', however short), part of one ("Three Colors" of 'Three Colors: Red', "Water For Chocolate" of
+    'Like Water for Chocolate'; >= 2 words and >= 8 characters) or a misspelling of one (difflib ratio >=
+    NEAR_COPY_RATIO, forms of >= BARE_TITLE_CHARS characters)? Leading articles are ignored on both sides. Found reading qwen's kept negatives under exact matching: 43 of 644 were
     such near-copies at this ratio (39 at 0.85; each hit read: all copies)."""
     t = without_article(norm_title(text))
     if not t or len(t.split()) > NEAR_COPY_WORDS:
