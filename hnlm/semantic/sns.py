@@ -199,8 +199,9 @@ def near_copy(text: str, forms: list[str]) -> bool:
     """Is a title-like text (at most NEAR_COPY_WORDS words) one of the title forms without its article ("Juror" of
     'Juror, The', however short), part of one ("Three Colors" of 'Three Colors: Red', "Water For Chocolate" of
     'Like Water for Chocolate'; >= 2 words and >= 8 characters) or a misspelling of one (difflib ratio >=
-    NEAR_COPY_RATIO, forms of >= BARE_TITLE_CHARS characters)? Leading articles are ignored on both sides. Found reading qwen's kept negatives under exact matching: 43 of 644 were
-    such near-copies at this ratio (39 at 0.85; each hit read: all copies)."""
+    NEAR_COPY_RATIO, forms of >= BARE_TITLE_CHARS characters)? Leading articles are ignored on both sides.
+    Found reading qwen's kept negatives under exact matching: 43 of 644 were such near-copies at this ratio (39
+    at 0.85; each hit read: all copies)."""
     t = without_article(norm_title(text))
     if not t or len(t.split()) > NEAR_COPY_WORDS:
         return False
