@@ -217,7 +217,8 @@ def test_draw_filter_rejects_texts_that_name_no_item_and_keeps_descriptions(data
                  "The", "The (1993)", "The 199", "The movie", "The user dislikes the genre Drama and Romance.",
                  "Romantic comedies", "Epic", "First Reasoning", "Psychological thrillers", "The movies",
                  "The movie is a crime thriller", "It's a science fiction film",
-                 "I'm sorry, but I can't assist with that request."]:
+                 "I'm sorry, but I can't assist with that request.", "Bo", "The classic drama", "Dystopian future",
+                 "Why not", "The novel", "Children's animated film", "Scifi"]:
         assert rules.reject_reason(user, text) == sns.NOT_ITEM_REASON, text
     for text in ["The Matrix", "The Walking Dead", "The psychological thriller set in a lighthouse",
                  "The documentary about a young woman who discovers she"]:
@@ -226,17 +227,21 @@ def test_draw_filter_rejects_texts_that_name_no_item_and_keeps_descriptions(data
 
 
 def test_draw_filter_rejects_near_copies_part_of_or_misspelling_a_training_title():
-    """Near-copies read in qwen's kept negatives: a part of a training title, a misspelt one; other films, a
-    single shared word and long descriptions that mention a title's words are not copies."""
+    """Near-copies read in qwen's kept negatives: a part of a training title, a misspelt one, one word of one
+    (as written, misspelt or cut short); other films, a shared short word and long descriptions that mention a
+    title's words are not copies. The price of the one-word rule: a real other film named by one word of a
+    training title ("Chocolat") is rejected too."""
     titles = ["Three Colors: Red (1994)", "Like Water for Chocolate (Como agua para chocolate) (1992)",
               "Immortal Beloved (1994)", "Incognito (1997)", "Lost World: Jurassic Park, The (1997)", "Matrix, The",
-              "Net, The (1995)"]
+              "Net, The (1995)", "Interview with the Vampire (1994)", "Last of the Mohicans, The (1992)",
+              "Dolores Claiborne (1994)", "Casablanca (1942)"]
     # every title is one of the user's training items
     rules = sns.DrawFilter(sp.csr_matrix(np.ones((1, len(titles)))), titles)
     for text in ["Three Colors", "Water For Chocolate", "Imortal Beloved", "The Inconognito", "The Lost World",
-                 "Incognita", "Matrix", "Net"]:
+                 "Incognita", "Matrix", "Net", "The Vampire", "The Mohicans", "Claybourne", "Casab", "Colors",
+                 "Chocolat"]:
         assert rules.is_copy(0, text), text
-    for text in ["Colors", "The Red Violin", "Chocolat", "Fishing net",
+    for text in ["The Red Violin", "Fishing net", "Titanic", "The Birds", "Red",
                  "A quiet drama about three sisters, the colors of grief and water for chocolate lovers"]:
         assert not rules.is_copy(0, text), text
 

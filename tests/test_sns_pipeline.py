@@ -120,3 +120,50 @@ def test_sampled_negatives_are_reproducible_with_their_seed_and_copies_are_drawn
         elif r.reason in sns.FILTER_REASONS:
             assert r.tries == len(r.rejected) == decoding.tries and r.text is None
             assert everything.reject_reason(r.user, r.rejected[-1]) == r.reason
+
+
+def test_records_of_a_laxer_filter_are_rejudged_and_draw_on_with_the_seeds_a_fresh_run_uses(tmp_path, monkeypatch):
+    """K = 2 sampled negatives for 3 users on SmolLM2, first under a laxer filter (no training items: only texts
+    naming no item are drawn again), then re-judged under a strict one (every catalogue title is the users'):
+    a kept draw the strict rules accept stands as it was, a rejected one joins the rejects and drawing goes on
+    from the next try. A fresh strict run over the same LLM cache gives the same records without drawing
+    anything new: the re-judged output is the one the strict rules make, a try's seed being the same."""
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    data = load_dataset("ml-100k", seed=0)
+    pairs = sns.select_pairs(data, Budget(1), seed=0)
+    pairs = pairs[pairs["user"] < 3]
+    titles, genres = list(data.items["title"].fillna("")), sns.genre_words_of(data)
+    lax = sns.DrawFilter(sp.csr_matrix((data.n_users, data.n_items)), titles, genres)
+    strict = sns.DrawFilter(sp.csr_matrix(np.ones((data.n_users, data.n_items))), titles, genres)
+    decoding = sns.Decoding(samples=2, tries=3)
+    backend = make_backend("smollm2-135m", batch_size=4, progress=False, cache_path=tmp_path / "cache.jsonl",
+                           **decoding.backend_options())
+
+    def run(name: str, rules, prior=None):
+        builders = sns.sample_builders(data, "history", None, 0, decoding)
+        for b in builders:
+            b._filter = rules
+        (tmp_path / name).mkdir()
+        counts = sns.generate_negatives(data, backend, pairs, builders, tmp_path / name, chunk=2, prior=prior)
+        return sns.read_samples(tmp_path / name / "negatives.jsonl", [b.tag for b in builders]), counts
+
+    old, _ = run("lax", lax)
+    prior = {(int(r.sample), int(r.user), int(r.item)): r._asdict() for r in old.itertuples()}
+    new, counts = run("rejudged", strict, prior)
+    assert counts["rejudged"] == len(old) == len(new) == 6
+    now_rejected = 0
+    for a, b in zip(old.sort_values(["user", "sample"]).itertuples(), new.sort_values(["user", "sample"]).itertuples()):
+        if not a.ok or strict.reject_reason(a.user, a.text) is None:
+            assert (b.ok, b.text, b.tries, b.rejected) == (a.ok, a.text, a.tries, a.rejected)
+            continue
+        now_rejected += 1
+        assert b.rejected[:a.tries] == [*a.rejected, a.text]
+        assert b.tries > a.tries or (b.tries == a.tries == decoding.tries and not b.ok)
+        assert all(strict.reject_reason(b.user, t) is not None for t in b.rejected)
+        assert not b.ok or strict.reject_reason(b.user, b.text) is None
+    assert now_rejected > 0   # the strict rules rejected kept draws, which drew on
+    fresh, counts = run("fresh", strict)
+    cols = ["user", "item", "sample", "ok", "text", "reasoning", "tries", "rejected"]
+    key = ["user", "sample"]
+    assert fresh.sort_values(key)[cols].reset_index(drop=True).equals(new.sort_values(key)[cols].reset_index(drop=True))
+    assert counts["from_llm_cache"] == counts["generated"]

@@ -84,7 +84,10 @@ ITEM_PROFILE_WORDS = 60  # item profiles are cut to this many words in the promp
 RECORD_COLUMNS = ["user", "item", "ok", "text", "reasoning", "reason", "words", "truncated", "context", "sample",
                   "tries", "rejected"]
 DRAW_STRIDE = 1000   # try t of the sample with sampling seed s draws with seed s + DRAW_STRIDE * t
-COPY_FILTER = "titles6items4"   # DrawFilter's rules (in the tag: records of other rules are not reused)
+COPY_FILTER = "titles7items5"   # DrawFilter's rules (in the tag: records of other rules are not reused as they are)
+# Earlier DrawFilter rules, each rejecting a subset of what COPY_FILTER's reject: their shipped draws are re-judged
+# by the current rules (`superseded_records`), so a stricter rule costs only the draws it newly needs.
+SUPERSEDED_FILTERS = ("titles6items4",)
 
 
 # ---------------------------------------------------------------- prompts
@@ -147,20 +150,24 @@ FILTER_REASONS = (COPY_REASON, NOT_ITEM_REASON)   # answered, but every draw rej
 # Words that name no particular item: with the catalogue's genre words, a text made only of them is no item.
 NOT_ITEM_WORDS = frozenset("the a an and or of with in to on s is it its this that about for from by as at be are was "
                            "movie film title hard negative item genre kind type none unknown n romantic epic "
-                           "theme psychological science fiction".split())
+                           "theme psychological science fiction classic dystopian future why not try first "
+                           "one late scifi animated criminal story novel name".split())
 FIELD_WORDS = frozenset({"reasoning"})   # a JSON field's name inside the answer: the format leaked, no item
 USER_WORDS = frozenset({"user", "users"})   # a text about the user describes a taste, not an item
 REFUSAL = re.compile(r"\b(i m sorry|i am sorry|i can t|i cannot|as an ai)\b")   # on norm_title's text
 NEAR_COPY_WORDS = 8      # a text of at most this many words may be a near-copy of a title (longer: a description)
 NEAR_COPY_RATIO = 0.8    # difflib ratio at or above which a title-like text is a misspelt title ("Imortal Beloved")
+COPY_WORD_CHARS = 5      # a one-word text this long that is a word of a training title is a copy ("Vampire")
+NO_ITEM_CHARS = 3        # a text with fewer letters and digits names no item ("Bo")
 
 
 class DrawFilter:
     """Which sampled draws are not negatives, and why (`reject_reason`): a copy of one of the user's TRAINING
-    items (`names_any` of their title forms, or a `near_copy`), or a text that names no item at all (only genre
-    words of the catalogue and NOT_ITEM_WORDS, e.g. "Drama", "The (1993)"; the JSON field's name, "First
-    Reasoning"; one about the user, "The user dislikes ..."; a refusal, "I'm sorry, but I can't ..."). Every
-    rule comes from reading qwen2.5-0.5b's draws record by record (bench/README.md, module 2). Built from the
+    items (`names_any` of their title forms, or a `near_copy`, one word of a title included), or a text that names
+    no item at all (only genre words of the catalogue and NOT_ITEM_WORDS, e.g. "Drama", "The (1993)", "Dystopian
+    future"; fewer than NO_ITEM_CHARS letters, "Bo"; the JSON field's name, "First Reasoning"; one about the user,
+    "The user dislikes ..."; a refusal, "I'm sorry, but I can't ..."). Every rule comes from reading
+    qwen2.5-0.5b's draws record by record (bench/README.md, module 2). Built from the
     training interaction matrix and the catalogue alone, so it cannot see held-out items: `of(data)` reads
     `data.train` and `data.items`; anything but a sparse matrix is refused."""
 
@@ -180,11 +187,11 @@ class DrawFilter:
 
     def is_copy(self, user: int, text: str) -> bool:
         forms = [form for j in self.items(user) for form in self.titles[j]]
-        return names_any(text, forms) or near_copy(text, forms)
+        return names_any(text, forms) or near_copy(text, forms, self.no_item_words)
 
     def names_no_item(self, text: str) -> bool:
         words = norm_title(text).split()
-        if REFUSAL.search(" ".join(words)):
+        if REFUSAL.search(" ".join(words)) or len("".join(words)) < NO_ITEM_CHARS:
             return True
         return all(w.isdigit() or not self.no_item_words.isdisjoint(word_forms(w)) for w in words) or bool(
             (USER_WORDS | FIELD_WORDS) & set(words))
@@ -195,23 +202,39 @@ class DrawFilter:
         return NOT_ITEM_REASON if self.names_no_item(text) else None
 
 
-def near_copy(text: str, forms: list[str]) -> bool:
+def near_copy(text: str, forms: list[str], no_item_words: frozenset[str] = frozenset()) -> bool:
     """Is a title-like text (at most NEAR_COPY_WORDS words) one of the title forms without its article ("Juror" of
     'Juror, The', however short), part of one ("Three Colors" of 'Three Colors: Red', "Water For Chocolate" of
-    'Like Water for Chocolate'; >= 2 words and >= 8 characters) or a misspelling of one (difflib ratio >=
-    NEAR_COPY_RATIO, forms of >= BARE_TITLE_CHARS characters)? Leading articles are ignored on both sides.
-    Found reading qwen's kept negatives under exact matching: 43 of 644 were such near-copies at this ratio (39
-    at 0.85; each hit read: all copies)."""
+    'Like Water for Chocolate'; >= 2 words and >= 8 characters), a misspelling of one (difflib ratio >=
+    NEAR_COPY_RATIO, forms of >= BARE_TITLE_CHARS characters) or a `word_copy` of one? Leading articles are
+    ignored on both sides. Found reading qwen's kept negatives under exact matching: 43 of 644 were such
+    near-copies at this ratio (39 at 0.85; each hit read: all copies)."""
     t = without_article(norm_title(text))
     if not t or len(t.split()) > NEAR_COPY_WORDS:
         return False
     part = len(t) >= 8 and len(t.split()) >= 2
     for form in map(without_article, forms):
-        if t == form or part and f" {t} " in f" {form} ":
+        if t == form or part and f" {t} " in f" {form} " or word_copy(t, form, no_item_words):
             return True
         if len(form) >= BARE_TITLE_CHARS and difflib.SequenceMatcher(None, t, form).ratio() >= NEAR_COPY_RATIO:
             return True
     return False
+
+
+def word_copy(word: str, form: str, no_item_words: frozenset[str]) -> bool:
+    """Is a one-word text (article-less, normalised) a word of the title form ("Vampire", "The Mohicans"; >=
+    COPY_WORD_CHARS characters, not a word naming no item), a misspelt one ("Claybourne" of 'Dolores
+    Claiborne'; title words of >= BARE_TITLE_CHARS characters) or the title cut short ("Casab" of
+    'Casablanca'; >= 4 characters)? Found reading the kept negatives of the titles6items4 rules: 33 of 1,147
+    were such one-word copies, each read."""
+    if " " in word or len(word) < 4:
+        return False
+    if form.startswith(word):
+        return True
+    return len(word) >= COPY_WORD_CHARS and any(
+        w not in no_item_words and (w == word or len(w) >= BARE_TITLE_CHARS and
+                                    difflib.SequenceMatcher(None, word, w).ratio() >= NEAR_COPY_RATIO)
+        for w in form.split())
 
 
 def word_forms(word: str) -> set[str]:
@@ -375,66 +398,98 @@ def sample_builders(data, context: str, profiles_llm: str | None, pair_seed: int
             for k in range(decoding.samples)]
 
 
-def draw_records(backend, part: list[tuple[PromptBuilder, int, int]], budget: int, desc: str) -> list[dict]:
+def draw_records(backend, part: list[tuple[PromptBuilder, int, int]], budget: int, desc: str,
+                 resumed: dict[int, tuple[int, list[str]]] | None = None) -> list[dict]:
     """Records of the (builder, user, item) triples `part` (several samples of one pair ask the same prompt with
     their own seeds, in one call: one prefill per prompt). With a draw filter (builder.tries > 0) an answer the
     filter rejects (a copy of one of the user's training items, or no item) is drawn again with the sample's next
     seed (sampled decoding only: greedy would repeat it), builder.tries draws in all; `rejected` keeps the
     rejected draws, `tries` the draws made; a pair-sample still rejected after its last draw is invalid (reason:
-    its last draw's, one of FILTER_REASONS)."""
+    its last draw's, one of FILTER_REASONS). `resumed`: {index in part: (draws made, texts rejected)} of records
+    drawn under a laxer filter (`rejudge`), whose drawing goes on from their next try."""
+    resumed = resumed or {}
     prompts: dict[tuple[int, int], list[dict]] = {}
     messages = [prompts.setdefault((u, i), b.messages(u, i)) for b, u, i in part]
     sampled = getattr(backend, "temperature", 0) > 0
     records: list[dict] = [{} for _ in part]
-    rejected: list[list[str]] = [[] for _ in part]
-    todo, exhausted, t = list(range(len(part))), {}, 0
+    tries = [resumed[j][0] if j in resumed else 0 for j in range(len(part))]
+    rejected = [list(resumed[j][1]) if j in resumed else [] for j in range(len(part))]
+    todo, exhausted, rounds = list(range(len(part))), {}, 0
     while todo:
         results = backend.generate_json([messages[j] for j in todo], part[0][0].json_schema(), max_new_tokens=budget,
-                                        desc=desc if t == 0 else f"{desc} redraw {t}",
-                                        seeds=[part[j][0].draw_seed + DRAW_STRIDE * t for j in todo])
+                                        desc=desc if rounds == 0 else f"{desc} redraw {rounds}",
+                                        seeds=[part[j][0].draw_seed + DRAW_STRIDE * tries[j] for j in todo])
         again = []
         for j, res in zip(todo, results):
             builder, u, i = part[j]
+            tries[j] += 1
             records[j] = {**builder.parse(res, u, i), "cached": bool(getattr(res, "cached", False))}
             rules = builder.draw_filter
             why = rules.reject_reason(u, records[j]["text"]) if rules is not None and records[j]["ok"] else None
             if why is not None:
                 rejected[j].append(records[j]["text"])
-                if sampled and t + 1 < builder.tries:
+                if sampled and tries[j] < builder.tries:
                     again.append(j)
                 else:
                     exhausted[j] = why
-        todo, t = again, t + 1
+        todo, rounds = again, rounds + 1
     for j, why in exhausted.items():
         records[j].update(ok=False, text=None, reason=why)
-    return [{**rec, "tries": len(rej) + (j not in exhausted), "rejected": rej}
-            for j, (rec, rej) in enumerate(zip(records, rejected))]
+    return [{**rec, "tries": n, "rejected": rej} for rec, n, rej in zip(records, tries, rejected)]
+
+
+def rejudge(builder: PromptBuilder, user: int, record) -> dict | tuple[int, list[str]]:
+    """A record drawn under a laxer DrawFilter (SUPERSEDED_FILTERS), judged by the builder's: the record as it now
+    stands, or, when its kept draw is rejected and draws are left, (draws made, texts rejected) to draw on from."""
+    fields = shipped_fields(record)
+    why = builder.draw_filter.reject_reason(user, fields["text"]) if fields["ok"] else None
+    if why is None:
+        return fields
+    rejected = [*fields["rejected"], fields["text"]]
+    if fields["tries"] < builder.tries:
+        return fields["tries"], rejected
+    return {**fields, "ok": False, "text": None, "reason": why, "rejected": rejected}
 
 
 def generate_negatives(data, backend, pairs: pd.DataFrame, builders, out: Path, chunk: int = 32,
-                       max_new_tokens: int | None = None, order_seed: int = 0) -> dict:
+                       max_new_tokens: int | None = None, order_seed: int = 0,
+                       prior: dict[tuple[int, int, int], dict] | None = None) -> dict:
     """Generate the records missing from out/<records_file> of each of `builders` (one PromptBuilder, or the samples
     of `sample_builders`): `chunk` pairs at a time with all their missing samples in one call (`draw_records`:
-    one prefill per prompt, draws the DrawFilter rejects drawn again), appending each chunk as it finishes."""
+    one prefill per prompt, draws the DrawFilter rejects drawn again), appending each chunk as it finishes.
+    `prior`: {(sample, user, item): record} drawn under a laxer filter (`superseded_records`), re-judged instead
+    of drawn again (`rejudge`): only the samples whose kept draw is now rejected draw on."""
     builders = builders if isinstance(builders, list) else [builders]
+    prior = prior or {}
     path = out / builders[0].records_file
     # Users in a seeded random order: an interrupted run leaves an unbiased subset of users covered.
     rank = np.random.default_rng(order_seed).permutation(data.n_users)
-    todo = []
+    todo, settled, resumed = [], [], {}
     for b in builders:
         done = read_negatives(path, b.tag, b.columns)
         have = set(zip(done["user"].astype(int), done["item"].astype(int)))
-        todo += [(b, int(u), int(i)) for u, i in zip(pairs["user"], pairs["item"]) if (int(u), int(i)) not in have]
+        for u, i in zip(pairs["user"].astype(int), pairs["item"].astype(int)):
+            old = None if (u, i) in have else prior.get((b.sample, u, i))
+            state = None if old is None else rejudge(b, u, old)
+            if isinstance(state, dict):
+                settled.append(json.dumps({"user": u, "item": i, **state, "context": b.tag, "sample": b.sample}))
+            elif (u, i) not in have:
+                todo.append((b, u, i))
+                if state is not None:
+                    resumed[(b.sample, u, i)] = state
+    if settled:
+        append_lines(path, settled)
     todo.sort(key=lambda t: (rank[t[1]], t[1], t[2], t[0].sample))
     budget = max_new_tokens or builders[0].max_new_tokens
     cached = redrawn = 0
     step = chunk * len(builders)
     for start in range(0, len(todo), step):
         part = todo[start:start + step]
-        records = draw_records(backend, part, budget, f"SNS {start + len(part)}/{len(todo)}")
-        for rec in records:
+        goes_on = {j: resumed[(b.sample, u, i)] for j, (b, u, i) in enumerate(part) if (b.sample, u, i) in resumed}
+        records = draw_records(backend, part, budget, f"SNS {start + len(part)}/{len(todo)}", goes_on)
+        for j, rec in enumerate(records):
             cached += rec.pop("cached")
-            redrawn += len(rec["rejected"]) - (rec["reason"] in FILTER_REASONS)
+            redrawn += rec["tries"] - goes_on.get(j, (0,))[0] - 1   # draws of this run beyond its first
         append_lines(path, [json.dumps({"user": u, "item": i, **rec, "context": b.tag, "sample": b.sample})
                             for (b, u, i), rec in zip(part, records)])
     fallbacks = builders[0].profile_fallbacks(pairs)
@@ -442,8 +497,8 @@ def generate_negatives(data, backend, pairs: pd.DataFrame, builders, out: Path, 
         print(f"SNS: {fallbacks['pairs_item_without_profile']} pairs ({fallbacks['items_without_profile']} items) "
               f"have no item profile: their genres stand in for it", file=sys.stderr)
     requested = len(pairs) * len(builders)
-    return {"requested": requested, "already_done": requested - len(todo), "generated": len(todo),
-            "from_llm_cache": cached, "redrawn": redrawn, **fallbacks}
+    return {"requested": requested, "already_done": requested - len(todo) - len(settled), "generated": len(todo),
+            "rejudged": len(settled) + len(resumed), "from_llm_cache": cached, "redrawn": redrawn, **fallbacks}
 
 
 def sns_schema() -> dict:
@@ -832,6 +887,19 @@ def copy_into_cache(rows: list[dict], folder: Path, builder: PromptBuilder) -> i
     return len(new)
 
 
+def superseded_records(data, llm: str, builder: PromptBuilder, pairs: pd.DataFrame, split_seed: int,
+                       backend) -> dict[tuple[int, int, int], dict]:
+    """{(sample, user, item): record} of the builder's sample shipped under a SUPERSEDED_FILTERS rule with the same
+    prompts and decoding: the same draws (a try's seed does not depend on the rule), judged by a laxer filter."""
+    found = {}
+    for rule in SUPERSEDED_FILTERS if builder.tries else ():
+        tag = builder.tag.rsplit("|", 1)[1].replace(f"-{COPY_FILTER}", f"-{rule}")
+        older = type(builder)(data, builder.context, builder.profiles_llm, builder.seed, tag, builder.sample)
+        rows = lookup_shipped(data, llm, older, pairs, split_seed, backend).rows or []
+        found.update({(builder.sample, r["user"], r["item"]): r for r in rows})
+    return found
+
+
 def obtain_negatives(data, llm: str, pairs: pd.DataFrame, builders: list[PromptBuilder], split_seed: int,
                      chunk: int = 32) -> dict:
     """The negatives of `pairs`, every sample of `builders` (`sample_builders`), in artifacts' negatives.jsonl:
@@ -839,11 +907,12 @@ def obtain_negatives(data, llm: str, pairs: pd.DataFrame, builders: list[PromptB
     (LLM cache, then the model). Returns the generation counts over pair-samples, with the rate of the model."""
     backend = make_backend(llm, **builders[0].decoding.backend_options())
     folder = sns_dir(data.name, llm, split_id_of(data))
-    todo, reasons, shipped, made_with = [], [], 0, None
+    todo, reasons, shipped, made_with, prior = [], [], 0, None, {}
     for b in builders:
         found = lookup_shipped(data, llm, b, pairs, split_seed, backend)
         if found.shipped is None:   # a partly shipped output (blocks of users) is resumed, not made again
             copied = copy_into_cache(found.rows, folder, b) if found.rows else 0
+            prior.update(superseded_records(data, llm, b, pairs, split_seed, backend))
             todo.append(b)
             reasons.append(found.reason + (f"; its {copied} fitting records copied" if copied else ""))
             continue
@@ -851,11 +920,12 @@ def obtain_negatives(data, llm: str, pairs: pd.DataFrame, builders: list[PromptB
         outputs.report(SHIPPED_KIND, f"{found.shipped.line(len(found.rows))}; {copied} records copied into "
                                      f"{folder / 'negatives.jsonl'}")
         shipped, made_with = shipped + len(found.rows), found.shipped.made_with
-    gen = {"generated": 0, "from_llm_cache": 0, "redrawn": 0, "already_done": 0}
+    gen = {"generated": 0, "rejudged": 0, "from_llm_cache": 0, "redrawn": 0, "already_done": 0}
     t0 = time.perf_counter()
     if todo:
-        gen = generate_negatives(data, backend, pairs, todo, folder, chunk=chunk)
+        gen = generate_negatives(data, backend, pairs, todo, folder, chunk=chunk, prior=prior)
         outputs.report(SHIPPED_KIND, f"{gen['already_done']} already in {folder / 'negatives.jsonl'}, "
+                                     f"{gen['rejudged']} re-judged from draws of a superseded filter, "
                                      f"{gen['from_llm_cache']} from the LLM cache, generated "
                                      f"{gen['generated'] - gen['from_llm_cache']} and {gen['redrawn']} redraws of "
                                      f"copies ({'; '.join(dict.fromkeys(reasons))})")
