@@ -265,6 +265,34 @@ def test_study_sns_and_hnlmrec_use_shipped_outputs_without_a_model(data, tmp_pat
     assert "settings changed" in banks.lookup_shipped(data, other, 0).reason
 
 
+def test_negatives_shipped_under_a_superseded_filter_are_rejudged_without_drawing_again(data, tmp_path, monkeypatch):
+    """Records shipped under an earlier, laxer draw filter (sns.SUPERSEDED_FILTERS) feed the current one: a kept
+    negative the current rules accept stands, one they reject with no draws left becomes invalid with its
+    reason; neither is drawn again (no model runs)."""
+    monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
+    llm, decoding = "smollm2-135m", sns.Decoding(samples=1, tries=2)
+    pairs = select_pairs(data, Budget.parse("per-user:1"), 0)
+    pairs = pairs[pairs["user"] < 2]
+    builder = sns.sample_builders(data, "history", llm, 0, decoding)[0]
+    old_tag = decoding.tag(0).replace(sns.COPY_FILTER, sns.SUPERSEDED_FILTERS[0])
+    old = sns.PromptBuilder(data, "history", llm, decoding=old_tag)
+    backend = make_backend(llm, progress=False, **decoding.backend_options())
+    copy = sns.title_of(data, int(data.train_items(1)[0]))
+    texts = {0: "A quiet drama about a lighthouse keeper", 1: copy}
+    records = [{"user": u, "item": i, "ok": True, "text": texts[u], "reasoning": "r", "reason": None, "words": 5,
+                "truncated": False, "tries": 2, "rejected": ["Drama"], "prompt_sha": sha}
+               for (u, i), sha in sns.prompt_hashes(old, pairs).items()]
+    outputs.publish_records("sns-negatives", "ml-100k", llm, sns.shipped_slot(old, "0"), records,
+                            sns.shipped_key(data, backend, old, 0), BF16)
+    gen = sns.obtain_negatives(data, llm, pairs, [builder], 0)
+    assert (gen["rejudged"], gen["generated"], gen["redrawn"]) == (2, 0, 0)
+    got = sns.read_negatives(sns.sns_dir("ml-100k", llm, "0") / "negatives.jsonl", builder.tag).set_index("user")
+    assert got.loc[0, "ok"] and got.loc[0, "text"] == texts[0] and got.loc[0, "rejected"] == ["Drama"]
+    assert not got.loc[1, "ok"] and got.loc[1, "reason"] == sns.COPY_REASON
+    assert got.loc[1, "rejected"] == ["Drama", copy] and got.loc[1, "tries"] == 2
+
+
 def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tmp_path, monkeypatch, capsys):
     """Complete (made-up) profiles, SNS records and a finished fine-tuning run in artifacts/ are published
     with manifests; profiles_of, SNS and module 4 then read them from outputs/; publishing again is a no-op."""
