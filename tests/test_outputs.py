@@ -268,7 +268,8 @@ def test_study_sns_and_hnlmrec_use_shipped_outputs_without_a_model(data, tmp_pat
 def test_negatives_shipped_under_a_superseded_filter_are_rejudged_without_drawing_again(data, tmp_path, monkeypatch):
     """Records shipped under an earlier, laxer draw filter (sns.SUPERSEDED_FILTERS) feed the current one: a kept
     negative the current rules accept stands, one they reject with no draws left becomes invalid with its
-    reason; neither is drawn again (no model runs)."""
+    reason; neither is drawn again (no model runs). A draw the old rule rejected and the current one accepts is
+    an error: that record only a new draw can give."""
     monkeypatch.setenv("HNLM_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("HNLM_ARTIFACTS", str(tmp_path / "artifacts"))
     llm, decoding = "smollm2-135m", sns.Decoding(samples=1, tries=2)
@@ -291,6 +292,8 @@ def test_negatives_shipped_under_a_superseded_filter_are_rejudged_without_drawin
     assert got.loc[0, "ok"] and got.loc[0, "text"] == texts[0] and got.loc[0, "rejected"] == ["Drama"]
     assert not got.loc[1, "ok"] and got.loc[1, "reason"] == sns.COPY_REASON
     assert got.loc[1, "rejected"] == ["Drama", copy] and got.loc[1, "tries"] == 2
+    with pytest.raises(ValueError, match="SUPERSEDED_FILTERS"):   # a "superseded" rule that rejected more
+        sns.rejudge(builder, 0, {**records[0], "rejected": [texts[0]]})
 
 
 def test_publish_from_artifacts_then_the_study_reads_what_was_published(data, tmp_path, monkeypatch, capsys):

@@ -156,7 +156,7 @@ FIELD_WORDS = frozenset({"reasoning"})   # a JSON field's name inside the answer
 USER_WORDS = frozenset({"user", "users"})   # a text about the user describes a taste, not an item
 REFUSAL = re.compile(r"\b(i m sorry|i am sorry|i can t|i cannot|as an ai)\b")   # on norm_title's text
 NEAR_COPY_WORDS = 8      # a text of at most this many words may be a near-copy of a title (longer: a description)
-NEAR_COPY_RATIO = 0.8    # difflib ratio at or above which a title-like text is a misspelt title ("Imortal Beloved")
+NEAR_COPY_RATIO = 0.75   # difflib ratio at or above which a title-like text is a misspelt title ("Imortal Beloved")
 COPY_WORD_CHARS = 5      # a one-word text this long that is a word of a training title is a copy ("Vampire")
 NO_ITEM_CHARS = 3        # a text with fewer letters and digits names no item ("Bo")
 
@@ -197,9 +197,10 @@ class DrawFilter:
             (USER_WORDS | FIELD_WORDS) & set(words))
 
     def reject_reason(self, user: int, text: str) -> str | None:
-        if self.is_copy(user, text):
-            return COPY_REASON
-        return NOT_ITEM_REASON if self.names_no_item(text) else None
+        """NOT_ITEM_REASON first: a text naming no item copies nothing, however like a title word it looks."""
+        if self.names_no_item(text):
+            return NOT_ITEM_REASON
+        return COPY_REASON if self.is_copy(user, text) else None
 
 
 def near_copy(text: str, forms: list[str], no_item_words: frozenset[str] = frozenset()) -> bool:
@@ -208,7 +209,9 @@ def near_copy(text: str, forms: list[str], no_item_words: frozenset[str] = froze
     'Like Water for Chocolate'; >= 2 words and >= 8 characters), a misspelling of one (difflib ratio >=
     NEAR_COPY_RATIO, forms of >= BARE_TITLE_CHARS characters) or a `word_copy` of one? Leading articles are
     ignored on both sides. Found reading qwen's kept negatives under exact matching: 43 of 644 were such
-    near-copies at this ratio (39 at 0.85; each hit read: all copies)."""
+    near-copies at a ratio of 0.8 (39 at 0.85; each hit read: all copies); of 1,618 kept by the titles7items5
+    rules at 0.8, 16 more were at 0.75 to 0.8, each read: 14 copies ("Chroning Amy", "Someday in Time", "The
+    Love and the Beast"), one other film ("The Lord of the Rings", 0.75 to 'Hour of the Pig'), one no item."""
     t = without_article(norm_title(text))
     if not t or len(t.split()) > NEAR_COPY_WORDS:
         return False
@@ -441,8 +444,12 @@ def draw_records(backend, part: list[tuple[PromptBuilder, int, int]], budget: in
 def rejudge(builder: PromptBuilder, user: int, record) -> dict | tuple[int, list[str]]:
     """A record drawn under a laxer DrawFilter (SUPERSEDED_FILTERS), judged by the builder's: the record as it now
     stands, or, when its kept draw is rejected and draws are left, (draws made, texts rejected) to draw on from."""
-    fields = shipped_fields(record)
-    why = builder.draw_filter.reject_reason(user, fields["text"]) if fields["ok"] else None
+    fields, rules = shipped_fields(record), builder.draw_filter
+    passing = [t for t in fields["rejected"] if rules.reject_reason(user, t) is None]
+    if passing:   # the current rules would have kept an earlier draw: only drawing again gives their record
+        raise ValueError(f"rule {COPY_FILTER} accepts {passing[0]!r}, which a superseded rule rejected (user "
+                         f"{user}): SUPERSEDED_FILTERS must hold only rules that reject less than {COPY_FILTER}")
+    why = rules.reject_reason(user, fields["text"]) if fields["ok"] else None
     if why is None:
         return fields
     rejected = [*fields["rejected"], fields["text"]]
