@@ -234,14 +234,14 @@ def test_draw_filter_rejects_near_copies_part_of_or_misspelling_a_training_title
     titles = ["Three Colors: Red (1994)", "Like Water for Chocolate (Como agua para chocolate) (1992)",
               "Immortal Beloved (1994)", "Incognito (1997)", "Lost World: Jurassic Park, The (1997)", "Matrix, The",
               "Net, The (1995)", "Interview with the Vampire (1994)", "Last of the Mohicans, The (1992)",
-              "Dolores Claiborne (1994)", "Casablanca (1942)"]
+              "Dolores Claiborne (1994)", "Casablanca (1942)", "How to Make an American Quilt (1995)"]
     # every title is one of the user's training items
     rules = sns.DrawFilter(sp.csr_matrix(np.ones((1, len(titles)))), titles)
     for text in ["Three Colors", "Water For Chocolate", "Imortal Beloved", "The Inconognito", "The Lost World",
                  "Incognita", "Matrix", "Net", "The Vampire", "The Mohicans", "Claybourne", "Casab", "Colors",
-                 "Chocolat"]:
+                 "Chocolat", "The classic American Quilt"]:
         assert rules.is_copy(0, text), text
-    for text in ["The Red Violin", "Fishing net", "Titanic", "The Birds", "Red",
+    for text in ["The Red Violin", "Fishing net", "Titanic", "The Birds", "Red", "The American adventure film",
                  "A quiet drama about three sisters, the colors of grief and water for chocolate lovers"]:
         assert not rules.is_copy(0, text), text
 

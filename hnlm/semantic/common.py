@@ -15,9 +15,9 @@ from hnlm.errors import DataFormatError, UserFacingError
 from hnlm.llm.catalog import redact
 
 # The SNS decoding (a name of hnlm.semantic.sns.DECODINGS) of the study's full and quick profiles, `hnlm train` and
-# the input provider: the one whose qwen2.5-0.5b negatives are shipped. "greedy" (one negative per user, no copy
-# filter) until the "sampled" outputs (K = 4 per user, draw filter), regenerated in blocks, are all shipped.
-SNS_DECODING = "greedy"
+# the input provider: "sampled", K = 4 negatives per user with the draw filter (qwen2.5-0.5b's shipped for all
+# users); "greedy" (one negative per user, no filter; also shipped) remains a choice (`--sns-decoding`).
+SNS_DECODING = "sampled"
 SNS_DECODING_NAMES = ("sampled", "greedy")   # the keys of hnlm.semantic.sns.DECODINGS, for command-line choices
 
 HISTORY_TITLES = 5       # titles in a "history" user context (prompt length drives CPU cost)
